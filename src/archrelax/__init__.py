@@ -1,2 +1,51 @@
-"""archrelax: exact embeddings of CNNs into eLCNs/eFCNs and the relaxation protocol."""
+"""archrelax: exact embeddings of CNNs into their eLCN/eFCN equivalents, and the relaxation protocol.
+
+The public API is re-exported here lazily (importing ``archrelax`` stays cheap; each name loads its
+module on first use).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
 __version__ = "0.1.0"
+
+_EXPORTS = {
+    # embedding and subspace tools
+    "relax": "archrelax.embed.relax",
+    "transfer": "archrelax.embed.relax",
+    "offlocal_ratio": "archrelax.embed.subspace",
+    "cnn_distance": "archrelax.embed.subspace",
+    "to_cnn": "archrelax.embed.subspace",
+    "ablate": "archrelax.embed.subspace",
+    "footprint": "archrelax.embed.footprint",
+    "ConvGeometry": "archrelax.embed.connectivity",
+    "LocallyConnected1d": "archrelax.embed.locally_connected",
+    "LocallyConnected2d": "archrelax.embed.locally_connected",
+    "DenseConv": "archrelax.embed.dense",
+    # models
+    "create_model": "archrelax.models",
+    "register_model": "archrelax.models",
+    "list_models": "archrelax.models",
+    # data
+    "load_data": "archrelax.data",
+    "BatchFeed": "archrelax.data",
+    # training
+    "TrainConfig": "archrelax.train",
+    "train": "archrelax.train",
+}
+
+__all__ = sorted(_EXPORTS) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'archrelax' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
