@@ -1,0 +1,153 @@
+"""RelaxedConv: what every relaxed (eLCN / eFCN) layer shares.
+
+A relaxed layer holds free parameters ``weight`` and ``bias`` and a linear embedding φ from the conv's
+parameters onto them, with f_relaxed(φ(θ_conv)) = f_conv(θ_conv). Everything here derives from the
+connectivity :func:`~archrelax.embed.connectivity.index_map`, kept as a non-persistent buffer so that
+state-dict keys stay ``weight`` / ``bias`` exactly like the conv's.
+
+Projection onto the CNN subspace (the image of φ) is the least-squares preimage (φᵀφ)⁺ φᵀ θ. The
+Gram matrix φᵀφ acts on the tap axis only and is the same ``(T, T)`` matrix for every (out, in) channel
+pair (:func:`~archrelax.embed.connectivity.tap_gram`): diagonal (tie counts, so the projection is the mean
+of tied entries) under zero padding; with reflect/replicate/circular padding two taps of one position may
+read the same input and then it is solved with a pseudo-inverse. A *dead* tap (one that reads padding at
+every position) never influences the output, so its conv weight is unidentifiable: projection returns 0
+for it, and ``project(embed(w))`` equals ``w`` everywhere else.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .connectivity import ConvGeometry, index_map, tap_gram
+
+__all__ = ["RelaxedConv"]
+
+
+class RelaxedConv(nn.Module):
+    """Base of the relaxed layers. Subclasses allocate ``weight``/``bias`` in ``_allocate`` and implement
+    ``embed_weight``, ``adjoint_weight``, ``local_mask`` and ``fan_in``."""
+
+    weight: nn.Parameter
+    bias: nn.Parameter | None
+
+    def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
+                 _init: bool = True) -> None:
+        super().__init__()
+        if not isinstance(geometry, ConvGeometry):
+            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
+                            f"use {type(self).__name__}.from_conv(conv, in_spatial) to start from a conv")
+        self.geometry = geometry
+        # (P, T) source index; non-persistent so it follows .to(device) without entering the state dict
+        self.register_buffer("index", index_map(geometry).to(device), persistent=False)
+        self._allocate(device, dtype)
+        if _init:
+            self.reset_parameters()
+
+    # ---- to implement -----------------------------------------------------------------------------------
+    def _allocate(self, device: Any, dtype: torch.dtype | None) -> None:
+        raise NotImplementedError
+
+    def embed_weight(self, conv_weight: Tensor) -> Tensor:
+        """φ: conv-shaped ``(C_out, C_in/g, *kernel)`` → shaped like ``self.weight``."""
+        raise NotImplementedError
+
+    def adjoint_weight(self, weight: Tensor) -> Tensor:
+        """φᵀ: shaped like ``self.weight`` → ``(C_out, C_in/g, T)`` (sum over tied entries)."""
+        raise NotImplementedError
+
+    def local_mask(self) -> Tensor:
+        """Bool tensor shaped like ``weight``: True on entries inside the conv's connectivity."""
+        raise NotImplementedError
+
+    @property
+    def fan_in(self) -> int:
+        """Connections per output unit (for the nn.Linear-style initialisation)."""
+        raise NotImplementedError
+
+    # ---- bias: one value per (out channel, position), in both layers --------------------------------------
+    def embed_bias(self, conv_bias: Tensor) -> Tensor:
+        """φ_b: ``(C_out,)`` → shaped like ``self.bias`` (the value repeated over positions)."""
+        g = self.geometry
+        return conv_bias.reshape(g.out_channels, 1).expand(g.out_channels, g.P).reshape(self._bias_shape).clone()
+
+    def adjoint_bias(self, bias: Tensor) -> Tensor:
+        return bias.reshape(self.geometry.out_channels, self.geometry.P).sum(1)
+
+    # ---- shared -----------------------------------------------------------------------------------------
+    def tap_gram(self) -> Tensor:
+        """``(T, T)`` int64 φᵀφ on the tap axis (see module docstring)."""
+        return tap_gram(self.index)
+
+    def project_weight(self, weight: Tensor | None = None) -> Tensor:
+        """Conv weight ``(C_out, C_in/g, *kernel)`` nearest (least squares) to ``weight`` (default: own)."""
+        weight = self.weight if weight is None else weight
+        adj = self.adjoint_weight(weight)  # (C_out, C_in/g, T)
+        gram = self.tap_gram()
+        diag = gram.diagonal()
+        if torch.equal(gram, torch.diag(diag)):
+            # tie counts: the mean of tied entries; dead taps (count 0) are unidentifiable -> 0
+            inv = torch.where(diag > 0, 1.0 / diag.clamp(min=1).to(torch.float64), 0.0)
+            out = adj * inv.to(adj.dtype)
+        else:
+            pinv = torch.linalg.pinv(gram.to(torch.float64))  # symmetric, shared by all channel pairs
+            out = (adj.to(torch.float64) @ pinv.to(adj.device)).to(adj.dtype)
+        return out.reshape(self.geometry.conv_weight_shape)
+
+    def project_bias(self, bias: Tensor | None = None) -> Tensor | None:
+        """Conv bias ``(C_out,)`` nearest to ``bias`` (default: own): the mean over positions."""
+        bias = self.bias if bias is None else bias
+        if bias is None:
+            return None
+        return self.adjoint_bias(bias) / self.geometry.P
+
+    def project(self) -> tuple[Tensor, Tensor | None]:
+        """Nearest CNN parameters ``(conv_weight, conv_bias | None)`` (detached)."""
+        with torch.no_grad():
+            return self.project_weight().detach(), (None if self.bias is None else self.project_bias().detach())
+
+    def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "RelaxedConv":
+        """Set own parameters to φ(conv parameters), in place (no gradient)."""
+        with torch.no_grad():
+            self.weight.copy_(self.embed_weight(conv_weight))
+            if self.bias is not None:
+                if conv_bias is None:
+                    raise ValueError("this layer has a bias but no conv bias was given")
+                self.bias.copy_(self.embed_bias(conv_bias))
+        return self
+
+    @classmethod
+    def from_conv(cls, conv: nn.Module, in_spatial: int | tuple[int, ...]) -> "RelaxedConv":
+        """The exact relaxation of ``conv`` on inputs of spatial shape ``in_spatial``."""
+        geom = ConvGeometry.from_conv(conv, in_spatial)
+        layer = cls(geom, device=conv.weight.device, dtype=conv.weight.dtype, _init=False)
+        return layer.load_conv_(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
+
+    def reset_parameters(self) -> None:
+        """uniform(±1/sqrt(fan_in)) for weight and bias, like nn.Linear."""
+        bound = 1.0 / math.sqrt(self.fan_in)
+        with torch.no_grad():
+            self.weight.uniform_(-bound, bound)
+            if self.bias is not None:
+                self.bias.uniform_(-bound, bound)
+
+    def _check_input(self, x: Tensor) -> None:
+        g = self.geometry
+        if x.dim() != g.dim + 2 or tuple(x.shape[1:]) != (g.in_channels, *g.in_spatial):
+            raise ValueError(
+                f"{type(self).__name__} was built for inputs (B, {g.in_channels}, {', '.join(map(str, g.in_spatial))}), "
+                f"got {tuple(x.shape)}; a relaxed layer is tied to one input size (relax again for another)"
+            )
+
+    @property
+    def _bias_shape(self) -> tuple[int, ...]:
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        g = self.geometry
+        pad = "" if g.padding_mode == "zeros" else f", padding_mode={g.padding_mode}"
+        return (f"{g.in_channels}, {g.out_channels}, kernel_size={g.kernel_size}, stride={g.stride}, "
+                f"padding={g.padding}, dilation={g.dilation}, groups={g.groups}{pad}, "
+                f"in_spatial={g.in_spatial}, out_spatial={g.out_spatial}, bias={g.bias}")
