@@ -1,0 +1,75 @@
+"""The CIFAR AlexNet of the paper's seed code.
+
+conv 64 k4 s2 p2 → ReLU → pool 3/2 → conv 192 k5 p2 → ReLU → pool 3/2 → conv 384 k3 p1 → ReLU
+→ conv 256 k3 p1 → ReLU → conv 256 k3 p1 → ReLU → pool 3/2, then
+dropout → linear 256→512 → ReLU → dropout → linear 512→512 → ReLU → linear 512→classes.
+``width`` scales the conv channels (64, 192, 384, 256, 256 at the default 64); the hidden layers stay 512.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from . import register_model
+from ._shapes import check_input_size, pair
+
+_STAGES = [
+    ("features.0 (conv1)", 4, 2, 2),
+    ("features.2 (pool1)", 3, 2, 0),
+    ("features.3 (conv2)", 5, 1, 2),
+    ("features.5 (pool2)", 3, 2, 0),
+    ("features.6 (conv3)", 3, 1, 1),
+    ("features.8 (conv4)", 3, 1, 1),
+    ("features.10 (conv5)", 3, 1, 1),
+    ("features.12 (pool3)", 3, 2, 0),
+]
+
+
+class AlexNet(nn.Module):
+    def __init__(
+        self, *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32, dropout: float = 0.5
+    ):
+        super().__init__()
+        if width < 1 or num_classes < 1 or in_channels < 1:
+            raise ValueError(f"alexnet: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1")
+        if not 0.0 <= dropout < 1.0:
+            raise ValueError(f"alexnet: dropout={dropout} must be in [0, 1)")
+        h, w = pair(input_size)
+        oh, ow = check_input_size("alexnet", (h, w), _STAGES)
+        self.input_shape = (in_channels, h, w)
+        c1, c2, c3, c4 = width, width * 3, width * 6, width * 4  # 64, 192, 384, 256
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, c1, kernel_size=4, stride=2, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(c4, c4, kernel_size=3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(c4 * oh * ow, 512),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(512, 512),
+            nn.ReLU(),
+            nn.Linear(512, num_classes),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # (B, C, H, W) -> (B, 4*width, oh, ow) -> (B, num_classes)
+        return self.classifier(self.features(x).flatten(1))
+
+
+@register_model("alexnet")
+def alexnet(
+    *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32, dropout: float = 0.5
+) -> AlexNet:
+    return AlexNet(width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size, dropout=dropout)
