@@ -17,7 +17,7 @@ from torch import nn
 from ._common import LossFn, batches, eval_mode
 
 __all__ = ["Eigenvalues", "TraceEstimate", "Sharpness", "hessian_vector_product", "hessian_eigenvalues",
-           "hessian_trace", "sharpness"]
+           "hessian_trace", "measure_sharpness"]
 
 Vec = list[torch.Tensor]  # one tensor per parameter, shaped like it
 
@@ -26,8 +26,9 @@ Vec = list[torch.Tensor]  # one tensor per parameter, shaped like it
 class Eigenvalues:
     """Top-k eigenvalues (by magnitude, in the order found) of the Hessian of the loss.
 
-    ``converged[i]``: the relative change of the Rayleigh quotient fell below ``tol`` within ``max_iter``
-    iterations; ``residuals[i]`` = ‖Hv − λv‖ / |λ| at the last iterate (an a-posteriori error indicator).
+    ``residuals[i]`` = ‖Hv − λv‖ / |λ| at the last iterate; ``converged[i]``: it reached √tol within
+    ``max_iter`` Hessian-vector products. For a symmetric H, |λ − λ_true| ≤ ‖Hv − λv‖² / gap, so a converged
+    value has relative error ≤ tol · |λ| / gap (gap: distance to the rest of the spectrum).
     """
 
     values: list[float]
@@ -69,11 +70,15 @@ def _norm(a: Vec) -> torch.Tensor:
     return _dot(a, a).sqrt()
 
 
-def _orthonormalise(v: Vec, basis: list[Vec]) -> Vec:
-    """v minus its components along the (orthonormal) basis, then normalised."""
+def _deflate(v: Vec, basis: list[Vec]) -> Vec:
+    """v minus its components along the (orthonormal) basis."""
     for u in basis:
         c = _dot(v, u)
         v = [x - c * y for x, y in zip(v, u)]
+    return v
+
+
+def _normalise(v: Vec) -> Vec:
     n = _norm(v)
     return [x / n for x in v]
 
@@ -103,8 +108,9 @@ def hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: i
                         seed: int = 0, batch_size: int | None = 256) -> Eigenvalues:
     """Top-k Hessian eigenvalues (largest magnitude first) by power iteration with deflation.
 
-    Each eigenvector is iterated orthogonal to the ones already found; iteration stops when the Rayleigh
-    quotient's relative change |λ_t − λ_{t−1}| ≤ tol·|λ_t| or after ``max_iter`` Hessian-vector products.
+    Each eigenvector is iterated orthogonal to the ones already found; iteration stops when the relative
+    residual ‖Hv − λv‖ / |λ| ≤ √tol (λ = vᵀHv, the Rayleigh quotient) or after ``max_iter`` Hessian-vector
+    products. "Top" means largest magnitude (near a minimum: the largest positive curvature).
     The start vectors are Gaussian, drawn from ``torch.Generator`` seeded with ``seed``.
     """
     if k < 1 or tol <= 0 or max_iter < 1:
@@ -115,22 +121,22 @@ def hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: i
     with eval_mode(model):
         params = _params(model)
         for _ in range(k):
-            v = _orthonormalise([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], found)
-            lam, ok, it, hv = math.nan, False, 0, v
+            v = _normalise(_deflate([torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device) for p in params], found))
+            lam, ok, r = math.nan, False, math.inf
             for it in range(1, max_iter + 1):
                 _, hv = hessian_vector_product(model, x, y, v, loss_fn=loss_fn, batch_size=batch_size)
-                new = _dot(hv, v).item()  # Rayleigh quotient, v has unit norm
-                ok = it > 1 and abs(new - lam) <= tol * abs(new)
-                lam = new
+                hv = _deflate(hv, found)  # the operator restricted to the complement of found eigenvectors
+                lam = _dot(hv, v).item()  # Rayleigh quotient, v has unit norm
+                r = _norm([a - lam * b for a, b in zip(hv, v)]).item() / abs(lam) if lam else math.inf
+                ok = r <= math.sqrt(tol)
                 if ok or it == max_iter:
-                    break  # keep v: the residual below pairs λ with the v it was measured on
-                v = _orthonormalise(hv, found)
-            r = _norm([a - lam * b for a, b in zip(hv, v)]).item()
+                    break  # keep v: the residual pairs λ with the v it was measured on
+                v = _normalise(hv)
             found.append(v)
             values.append(lam)
             iters.append(it)
             conv.append(ok)
-            resid.append(r / abs(lam) if lam else math.inf)
+            resid.append(r)
     return Eigenvalues(values, iters, conv, resid, tol, max_iter)
 
 
@@ -151,7 +157,7 @@ def hessian_trace(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, probes:
     return TraceEstimate(trace=s.mean().item(), stderr=(s.std(unbiased=True) / math.sqrt(probes)).item(), probes=probes)
 
 
-def sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, k: int = 1, tol: float = 1e-3,
+def measure_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, k: int = 1, tol: float = 1e-3,
               max_iter: int = 100, probes: int = 20, seed: int = 0, loss_fn: LossFn = F.cross_entropy,
               batch_size: int | None = 256) -> Sharpness:
     """Loss, top-k eigenvalues and trace of the Hessian of the mean loss over (x, y)."""
