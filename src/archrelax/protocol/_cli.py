@@ -1,8 +1,107 @@
-"""Command-line entry points of archrelax.protocol (see archrelax.cli)."""
+"""Command-line entry points of archrelax.protocol (see archrelax.cli): ``run``, ``status``, ``demo``."""
 from __future__ import annotations
 
 import argparse
+import importlib
+import time
+from pathlib import Path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the ``archrelax`` parser."""
+    p = subparsers.add_parser(
+        "run", help="run (or resume) a relaxation experiment",
+        description="Plan an experiment from a spec file, a preset or an experiment folder, and train every "
+                    "unfinished run. Safe to rerun: finished runs are skipped, interrupted ones resumed.")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("spec", nargs="?", help="spec file (YAML), or an experiment folder to resume")
+    src.add_argument("--preset", help="a packaged preset (see --list-presets)")
+    src.add_argument("--list-presets", action="store_true", help="list the presets and exit")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec key, e.g. --set train.lr=0.1 --set seeds=[0,1,2] (repeatable)")
+    p.add_argument("--executor", choices=("local", "slurm"), help="where runs execute (default: the spec's)")
+    p.add_argument("--workers", type=int, help="local worker processes (default: the spec's)")
+    p.add_argument("--out", help="experiment folder (default: experiments/<name>, or the folder given as SPEC)")
+    p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_run)
+
+    p = subparsers.add_parser("status", help="table of an experiment's runs",
+                              description="Show every run of an experiment: kind, t_w, status, epoch, best test "
+                                          "accuracy and the start of any error.")
+    p.add_argument("experiment", help="experiment folder")
+    p.set_defaults(func=cmd_status)
+
+    p = subparsers.add_parser(
+        "demo", help="the whole protocol on the offline mnist5k data, in a few minutes on a CPU",
+        description="Run the 'demo' preset (CNN, FCN baseline, eFCN and eLCN from six switch times on mnist5k), "
+                    "print its summary and write the report if the report step is available.")
+    p.add_argument("--out", default="archrelax-demo", help="experiment folder (default: ./archrelax-demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the demo spec")
+    p.add_argument("--workers", type=int, help="local worker processes")
+    p.set_defaults(func=cmd_demo)
+
+
+def _finish(store, t0: float) -> int:
+    from . import format_summary
+
+    rows = store.read_summary()
+    bad = [r for r in rows if r["status"] not in ("done", "diverged")]
+    print(format_summary(store))
+    print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s; summary: {store.summary_path}")
+    if bad:
+        print(f"{len(bad)} run(s) did not finish: see `archrelax status {store.root}` (rerun to retry)")
+    return 1 if bad else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from . import Store, list_presets, load_spec, run_experiment
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    spec_path = Path(args.spec) if args.spec else None
+    spec = load_spec(spec_path, preset=args.preset, overrides=args.overrides)
+    out = args.out
+    if out is None:
+        out = spec_path if spec_path is not None and spec_path.is_dir() else Path("experiments") / spec.name
+    t0 = time.perf_counter()
+    root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll)
+    rc = _finish(Store(root), t0)
+    if spec.analyses:
+        _analyse(root, spec.analyses)
+    return rc
+
+
+def _analyse(root: Path, names: list[str]) -> None:
+    try:
+        analyse = importlib.import_module("archrelax.analysis").analyse_experiment
+    except (ImportError, AttributeError):
+        print("analyses requested, but archrelax.analysis.analyse_experiment is not available; skipped")
+        return
+    print(f"running analyses {names} ...")
+    analyse(root, only=names)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from . import Store, format_status
+
+    print(format_status(Store(args.experiment)))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from . import Store, load_spec, run_experiment
+
+    spec = load_spec(preset="demo", overrides=args.overrides)
+    t0 = time.perf_counter()
+    root = run_experiment(spec, args.out, workers=args.workers)
+    rc = _finish(Store(root), t0)
+    try:
+        write_report = importlib.import_module("archrelax.report").write_report
+    except (ImportError, AttributeError):
+        print("report step not available (archrelax.report.write_report); the summary above is the result")
+        return rc
+    page = write_report(root)
+    print(f"report: {page}")
+    return rc

@@ -1,0 +1,249 @@
+"""Executors and the scheduler that feeds them.
+
+Every executor has submitit's shape: ``submit(fn, *args) -> job`` with ``job.done()`` and ``job.result()``,
+and ``batch()`` (a context manager grouping submissions; a Slurm job array under submitit).
+
+- :class:`InProcessExecutor`: runs each job at submission, in this process, one after another.
+- :class:`ProcessExecutor`: ``N`` worker processes (spawned); with GPUs, worker ``i`` sees only GPU
+  ``i % n_gpus`` through CUDA_VISIBLE_DEVICES.
+- :func:`submitit_executor`: submitit.AutoExecutor with the spec's Slurm options (``cluster: local`` uses
+  submitit's LocalExecutor, which is how the tests drive this path).
+
+:func:`execute` schedules a plan on any of them: a run is submitted as soon as the snapshot it starts from
+exists (snapshots are written atomically, so existence means complete), so relaxed runs can start while
+their CNN is still training wherever there is more than one worker.
+"""
+from __future__ import annotations
+
+import concurrent.futures as cf
+import contextlib
+import json
+import multiprocessing as mp
+import os
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from .plan import Run
+from .spec import SlurmOptions
+from .store import FINISHED, Store
+
+__all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
+
+
+def _train(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+    # imported here: the trainer pulls in torch and the model zoo, not needed to plan or show status
+    from ..train import TrainConfig, train
+
+    return train(TrainConfig.from_dict(config), out_dir)
+
+
+def _init_from(store: Store, run: Run) -> str | None:
+    """Absolute snapshot path for ``config['init_from']`` (None when it cannot be known yet).
+
+    A run folder that already holds a config keeps the path it was started with (a re-planned parent with
+    the same training identity has a new folder but the same weights), so the trainer's resume check,
+    which compares configs, still accepts it.
+    """
+    saved = store.run_dir(run.id) / "config.json"
+    if saved.is_file():
+        old = json.loads(saved.read_text()).get("init_from")
+        if old and Path(old).is_file():
+            return old
+    path = store.snapshot_file(run)
+    return None if path is None else str(path)
+
+
+def run_one(experiment: str, run_id: str) -> dict[str, Any]:
+    """Train one run of an experiment folder (the unit every executor runs; picklable for submitit).
+
+    Never raises for a failing run: the failure is recorded in the run's status.json and returned.
+    Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
+    """
+    store = Store(experiment)
+    run = store.load_plan()[run_id]
+    with store.lock(run_id) as held:
+        if not held:
+            return {"id": run_id, "status": "busy", "error": f"held by {store.holder(run_id)}"}
+        st = store.read_status(run_id)
+        if st.get("status") in FINISHED:
+            return {"id": run_id, "status": st["status"], "error": st.get("error"), "skipped": True}
+        config = {**run.config, "init_from": _init_from(store, run)}
+        if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
+            parent = store.read_status(run.depends_on) if run.depends_on else {}
+            err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
+                   f"{parent.get('status')!r} at epoch {parent.get('epoch')} before this switch time")
+            store.write_status(run_id, "failed", err)
+        else:
+            try:
+                _train(config, store.run_dir(run_id))
+            except Exception as e:  # any failure of one run (incl. CUDA OOM) is recorded; the others go on
+                err = f"{type(e).__name__}: {e}"
+                (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
+                store.write_status(run_id, "failed", err)
+        st = store.read_status(run_id)
+    store.write_summary()
+    return {"id": run_id, "status": st.get("status"), "error": st.get("error")}
+
+
+# ---- executors ----------------------------------------------------------------------------------------
+
+
+class _DoneJob:
+    def __init__(self, fn: Callable, args: tuple):
+        try:
+            self._value, self._exc = fn(*args), None
+        except Exception as e:
+            self._value, self._exc = None, e
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> Any:
+        if self._exc is not None:
+            raise self._exc
+        return self._value
+
+
+class InProcessExecutor:
+    """Runs each submitted job immediately, in this process (the default: simplest to debug)."""
+
+    def submit(self, fn: Callable, *args: Any) -> _DoneJob:
+        return _DoneJob(fn, args)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        yield
+
+    def shutdown(self) -> None:
+        pass
+
+
+def _worker_init(slot_queue: Any, n_gpus: int, threads: int) -> None:
+    slot = slot_queue.get()
+    if n_gpus:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+class ProcessExecutor:
+    """``workers`` spawned processes; one GPU each (round-robin) when GPUs exist, else a share of the CPU cores."""
+
+    def __init__(self, workers: int):
+        import torch
+
+        if workers < 1:
+            raise ValueError(f"workers = {workers}; allowed: an integer >= 1")
+        ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe
+        n_gpus = torch.cuda.device_count()
+        queue = ctx.Queue()
+        for i in range(workers):
+            queue.put(i)
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        self._pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                            initargs=(queue, n_gpus, threads))
+
+    def submit(self, fn: Callable, *args: Any) -> cf.Future:
+        return self._pool.submit(fn, *args)
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        yield
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: str = "archrelax") -> Any:
+    """submitit.AutoExecutor configured from the spec's ``slurm`` section (``timeout_min`` always explicit:
+    submitit's local executor would otherwise kill jobs after its short default)."""
+    import submitit
+
+    ex = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
+    extra = dict(options.additional)
+    for key in ("account", "qos", "constraint"):
+        if getattr(options, key) is not None:
+            extra[key] = getattr(options, key)
+    params: dict[str, Any] = dict(
+        name=name, timeout_min=options.timeout_min, gpus_per_node=options.gpus_per_node,
+        cpus_per_task=options.cpus_per_task, mem_gb=options.mem_gb,
+        slurm_array_parallelism=options.array_parallelism,
+    )
+    if options.partition is not None:
+        params["slurm_partition"] = options.partition
+    if extra:
+        params["slurm_additional_parameters"] = extra
+    if options.setup:
+        params["slurm_setup"] = list(options.setup)
+    ex.update_parameters(**params)
+    return ex
+
+
+# ---- scheduling ---------------------------------------------------------------------------------------
+
+
+def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
+            log: Callable[[str], None] = print) -> dict[str, str]:
+    """Train every unfinished run of ``plan`` on ``executor``; returns id -> final status.
+
+    Runs start as soon as their snapshot exists; a run whose parent ended without writing the snapshot is
+    marked failed with the reason; a run held by another live process is waited for (its lock), not
+    trained twice. Failures never stop the other runs.
+    """
+    result = {rid: store.read_status(rid).get("status", "pending") for rid in plan}
+    todo = [rid for rid in plan if result[rid] not in FINISHED]
+    skipped = len(plan) - len(todo)
+    log(f"{len(plan)} runs planned: {skipped} already finished, {len(todo)} to run")
+    flying: dict[str, Any] = {}
+    told_busy: set[str] = set()
+    while todo or flying:
+        for rid, job in list(flying.items()):
+            if not job.done():
+                continue
+            del flying[rid]
+            try:
+                out = job.result()
+            except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
+                store.write_status(rid, "failed", f"job failed: {type(e).__name__}: {e}")
+                out = {"status": "failed", "error": str(e)}
+            if out.get("status") == "busy":
+                todo.append(rid)
+                continue
+            result[rid] = out.get("status")
+            msg = f" ({out.get('error')})" if out.get("error") else ""
+            log(f"  {rid}: {result[rid]}{msg}")
+        ready = []
+        for rid in list(todo):
+            run = plan[rid]
+            snap = store.snapshot_file(run)
+            if run.depends_on is not None and not (snap is not None and snap.is_file()):
+                parent_busy = run.depends_on in flying or run.depends_on in todo
+                parent_status = store.read_status(run.depends_on).get("status")
+                if parent_busy or (parent_status not in FINISHED + ("failed",)):
+                    continue  # parent still training (here or elsewhere): wait for the snapshot
+                # parent ended without this snapshot: run_one records why
+            holder = store.holder(rid)
+            if holder is not None:
+                if rid not in told_busy:
+                    log(f"  {rid}: held by {holder}; waiting for it")
+                    told_busy.add(rid)
+                continue
+            if store.read_status(rid).get("status") in FINISHED:  # finished meanwhile by another process
+                todo.remove(rid)
+                result[rid] = store.read_status(rid)["status"]
+                continue
+            ready.append(rid)
+        if ready:
+            for rid in ready:
+                todo.remove(rid)
+            with executor.batch():
+                jobs = [executor.submit(run_one, str(store.root), rid) for rid in ready]
+            flying.update(zip(ready, jobs))
+            continue
+        if todo or flying:
+            time.sleep(poll_s)
+    store.write_summary(plan)
+    return result

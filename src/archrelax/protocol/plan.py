@@ -1,0 +1,141 @@
+"""The plan: an experiment spec turned into a graph of runs, each a full TrainConfig plus where it starts from.
+
+Per seed: one CNN (saving snapshots at every switch time); from each snapshot an eFCN and/or eLCN run;
+hierarchical runs (CNN -> eLCN at t_w1 -> eFCN at t_w2) start from the eLCN's snapshot taken at its own
+epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's clock, see the trainer's ``global_epoch``); baselines
+(``fcn``/``lcn``) train from scratch.
+
+Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration, with
+``init_from`` replaced by the *training identity* of the parent (its config without the snapshot list) and
+the snapshot epoch. So changing one option changes exactly the ids of the runs it affects; adding a switch
+time re-runs the CNN (it must save one more snapshot) but keeps the ids of the relaxed runs already done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from ..utils import format_epoch
+from .spec import ExperimentSpec
+
+__all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS"]
+
+KINDS = ("cnn", "efcn", "elcn", "hier", "fcn", "lcn")
+# Options that change what is saved or shown, not the training trajectory: left out of a parent's identity.
+_NOT_IDENTITY = ("snapshots", "progress", "tensorboard")
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the plan.
+
+    ``config`` is a TrainConfig as plain data with ``init_from`` left None: the executor fills it with the
+    absolute path of the snapshot run ``depends_on`` saved at its own epoch ``snapshot_epoch``. ``snapshot``
+    is that file's nominal path (relative to the experiment folder); the trainer saves at the nearest whole
+    step, so the file actually used is found by :meth:`Store.snapshot_file`.
+    ``t_w``/``t_w2`` are switch epochs on the CNN's clock (None where they do not apply).
+    """
+
+    id: str
+    kind: str
+    seed: int
+    config: dict[str, Any]
+    depends_on: str | None = None
+    snapshot: str | None = None
+    snapshot_epoch: float | None = None
+    t_w: float | None = None
+    t_w2: float | None = None
+    identity: str = ""  # hash of the training trajectory (config minus _NOT_IDENTITY), for children's ids
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def _make(prefix: str, kind: str, seed: int, config: dict, parent: Run | None = None, snap_epoch: float | None = None,
+          t_w: float | None = None, t_w2: float | None = None) -> Run:
+    keyed = dict(config)
+    snapshot = None
+    if parent is not None:
+        keyed["init_from"] = f"{parent.identity}@{format_epoch(snap_epoch)}"
+        snapshot = f"runs/{parent.id}/snapshots/epoch_{format_epoch(snap_epoch)}.pt"
+    identity = _digest({k: v for k, v in keyed.items() if k not in _NOT_IDENTITY})
+    return Run(id=f"{prefix}-{_digest(keyed)[:8]}", kind=kind, seed=seed, config=config,
+               depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w, t_w2=t_w2, identity=identity)
+
+
+def _tw(t: float) -> str:
+    return f"tw{format_epoch(t)}"
+
+
+def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
+    """TrainConfig fields every run shares."""
+    tr = spec.train
+    return {
+        "model": spec.model, "model_kwargs": dict(spec.model_kwargs), "data": spec.data, "data_root": spec.data_root,
+        "train_size": spec.train_size, "test_size": spec.test_size, "data_seed": spec.data_seed,
+        "augment": list(tr.augment), "relax": None, "relax_layers": spec.relax_layers, "init_from": None,
+        "optimizer_state": "reset", "optimizer": tr.optimizer, "lr": tr.lr, "momentum": tr.momentum,
+        "weight_decay": tr.weight_decay, "schedule": tr.schedule, "step_size": tr.step_size, "gamma": tr.gamma,
+        "warmup_epochs": tr.warmup_epochs, "batch_size": tr.batch_size, "eval_times": tr.eval_times,
+        "snapshots": [], "seed": seed, "device": tr.device, "amp": tr.amp, "compile": tr.compile,
+    }
+
+
+def _stop(rule) -> dict[str, Any]:
+    return {"epochs": rule.epochs, "until_zero_loss": rule.until_zero_loss, "max_epochs": rule.max_epochs,
+            "loss_threshold": rule.loss_threshold}
+
+
+def _snap_epoch(t: float) -> float:
+    # t_w2 - t_w1 in float arithmetic (0.3 - 0.1 = 0.19999999999999998): round so that the file name
+    # format_epoch() gives and the epoch the trainer is asked for are the same number.
+    return float(format_epoch(t))
+
+
+def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
+    """The run graph of ``spec``: id -> Run, parents before children (CNNs, then relaxed runs, then baselines)."""
+    plan: dict[str, Run] = {}
+    switch = spec.switch_list()
+    grid = spec.grid()
+    relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state}
+    for seed in spec.seeds:
+        base = _common(spec, seed)
+        lr = {"lr": spec.relaxed.lr} if spec.relaxed.lr is not None else {}
+        cnn_snaps = sorted(set(switch) | {a for a, _ in grid} | ({0.0} if grid else set()))
+        cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps})
+        plan[cnn.id] = cnn
+        lc_times = sorted({t for t in switch if "lc" in spec.targets} | {a for a, _ in grid})
+        fc_times = switch if "fc" in spec.targets else []
+        elcn: dict[float, Run] = {}
+        for t in lc_times:
+            snaps = sorted({_snap_epoch(b - a) for a, b in grid if a == t})
+            cfg = {**base, **relaxed, **lr, "relax": "lc", "snapshots": snaps}
+            elcn[t] = _make(f"elcn-{_tw(t)}-s{seed}", "elcn", seed, cfg, cnn, t, t_w=t)
+        for t in fc_times:
+            cfg = {**base, **relaxed, **lr, "relax": "fc"}
+            run = _make(f"efcn-{_tw(t)}-s{seed}", "efcn", seed, cfg, cnn, t, t_w=t)
+            plan[run.id] = run
+        for t in lc_times:
+            plan[elcn[t].id] = elcn[t]
+        for a, b in grid:
+            cfg = {**base, **relaxed, **lr, "relax": "fc"}
+            run = _make(f"hier-{_tw(a)}-{_tw(b)}-s{seed}", "hier", seed, cfg, elcn[a], _snap_epoch(b - a), t_w=a, t_w2=b)
+            plan[run.id] = run
+        for kind in spec.baselines:
+            layers = {"layers": spec.relax_layers} if spec.relax_layers is not None else {}
+            cfg = {**base, **relaxed, **lr, "model": kind, "optimizer_state": "reset", "relax_layers": None,
+                   "model_kwargs": {"base": spec.model, **layers, **spec.model_kwargs}}
+            run = _make(f"{kind}-s{seed}", kind, seed, cfg)
+            plan[run.id] = run
+    return plan
+
+
+def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:
+    return {rid: {k: v for k, v in asdict(r).items() if k != "id"} for rid, r in plan.items()}
+
+
+def plan_from_json(data: dict[str, Any]) -> dict[str, Run]:
+    return {rid: Run(id=rid, **fields) for rid, fields in data.items()}

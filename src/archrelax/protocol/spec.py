@@ -1,0 +1,526 @@
+"""The experiment spec: a typed, validated description of one relaxation experiment.
+
+A spec is plain data (YAML on disk, nested dataclasses here). ``load_spec`` reads a file or a preset, applies
+``--set a.b=value`` overrides typed through the dataclasses' annotations, and validates everything before any
+run starts: unknown keys (with the closest valid key suggested), out-of-range values and switch times beyond
+the CNN's training are reported together, each naming the key, the value and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import math
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+__all__ = [
+    "SpecError",
+    "ExperimentSpec",
+    "TrainOptions",
+    "StopRule",
+    "RelaxedOptions",
+    "HierarchicalOptions",
+    "SlurmOptions",
+    "load_spec",
+    "spec_from_dict",
+    "spec_to_dict",
+    "apply_overrides",
+    "resolve_times",
+    "list_presets",
+    "preset_path",
+]
+
+PRESET_DIR = Path(__file__).with_name("presets")
+DATA_SOURCES = ("mnist5k", "cifar10", "cifar100", "synthetic[:CxHxW[:K[:NTRAIN[:NTEST]]]]", "imagefolder:PATH")
+# Used only when archrelax.analysis does not (yet) publish its own list.
+_FALLBACK_ANALYSES = ("sharpness", "distance", "ablation", "templates", "interpolation", "memory")
+
+
+class SpecError(ValueError):
+    """An invalid experiment spec; ``problems`` lists every problem found (one line each)."""
+
+    def __init__(self, problems: list[str], source: str = "spec"):
+        self.problems = list(problems)
+        head = f"invalid experiment spec ({source}): {len(problems)} problem{'s' * (len(problems) != 1)}"
+        super().__init__(head + "\n  - " + "\n  - ".join(self.problems))
+
+
+def _opt(default: Any, doc: str, check: Any = None) -> Any:
+    """A spec field: default, one-line doc, and ``check(value) -> "what is allowed" | None``."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, "check": check})
+    return field(default=default, metadata={"doc": doc, "check": check})
+
+
+def _positive(v: Any) -> str | None:
+    return None if v is None or v > 0 else "a number > 0"
+
+
+def _nonneg(v: Any) -> str | None:
+    return None if v is None or v >= 0 else "a number >= 0"
+
+
+def _times_text(v: Any) -> str | None:
+    """Switch times: epoch lists or 'log:N' (N >= 1 integer)."""
+    if isinstance(v, list):
+        return None if all(t >= 0 for t in v) else "epochs >= 0"
+    if v.startswith("log:") and v[4:].isdigit() and int(v[4:]) >= 1:
+        return None
+    return "'log:N' with an integer N >= 1, or a list of epochs >= 0"
+
+
+def _eval_text(v: Any) -> str | None:
+    """The trainer's eval_times: 'log:N' (N >= 2), 'every', or epochs."""
+    if isinstance(v, str) and (v == "every" or (v.startswith("log:") and v[4:].isdigit() and int(v[4:]) >= 2)):
+        return None
+    return _times_text(v) if isinstance(v, list) else "'log:N' with an integer N >= 2, 'every', or a list of epochs >= 0"
+
+
+@dataclass
+class TrainOptions:
+    """Options shared by every run of the experiment (CNN, relaxed runs, baselines)."""
+
+    optimizer: Literal["sgd", "adam", "adamw"] = _opt("sgd", "optimiser")
+    lr: float = _opt(0.05, "learning rate", _positive)
+    momentum: float = _opt(0.9, "SGD momentum", lambda v: None if 0 <= v < 1 else "0 <= momentum < 1")
+    weight_decay: float = _opt(0.0, "weight decay", _nonneg)
+    schedule: Literal["constant", "step", "cosine"] = _opt("constant", "learning-rate schedule")
+    step_size: float | None = _opt(None, "epochs between decays ('step' schedule)", _positive)
+    gamma: float = _opt(0.1, "decay factor ('step' schedule)", lambda v: None if 0 < v <= 1 else "0 < gamma <= 1")
+    warmup_epochs: float = _opt(0.0, "linear warm-up length", _nonneg)
+    batch_size: int = _opt(128, "batch size", lambda v: None if v >= 1 else "an integer >= 1")
+    augment: list[str] = _opt([], "batch augmentations (names the data feed knows)")
+    eval_times: Union[str, list[float]] = _opt("log:20", "when to evaluate: 'log:N', 'every' or epochs", _eval_text)
+    device: str = _opt("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N'")
+    amp: Literal["bf16"] | None = _opt(None, "mixed precision")
+    compile: bool = _opt(False, "torch.compile the model")
+
+
+@dataclass
+class StopRule:
+    """How long a run trains: a fixed ``epochs``, or ``until_zero_loss`` capped at ``max_epochs``."""
+
+    epochs: float | None = _opt(None, "fixed length in epochs (null: use until_zero_loss)", _positive)
+    until_zero_loss: bool = _opt(True, "stop once the train loss is below loss_threshold")
+    max_epochs: float | None = _opt(50.0, "cap when until_zero_loss", _positive)
+    loss_threshold: float | None = _opt(None, "train loss counted as zero (null: 100 % train accuracy)", _positive)
+
+    def length(self) -> float | None:
+        """The longest this rule can train (None when unbounded)."""
+        return self.epochs if self.epochs is not None else self.max_epochs
+
+
+@dataclass
+class RelaxedOptions(StopRule):
+    """Stopping rule and optimiser hand-over of the relaxed runs (eFCN, eLCN, hierarchical) and baselines."""
+
+    optimizer_state: Literal["reset", "carry"] = _opt("reset", "fresh optimiser, or carry the CNN's embedded state")
+    lr: float | None = _opt(None, "learning rate of relaxed runs (null: train.lr)", _positive)
+
+
+@dataclass
+class HierarchicalOptions:
+    """The (t_w1, t_w2) grid of the 'lc>fc' target: CNN -> eLCN at t_w1 -> eFCN at t_w2 >= t_w1."""
+
+    t_w1: list[float] | None = _opt(None, "eLCN switch times (null: the switch times)")
+    t_w2: list[float] | None = _opt(None, "eFCN switch times on the CNN's clock (null: the switch times)")
+
+
+@dataclass
+class SlurmOptions:
+    """Slurm resources (``executor: slurm``), passed to submitit.AutoExecutor."""
+
+    cluster: Literal["slurm", "local", "debug"] = _opt("slurm", "submitit cluster ('local' runs jobs as local processes)")
+    partition: str | None = _opt(None, "Slurm partition")
+    account: str | None = _opt(None, "Slurm account")
+    qos: str | None = _opt(None, "Slurm QOS")
+    constraint: str | None = _opt(None, "Slurm constraint")
+    gpus_per_node: int = _opt(1, "GPUs per job", lambda v: None if v >= 0 else "an integer >= 0")
+    cpus_per_task: int = _opt(8, "CPUs per job", lambda v: None if v >= 1 else "an integer >= 1")
+    mem_gb: float = _opt(32.0, "memory per job (GB)", _positive)
+    timeout_min: int = _opt(720, "time limit per job (minutes)", lambda v: None if v >= 1 else "an integer >= 1")
+    array_parallelism: int = _opt(64, "max simultaneous jobs of one array", lambda v: None if v >= 1 else "an integer >= 1")
+    setup: list[str] = _opt([], "shell lines run before each job (module load ..., source venv)")
+    additional: dict[str, Any] = _opt({}, "further sbatch options, e.g. {exclude: node[1-3]}")
+
+
+@dataclass
+class ExperimentSpec:
+    """One relaxation experiment: the CNN, its switch times, relaxation targets, baselines and seeds."""
+
+    name: str = _opt("experiment", "experiment name (default output folder: experiments/<name>)")
+    model: str = _opt("vanilla_cnn", "registered model name or 'pkg.module:factory'")
+    model_kwargs: dict[str, Any] = _opt({}, "model options, e.g. {width: 64}")
+    data: str = _opt("mnist5k", "data source: " + ", ".join(DATA_SOURCES))
+    data_root: str | None = _opt(None, "where the data lives or is cached")
+    train_size: int | None = _opt(None, "training subset size (null: all)", _positive)
+    test_size: int | None = _opt(None, "test subset size (null: all)", _positive)
+    data_seed: int = _opt(0, "seed of the subset choice")
+    relax_layers: list[str] | None = _opt(None, "layers to relax (names or globs; null: every conv)")
+    seeds: list[int] = _opt([0], "training seeds: one CNN (and its relaxed runs) per seed")
+    train: TrainOptions = field(default_factory=TrainOptions, metadata={"doc": "options shared by all runs"})
+    cnn: StopRule = field(default_factory=lambda: StopRule(epochs=None, until_zero_loss=True, max_epochs=100.0),
+                          metadata={"doc": "how long the CNN trains"})
+    relaxed: RelaxedOptions = field(default_factory=RelaxedOptions, metadata={"doc": "relaxed runs and baselines"})
+    switch_times: Union[str, list[float]] = _opt("log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs", _times_text)
+    switch_min: float = _opt(1.0, "smallest non-zero switch time of 'log:N'", _positive)
+    targets: list[Literal["fc", "lc", "lc>fc"]] = _opt(["fc"], "relaxations from each switch time")
+    hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions, metadata={"doc": "the 'lc>fc' grid"})
+    baselines: list[Literal["fcn", "lcn"]] = _opt(["fcn"], "from-scratch baselines of the same size")
+    analyses: list[str] = _opt([], "analyses to run afterwards (names from archrelax.analysis)")
+    executor: Literal["local", "slurm"] = _opt("local", "where runs execute")
+    workers: int = _opt(1, "local worker processes (one per GPU when there are GPUs)", lambda v: None if v >= 1 else "an integer >= 1")
+    slurm: SlurmOptions = field(default_factory=SlurmOptions, metadata={"doc": "Slurm resources"})
+
+    def switch_list(self) -> list[float]:
+        """The resolved switch times (epochs on the CNN's clock), ascending."""
+        return resolve_times(self.switch_times, self.cnn.length() or 0.0, self.switch_min)
+
+    def grid(self) -> list[tuple[float, float]]:
+        """The hierarchical (t_w1, t_w2) pairs with t_w1 <= t_w2 (empty unless 'lc>fc' is a target)."""
+        if "lc>fc" not in self.targets:
+            return []
+        sw = self.switch_list()
+        t1s = sorted(set(self.hierarchical.t_w1 if self.hierarchical.t_w1 is not None else sw))
+        t2s = sorted(set(self.hierarchical.t_w2 if self.hierarchical.t_w2 is not None else sw))
+        return [(a, b) for a in t1s for b in t2s if a <= b]
+
+
+def _round_sig(x: float, sig: int = 3) -> float:
+    return 0.0 if x == 0 else round(x, sig - 1 - int(math.floor(math.log10(abs(x)))))
+
+
+def resolve_times(times: str | list[float], end: float, t_min: float = 1.0) -> list[float]:
+    """'log:N' -> 0 and N-1 times log-spaced from ``t_min`` to ``end`` (3 significant digits); lists pass through.
+
+    >>> resolve_times("log:4", 8.0)
+    [0.0, 1.0, 2.83, 8.0]
+    """
+    if isinstance(times, list):
+        return sorted({float(t) for t in times})
+    n = int(times[4:])
+    if n == 1 or end <= 0:
+        return [0.0]
+    lo = min(t_min, end)
+    if n == 2 or lo == end:
+        return sorted({0.0, float(end)})
+    ratio = (end / lo) ** (1.0 / (n - 2))
+    return sorted({0.0} | {_round_sig(lo * ratio**i) for i in range(n - 1)})
+
+
+# ---- parsing: types come from the dataclass annotations -------------------------------------------------
+
+
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _describe(tp: Any) -> str:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in args)
+    if origin in (Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
+    if origin is list:
+        return f"a list of {_describe(args[0])}" if args else "a list"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
+
+
+_NO = object()
+
+
+def _coerce(value: Any, tp: Any) -> Any:
+    """``value`` converted to ``tp`` if it can be without guessing, else ``_NO``."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if tp is Any:
+        return value
+    if origin in (Union, types.UnionType):
+        if value is None:
+            return None if type(None) in args else _NO
+        for a in args:  # str last in our unions' intent: try non-str members first for e.g. "3"
+            if a is not type(None) and a is not str:
+                out = _coerce(value, a)
+                if out is not _NO:
+                    return out
+        return _coerce(value, str) if str in args else _NO
+    if origin is Literal:
+        return value if value in args else _NO
+    if origin is list:
+        if not isinstance(value, list):
+            return _NO
+        out = [_coerce(v, args[0]) if args else v for v in value]
+        return _NO if any(o is _NO for o in out) else out
+    if origin is dict:
+        return dict(value) if isinstance(value, dict) else _NO
+    if tp is bool:
+        return value if isinstance(value, bool) else _NO
+    if tp is int:
+        if isinstance(value, bool):
+            return _NO
+        if isinstance(value, int):
+            return value
+        return int(value) if isinstance(value, float) and value.is_integer() else _NO
+    if tp is float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
+    if tp is str:
+        return value if isinstance(value, str) else _NO
+    return value if isinstance(value, tp) else _NO
+
+
+def _all_keys(cls: type, prefix: str = "") -> list[str]:
+    keys = []
+    for f in dataclasses.fields(cls):
+        tp = _hints(cls)[f.name]
+        keys.append(prefix + f.name)
+        if dataclasses.is_dataclass(tp):
+            keys += _all_keys(tp, prefix + f.name + ".")
+    return keys
+
+
+def _unknown(key: str, prefix: str, siblings: list[str]) -> str:
+    every = _all_keys(ExperimentSpec)
+    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
+    if not close:  # maybe it belongs in another section (e.g. 'lr' -> 'train.lr')
+        close = [k for k in every if k.rsplit(".", 1)[-1] == key][:1]
+        close = close or difflib.get_close_matches(prefix + key, every, n=1, cutoff=0.6)
+    else:
+        close = [prefix + close[0]]
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return f"unknown key '{prefix}{key}'{hint} (valid here: {', '.join(siblings)})"
+
+
+def _build(cls: type, data: Any, prefix: str, problems: list[str], base: Any = None) -> Any:
+    """``base`` (default ``cls()``) with the keys of ``data`` set, typed and range-checked."""
+    obj = base if base is not None else cls()
+    if data is None:
+        return obj
+    if not isinstance(data, dict):
+        problems.append(f"'{prefix.rstrip('.') or 'spec'}' must be a mapping of keys, got {data!r}")
+        return obj
+    hints, fields = _hints(cls), {f.name: f for f in dataclasses.fields(cls)}
+    for key, value in data.items():
+        if key not in fields:
+            problems.append(_unknown(str(key), prefix, list(fields)))
+            continue
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            _build(tp, value, prefix + key + ".", problems, base=getattr(obj, key))
+            continue
+        if typing.get_origin(tp) is list and not isinstance(value, list) and value is not None:
+            value = [value]  # 'seeds: 0' means [0]
+        out = _coerce(value, tp)
+        if out is _NO:
+            problems.append(f"'{prefix}{key}' = {value!r} has the wrong type; allowed: {_describe(tp)}")
+            continue
+        check = fields[key].metadata.get("check")
+        items = out if isinstance(out, list) and typing.get_origin(tp) is list else [out]
+        bad = next((b for b in (check(i) for i in items if i is not None and check) if b), None)
+        if bad:
+            problems.append(f"'{prefix}{key}' = {value!r} is out of range; allowed: {bad}")
+            continue
+        setattr(obj, key, out)
+    return obj
+
+
+def _available_analyses() -> tuple[str, ...]:
+    try:
+        mod = importlib.import_module("archrelax.analysis")
+    except ImportError:
+        return _FALLBACK_ANALYSES
+    names = getattr(mod, "ANALYSES", None)
+    if names is None and callable(getattr(mod, "list_analyses", None)):
+        names = mod.list_analyses()
+    return tuple(names) if names else _FALLBACK_ANALYSES
+
+
+def _check_model(name: str) -> str | None:
+    if ":" in name:  # user factory 'pkg.module:factory', checked when the run builds it
+        return None
+    try:
+        names = importlib.import_module("archrelax.models").list_models()
+    except (ImportError, AttributeError):
+        return None
+    if name in names:
+        return None
+    close = difflib.get_close_matches(name, names, n=1)
+    return f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} (registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"
+
+
+def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
+    """Cross-field rules: stopping rules, switch times within the CNN's training, grid, names."""
+    for sec in ("cnn", "relaxed"):
+        rule: StopRule = getattr(spec, sec)
+        if rule.epochs is None and not rule.until_zero_loss:
+            problems.append(f"'{sec}' trains forever: set '{sec}.epochs' or '{sec}.until_zero_loss: true'")
+        if rule.epochs is not None and rule.until_zero_loss:
+            problems.append(f"'{sec}.epochs' = {rule.epochs} and '{sec}.until_zero_loss' = true conflict; "
+                            f"use '{sec}.max_epochs' to cap an until_zero_loss run, or set until_zero_loss: false")
+        if rule.epochs is None and rule.until_zero_loss and rule.max_epochs is None:
+            problems.append(f"'{sec}.max_epochs' = null with until_zero_loss: a number > 0 is required as a cap")
+    if not spec.seeds:
+        problems.append("'seeds' = [] is empty; allowed: a list of at least one integer")
+    if len(set(spec.seeds)) != len(spec.seeds):
+        problems.append(f"'seeds' = {spec.seeds} repeats a seed; allowed: distinct integers")
+    if not spec.targets and not spec.baselines:
+        problems.append("'targets' and 'baselines' are both empty: nothing to compare the CNN with")
+    if not (spec.data in ("mnist5k", "cifar10", "cifar100", "synthetic")
+            or spec.data.startswith(("imagefolder:", "synthetic:"))):
+        problems.append(f"'data' = {spec.data!r} is not a data source; allowed: {', '.join(DATA_SOURCES)}")
+    bad_model = _check_model(spec.model)
+    if bad_model:
+        problems.append(bad_model)
+    known = _available_analyses()
+    for a in spec.analyses:
+        if a not in known:
+            close = difflib.get_close_matches(a, known, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            problems.append(f"'analyses' has unknown analysis {a!r}{hint} (allowed: {', '.join(known)})")
+    end = spec.cnn.length()
+    if end is None:
+        return
+    if isinstance(spec.switch_times, list) and not spec.switch_times and spec.targets:
+        problems.append("'switch_times' = [] is empty while 'targets' is set; allowed: 'log:N' or a list of epochs")
+    late = [t for t in spec.switch_list() if t > end]
+    if late:
+        problems.append(f"'switch_times' = {spec.switch_times!r} has {late} after the end of CNN training "
+                        f"(epoch {end:g}, from 'cnn.{'epochs' if spec.cnn.epochs is not None else 'max_epochs'}'); "
+                        f"allowed: times in [0, {end:g}]")
+    for key in ("t_w1", "t_w2"):
+        ts = getattr(spec.hierarchical, key) or []
+        late = [t for t in ts if t > end or t < 0]
+        if late:
+            problems.append(f"'hierarchical.{key}' = {ts} has {late} outside CNN training; allowed: times in [0, {end:g}]")
+    grid = spec.grid()
+    if "lc>fc" in spec.targets and not grid:
+        problems.append(f"'hierarchical' grid is empty: no t_w1 <= t_w2 among t_w1 = {spec.hierarchical.t_w1} and "
+                        f"t_w2 = {spec.hierarchical.t_w2}; allowed: at least one pair with t_w1 <= t_w2")
+    relaxed_end = spec.relaxed.length()
+    too_far = [(a, b) for a, b in grid if relaxed_end is not None and b - a > relaxed_end]
+    if too_far:
+        problems.append(f"'hierarchical' pairs {too_far} need the eLCN to train t_w2 - t_w1 > {relaxed_end:g} epochs "
+                        f"(the relaxed runs' length); allowed: t_w2 - t_w1 <= {relaxed_end:g}, or raise 'relaxed.max_epochs'")
+
+
+def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
+    """Typed, validated spec from plain data; raises :class:`SpecError` listing every problem."""
+    problems: list[str] = []
+    spec = _build(ExperimentSpec, data, "", problems)
+    if not problems:
+        _validate(spec, problems)
+    if problems:
+        raise SpecError(problems, source)
+    return spec
+
+
+def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
+    return dataclasses.asdict(spec)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings to plain spec data (values parsed as YAML; 'fc,lc' is a list).
+
+    Typing and range checks happen in :func:`spec_from_dict`, which sees the merged data.
+    """
+    data = _deepcopy(data)
+    for item in overrides:
+        if "=" not in item:
+            raise SpecError([f"override {item!r} is not key=value (e.g. train.lr=0.1 or seeds=[0,1,2])"], "--set")
+        key, raw = item.split("=", 1)
+        key = key.strip()
+        value = yaml.safe_load(raw) if raw.strip() else None
+        parts = key.split(".")
+        tp = _type_at(parts)
+        if tp is None:
+            prefix, last = ".".join(parts[:-1]), parts[-1]
+            siblings = _siblings(parts[:-1])
+            raise SpecError([_unknown(last, prefix + "." if prefix else "", siblings)], "--set")
+        if isinstance(value, str) and "," in value and typing.get_origin(tp) is list:
+            value = [yaml.safe_load(v) for v in value.split(",")]
+        node = data
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                node[p] = {}
+            node = node[p]
+        node[parts[-1]] = value
+    return data
+
+
+def _siblings(parts: list[str]) -> list[str]:
+    cls: Any = ExperimentSpec
+    for p in parts:
+        hint = _hints(cls).get(p) if dataclasses.is_dataclass(cls) else None
+        if hint is None or not dataclasses.is_dataclass(hint):
+            return []
+        cls = hint
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _type_at(parts: list[str]) -> Any:
+    cls: Any = ExperimentSpec
+    for i, p in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            # inside a free mapping (model_kwargs.width, slurm.additional.x): any value
+            return Any if typing.get_origin(cls) is dict else None
+        tp = _hints(cls).get(p)
+        if tp is None:
+            return None
+        cls = tp
+    return cls
+
+
+def _deepcopy(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {k: _deepcopy(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_deepcopy(v) for v in x]
+    return x
+
+
+def list_presets() -> list[str]:
+    """Names of the packaged presets (``archrelax run --preset NAME``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        names = list_presets()
+        close = difflib.get_close_matches(name, names, n=1)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise FileNotFoundError(f"no preset named {name!r}{hint} (presets: {', '.join(names)})")
+    return path
+
+
+def load_spec(path: str | Path | None = None, *, preset: str | None = None,
+              overrides: list[str] = ()) -> ExperimentSpec:
+    """Read a spec file (or a preset, or the defaults when both are None), apply overrides, validate."""
+    if path is not None and preset is not None:
+        raise ValueError("give a spec file or a preset, not both")
+    src = Path(path) if path is not None else (preset_path(preset) if preset is not None else None)
+    data: Any = {}
+    if src is not None:
+        if src.is_dir():
+            src = src / "spec.yaml"
+        if not src.is_file():
+            raise FileNotFoundError(f"spec file {str(src)!r} does not exist")
+        try:
+            data = yaml.safe_load(src.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            raise SpecError([f"not valid YAML: {e}"], str(src)) from e
+        if not isinstance(data, dict):
+            raise SpecError([f"the file must hold a mapping of keys, got {type(data).__name__}"], str(src))
+    try:
+        data = apply_overrides(data, list(overrides))
+        return spec_from_dict(data, str(src) if src else "defaults")
+    except SpecError as e:
+        if overrides and e.args[0].startswith("invalid experiment spec (--set)"):
+            raise
+        raise SpecError(e.problems, (str(src) if src else "defaults") + (" + --set" if overrides else "")) from None

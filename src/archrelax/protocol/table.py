@@ -1,0 +1,44 @@
+"""Plain-text tables of an experiment (``archrelax status``, the end of ``archrelax run`` and ``demo``)."""
+from __future__ import annotations
+
+from .store import Store
+
+__all__ = ["format_status", "format_summary", "render"]
+
+
+def render(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)]
+    line = lambda cells: "  ".join(c.ljust(w) for c, w in zip(cells, widths)).rstrip()
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _pct(x: str) -> str:
+    return f"{100 * float(x):.1f}%" if x else ""
+
+
+def format_status(store: Store, error_width: int = 60) -> str:
+    """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left
+    'running' by a process that no longer holds its lock."""
+    plan = store.load_plan()
+    rows, counts = [], {}
+    for run in plan.values():
+        r = store.summary_row(run)
+        status = r["status"]
+        if status == "running" and store.holder(run.id) is None:
+            status = "interrupted"
+        counts[status] = counts.get(status, 0) + 1
+        tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
+        err = r["error"]
+        err = err if len(err) <= error_width else err[: error_width - 3] + "..."
+        rows.append([run.id, run.kind, tw, status, r["epochs"], _pct(r["best_test_acc"]), err])
+    table = render(["run", "kind", "t_w", "status", "epoch", "best test acc", "error"], rows)
+    tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+    return f"{table}\n{len(plan)} runs: {tally}"
+
+
+def format_summary(store: Store) -> str:
+    """The headline figures of summary.csv: final and best test accuracy per run."""
+    rows = [[r["id"], r["kind"], r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else ""), r["status"], r["epochs"],
+             _pct(r["final_train_acc"]), _pct(r["final_test_acc"]), _pct(r["best_test_acc"])]
+            for r in store.read_summary()]
+    return render(["run", "kind", "t_w", "status", "epochs", "final train", "final test", "best test"], rows)
