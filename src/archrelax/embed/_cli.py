@@ -1,8 +1,50 @@
-"""Command-line entry points of archrelax.embed (see archrelax.cli)."""
+"""Command-line entry points of archrelax.embed (see archrelax.cli): ``archrelax footprint MODEL``."""
 from __future__ import annotations
 
 import argparse
+import json
+
+_TO = {"fc": ("cnn", "fc"), "lc": ("cnn", "lc"), "all": ("cnn", "lc", "fc")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the ``archrelax`` parser."""
+    p = subparsers.add_parser(
+        "footprint",
+        help="parameter and optimiser memory of a model as CNN / eLCN / eFCN",
+        description="Print per-layer and total parameter counts and bytes of MODEL as a CNN and relaxed to "
+        "eLCN / eFCN, with SGD-momentum and Adam state estimates. Nothing relaxed is allocated.",
+    )
+    p.add_argument("model", metavar="MODEL", help="registered model name (see list_models()) or 'pkg.module:factory'")
+    p.add_argument("--to", choices=sorted(_TO), default="all", help="relaxation targets to show (default: all)")
+    p.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the factory's)")
+    p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the factory's)")
+    p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
+                   help="input spatial size: N or H W (default: the factory's)")
+    p.add_argument("--json", action="store_true", help="print the footprint as JSON instead of a table")
+    p.set_defaults(func=_footprint)
+
+
+def _footprint(args: argparse.Namespace) -> int:
+    from archrelax.models import create_model
+
+    from .footprint import footprint
+
+    kw = {}
+    if args.num_classes is not None:
+        kw["num_classes"] = args.num_classes
+    if args.in_channels is not None:
+        kw["in_channels"] = args.in_channels
+    if args.input_size is not None:
+        if len(args.input_size) not in (1, 2):
+            raise ValueError(f"--input-size {args.input_size}: give N or H W")
+        kw["input_size"] = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size)
+    model = create_model(args.model, **kw)
+    fp = footprint(model, None, to=_TO[args.to])
+    if args.json:
+        print(json.dumps(fp.to_dict(), indent=2))
+    else:
+        shape = "x".join(map(str, model.input_shape))
+        print(f"{args.model} on {shape} inputs ({', '.join(f'{k}={v}' for k, v in kw.items()) or 'defaults'})")
+        print(fp)
+    return 0

@@ -1,0 +1,294 @@
+"""Memory footprint of a CNN and of its eLCN / eFCN relaxations, computed from ConvGeometry alone.
+
+Nothing relaxed is allocated: the counts follow from each conv's geometry (channels, kernel, input and
+output spatial shapes), which one forward pass of ``example_input`` reveals. ``relax()`` uses the same
+code path for its memory guard, so the estimate it prints is the one ``archrelax footprint`` shows.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from .connectivity import ConvGeometry
+
+__all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "capture_input_spatial", "example_tensor"]
+
+TARGETS = ("cnn", "lc", "fc")
+# optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
+OPTIMIZER_STATE = {"sgd": 1, "adam": 2}
+_LABELS = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN(ref)"}
+
+
+def param_count(geom: ConvGeometry, target: str) -> int:
+    """Parameters of one conv layer as ``target``: "cnn", "lc" (eLCN), "fc" (eFCN, padding folded in) or
+    "fc_ref" (the reference code's eFCN, which keeps a column for every zero-padded input element)."""
+    c_out, p = geom.out_channels, geom.P
+    conv = math.prod(geom.conv_weight_shape)
+    if target == "cnn":
+        return conv + (c_out if geom.bias else 0)
+    bias = c_out * p if geom.bias else 0  # relaxed biases are free per output unit
+    if target == "lc":
+        return p * conv + bias
+    if target == "fc":
+        return c_out * p * geom.in_channels * geom.Q + bias
+    if target == "fc_ref":
+        padded = math.prod(n + b + a for n, (b, a) in zip(geom.in_spatial, geom.padding))
+        return c_out * p * geom.in_channels * padded + bias
+    raise ValueError(f"footprint target {target!r} is not one of {TARGETS + ('fc_ref',)}")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# one forward pass to learn every conv's input spatial shape
+
+
+def example_tensor(model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None) -> torch.Tensor:
+    """The tensor fed to ``model`` to discover shapes.
+
+    A tuple is the shape of an input batch, e.g. ``(1, 3, 32, 32)``. A tuple equal in length to the model's
+    ``input_shape`` (C, H, W) gets a batch of 2 prepended (2, so train-mode BatchNorm1d layers accept it).
+    ``None`` uses ``model.input_shape``. Zeros, on the device and dtype of the model's first float parameter.
+    """
+    if isinstance(example_input, torch.Tensor):
+        return example_input
+    declared = getattr(model, "input_shape", None)
+    if example_input is None:
+        if declared is None:
+            raise ValueError(
+                f"example_input is required: {type(model).__name__} has no `input_shape`; pass a tensor or an "
+                "input batch shape such as (1, 3, 32, 32)"
+            )
+        example_input = tuple(declared)
+    try:
+        shape = tuple(int(s) for s in example_input)
+    except TypeError as e:
+        raise ValueError(f"example_input must be a Tensor or a shape tuple of ints, got {example_input!r}") from e
+    if declared is not None and len(shape) == len(tuple(declared)):
+        shape = (2, *shape)
+    ref = next((p for p in model.parameters() if p.is_floating_point()), None)
+    return torch.zeros(shape, device=ref.device if ref is not None else None,
+                       dtype=ref.dtype if ref is not None else None)
+
+
+@contextlib.contextmanager
+def _state_preserved(model: nn.Module) -> Iterator[None]:
+    """Run a forward pass without side effects: buffers (BatchNorm running stats, counters) are restored
+    and the global RNG streams (dropout) are left where they were."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    tensors = [*model.parameters(), *model.buffers()]
+    devices = sorted({t.device.index or 0 for t in tensors if t.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices), torch.no_grad():
+        try:
+            yield
+        finally:
+            for buf, value in saved:
+                buf.copy_(value)
+
+
+def capture_input_spatial(
+    model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None, modules: Mapping[str, nn.Module]
+) -> dict[str, tuple[int, ...]]:
+    """Input spatial shape of each module in ``modules`` (name -> module), from one forward pass.
+
+    The model's buffers and the RNG are restored afterwards. Modules the pass never reached are absent
+    from the result. A module called twice with different spatial shapes raises ValueError.
+    """
+    x = example_tensor(model, example_input)
+    seen: dict[int, tuple[int, ...]] = {}
+    clashes: dict[int, set[tuple[int, ...]]] = {}
+    names = {id(m): n for n, m in modules.items()}
+
+    def hook(mod: nn.Module, args: tuple, kwargs: dict) -> None:
+        inp = args[0] if args else next(iter(kwargs.values()))
+        dim = len(mod.kernel_size)  # 1 or 2 spatial dims
+        spatial = tuple(int(s) for s in inp.shape[-dim:])
+        prev = seen.setdefault(id(mod), spatial)
+        if prev != spatial:
+            clashes.setdefault(id(mod), {prev}).add(spatial)
+
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in {id(m): m for m in modules.values()}.values()]
+    try:
+        with _state_preserved(model):
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+    if clashes:
+        detail = "; ".join(f"{names[i]!r} saw input spatial shapes {sorted(s)}" for i, s in clashes.items())
+        raise ValueError(
+            f"a conv layer is called more than once with different input shapes ({detail}); a relaxed layer is "
+            "tied to one input shape: give each call its own module, or exclude it with layers="
+        )
+    return {n: seen[id(m)] for n, m in modules.items() if id(m) in seen}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the report
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
+        n /= 1000
+    raise AssertionError
+
+
+def _human_count(n: float) -> str:
+    for unit in ("", "k", "M", "G", "T"):
+        if abs(n) < 1000 or unit == "T":
+            return f"{n:.0f}" if unit == "" else f"{n:.3g}{unit}"
+        n /= 1000
+    raise AssertionError
+
+
+@dataclass(frozen=True)
+class LayerFootprint:
+    """One conv layer: its geometry, element size and parameter count per target."""
+
+    name: str
+    kind: str  # class name of the module in the model (Conv2d, LocallyConnected2d, ...)
+    geometry: ConvGeometry
+    itemsize: int  # bytes per parameter element (dtype-aware)
+    params: dict[str, int]
+
+    def bytes(self, target: str) -> int:
+        return self.params[target] * self.itemsize
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "kind": self.kind, "geometry": self.geometry.to_dict(), "itemsize": self.itemsize,
+                "params": dict(self.params), "bytes": {t: self.bytes(t) for t in self.params}}
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """Per-layer and total parameter counts and bytes of a model as CNN / eLCN / eFCN.
+
+    ``other_params`` / ``other_bytes`` are the parameters outside the conv layers (linear, norm, ...),
+    the same for every target. Optimiser state: SGD with momentum keeps 1x the parameter bytes, Adam 2x.
+    """
+
+    layers: list[LayerFootprint]
+    targets: tuple[str, ...]
+    other_params: int
+    other_bytes: int
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def total_params(self, target: str) -> int:
+        self._check(target)
+        return self.other_params + sum(layer.params[target] for layer in self.layers)
+
+    def total_bytes(self, target: str) -> int:
+        self._check(target)
+        return self.other_bytes + sum(layer.bytes(target) for layer in self.layers)
+
+    def optimizer_bytes(self, target: str, optimizer: str = "adam") -> int:
+        if optimizer not in OPTIMIZER_STATE:
+            raise ValueError(f"optimizer {optimizer!r} is not one of {sorted(OPTIMIZER_STATE)}")
+        return OPTIMIZER_STATE[optimizer] * self.total_bytes(target)
+
+    def _check(self, target: str) -> None:
+        if target not in self.targets:
+            raise ValueError(f"target {target!r} was not computed; this footprint has {self.targets}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "targets": list(self.targets),
+            "layers": [layer.to_dict() for layer in self.layers],
+            "other": {"params": self.other_params, "bytes": self.other_bytes},
+            "total": {t: {"params": self.total_params(t), "bytes": self.total_bytes(t),
+                          **{f"{o}_state_bytes": self.optimizer_bytes(t, o) for o in OPTIMIZER_STATE}}
+                      for t in self.targets},
+        }
+
+    def __str__(self) -> str:
+        def shape(c: int, s: tuple[int, ...]) -> str:
+            return "x".join(str(v) for v in (c, *s))
+
+        head = ["layer", "in -> out"] + [f"{_LABELS[t]} {col}" for t in self.targets for col in ("params", "bytes")]
+        rows = [[ly.name, f"{shape(ly.geometry.in_channels, ly.geometry.in_spatial)} -> "
+                 f"{shape(ly.geometry.out_channels, ly.geometry.out_spatial)}"]
+                + [v for t in self.targets for v in (_human_count(ly.params[t]), _human_bytes(ly.bytes(t)))]
+                for ly in self.layers]
+        rows.append(["(other layers)", ""] + [_human_count(self.other_params), _human_bytes(self.other_bytes)]
+                    * len(self.targets))
+        rows.append(["total", ""] + [v for t in self.targets
+                                     for v in (_human_count(self.total_params(t)), _human_bytes(self.total_bytes(t)))])
+        for opt, label in (("sgd", "+ SGD momentum state"), ("adam", "+ Adam state")):
+            rows.append([label, ""] + [v for t in self.targets for v in ("", _human_bytes(self.optimizer_bytes(t, opt)))])
+        widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
+
+        def fmt(r: list[str]) -> str:
+            return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+
+        rule = "-" * len(fmt(head))
+        lines = [fmt(head), rule, *(fmt(r) for r in rows[: len(self.layers)]), rule,
+                 *(fmt(r) for r in rows[len(self.layers):])]
+        if "fc_ref" in self.targets:
+            lines.append(f"eFCN(ref): the reference code's eFCN, with a column for every zero-padded input element "
+                         f"({self.total_bytes('fc') / self.total_bytes('fc_ref'):.2f}x of it is needed here)")
+        return "\n".join(lines)
+
+
+def _conv_layers(model: nn.Module) -> dict[str, nn.Module]:
+    """Conv1d/Conv2d modules and relaxed layers (which carry their own geometry), by module path."""
+    from .base import RelaxedConv
+
+    return {n: m for n, m in model.named_modules() if isinstance(m, (RelaxedConv, nn.Conv1d, nn.Conv2d))}
+
+
+def layer_geometries(
+    model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None, layers: Mapping[str, nn.Module]
+) -> dict[str, ConvGeometry]:
+    """ConvGeometry of each layer in ``layers``: relaxed layers report theirs, convs get theirs from one
+    forward pass. Convs never reached by the pass raise ValueError."""
+    from .base import RelaxedConv
+
+    convs = {n: m for n, m in layers.items() if not isinstance(m, RelaxedConv)}
+    spatial = capture_input_spatial(model, example_input, convs) if convs else {}
+    missing = [n for n in convs if n not in spatial]
+    if missing:
+        raise ValueError(
+            f"conv layer(s) {missing} never ran in the forward pass of example_input, so their input shape is "
+            "unknown: check example_input (its shape, and that forward() reaches these layers); relax() can "
+            "also skip them with layers="
+        )
+    return {n: m.geometry if isinstance(m, RelaxedConv) else ConvGeometry.from_conv(m, spatial[n])
+            for n, m in layers.items()}
+
+
+def footprint(
+    model: nn.Module,
+    example_input: torch.Tensor | tuple[int, ...] | None = None,
+    to: str | tuple[str, ...] = TARGETS,
+    *,
+    reference: bool = True,
+) -> Footprint:
+    """Parameter counts and bytes of ``model``'s conv layers as CNN / eLCN / eFCN, per layer and in total.
+
+    ``to``: a target or a tuple of them among "cnn", "lc", "fc". With "fc" and ``reference=True`` the
+    reference code's eFCN (with padding columns) is added as "fc_ref" for comparison. The model is not
+    changed (one forward pass with buffers and RNG restored). Conv3d / ConvTranspose layers count as
+    "other" parameters.
+    """
+    targets = (to,) if isinstance(to, str) else tuple(to)
+    bad = [t for t in targets if t not in TARGETS]
+    if bad or not targets:
+        raise ValueError(f"footprint to={to!r}: each target must be one of {TARGETS}")
+    if "fc" in targets and reference:
+        targets = targets + ("fc_ref",)
+    layers = _conv_layers(model)
+    geoms = layer_geometries(model, example_input, layers)
+    rows = []
+    for name, m in layers.items():
+        w = m.weight
+        rows.append(LayerFootprint(name, type(m).__name__, geoms[name], w.element_size(),
+                                   {t: param_count(geoms[name], t) for t in targets}))
+    counted = {id(p) for m in layers.values() for p in m.parameters(recurse=False)}
+    other = [p for p in model.parameters() if id(p) not in counted]
+    return Footprint(rows, targets, sum(p.numel() for p in other), sum(p.numel() * p.element_size() for p in other))

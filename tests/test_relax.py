@@ -1,0 +1,353 @@
+"""relax() and transfer() on whole models: exactness, partial relaxation, gradients, purity, errors."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archrelax.embed import DenseConv, LocallyConnected1d, LocallyConnected2d, RelaxedConv, relax, transfer
+
+F64 = torch.float64
+
+
+class Block(nn.Module):
+    """Residual block with BatchNorm; a 1x1 conv shortcut when the shape changes."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int = 1):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.short = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride=stride, bias=False), nn.BatchNorm2d(c_out))
+                      if stride != 1 or c_in != c_out else nn.Identity())
+
+    def forward(self, x):
+        out = F.relu(self.bn1(self.conv1(x)))
+        return F.relu(self.bn2(self.conv2(out)) + self.short(x))
+
+
+class TinyResNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 3, padding=1)
+        self.layer1 = Block(4, 4)
+        self.layer2 = Block(4, 8, stride=2)
+        self.fc = nn.Linear(8, 5)
+
+    def forward(self, x):
+        x = self.layer2(self.layer1(F.relu(self.stem(x))))
+        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+
+
+class Functional(nn.Module):
+    """forward() made of functionals around nn.Conv2d modules; a non-square kernel, 'same' padding, groups."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, (3, 2), padding="same", padding_mode="zeros")
+        self.conv2 = nn.Conv2d(6, 4, 3, stride=(1, 2), dilation=(2, 1), groups=2)
+        self.fc = nn.Linear(4 * 6 * 3, 3)
+
+    def forward(self, x):  # (B, 3, 9, 12)
+        x = F.max_pool2d(F.relu(self.conv1(x)), 2)  # (B, 6, 4, 6)
+        x = F.relu(self.conv2(F.pad(x, (1, 1, 3, 3))))
+        return self.fc(torch.flatten(x, 1))
+
+
+def sequential_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(6, 8, 3, stride=2, padding=2), nn.ReLU(), nn.Dropout(0.3), nn.Flatten(), nn.Linear(8 * 5 * 5, 4),
+    )
+
+
+def conv1d_model() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv1d(2, 4, 5, padding=2), nn.Tanh(), nn.Conv1d(4, 6, 3, stride=2, dilation=2, groups=2, bias=False),
+        nn.ReLU(), nn.Flatten(), nn.Linear(6 * 6, 3),
+    )
+
+
+MODELS = {  # name -> (factory, input shape)
+    "resnet_bn": (TinyResNet, (4, 3, 8, 8)),
+    "sequential": (sequential_cnn, (3, 3, 14, 14)),
+    "functional": (Functional, (2, 3, 9, 12)),
+    "conv1d": (conv1d_model, (3, 2, 15)),
+}
+
+
+def make(name: str, dtype=F64, seed: int = 0):
+    torch.manual_seed(seed)
+    factory, shape = MODELS[name]
+    model = factory().to(dtype)
+    # non-trivial BatchNorm statistics and affine parameters, so eval mode is a real test
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.5, 2)
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.5, 0.5)
+    return model, torch.randn(shape, dtype=dtype)
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a - b).detach().abs().max() / b.detach().abs().max())
+
+
+def relaxed_types(model: nn.Module) -> dict[str, type]:
+    return {n: type(m) for n, m in model.named_modules() if isinstance(m, RelaxedConv)}
+
+
+def state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+@pytest.mark.parametrize("name", list(MODELS))
+def test_whole_model_exact_float64(name, to):
+    model, x = make(name)
+    model.eval()
+    before = state(model)
+    relaxed = relax(model, to, x)
+    n_convs = sum(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in model.modules())
+    expected = DenseConv if to == "fc" else (LocallyConnected1d if name == "conv1d" else LocallyConnected2d)
+    types = relaxed_types(relaxed)
+    assert len(types) == n_convs and set(types.values()) == {expected}
+    assert not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in relaxed.modules())
+    assert set(relaxed.state_dict()) == set(before)  # same keys, only shapes differ
+    with torch.no_grad():
+        assert rel_err(relaxed.eval()(x), model(x)) <= 1e-10
+    for k, v in model.state_dict().items():  # the input model is untouched
+        assert torch.equal(v, before[k]), k
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+def test_resnet_train_mode_batchnorm(to):
+    model, x = make("resnet_bn")
+    model.train()
+    before = state(model)
+    relaxed = relax(model, to, x)
+    assert relaxed.training
+    # the shape-capturing forward pass must not have moved the BN statistics of either model
+    for k, v in before.items():
+        if "running" in k or "num_batches" in k:
+            assert torch.equal(model.state_dict()[k], v) and torch.equal(relaxed.state_dict()[k], v), k
+    ref = copy.deepcopy(model)
+    out_ref, out = ref(x), relaxed(x)  # both in train mode on the same batch: batch statistics
+    assert rel_err(out, out_ref) <= 1e-10
+    for k in before:  # and they update their running stats identically
+        if "running" in k:
+            assert rel_err(relaxed.state_dict()[k], ref.state_dict()[k]) <= 1e-10
+
+
+def test_float32_exact_and_dtype_kept():
+    model, x = make("functional", dtype=torch.float32)
+    for to in ("lc", "fc"):
+        relaxed = relax(model, to, x)
+        assert all(p.dtype == torch.float32 for p in relaxed.parameters())
+        with torch.no_grad():
+            assert rel_err(relaxed(x), model(x)) <= 1e-5
+
+
+def test_example_input_as_shape_and_input_shape():
+    model, x = make("sequential")
+    model.eval()
+    with_shape = relax(model, "lc", tuple(x.shape))
+    model.input_shape = tuple(x.shape[1:])  # (C, H, W), as archrelax.models declare it
+    with_declared = relax(model, "lc")
+    for r in (with_shape, with_declared):
+        with torch.no_grad():
+            assert rel_err(r(x), model(x)) <= 1e-10
+
+
+def test_no_global_rng_advance():
+    model, x = make("sequential")  # has Dropout, in train mode
+    rng = torch.get_rng_state()
+    relax(model, "fc", x)
+    assert torch.equal(torch.get_rng_state(), rng)
+
+
+def test_partial_relaxation_by_names_globs_predicate():
+    model, x = make("resnet_bn")
+    model.eval()
+    by_name = relax(model, "fc", x, layers=["stem", "layer2.short.0"])
+    assert relaxed_types(by_name) == {"stem": DenseConv, "layer2.short.0": DenseConv}
+    by_glob = relax(model, "lc", x, layers="layer1.*")
+    assert relaxed_types(by_glob) == {"layer1.conv1": LocallyConnected2d, "layer1.conv2": LocallyConnected2d}
+    by_pred = relax(model, "fc", x, layers=lambda n, m: m.kernel_size == (1, 1))
+    assert relaxed_types(by_pred) == {"layer2.short.0": DenseConv}
+    with torch.no_grad():
+        for r in (by_name, by_glob, by_pred):
+            assert rel_err(r(x), model(x)) <= 1e-10
+    # a partially relaxed model can be relaxed further; its LC layers go to fc (hierarchical)
+    mixed = relax(by_glob, "fc", x, layers=["layer1.conv1", "stem"])
+    assert relaxed_types(mixed) == {"stem": DenseConv, "layer1.conv1": DenseConv, "layer1.conv2": LocallyConnected2d}
+    with torch.no_grad():
+        assert rel_err(mixed(x), model(x)) <= 1e-10
+
+
+@pytest.mark.parametrize("name", ["sequential", "conv1d"])
+def test_hierarchical_equals_direct(name):
+    model, x = make(name)
+    direct = relax(model, "fc", x)
+    hier = relax(relax(model, "lc", x), "fc", x)
+    assert relaxed_types(hier) == relaxed_types(direct)
+    sd_d, sd_h = direct.state_dict(), hier.state_dict()
+    assert list(sd_d) == list(sd_h)
+    for k in sd_d:
+        assert torch.equal(sd_d[k], sd_h[k]), k
+
+
+def test_gradients_reach_every_relaxed_weight():
+    model, x = make("resnet_bn")
+    efcn = relax(model, "fc", x)
+    efcn.train()
+    torch.manual_seed(1)
+    F.cross_entropy(efcn(x), torch.randint(0, 5, (x.shape[0],))).backward()
+    for name, layer in relaxed_types(efcn).items():
+        layer = efcn.get_submodule(name)
+        g, mask = layer.weight.grad, layer.local_mask()
+        assert g is not None, name
+        # off-local entries are free parameters: they get gradients (zero only where a ReLU zeroed a whole column)
+        assert (g[~mask] != 0).float().mean() > 0.5, name
+        assert (g[mask] != 0).any(), name
+    elcn = relax(model, "lc", x)
+    elcn(x).square().sum().backward()
+    for name in relaxed_types(elcn):
+        layer = elcn.get_submodule(name)
+        g = layer.weight.grad
+        live = g[layer.local_mask()]
+        assert (live != 0).float().mean() > 0.5, name
+        # unshared: the filters of different positions get different gradients
+        assert not torch.equal(g[:, 0], g[:, -1]), name
+
+
+def test_frozen_and_eval_flags_kept():
+    model, x = make("sequential")
+    model[0].weight.requires_grad_(False)
+    model[3].eval()
+    r = relax(model, "fc", x)
+    assert not r[0].weight.requires_grad and r[0].bias.requires_grad and r[3].weight.requires_grad
+    assert not r[3].training and r[0].training
+
+
+def test_shared_conv_called_twice_same_shape():
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.alias = self.conv  # the same module under a second path
+
+        def forward(self, x):
+            return self.alias(F.relu(self.conv(x)))
+
+    torch.manual_seed(0)
+    model, x = Twice().double(), torch.randn(2, 3, 6, 6, dtype=F64)
+    r = relax(model, "lc", x)
+    assert r.conv is r.alias and isinstance(r.conv, LocallyConnected2d)
+    with torch.no_grad():
+        assert rel_err(r(x), model(x)) <= 1e-10
+
+
+def test_transfer_maps_like_relax():
+    model, x = make("resnet_bn")
+    for to in ("lc", "fc"):
+        relaxed = relax(model, to, x)
+        mapped = transfer(model.state_dict(), relaxed)
+        assert set(mapped) == set(model.state_dict())
+        for k, v in relaxed.state_dict().items():
+            assert torch.equal(mapped[k], v), (to, k)
+        # any conv-shaped tensor (e.g. a momentum buffer) goes through the same φ
+        buf = torch.randn_like(model.stem.weight)
+        assert torch.equal(transfer({"stem.weight": buf}, relaxed)["stem.weight"], relaxed.stem.embed_weight(buf))
+        # already relaxed-shaped tensors and other keys pass through
+        same = transfer({"stem.weight": relaxed.stem.weight, "fc.weight": model.fc.weight}, relaxed)
+        assert same["stem.weight"] is relaxed.stem.weight and same["fc.weight"] is model.fc.weight
+
+
+def test_transfer_lc_tensors_onto_efcn():
+    model, x = make("conv1d")
+    elcn = relax(model, "lc", x)
+    with torch.no_grad():  # make the eLCN's filters really unshared
+        for p in elcn.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    hier = relax(elcn, "fc", x)
+    mapped = transfer(elcn.state_dict(), hier)
+    for k, v in hier.state_dict().items():
+        assert torch.equal(mapped[k], v), k
+    with pytest.raises(ValueError, match=r"'0.weight' has shape \(2, 3\); valid for this DenseConv are the conv's \(4, 2, 5\)"):
+        transfer({"0.weight": torch.zeros(2, 3)}, hier)
+
+
+# ---- errors -----------------------------------------------------------------------------------------------
+
+
+def test_error_conv_transpose_and_conv3d():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ConvTranspose2d(2, 1, 3))
+    with pytest.raises(ValueError, match=r"'1' is a ConvTranspose2d.*layers="):
+        relax(model, "fc", (1, 1, 6, 6))
+    r = relax(model, "fc", (1, 1, 6, 6), layers=["0"])  # excluding it works
+    assert isinstance(r[0], DenseConv) and isinstance(r[1], nn.ConvTranspose2d)
+    with pytest.raises(ValueError, match=r"'0' is a Conv3d"):
+        relax(nn.Sequential(nn.Conv3d(1, 1, 2)), "lc", (1, 1, 3, 3, 3))
+
+
+def test_error_padding_mode_for_lc():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 2, 3, padding=1, padding_mode="reflect"), nn.Conv2d(2, 2, 3, padding=1))
+    x = torch.randn(2, 2, 6, 6, dtype=F64)
+    model = model.double()
+    with pytest.raises(ValueError, match=r"layer '0' has padding_mode='reflect'.*to='fc'.*layers="):
+        relax(model, "lc", x)
+    with torch.no_grad():
+        assert rel_err(relax(model, "fc", x)(x), model(x)) <= 1e-10  # folds into the eFCN exactly
+        assert rel_err(relax(model, "lc", x, layers=["1"])(x), model(x)) <= 1e-10
+
+
+def test_error_unused_layer_and_no_conv_and_bad_names():
+    class Unused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used, self.spare = nn.Conv2d(1, 1, 3), nn.Conv2d(1, 1, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    with pytest.raises(ValueError, match=r"\['spare'\] never ran in the forward pass.*check example_input"):
+        relax(Unused(), "lc", (1, 1, 5, 5))
+    assert isinstance(relax(Unused(), "lc", (1, 1, 5, 5), layers=["used"]).used, LocallyConnected2d)
+    with pytest.raises(ValueError, match=r"nothing to relax.*no Conv1d/Conv2d"):
+        relax(nn.Sequential(nn.Linear(3, 3)), "fc", (2, 3))
+    model, x = make("resnet_bn")
+    with pytest.raises(ValueError, match=r"\['layer9\.\*'\] match no conv layer.*available: \['stem', 'layer1.conv1'"):
+        relax(model, "lc", x, layers=["stem", "layer9.*"])
+    with pytest.raises(ValueError, match=r"to='conv'.*'lc'.*'fc'"):
+        relax(model, "conv", x)
+    efcn = relax(model, "fc", x)
+    with pytest.raises(ValueError, match="nothing to relax"):
+        relax(efcn, "fc", x)
+
+
+def test_error_conv_called_with_two_shapes():
+    class TwoShapes(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+        def forward(self, x):
+            return self.conv(x).mean() + self.conv(F.avg_pool2d(x, 2)).mean()
+
+    with pytest.raises(ValueError, match=r"'conv' saw input spatial shapes \[\(4, 4\), \(8, 8\)\]"):
+        relax(TwoShapes(), "fc", (1, 2, 8, 8))
+
+
+def test_memory_guard():
+    # a 1-channel 3x3 conv on a 1024x1024 image: its eFCN would need ~4 TB
+    model = nn.Sequential(nn.Conv2d(1, 1, 3))
+    with pytest.raises(MemoryError, match=r"needs about 4.\d+e\+03 GB.*available.*force=True"):
+        relax(model, "fc", (1, 1, 1024, 1024))
