@@ -1,0 +1,57 @@
+"""HTML report of an experiment folder: ``write_report(exp)`` -> ``exp/report/index.html``.
+
+The page is self-contained (inline CSS, no script, no server): figures are PNG files in ``report/fig/``
+beside it, referenced by relative paths, so the folder can be copied or opened straight from disk.
+It renders from files only (spec.yaml, plan.json, summary.csv, runs/*/, analysis/*.json); with
+``analyse=True`` the analyses are brought up to date first, and a failure there is shown on the page
+instead of stopping the report.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from ..utils import atomic_write_text
+from .html import page
+from .load import Experiment, Run, load_experiment
+from .sections import Ctx, analysis_error, build_all
+
+__all__ = ["write_report", "load_experiment", "Experiment", "Run"]
+
+
+def _run_analyses(exp_dir: Path) -> str:
+    try:  # lazy: the analyses pull in torch and the models; the report itself needs neither
+        from archrelax.analysis.experiment import analyse_experiment
+    except ImportError as e:
+        return f"not run: archrelax.analysis.experiment.analyse_experiment is unavailable ({e})"
+    try:
+        analyse_experiment(exp_dir)
+    except Exception as e:  # partial experiments must still get a page; the error is shown on it
+        return f"FAILED, cached results (if any) shown as they are:\n{analysis_error(e)}"
+    return "brought up to date before rendering"
+
+
+def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
+    """Write ``experiment_dir/report/index.html`` (and ``report/fig/*.png``); return the page's path.
+
+    ``analyse``: first run ``archrelax.analysis.experiment.analyse_experiment`` (cached, so cheap when
+    nothing changed); with False only existing ``analysis/*.json`` files are used.
+    Raises FileNotFoundError when ``experiment_dir`` is not a folder.
+    """
+    exp_dir = Path(experiment_dir)
+    if not exp_dir.is_dir():
+        raise FileNotFoundError(f"experiment folder {str(exp_dir)!r} does not exist (expected a folder with "
+                                "spec.yaml, plan.json and runs/, as written by `archrelax run`)")
+    note = _run_analyses(exp_dir) if analyse else "not run (--no-analyse): cached results shown as they are"
+    exp = load_experiment(exp_dir)
+    out = exp_dir / "report"
+    fig_dir = out / "fig"
+    shutil.rmtree(fig_dir, ignore_errors=True)  # stale figures of sections that are now missing must go
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    sections = build_all(exp, Ctx(exp=exp, fig_dir=fig_dir), note)
+    title = f"archrelax report: {exp_dir.resolve().name}"
+    n_done = sum(r.status == "done" for r in exp.runs)
+    subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
+    index = out / "index.html"
+    atomic_write_text(index, page(title, subtitle, sections))
+    return index

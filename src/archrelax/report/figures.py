@@ -1,0 +1,351 @@
+"""The report's figures: pure plotting functions from plain arrays to a PNG file.
+
+Matplotlib's object API on a bare ``Figure`` (Agg canvas) is used, never ``pyplot``: the report must not
+change the caller's backend or leave figures open in an interactive session.
+
+Conventions: time axes are in epochs on the CNN's clock with a symlog scale (linear below 1 epoch, so
+t = 0 shows); accuracies in %, losses in nats; relaxed runs are coloured by their switch time t_w
+(viridis, with a colourbar); CNN black, vanilla FCN grey dashed, vanilla LCN grey dotted.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from matplotlib import colormaps, colors
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.cm import ScalarMappable
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogFormatter
+
+DPI = 110
+CMAP = colormaps["viridis"]
+REF_STYLE = {  # reference runs trained without a switch
+    "cnn": dict(color="black", ls="-", lw=2.0),
+    "fcn": dict(color="0.45", ls="--", lw=1.8),
+    "lcn": dict(color="0.45", ls=":", lw=2.0),
+}
+REF_NAME = {"cnn": "CNN", "fcn": "vanilla FCN", "lcn": "vanilla LCN", "efcn": "eFCN", "elcn": "eLCN",
+            "hier": "CNN→eLCN→eFCN"}
+
+
+@dataclass
+class Curve:
+    """One run's time series; ``t_w`` None for a reference run (CNN, FCN, LCN)."""
+
+    kind: str
+    seed: int | None
+    t_w: float | None
+    epoch: Sequence[float]
+    values: dict[str, Sequence[float]] = field(default_factory=dict)  # metric name -> values per epoch
+
+
+def _figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (5.6, 4.0)) -> tuple[Figure, np.ndarray]:
+    fig = Figure(figsize=(size[0] * ncols, size[1] * nrows), dpi=DPI, layout="constrained")
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes
+
+
+def _save(fig: Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI, format="png")
+    return path
+
+
+def tw_norm(t_ws: Sequence[float]) -> colors.Normalize:
+    """Colour scale for switch times: symlog like the time axes, so early switches are told apart."""
+    t_ws = [float(t) for t in t_ws] or [0.0, 1.0]
+    lo, hi = min(t_ws), max(t_ws)
+    if hi <= lo:
+        hi = lo + 1.0
+    return colors.SymLogNorm(linthresh=1.0, vmin=lo, vmax=hi, base=10)
+
+
+def _time_axis(ax, label: str = "epoch (CNN's clock; symlog: linear below 1)") -> None:
+    ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
+    ax.xaxis.set_major_formatter(_PLAIN)  # "10", not "10^1": epochs read as numbers
+    if ax.get_xlim()[0] < -0.15:  # times are never negative; symlog margins would show a "-1" tick
+        ax.set_xlim(left=-0.15)
+    ax.set_xlabel(label)
+    ax.grid(True, which="major", alpha=0.3)
+
+
+_PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
+
+def _colourbar(fig: Figure, axes, norm: colors.Normalize, ticks: Sequence[float],
+               label: str = "switch time t_w (epochs)") -> None:
+    cb = fig.colorbar(ScalarMappable(norm=norm, cmap=CMAP), ax=axes, label=label, shrink=0.9)
+    ticks = sorted({float(t) for t in ticks})  # the switch times themselves, as plain numbers
+    cb.set_ticks(ticks, labels=[f"{t:g}" for t in ticks])
+
+
+def training_curves(curves: Sequence[Curve], path: Path, *, title: str, relaxed_kind: str = "efcn") -> Path:
+    """Training loss and test accuracy against time; relaxed runs start (marker) at their switch time."""
+    fig, ax = _figure(2)
+    loss_ax, acc_ax = ax[0]
+    tws = [c.t_w for c in curves if c.t_w is not None]
+    norm = tw_norm(tws)
+    handles, seen = [], set()
+    for c in sorted(curves, key=lambda c: (c.t_w is not None, c.t_w or 0.0)):
+        x = np.asarray(c.epoch, dtype=float)
+        loss = np.clip(np.asarray(c.values.get("train_loss", []), dtype=float), 1e-5, None)
+        acc = 100 * np.asarray(c.values.get("test_acc", []), dtype=float)
+        if c.t_w is None:
+            style = dict(REF_STYLE.get(c.kind, REF_STYLE["fcn"]), zorder=3)  # references stay visible
+        else:
+            style = dict(color=CMAP(norm(c.t_w)), ls="-", lw=1.3)
+        for a, y in ((loss_ax, loss), (acc_ax, acc)):
+            if len(y) == len(x) and len(x):
+                a.plot(x, y, alpha=0.9, **style)
+                if c.t_w is not None:  # the switch: where the relaxed run leaves the CNN
+                    a.plot(x[:1], y[:1], marker="o", ms=6, color=style["color"], mec="black", mew=0.6, zorder=4)
+        if c.t_w is None and c.kind not in seen:
+            seen.add(c.kind)
+            style.pop("zorder")
+            handles.append(Line2D([], [], label=REF_NAME.get(c.kind, c.kind), **style))
+    if tws:
+        handles.append(Line2D([], [], color=CMAP(0.6), marker="o", mec="black",
+                              label=f"{REF_NAME.get(relaxed_kind, relaxed_kind)}(t_w); ● = switch"))
+    _time_axis(loss_ax)
+    loss_ax.set_yscale("log")
+    loss_ax.set_ylabel("training loss (nats, log scale)")
+    loss_ax.set_title("training loss")
+    _time_axis(acc_ax)
+    acc_ax.set_ylabel("test accuracy (%)")
+    acc_ax.set_title("test accuracy")
+    loss_ax.legend(handles=handles, loc="lower left", fontsize=8)
+    if tws:
+        _colourbar(fig, ax[0].tolist(), norm, tws)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    v = np.asarray(values, dtype=float)
+    return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else 0.0
+
+
+def final_vs_tw(points: dict[float, list[float]], refs: dict[str, list[float]], path: Path, *,
+                title: str, ylabel: str = "final test accuracy (%)", label: str = "eFCN(t_w)",
+                scale: float = 100.0) -> Path:
+    """Mean ± std over seeds of a final value against t_w, with reference runs as horizontal bands."""
+    fig, ax = _figure(1, size=(7.0, 4.4))
+    a = ax[0, 0]
+    tws = sorted(points)
+    for kind, vals in refs.items():
+        if not vals:
+            continue
+        m, s = _mean_std([scale * v for v in vals])
+        style = REF_STYLE.get(kind, REF_STYLE["fcn"])
+        a.axhline(m, color=style["color"], ls=style["ls"], lw=style["lw"],
+                  label=f"{REF_NAME.get(kind, kind)} (mean ± std, {len(vals)} seed{'s' * (len(vals) > 1)})")
+        if s > 0:
+            a.axhspan(m - s, m + s, color=style["color"], alpha=0.12, lw=0)
+    if tws:
+        ms = [_mean_std([scale * v for v in points[t]]) for t in tws]
+        n = max(len(points[t]) for t in tws)
+        a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color="tab:blue", capsize=4,
+                   label=f"{label} (mean ± std, up to {n} seed{'s' * (n > 1)})")
+    _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
+    a.set_ylabel(ylabel)
+    a.set_title(title)
+    a.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def heatmap(tw1: Sequence[float], tw2: Sequence[float], acc: np.ndarray, path: Path, *, title: str,
+            cnn_acc: float | None = None) -> Path:
+    """Mean final test accuracy (%) of hierarchical runs, rows t_w1 (CNN→eLCN), columns t_w2 (eLCN→eFCN).
+
+    ``acc``: (len(tw1), len(tw2)) fractions, NaN where no finished run exists.
+    """
+    fig, ax = _figure(1, size=(6.6, 5.0))
+    a = ax[0, 0]
+    data = 100 * np.ma.masked_invalid(np.asarray(acc, dtype=float))
+    cmap = CMAP.with_extremes(bad="0.88")  # no finished run: light grey
+    im = a.imshow(data, cmap=cmap, origin="lower", aspect="auto")
+    for i in range(data.shape[0]):
+        for j in range(data.shape[1]):
+            v = data[i, j]
+            dark = not np.ma.is_masked(v) and im.norm(v) < 0.6  # white text on viridis' dark end
+            a.text(j, i, "—" if np.ma.is_masked(v) else f"{v:.1f}", ha="center", va="center", fontsize=10,
+                   color="white" if dark else "black")
+    a.set_xticks(range(len(tw2)), [f"{t:g}" for t in tw2])
+    a.set_yticks(range(len(tw1)), [f"{t:g}" for t in tw1])
+    a.set_xlabel("t_w2: eLCN → eFCN switch (epochs)")
+    a.set_ylabel("t_w1: CNN → eLCN switch (epochs)")
+    ref = f" (CNN: {100 * cnn_acc:.1f} %)" if cnn_acc is not None else ""
+    a.set_title(title + ref)
+    fig.colorbar(im, ax=a, label="final test accuracy (%); — = no finished run")
+    return _save(fig, path)
+
+
+def distance_figure(curves: Sequence[Curve], gains: Sequence[dict], path: Path, *, title: str) -> Path:
+    """δ(t) of each relaxed run (coloured by t_w), and final gain over the CNN against final δ."""
+    fig, ax = _figure(2)
+    d_ax, g_ax = ax[0]
+    def last_switch(g: dict) -> float | None:  # a hierarchical run is coloured by its eLCN -> eFCN switch
+        return g.get("t_w2") if g.get("kind") == "hier" else g.get("t_w")
+
+    tws = [c.t_w for c in curves if c.t_w is not None] + [t for g in gains if (t := last_switch(g)) is not None]
+    norm = tw_norm(tws)
+    dashes = {"efcn": "-", "elcn": "--", "hier": ":"}
+    for c in curves:
+        y = np.asarray(c.values.get("offlocal_ratio", []), dtype=float)
+        if len(y) == len(c.epoch) and len(y):
+            col = CMAP(norm(c.t_w)) if c.t_w is not None else "0.4"
+            d_ax.plot(c.epoch, y, color=col, lw=1.5, ls=dashes.get(c.kind, "-"))
+            d_ax.plot(c.epoch[:1], y[:1], marker="o", ms=6, color=col, mec="black", mew=0.6)
+    d_ax.legend(handles=[Line2D([], [], color="0.3", ls=ls, label=REF_NAME[k]) for k, ls in dashes.items()
+                         if any(c.kind == k for c in curves)], fontsize=8, loc="best")
+    _time_axis(d_ax)
+    d_ax.set_ylabel("δ = off-local weight norm ratio (dimensionless)")
+    d_ax.set_title("distance from the CNN subspace δ(t); ● = switch")
+    for marker, kind in (("o", "efcn"), ("s", "elcn"), ("^", "hier")):
+        sel = [g for g in gains if g.get("kind") == kind]
+        if sel:
+            g_ax.scatter([g["final_offlocal_ratio"] for g in sel], [100 * g["gain"] for g in sel],
+                         c=[norm(t) if (t := last_switch(g)) is not None else 0.0 for g in sel], cmap=CMAP,
+                         vmin=0, vmax=1, marker=marker, s=40, edgecolors="black", linewidths=0.5,
+                         label=REF_NAME[kind])
+    g_ax.axhline(0, color="black", lw=1, label="CNN (gain 0)")
+    g_ax.set_xlabel("final δ (dimensionless)")
+    g_ax.set_ylabel("gain over the CNN (test accuracy, % points)")
+    g_ax.set_title("final gain against final δ")
+    g_ax.grid(True, alpha=0.3)
+    g_ax.legend(fontsize=8, loc="best")
+    if tws:
+        _colourbar(fig, ax[0].tolist(), norm, tws)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequence[float],
+                    trace_err: Sequence[float], switches: Sequence[float], path: Path, *, title: str) -> Path:
+    """Top Hessian eigenvalue and Hutchinson trace along the CNN's trajectory, switch times marked."""
+    fig, ax = _figure(2)
+    for a, y, err, name in ((ax[0, 0], eig, None, "top Hessian eigenvalue λ_max (nats)"),
+                            (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats)")):
+        a.errorbar(epoch, y, yerr=err, marker="o", color="black", capsize=3, label="CNN")
+        for i, s in enumerate(switches):
+            a.axvline(s, color="tab:blue", ls=":", lw=1, alpha=0.7, label="switch times t_w" if i == 0 else None)
+        _time_axis(a)
+        a.set_ylabel(name)
+        a.set_title(name.split(" (")[0] + " along the CNN")
+        a.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, list[float]],
+                   path: Path, *, title: str, ylabel: str) -> Path:
+    """A final sharpness value against t_w per relaxed kind (mean ± std), reference runs as bands."""
+    fig, ax = _figure(1, size=(7.0, 4.4))
+    a = ax[0, 0]
+    for kind, vals in refs.items():
+        if vals:
+            m, s = _mean_std(vals)
+            st = REF_STYLE.get(kind, REF_STYLE["fcn"])
+            a.axhline(m, color=st["color"], ls=st["ls"], lw=st["lw"], label=f"{REF_NAME.get(kind, kind)} end")
+            if s > 0:
+                a.axhspan(m - s, m + s, color=st["color"], alpha=0.12, lw=0)
+    for (kind, pts), col in zip(points.items(), ("tab:blue", "tab:orange", "tab:green")):
+        tws = sorted(pts)
+        ms = [_mean_std(pts[t]) for t in tws]
+        a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color=col, capsize=4,
+                   label=f"{REF_NAME.get(kind, kind)}(t_w) end (mean ± std)")
+    _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
+    every = [v for d in points.values() for vs in d.values() for v in vs] + [v for vs in refs.values() for v in vs]
+    if every and min(every) > 0:  # sharpness spans decades; a noisy negative trace estimate forbids log
+        a.set_yscale("log")
+        a.yaxis.set_major_formatter(_PLAIN)
+        a.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # plain "3", "4", not "3×10^0"
+        ylabel += ", log scale"
+    a.set_ylabel(ylabel)
+    a.set_title(title)
+    a.legend(fontsize=8, loc="best")
+    return _save(fig, path)
+
+
+def ablation_bars(labels: Sequence[str], acc: dict[str, Sequence[float]], err: dict[str, Sequence[float]],
+                  path: Path, *, title: str, chance: float | None = None) -> Path:
+    """Grouped bars: test accuracy (%) with both parts, local part only, off-local part only."""
+    fig, ax = _figure(1, size=(max(6.0, 1.1 * len(labels) + 2), 4.4))
+    a = ax[0, 0]
+    x = np.arange(len(labels))
+    width = 0.27
+    for i, (part, col) in enumerate((("both", "tab:blue"), ("local", "tab:green"), ("offlocal", "tab:red"))):
+        a.bar(x + (i - 1) * width, [100 * v for v in acc[part]], width, yerr=[100 * v for v in err[part]],
+              color=col, capsize=3, label={"both": "both parts", "local": "local part only",
+                                           "offlocal": "off-local part only"}[part])
+    if chance is not None:
+        a.axhline(100 * chance, color="black", ls=":", lw=1, label="chance")
+    a.set_xticks(x, labels, rotation=20, ha="right")
+    a.set_xlabel("run (switch time t_w in epochs)")
+    a.set_ylabel("test accuracy (%)")
+    a.set_title(title)
+    a.legend(fontsize=8, loc="best")
+    a.grid(True, axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def template_grid(rows: Sequence[tuple[str, np.ndarray, Sequence[int]]], path: Path, *, title: str) -> Path:
+    """Rows of unit templates; each row ``(label, images (K, C, H, W) in [0, 1], unit indices)``.
+
+    The images are tiled into one mosaic (white gutters) and drawn with a single ``imshow``: one axes
+    instead of rows × units keeps this figure as cheap as the others.
+    """
+    ncols = max(len(imgs) for _, imgs, _ in rows)
+    c, h, w = np.asarray(rows[0][1]).shape[1:]
+    gap = max(1, h // 8)
+    mosaic = np.ones(((h + gap) * len(rows) - gap, (w + gap) * ncols - gap, 3))  # (H', W', RGB)
+    for r, (_, imgs, _) in enumerate(rows):
+        for k, img in enumerate(np.clip(np.asarray(imgs, dtype=float), 0, 1)):  # img: (C, H, W)
+            rgb = img.transpose(1, 2, 0) if img.shape[0] == 3 else np.repeat(img[:1].transpose(1, 2, 0), 3, 2)
+            mosaic[r * (h + gap):r * (h + gap) + h, k * (w + gap):k * (w + gap) + w] = rgb[:h, :w]
+    fig, ax = _figure(1, size=(1.25 * ncols + 2.0, 1.25 * len(rows) + 0.9))
+    a = ax[0, 0]
+    a.imshow(mosaic, interpolation="nearest")
+    a.set_xticks([k * (w + gap) + w / 2 for k in range(ncols)],
+                 [f"unit {u}" for u in rows[0][2][:ncols]] + [""] * (ncols - len(rows[0][2][:ncols])), fontsize=8)
+    a.xaxis.tick_top()
+    a.set_yticks([r * (h + gap) + h / 2 for r in range(len(rows))], [lab for lab, _, _ in rows], fontsize=9)
+    a.tick_params(length=0)
+    for side in a.spines.values():
+        side.set_visible(False)
+    a.set_xlabel(f"hidden units of the first relaxed layer (same indices in every row); {h}×{w} input pixels each")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def interpolation_figure(alphas: Sequence[float], curves: Sequence[dict], path: Path, *, title: str) -> Path:
+    """Loss (nats) and accuracy (%) along α for each method (columns); train solid, test dashed."""
+    methods = [m for m in ("linear", "curvilinear", "output") if any(c["method"] == m for c in curves)]
+    fig, ax = _figure(len(methods), 2, size=(4.8, 3.4))
+    palette = colormaps["tab10"]
+    keys = list(dict.fromkeys(c["label"] for c in curves))
+    for j, method in enumerate(methods):
+        for c in (c for c in curves if c["method"] == method):
+            col = palette(keys.index(c["label"]) % 10)
+            for i, (metric, scale) in enumerate((("loss", 1.0), ("acc", 100.0))):
+                for split, ls in (("train", "-"), ("test", "--")):
+                    y = c.get(f"{split}_{metric}")
+                    if y is not None and len(y) == len(alphas):
+                        ax[i, j].plot(alphas, scale * np.asarray(y, dtype=float), ls=ls, color=col, lw=1.4)
+        ax[0, j].set_title(f"{method} interpolation")
+        ax[0, j].set_ylabel("loss (nats)")
+        ax[1, j].set_ylabel("accuracy (%)")
+        for i in range(2):
+            ax[i, j].set_xlabel("α (0 = start, 1 = end)")
+            ax[i, j].grid(True, alpha=0.3)
+    handles = [Line2D([], [], color=palette(k % 10), label=lab) for k, lab in enumerate(keys)]
+    handles += [Line2D([], [], color="black", ls="-", label="train"),
+                Line2D([], [], color="black", ls="--", label="test")]
+    fig.legend(handles=handles, fontsize=8, loc="outside right upper")  # beside the panels, never over a curve
+    fig.suptitle(title)
+    return _save(fig, path)

@@ -1,0 +1,418 @@
+"""The report's sections: each turns the experiment's files into figures and tables, or says what is missing.
+
+Every builder takes the loaded :class:`~archrelax.report.load.Experiment` and a :class:`Ctx` (where figures
+go) and returns a :class:`~archrelax.report.html.Section`; none of them raises on missing data.
+"""
+from __future__ import annotations
+
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from html import escape
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import figures as F
+from .html import Section, figure, fmt, pre, table
+from .load import Experiment, Run
+
+NAME = F.REF_NAME
+
+
+@dataclass
+class Ctx:
+    exp: Experiment
+    fig_dir: Path  # report/fig
+    written: list[Path] = field(default_factory=list)
+
+    def figure(self, sec: Section, name: str, caption: str, draw: Callable[[Path], Path]) -> None:
+        """Draw one figure into report/fig/<name>.png and add it to the section; a failure becomes a note."""
+        path = self.fig_dir / f"{name}.png"
+        try:
+            draw(path)
+        except Exception as e:  # a figure must never take the whole report down
+            sec.notes.append(f"figure {name!r} could not be drawn: {type(e).__name__}: {e}")
+            return
+        self.written.append(path)
+        sec.body.append(figure(f"fig/{path.name}", caption))
+
+
+def _label(r: Run | dict) -> str:
+    kind, t_w, t_w2, seed = ((r.kind, r.t_w, r.t_w2, r.seed) if isinstance(r, Run)
+                             else (r.get("kind"), r.get("t_w"), r.get("t_w2"), r.get("seed")))
+    text = NAME.get(kind, str(kind))
+    if t_w is not None:
+        text += f" t_w={t_w:g}" + (f",{t_w2:g}" if t_w2 is not None else "")
+    return text + (f" s{seed}" if seed is not None else "")
+
+
+def _not_done(exp: Experiment, *kinds: str) -> list[str]:
+    """One line per planned run of these kinds that has not finished, with its state or error."""
+    out = []
+    for r in exp.runs:
+        if r.kind in kinds and r.status != "done":
+            why = f": {str(r.error).strip().splitlines()[-1][:160]}" if r.error else ""
+            out.append(f"{_label(r)} ({r.id}) is {r.status}{why}")
+    return out
+
+
+def _analysis(exp: Experiment, name: str, sec: Section) -> dict | None:
+    """The cached analysis, with its skipped runs added to the section's notes; None (and a note) if absent."""
+    data = exp.analysis.get(name)
+    if not isinstance(data, dict):
+        sec.notes.append(f"analysis/{name}.json is missing: run `archrelax analyse {exp.path}` or "
+                         "`archrelax report` without --no-analyse")
+        return None
+    for m in data.get("missing") or []:
+        sec.notes.append(f"{name}: skipped run {m.get('run')}: {m.get('reason')}")
+    return data
+
+
+def _curve(r: Run, keys: tuple[str, ...]) -> F.Curve | None:
+    epoch, vals = None, {}
+    for k in keys:
+        x, y = r.series(k)
+        if epoch is None or len(x) == len(epoch):
+            epoch, vals[k] = epoch or x, y
+    if not epoch:
+        return None
+    return F.Curve(kind=r.kind, seed=r.seed, t_w=r.switch if r.kind in ("efcn", "elcn", "hier") else None,
+                   epoch=epoch, values=vals)
+
+
+# --------------------------------------------------------------------------------------------- sections
+def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
+    sec = Section("overview", "Overview", "What this experiment holds so far, by kind of run and state.")
+    counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    for r in exp.runs:
+        counts[r.kind][r.status] += 1
+    states = ["done", "running", "pending", "failed", "diverged", "missing"]
+    states += sorted({s for c in counts.values() for s in c} - set(states))
+    rows = [[NAME.get(k, k)] + [c.get(s, 0) for s in states] + [sum(c.values())] for k, c in counts.items()]
+    if rows:
+        sec.body.append(table(["kind"] + states + ["total"], rows))
+    sec.body.append(f'<p>Analyses: {escape(analysis_note)}</p>')
+    sec.notes += exp.problems
+    if not exp.runs:
+        sec.notes.append("no runs found in plan.json, summary.csv or runs/")
+    return sec
+
+
+def training(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
+    refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn")
+    name = NAME[relaxed]
+    sec = Section(f"curves-{relaxed}", f"Training curves: CNN, vanilla {name[1:]} and {name}(t_w)",
+                  f"Training loss and test accuracy against time. Each {name}(t_w) starts from the CNN's "
+                  f"snapshot at t_w (marked ●) on the CNN's clock; one line per seed.")
+    curves, none = [], []
+    for r in exp.runs:
+        if r.kind in refs + (relaxed,):
+            c = _curve(r, ("train_loss", "test_acc"))
+            (curves.append(c) if c else none.append(f"{_label(r)} ({r.id}): no metrics yet ({r.status})"))
+    if any(c.kind == "cnn" for c in curves) or any(c.t_w is not None for c in curves):
+        ctx.figure(sec, f"curves_{relaxed}", f"training loss (nats) and test accuracy (%) against epochs, "
+                   f"{name} coloured by switch time", lambda p: F.training_curves(
+                       curves, p, title=f"CNN, vanilla {name[1:]} and {name}(t_w)", relaxed_kind=relaxed))
+    sec.notes += none
+    for k in refs + (relaxed,):
+        if not any(r.kind == k for r in exp.runs):
+            sec.notes.append(f"the plan has no {NAME[k]} run")
+    return sec
+
+
+def final_vs_tw(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
+    name = NAME[relaxed]
+    refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn", "fcn")
+    sec = Section(f"final-{relaxed}", f"Final test accuracy of {name}(t_w) against the switch time",
+                  "Mean ± std over seeds of the final test accuracy; reference runs as horizontal lines "
+                  "with their ± std band. Finished runs only.")
+    points: dict[float, list[float]] = defaultdict(list)
+    for r in exp.of_kind(relaxed, done_only=True):
+        if r.t_w is not None and r.final("test_acc") is not None:
+            points[r.t_w].append(r.final("test_acc"))
+    ref_vals = {k: [v for r in exp.of_kind(k, done_only=True) if (v := r.final("test_acc")) is not None]
+                for k in refs}
+    if points or any(ref_vals.values()):
+        ctx.figure(sec, f"final_{relaxed}", f"final test accuracy (%) against t_w (epochs) for {name}",
+                   lambda p: F.final_vs_tw(points, ref_vals, p, title=f"final test accuracy: {name}(t_w)",
+                                           label=f"{name}(t_w)"))
+        cnn = ref_vals.get("cnn") or []
+        base = float(np.mean(cnn)) if cnn else None
+        rows = []
+        for t in sorted(points):
+            v = 100 * np.asarray(points[t])
+            rows.append([f"{t:g}", len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+                         f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
+        for k, vals in ref_vals.items():
+            if vals:
+                v = 100 * np.asarray(vals)
+                rows.append([NAME[k], len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+                             f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
+        sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%)",
+                               "gain over CNN (% points)"], rows))
+    sec.notes += _not_done(exp, relaxed, *refs)
+    if not any(r.kind == relaxed for r in exp.runs):
+        sec.notes.append(f"the plan has no {name} runs")
+    return sec
+
+
+def hierarchical(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("hierarchical", "Hierarchical relaxation: (t_w1, t_w2) heatmap",
+                  "CNN → eLCN at t_w1, then eLCN → eFCN at t_w2; cell = mean final test accuracy over seeds.")
+    cells: dict[tuple[float, float], list[float]] = defaultdict(list)
+    for r in exp.of_kind("hier", done_only=True):
+        if r.t_w is not None and r.t_w2 is not None and (v := r.final("test_acc")) is not None:
+            cells[(r.t_w, r.t_w2)].append(v)
+    if cells:
+        tw1 = sorted({a for a, _ in cells} | {r.t_w for r in exp.of_kind("hier") if r.t_w is not None})
+        tw2 = sorted({b for _, b in cells} | {r.t_w2 for r in exp.of_kind("hier") if r.t_w2 is not None})
+        acc = np.full((len(tw1), len(tw2)), np.nan)
+        for (a, b), v in cells.items():
+            acc[tw1.index(a), tw2.index(b)] = float(np.mean(v))
+        cnn = [v for r in exp.of_kind("cnn", done_only=True) if (v := r.final("test_acc")) is not None]
+        ctx.figure(sec, "hierarchical", "mean final test accuracy (%) of hierarchical runs over (t_w1, t_w2)",
+                   lambda p: F.heatmap(tw1, tw2, acc, p, title="CNN→eLCN→eFCN final test accuracy",
+                                       cnn_acc=float(np.mean(cnn)) if cnn else None))
+    sec.notes += _not_done(exp, "hier")
+    if not any(r.kind == "hier" for r in exp.runs):
+        sec.notes.append("the plan has no hierarchical runs")
+    return sec
+
+
+def distance(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("distance", "Distance from the CNN subspace: δ(t) and gain against δ",
+                  "δ = off-local weight norm ratio of the relaxed layers (0 on the CNN subspace). Gain = final "
+                  "test accuracy minus that of the CNN it branched from.")
+    data = _analysis(exp, "distance", sec)
+    if data is None:
+        return sec
+    curves = [F.Curve(kind=c["kind"], seed=c.get("seed"), t_w=c.get("t_w2") if c["kind"] == "hier" else c.get("t_w"),
+                      epoch=c["epoch"], values={"offlocal_ratio": c["offlocal_ratio"]})
+              for c in data.get("curves") or [] if c.get("epoch")]
+    gains = [g for g in data.get("gain") or [] if g.get("gain") is not None
+             and g.get("final_offlocal_ratio") is not None]
+    if curves or gains:
+        ctx.figure(sec, "distance", "δ(t) against epochs per relaxed run; gain (% points) against final δ",
+                   lambda p: F.distance_figure(curves, gains, p, title="escape from the CNN subspace"))
+    if gains:
+        sec.body.append(table(["run", "t_w", "seed", "final δ", "final CNN distance", "gain (% points)"],
+                              [[_label(g), g.get("t_w"), g.get("seed"), g["final_offlocal_ratio"],
+                                g.get("final_cnn_distance"), f"{100 * g['gain']:+.2f}"] for g in gains]))
+    else:
+        sec.notes.append("no finished relaxed run with a final δ yet")
+    return sec
+
+
+def sharpness(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("sharpness", "Sharpness: along the CNN and at the end of every run",
+                  "Top eigenvalue of the training-loss Hessian (power iteration on Hessian-vector products) "
+                  "and a Hutchinson estimate of its trace, on a fixed training subset.")
+    data = _analysis(exp, "sharpness", sec)
+    if data is None:
+        return sec
+    pts = [p for p in data.get("points") or [] if p.get("eigenvalues")]
+    for p in pts:
+        if p.get("eig_converged") is False:
+            sec.notes.append(f"{_label(p)} at epoch {fmt(p.get('epoch'))}: eigenvalue not converged "
+                             f"(residual {fmt((p.get('eig_residual') or [None])[0])})")
+    along = defaultdict(list)
+    for p in pts:
+        if p["kind"] == "cnn":
+            along[float(p["epoch"])].append(p)
+    if along:
+        ep = sorted(along)
+        eig = [float(np.mean([p["eigenvalues"][0] for p in along[e]])) for e in ep]
+        tr = [float(np.mean([p["trace"] for p in along[e]])) for e in ep]
+        # seeds' spread when there are several, else the estimator's own standard error
+        err = [float(np.std([p["trace"] for p in along[e]])) if len(along[e]) > 1
+               else float(along[e][0].get("trace_stderr") or 0.0) for e in ep]
+        switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
+        ctx.figure(sec, "sharpness_cnn", "λ_max and Hessian trace (nats) along the CNN's trajectory; "
+                   "dotted lines: switch times", lambda p: F.sharpness_along(
+                       ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)"))
+    else:
+        sec.notes.append("no CNN sharpness points (no CNN snapshots analysed yet)")
+    ends = [p for p in pts if p.get("where") == "final"]
+    relaxed: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
+    refs: dict[str, list] = defaultdict(list)
+    for p in ends:
+        if p["kind"] in ("efcn", "elcn") and p.get("t_w") is not None:
+            relaxed[p["kind"]][float(p["t_w"])].append(p)
+        elif p["kind"] in ("cnn", "fcn", "lcn"):
+            refs[p["kind"]].append(p)
+    if relaxed or refs:
+        for key, lab in (("eig", "top Hessian eigenvalue λ_max (nats)"), ("trace", "Hessian trace (nats)")):
+            val = (lambda p: p["eigenvalues"][0]) if key == "eig" else (lambda p: p["trace"])
+            ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w",
+                       lambda path, val=val, lab=lab: F.sharpness_ends(
+                           {k: {t: [val(p) for p in v] for t, v in d.items()} for k, d in relaxed.items()},
+                           {k: [val(p) for p in v] for k, v in refs.items()}, path,
+                           title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab))
+        sec.body.append(table(["run", "epoch", "train loss (nats)", "λ_max (nats)", "trace (nats)", "converged"],
+                              [[_label(p), p.get("epoch"), p.get("loss"), p["eigenvalues"][0], p.get("trace"),
+                                p.get("eig_converged")] for p in ends]))
+    else:
+        sec.notes.append("no end-of-run sharpness points yet")
+    return sec
+
+
+def ablation(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("ablation", "Local versus off-local ablation",
+                  "Test accuracy of each final relaxed network with both parts, with the local part only (its "
+                  "CNN-subspace projection's support) and with the off-local part only; and the relative "
+                  "change of the local blocks since the switch.")
+    data = _analysis(exp, "ablation", sec)
+    if data is None:
+        return sec
+    runs = [r for r in data.get("runs") or [] if isinstance(r.get("test_acc"), dict)]
+    if not runs:
+        sec.notes.append("no finished relaxed run ablated yet")
+        return sec
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (r["kind"], r.get("t_w") or 0.0, r.get("t_w2") or 0.0)):
+        groups[_label({**r, "seed": None})].append(r)
+    parts = ("both", "local", "offlocal")
+    acc = {p: [float(np.mean([r["test_acc"][p] for r in g])) for g in groups.values()] for p in parts}
+    err = {p: [float(np.std([r["test_acc"][p] for r in g])) for g in groups.values()] for p in parts}
+    ctx.figure(sec, "ablation", "test accuracy (%) of both / local-only / off-local-only parts, mean ± std "
+               "over seeds", lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final "
+                                                       "relaxed networks"))
+    rows = [[_label(r)] + [100 * r["test_acc"][p] for p in parts]
+            + ["; ".join(f"{k}: {v:.3g}" for k, v in (r.get("local_change") or {}).items()) or "—"] for r in runs]
+    sec.body.append(table(["run", "both (%)", "local only (%)", "off-local only (%)",
+                           "local-block change since switch (relative)"], rows))
+    return sec
+
+
+def templates(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("templates", "What the off-local weights learn: templates",
+                  "Weights of chosen hidden units of the first relaxed layer to the input, shown as images "
+                  "(min-max normalised per unit): off-local weights of eFCNs next to the same units of the "
+                  "vanilla FCN.")
+    data = _analysis(exp, "templates", sec)
+    if data is None:
+        return sec
+    npz = exp.path / "analysis" / "templates.npz"
+    entries = data.get("runs") or []
+    if not entries:
+        sec.notes.append("no run with templates yet")
+        return sec
+    if not npz.is_file():
+        sec.notes.append("analysis/templates.npz is missing")
+        return sec
+    order = {"efcn": 0, "hier": 1, "elcn": 2, "fcn": 3}
+    entries = sorted(entries, key=lambda e: (order.get(e["kind"], 9), e.get("t_w") or 0.0))
+    rows = []
+    with np.load(npz, allow_pickle=False) as arrays:
+        for e in entries:
+            if e.get("key") in arrays.files:
+                rows.append((_label(e), arrays[e["key"]], e.get("units") or []))
+            else:
+                sec.notes.append(f"templates.npz has no array {e.get('key')!r} for {_label(e)}")
+    if rows:
+        ctx.figure(sec, "templates", f"unit templates of layer {data.get('layer', '?')} (rows: runs; columns: "
+                   "units)", lambda p: F.template_grid(rows[:8], p, title=f"templates of layer "
+                                                        f"{data.get('layer', '?')}"))
+        if len(rows) > 8:
+            sec.notes.append(f"{len(rows) - 8} more template rows not shown")
+    return sec
+
+
+def interpolation(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("interpolation", "Interpolation between the embedded CNN and the eFCN",
+                  "Loss and accuracy along α from the start point (α = 0) to the end point (α = 1): linear and "
+                  "norm-preserving (curvilinear) in weight space, and mixing of softmax outputs.")
+    data = _analysis(exp, "interpolation", sec)
+    if data is None:
+        return sec
+    alphas = data.get("alphas") or []
+    curves = [dict(c, label=f"{_label(c)}: {c.get('start', {}).get('label', '?')}→{c.get('end', {}).get('label', '?')}")
+              for c in data.get("curves") or []]
+    labels = list(dict.fromkeys(c["label"] for c in curves))
+    if len(labels) > 10:
+        sec.notes.append(f"{len(labels) - 10} more interpolation curves not drawn")
+        curves = [c for c in curves if c["label"] in labels[:10]]
+    if curves and alphas:
+        ctx.figure(sec, "interpolation", "loss (nats) and accuracy (%) along α; train solid, test dashed",
+                   lambda p: F.interpolation_figure(alphas, curves, p, title="interpolation in weight and output space"))
+    else:
+        sec.notes.append("no interpolation curves yet")
+    return sec
+
+
+def _bytes(n: Any) -> str:
+    return f"{n / 2**20:,.2f} MiB" if isinstance(n, (int, float)) else fmt(n)
+
+
+def memory(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("memory", "Memory: CNN, eLCN and eFCN", "Parameters and optimiser state of the experiment's "
+                  "model in each form (1 MiB = 2^20 bytes).")
+    data = _analysis(exp, "memory", sec)
+    if data is None:
+        return sec
+    rows = data.get("rows") or []
+    if not rows:
+        sec.notes.append("memory.json has no rows")
+        return sec
+    opts = list(dict.fromkeys(k for r in rows for k in (r.get("optimizer_bytes") or {})))
+    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
+             if k not in ("form", "params", "param_bytes", "optimizer_bytes") and not isinstance(r.get(k), (dict, list))]
+    names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN"}
+    sec.body.append(f"<p>model: <code>{escape(str(data.get('model', '?')))}</code>, input shape "
+                    f"{escape(str(data.get('input_shape', '?')))}</p>")
+    sec.body.append(table(["form", "parameters", "parameter memory"] + [f"{o} state" for o in opts] + extra,
+                          [[names.get(r.get("form"), r.get("form")), f"{r.get('params', 0):,}",
+                            _bytes(r.get("param_bytes"))]
+                           + [_bytes((r.get("optimizer_bytes") or {}).get(o)) for o in opts]
+                           + [_bytes(r.get(k)) if "bytes" in k else r.get(k) for k in extra] for r in rows]))
+    return sec
+
+
+def runs_table(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("runs", "Runs: status", "Every planned run, its state, last epoch and final metrics; "
+                  "errors of failed runs below the table.")
+    rows, errors = [], []
+    for r in exp.runs:
+        cls = escape(r.status)
+        acc = r.final("test_acc")
+        rows.append([r.id, NAME.get(r.kind, r.kind), r.seed, r.t_w, r.t_w2,
+                     f'<span class="status-{cls}">{cls}</span>', r.epoch if r.epoch is not None else
+                     r.summary.get("epochs"), r.final("train_loss"), None if acc is None else 100 * acc])
+        if r.error:
+            errors.append(f"<details><summary>{escape(r.id)}: {escape(str(r.error).strip().splitlines()[-1][:200])}"
+                          f"</summary>{pre(str(r.error))}</details>")
+    if rows:
+        sec.body.append(table(["id", "kind", "seed", "t_w", "t_w2", "status", "epoch",
+                               "final train loss (nats)", "final test accuracy (%)"], rows, raw=(5,)))
+    sec.body += errors
+    if not rows:
+        sec.notes.append("no runs found")
+    return sec
+
+
+def spec(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("spec", "Experiment spec", f"The resolved spec.yaml of {exp.path}.")
+    if exp.spec_text is not None:
+        sec.body.append(pre(exp.spec_text))
+    else:
+        sec.notes.append("spec.yaml is missing")
+    return sec
+
+
+def analysis_error(exc: BaseException) -> str:
+    """Short text for a failed analysis pass, with the innermost frames."""
+    tb = traceback.format_exception(type(exc), exc, exc.__traceback__)
+    return "".join(tb[-3:]).strip()
+
+
+def build_all(exp: Experiment, ctx: Ctx, analysis_note: str) -> list[Section]:
+    secs = [overview(exp, ctx, analysis_note), training(exp, ctx, "efcn"), final_vs_tw(exp, ctx, "efcn"),
+            final_vs_tw(exp, ctx, "elcn"), hierarchical(exp, ctx), distance(exp, ctx), sharpness(exp, ctx),
+            ablation(exp, ctx), templates(exp, ctx), interpolation(exp, ctx), memory(exp, ctx),
+            runs_table(exp, ctx), spec(exp, ctx)]
+    if any(r.kind == "elcn" for r in exp.runs):  # eLCN curves beside the eFCN ones when the plan has them
+        secs.insert(2, training(exp, ctx, "elcn"))
+    return secs
+
