@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,14 @@ def _classes(names: list[str], prefix: str, where: str) -> dict[str, list[str]]:
 
 def _decode_all(tree: _Zip | _Folder, files: list[str], where: Path) -> torch.Tensor:
     """uint8 (N, C, H, W): every image decoded with the channel mode of the first one, sizes checked."""
+    with warnings.catch_warnings():
+        # torchvision >= 0.29 warns on every decode call that its decoders move to TorchCodec; they still
+        # work, and 60,000 warnings would cost more than the decoding
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        return _decode_loop(tree, files, where)
+
+
+def _decode_loop(tree: _Zip | _Folder, files: list[str], where: Path) -> torch.Tensor:
     first = _decode(tree, files[0], ImageReadMode.UNCHANGED, where)
     mode = ImageReadMode.GRAY if first.shape[0] == 1 else ImageReadMode.RGB
     out = torch.empty((len(files), 1 if mode == ImageReadMode.GRAY else 3, *first.shape[1:]), dtype=torch.uint8)
