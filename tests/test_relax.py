@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archrelax.embed import DenseConv, LocallyConnected1d, LocallyConnected2d, RelaxedConv, relax, transfer
+from archrelax.embed.relax import available_memory
 
 F64 = torch.float64
 
@@ -349,5 +350,8 @@ def test_error_conv_called_with_two_shapes():
 def test_memory_guard():
     # a 1-channel 3x3 conv on a 1024x1024 image: its eFCN would need ~4 TB
     model = nn.Sequential(nn.Conv2d(1, 1, 3))
-    with pytest.raises(MemoryError, match=r"needs about 4.\d+e\+03 GB.*available.*force=True"):
+    with pytest.raises(MemoryError, match=r"needs about 4.\d+e\+03 GB.*available.*force=True") as exc:
         relax(model, "fc", (1, 1, 1024, 1024))
+    assert isinstance(exc.value, ValueError)  # so the CLI prints it as a user error
+    free = available_memory(torch.device("cpu"))
+    assert free is not None and 0 < free < 1 << 50

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -131,20 +131,20 @@ def capture_input_spatial(
 # the report
 
 
+def _human(n: float, units: tuple[str, ...]) -> str:
+    """3 significant digits with a decimal (SI) unit: 12.5 kB, 956 MB, 56.8M."""
+    i = 0
+    while abs(n) >= 1000 and i < len(units) - 1:
+        n, i = n / 1000, i + 1
+    return f"{n:.0f}{units[i]}" if i == 0 or abs(n) >= 1000 else f"{n:.3g}{units[i]}"
+
+
 def _human_bytes(n: float) -> str:
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if abs(n) < 1000 or unit == "TB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError
+    return _human(n, (" B", " kB", " MB", " GB", " TB"))
 
 
 def _human_count(n: float) -> str:
-    for unit in ("", "k", "M", "G", "T"):
-        if abs(n) < 1000 or unit == "T":
-            return f"{n:.0f}" if unit == "" else f"{n:.3g}{unit}"
-        n /= 1000
-    raise AssertionError
+    return _human(n, ("", "k", "M", "G", "T"))
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,6 @@ class Footprint:
     targets: tuple[str, ...]
     other_params: int
     other_bytes: int
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def total_params(self, target: str) -> int:
         self._check(target)

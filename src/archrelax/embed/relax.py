@@ -21,7 +21,7 @@ from .dense import DenseConv
 from .footprint import layer_geometries, param_count
 from .locally_connected import LocallyConnected1d, LocallyConnected2d
 
-__all__ = ["relax", "transfer", "relaxed_layers", "available_memory"]
+__all__ = ["relax", "transfer", "relaxed_layers", "available_memory", "RelaxMemoryError"]
 
 TARGETS = ("lc", "fc")
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
@@ -68,6 +68,10 @@ def _check_supported(name: str, m: nn.Module, to: str) -> None:
         )
 
 
+class RelaxMemoryError(MemoryError, ValueError):
+    """The relaxed parameters would not fit in free memory (a ValueError too, so the CLI reports it plainly)."""
+
+
 def available_memory(device: torch.device) -> int | None:
     """Free bytes on ``device``: MemAvailable for the CPU, ``torch.cuda.mem_get_info`` for CUDA; None if unknown."""
     if device.type == "cuda":
@@ -96,7 +100,7 @@ def _guard_memory(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], to: str) -
     for device, nbytes in need.items():
         free = available_memory(device)
         if free is not None and nbytes > free:
-            raise MemoryError(
+            raise RelaxMemoryError(
                 f"relax(to={to!r}) needs about {nbytes / 1e9:.3g} GB for the relaxed parameters on {device}, but only "
                 f"{free / 1e9:.3g} GB is available (see archrelax.footprint for the per-layer breakdown); relax fewer "
                 "layers with layers=, or pass force=True to try anyway"
