@@ -81,9 +81,10 @@ class RunInfo:
     id: str
     kind: str
     dir: Path
-    config: dict[str, Any]
+    config: dict[str, Any]  # the run folder's resolved config.json, else the plan's
     depends_on: list[str]
-    snapshot: float | None  # the parent's snapshot this run starts from (its switch), or None
+    snapshot: str | None  # the plan's nominal path of the parent snapshot (relative to EXPERIMENT), or None
+    snapshot_epoch: float | None  # that snapshot's epoch on the parent's own clock
     status: str  # from status.json; "missing" when the run folder has none
     seed: int | None = None
     t_w: float | None = None
@@ -102,7 +103,8 @@ class RunInfo:
         return {"run": self.id, "kind": self.kind, "seed": self.seed, "t_w": self.t_w, "t_w2": self.t_w2}
 
     def snapshots(self) -> list[Path]:
-        return sorted((self.dir / "snapshots").glob("*.pt"))
+        """snapshots/epoch_<t>.pt in order of t."""
+        return sorted((self.dir / "snapshots").glob("epoch_*.pt"), key=lambda p: _float(p.stem[6:]) or 0.0)
 
     def metrics(self) -> list[dict[str, Any]]:
         p = self.dir / "metrics.jsonl"
@@ -126,7 +128,11 @@ def _float(v: Any) -> float | None:
 
 
 class ExperimentRuns:
-    """The plan's runs with their folders and statuses (files only; nothing heavy is loaded)."""
+    """The plan's runs with their folders and statuses (files only; nothing heavy is loaded).
+
+    plan.json maps run id -> {kind, seed, config, depends_on, snapshot, snapshot_epoch, t_w, t_w2, ...}
+    (archrelax.protocol.plan); a top-level {"runs": {...}} wrapper is accepted too.
+    """
 
     def __init__(self, exp_dir: str | Path):
         self.dir = Path(exp_dir)
@@ -134,24 +140,31 @@ class ExperimentRuns:
         if not isinstance(plan, dict):
             raise FileNotFoundError(f"{str(self.dir / 'plan.json')!r} is missing or not a JSON object; an experiment "
                                     "folder written by `archrelax run` has plan.json, spec.yaml and runs/")
-        entries = plan.get("runs", plan)
-        entries = {k: v for k, v in entries.items() if isinstance(v, dict)}
+        entries = plan.get("runs", plan) if isinstance(plan.get("runs"), dict) else plan
         self.runs: dict[str, RunInfo] = {}
         for rid, e in entries.items():
+            if not isinstance(e, dict):
+                continue
             d = self.dir / "runs" / rid
             deps = e.get("depends_on") or []
             deps = [deps] if isinstance(deps, str) else list(deps)
-            config = e.get("config") or _read_json(d / "config.json") or {}
+            on_disk = _read_json(d / "config.json")
+            config = on_disk if isinstance(on_disk, dict) else dict(e.get("config") or {})
             status = _read_json(d / "status.json")
-            self.runs[rid] = RunInfo(rid, str(e.get("kind", "unknown")), d, config, deps, _float(e.get("snapshot")),
-                                     str(status.get("status")) if isinstance(status, dict) else "missing",
-                                     seed=config.get("seed"))
-        for r in self.runs.values():  # switch times on the CNN's clock, as report/load.py reads them
-            parent = self.runs.get(r.depends_on[0]) if r.depends_on else None
-            if r.kind == "hier":
-                r.t_w, r.t_w2 = (parent.snapshot if parent else None), r.snapshot
-            elif r.kind in RELAXED_KINDS:
-                r.t_w = r.snapshot
+            snap = e.get("snapshot")
+            self.runs[rid] = RunInfo(
+                rid, str(e.get("kind", "unknown")), d, config, deps, snap if isinstance(snap, str) else None,
+                _float(e.get("snapshot_epoch", snap if not isinstance(snap, str) else None)),
+                str(status.get("status")) if isinstance(status, dict) else "missing",
+                seed=e.get("seed", config.get("seed")), t_w=_float(e.get("t_w")), t_w2=_float(e.get("t_w2")))
+        for r in self.runs.values():  # plans without t_w: derive the switch times from the snapshot chain
+            if r.t_w is None and r.kind in RELAXED_KINDS:
+                parent = self.runs.get(r.depends_on[0]) if r.depends_on else None
+                if r.kind == "hier":
+                    r.t_w = parent.snapshot_epoch if parent else None
+                    r.t_w2 = None if r.t_w is None or r.snapshot_epoch is None else r.t_w + r.snapshot_epoch
+                else:
+                    r.t_w = r.snapshot_epoch
 
     def of_kind(self, *kinds: str) -> list[RunInfo]:
         return [r for r in self.runs.values() if r.kind in kinds]
@@ -165,20 +178,28 @@ class ExperimentRuns:
         return r if r is not None and r.kind == "cnn" else None
 
     def switch_snapshot(self, run: RunInfo) -> Path | None:
-        """The parent's snapshot this run was initialised from (plan first, then the config's init_from)."""
-        parent = self.runs.get(run.depends_on[0]) if run.depends_on else None
-        if parent is not None and run.snapshot is not None:
-            p = parent.dir / "snapshots" / f"epoch_{format_epoch(run.snapshot)}.pt"
+        """The parent snapshot this run was initialised from.
+
+        In order: the resolved config's ``init_from`` (what the trainer actually loaded), the plan's nominal
+        path, then the parent's snapshot nearest to ``snapshot_epoch`` (the trainer saves at whole steps).
+        """
+        init = run.config.get("init_from")
+        cands = [Path(init), self.dir / init] if init else []
+        cands += [self.dir / run.snapshot] if run.snapshot else []
+        for p in cands:
             if p.is_file():
                 return p
-        init = run.config.get("init_from")
-        if init:
-            for p in (Path(init), self.dir / init, run.dir / init):
-                if p.is_file():
-                    return p
-        return None
+        parent = self.runs.get(run.depends_on[0]) if run.depends_on else None
+        if parent is None or run.snapshot_epoch is None or not parent.snapshots():
+            return None
+        best = min(parent.snapshots(), key=lambda p: abs((_float(p.stem[6:]) or 0.0) - run.snapshot_epoch))
+        spe = next((m["step"] / m["epoch"] for m in parent.metrics()
+                    if isinstance(m.get("step"), int) and (_float(m.get("epoch")) or 0) > 0), None)
+        # only a file within half a step of the requested time is the one the run started from
+        ok = spe is not None and abs((_float(best.stem[6:]) or 0.0) - run.snapshot_epoch) <= 0.5 / spe + 1e-9
+        return best if ok else None
 
-    def fingerprint(self, files: Iterable[Path], params: dict[str, Any]) -> str:
+    def fingerprint(self, files: Iterable[Path], params: dict[str, Any], statuses: bool = True) -> str:
         h = hashlib.sha256()
         stats = []
         for f in sorted(set(files)):
@@ -187,8 +208,8 @@ class ExperimentRuns:
                 stats.append([str(f.relative_to(self.dir)), st.st_size, st.st_mtime_ns])
             except FileNotFoundError:
                 stats.append([str(f.relative_to(self.dir)), None, None])
-        statuses = {r.id: r.status for r in self.runs.values()}
-        h.update(json.dumps([VERSION, stats, statuses, params], sort_keys=True, default=str).encode())
+        status = {r.id: r.status for r in self.runs.values()} if statuses else None
+        h.update(json.dumps([VERSION, stats, status, params], sort_keys=True, default=str).encode())
         return h.hexdigest()
 
     def weight_files(self) -> list[Path]:
@@ -500,7 +521,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     results: dict[str, dict[str, Any]] = {}
     for name in names:
         params = {k: getattr(settings, k) for k in _PARAMS[name]}
-        fp = runs.fingerprint(_inputs(runs, name), to_plain(params))
+        fp = runs.fingerprint(_inputs(runs, name), to_plain(params), statuses=name != "memory")
         path = out_dir / f"{name}.json"
         old = _read_cached(path)
         if not force and old is not None and old.get("fingerprint") == fp:
