@@ -27,6 +27,7 @@ from typing import Any, Callable, Iterator
 
 from .plan import Run
 from .spec import SlurmOptions
+from ..utils import atomic_write_json
 from .store import FINISHED, Store
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
@@ -42,17 +43,22 @@ def _train(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
 def _init_from(store: Store, run: Run) -> str | None:
     """Absolute snapshot path for ``config['init_from']`` (None when it cannot be known yet).
 
-    A run folder that already holds a config keeps the path it was started with (a re-planned parent with
-    the same training identity has a new folder but the same weights), so the trainer's resume check,
-    which compares configs, still accepts it.
+    A run folder that already holds a config keeps the path it was started with while that file exists
+    (a re-planned parent with the same training identity has a new folder but the same weights), so the
+    trainer's resume check, which compares configs, still accepts it. When it is gone because the whole
+    experiment folder moved, the saved config is pointed at the same snapshot in the new place.
     """
+    path = store.snapshot_file(run)
+    new = None if path is None else str(path)
     saved = store.run_dir(run.id) / "config.json"
     if saved.is_file():
-        old = json.loads(saved.read_text()).get("init_from")
+        cfg = json.loads(saved.read_text())
+        old = cfg.get("init_from")
         if old and Path(old).is_file():
             return old
-    path = store.snapshot_file(run)
-    return None if path is None else str(path)
+        if old and new and old != new and Path(new).is_file():
+            atomic_write_json(saved, {**cfg, "init_from": new})
+    return new
 
 
 def run_one(experiment: str, run_id: str) -> dict[str, Any]:

@@ -354,6 +354,11 @@ def _check_model(name: str) -> str | None:
     return f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} (registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"
 
 
+def _show(v: Any) -> str:
+    """Epoch lists as a user writes them: [0, 2.5, 5], not [0.0, 2.5, 5.0]."""
+    return "[" + ", ".join(f"{t:g}" for t in v) + "]" if isinstance(v, list) else repr(v)
+
+
 def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
     """Cross-field rules: stopping rules, switch times within the CNN's training, grid, names."""
     for sec in ("cnn", "relaxed"):
@@ -390,14 +395,14 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         problems.append("'switch_times' = [] is empty while 'targets' is set; allowed: 'log:N' or a list of epochs")
     late = [t for t in spec.switch_list() if t > end]
     if late:
-        problems.append(f"'switch_times' = {spec.switch_times!r} has {late} after the end of CNN training "
+        problems.append(f"'switch_times' = {_show(spec.switch_times)} has {_show(late)} after the end of CNN training "
                         f"(epoch {end:g}, from 'cnn.{'epochs' if spec.cnn.epochs is not None else 'max_epochs'}'); "
                         f"allowed: times in [0, {end:g}]")
     for key in ("t_w1", "t_w2"):
         ts = getattr(spec.hierarchical, key) or []
         late = [t for t in ts if t > end or t < 0]
         if late:
-            problems.append(f"'hierarchical.{key}' = {ts} has {late} outside CNN training; allowed: times in [0, {end:g}]")
+            problems.append(f"'hierarchical.{key}' = {_show(ts)} has {_show(late)} outside CNN training; allowed: times in [0, {end:g}]")
     grid = spec.grid()
     if "lc>fc" in spec.targets and not grid:
         problems.append(f"'hierarchical' grid is empty: no t_w1 <= t_w2 among t_w1 = {spec.hierarchical.t_w1} and "
@@ -413,8 +418,7 @@ def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec
     """Typed, validated spec from plain data; raises :class:`SpecError` listing every problem."""
     problems: list[str] = []
     spec = _build(ExperimentSpec, data, "", problems)
-    if not problems:
-        _validate(spec, problems)
+    _validate(spec, problems)  # also after field problems (those keys kept their defaults): report everything
     if problems:
         raise SpecError(problems, source)
     return spec

@@ -16,7 +16,7 @@ def _pct(x: str) -> str:
     return f"{100 * float(x):.1f}%" if x else ""
 
 
-def format_status(store: Store, error_width: int = 60) -> str:
+def format_status(store: Store, error_width: int = 100) -> str:
     """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left
     'running' by a process that no longer holds its lock."""
     plan = store.load_plan()
@@ -28,7 +28,7 @@ def format_status(store: Store, error_width: int = 60) -> str:
             status = "interrupted"
         counts[status] = counts.get(status, 0) + 1
         tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
-        err = r["error"]
+        err = r["error"].replace(f"{store.root}/", "")  # paths inside the experiment, shown relative
         err = err if len(err) <= error_width else err[: error_width - 3] + "..."
         rows.append([run.id, run.kind, tw, status, r["epochs"], _pct(r["best_test_acc"]), err])
     table = render(["run", "kind", "t_w", "status", "epoch", "best test acc", "error"], rows)

@@ -1,0 +1,234 @@
+"""The relaxation protocol: spec validation, plans of every preset, the run store end to end (idempotence,
+failures, resume after a real SIGKILL). Training uses tiny synthetic data so the whole file stays quick."""
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from archrelax.cli import main as cli_main
+from archrelax.protocol import (
+    SpecError, Store, format_status, list_presets, load_spec, make_plan, run_experiment, spec_from_dict,
+)
+
+# 40 train / 20 test images of 2 classes, 28x28 (VanillaCNN's smallest input); batch 20 -> 2 steps per epoch
+TINY = {
+    "name": "tiny",
+    "model": "vanilla_cnn",
+    "model_kwargs": {"width": 2},
+    "data": "synthetic:1x28x28:2:40:20",
+    "train": {"batch_size": 20, "lr": 0.05, "eval_times": "every"},
+    "cnn": {"epochs": 2, "until_zero_loss": False},
+    "relaxed": {"epochs": 1, "until_zero_loss": False},
+    "switch_times": [0, 1],
+    "targets": ["fc"],
+    "baselines": ["fcn"],
+}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+
+
+@pytest.fixture(scope="module")
+def tiny_experiment(tmp_path_factory) -> Path:
+    """The TINY experiment trained once, uninterrupted: CNN, eFCN at t_w = 0 and 1, FCN baseline."""
+    out = tmp_path_factory.mktemp("exp") / "tiny"
+    logs: list[str] = []
+    run_experiment(spec_from_dict(TINY), out, log=logs.append)
+    assert logs[0] == "4 runs planned: 0 already finished, 4 to run"
+    return out
+
+
+# ---- plans ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", list_presets())
+def test_preset_plan_graph_and_ids(preset):
+    spec = load_spec(preset=preset)
+    plan = make_plan(spec)
+    assert plan, preset
+    assert [r.id for r in make_plan(load_spec(preset=preset)).values()] == list(plan)  # stable ids
+    seen: set[str] = set()
+    for run in plan.values():
+        assert run.id.startswith(f"{run.kind}-")
+        assert len(run.id.rsplit("-", 1)[1]) == 8
+        if run.depends_on is not None:
+            assert run.depends_on in seen, f"{run.id} comes before its parent {run.depends_on}"
+            parent = plan[run.depends_on]
+            assert run.snapshot == f"runs/{parent.id}/snapshots/epoch_{run.snapshot_epoch:g}.pt"
+            assert run.snapshot_epoch in parent.config["snapshots"]
+        seen.add(run.id)
+    kinds = [r.kind for r in plan.values()]
+    switch = spec.switch_list()
+    assert kinds.count("cnn") == len(spec.seeds)
+    assert 0.0 in switch and max(switch) <= spec.cnn.length()
+    if "fc" in spec.targets:
+        assert sorted(r.t_w for r in plan.values() if r.kind == "efcn") == switch
+    if "lc" in spec.targets:
+        assert sorted(r.t_w for r in plan.values() if r.kind == "elcn") == switch
+    for b in spec.baselines:
+        (base,) = [r for r in plan.values() if r.kind == b]
+        assert base.depends_on is None and base.config["model"] == b
+        assert base.config["model_kwargs"]["base"] == spec.model
+    for run in plan.values():
+        if run.kind == "hier":  # eLCN at t_w1, then its own-clock snapshot at t_w2 - t_w1
+            parent = plan[run.depends_on]
+            assert parent.kind == "elcn" and parent.t_w == run.t_w <= run.t_w2
+            assert run.snapshot_epoch == pytest.approx(run.t_w2 - run.t_w)
+            assert run.config["relax"] == "fc" and parent.config["relax"] == "lc"
+    if preset == "hierarchical":
+        assert kinds.count("hier") == len(spec.grid()) == 8  # t_w1 in {0,2,8}, t_w2 in {2,8,32}, t_w1 <= t_w2
+    if preset == "demo":
+        assert len(switch) >= 5 and {"cnn", "fcn", "efcn", "elcn"} <= set(kinds)
+
+
+def test_changing_one_option_changes_only_the_runs_it_affects():
+    base = make_plan(spec_from_dict(TINY))
+    longer = make_plan(spec_from_dict({**TINY, "relaxed": {"epochs": 2, "until_zero_loss": False}}))
+    assert {r.id for r in base.values() if r.kind == "cnn"} == {r.id for r in longer.values() if r.kind == "cnn"}
+    assert not {r.id for r in base.values() if r.kind != "cnn"} & set(longer)
+    more = make_plan(spec_from_dict({**TINY, "switch_times": [0, 1, 2]}))
+    # the CNN must save one more snapshot (new id); relaxed runs at unchanged switch times keep theirs
+    assert {r.id for r in base.values() if r.kind in ("efcn", "fcn")} < set(more)
+    assert not {r.id for r in base.values() if r.kind == "cnn"} & set(more)
+    seeds = make_plan(spec_from_dict({**TINY, "seeds": [0, 1]}))
+    assert set(base) < set(seeds) and len(seeds) == 2 * len(base)
+
+
+# ---- validation ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data, expected", [
+    ({"lr": 0.1}, ["unknown key 'lr'", "did you mean 'train.lr'"]),
+    ({"train": {"lrr": 0.1}}, ["unknown key 'train.lrr'", "did you mean 'train.lr'", "valid here:"]),
+    ({"train": {"lr": -1}}, ["'train.lr' = -1 is out of range", "a number > 0"]),
+    ({"train": {"momentum": 1.5}}, ["'train.momentum' = 1.5", "0 <= momentum < 1"]),
+    ({"train": {"batch_size": "big"}}, ["'train.batch_size' = 'big' has the wrong type", "an integer"]),
+    ({"cnn": {"epochs": 4, "until_zero_loss": False}, "switch_times": [0, 2, 5]},
+     ["'switch_times' = [0, 2, 5]", "[5] after the end of CNN training", "epoch 4", "times in [0, 4]"]),
+    ({"targets": ["fc", "cnn"]}, ["'targets'", "one of 'fc', 'lc', 'lc>fc'"]),
+    ({"baselines": ["mlp"]}, ["'baselines'", "'fcn', 'lcn'"]),
+    ({"switch_times": "log:x"}, ["'switch_times' = 'log:x' is out of range", "'log:N'"]),
+    ({"analyses": ["sharpnes"]}, ["unknown analysis 'sharpnes'", "did you mean 'sharpness'"]),
+    ({"model": "vanila_cnn"}, ["'model' = 'vanila_cnn' is not a registered model", "did you mean 'vanilla_cnn'"]),
+    ({"cnn": {"epochs": 5, "until_zero_loss": True}}, ["'cnn.epochs' = 5", "conflict", "max_epochs"]),
+    ({"relaxed": {"epochs": 2, "until_zero_loss": False}, "targets": ["lc>fc"], "cnn": {"epochs": 8, "until_zero_loss": False},
+      "hierarchical": {"t_w1": [0], "t_w2": [4]}}, ["t_w2 - t_w1 <= 2"]),
+])
+def test_invalid_specs_name_key_value_and_what_is_allowed(data, expected):
+    with pytest.raises(SpecError) as e:
+        spec_from_dict(data)
+    for text in expected:
+        assert text in str(e.value), str(e.value)
+
+
+def test_all_problems_reported_together_and_set_overrides_are_typed(tmp_path, capsys):
+    with pytest.raises(SpecError) as e:
+        spec_from_dict({"train": {"lr": 0, "batch_size": 0}, "seeds": [0, 0]})
+    assert len(e.value.problems) == 3
+    spec = load_spec(preset="demo", overrides=["train.lr=0.2", "seeds=0,1", "targets=fc", "model_kwargs.width=3"])
+    assert (spec.train.lr, spec.seeds, spec.targets, spec.model_kwargs["width"]) == (0.2, [0, 1], ["fc"], 3)
+    assert isinstance(load_spec(overrides=["cnn.max_epochs=7"]).cnn.max_epochs, float)
+    # through the command line: exit code 2 and the message, nothing created
+    rc = cli_main(["run", "--preset", "demo", "--set", "train.lrr=0.1", "--out", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "unknown key 'train.lrr'; did you mean 'train.lr'?" in err
+    assert not (tmp_path / "x").exists()
+    assert cli_main(["run", "--preset", "nope"]) == 2
+    assert "no preset named 'nope'" in capsys.readouterr().err
+
+
+# ---- running -------------------------------------------------------------------------------------------
+
+
+def test_run_writes_store_and_second_run_does_no_training(tiny_experiment, tmp_path):
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_experiment, exp)
+    store = Store(exp)
+    rows = store.read_summary()
+    assert [r["kind"] for r in rows] == ["cnn", "efcn", "efcn", "fcn"]
+    assert all(r["status"] == "done" for r in rows), rows
+    assert [r["t_w"] for r in rows] == ["", "0", "1", ""]
+    assert [r["epochs"] for r in rows] == ["2", "1", "1", "1"]
+    assert all(0 <= float(r["best_test_acc"]) <= 1 and r["final_test_loss"] for r in rows)
+    assert rows[1]["final_offlocal_ratio"] and not rows[0]["final_offlocal_ratio"]
+    assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "tiny"
+    plan = store.load_plan()
+    assert set(plan) == {r["id"] for r in rows}
+    # the relaxed runs started from the CNN's snapshots (paths of the folder they ran in, copied from)
+    for rid, run in plan.items():
+        cfg = yaml.safe_load((exp / "runs" / rid / "config.json").read_text())
+        want = store.snapshot_file(run).relative_to(exp) if run.depends_on else None
+        assert (cfg["init_from"] and Path(cfg["init_from"]).relative_to(tiny_experiment)) == want
+
+    files = {p: p.stat().st_mtime_ns for p in (exp / "runs").rglob("*") if p.is_file() and p.name != ".lock"}
+    logs: list[str] = []
+    run_experiment(spec_from_dict(TINY), exp, log=logs.append)
+    assert logs == ["4 runs planned: 4 already finished, 0 to run"]
+    assert {p: p.stat().st_mtime_ns for p in files} == files  # no run folder file rewritten
+    assert _rows(exp / "summary.csv") == _rows(tiny_experiment / "summary.csv")
+
+
+def test_failing_run_does_not_stop_others_and_shows_in_status(tiny_experiment, tmp_path, capsys):
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_experiment, exp)
+    store = Store(exp)
+    plan = store.load_plan()
+    efcn1 = next(r for r in plan.values() if r.kind == "efcn" and r.t_w == 1)
+    fcn = next(r for r in plan.values() if r.kind == "fcn")
+    # the eFCN at t_w = 1 must start again from a damaged snapshot; the baseline after it must still train
+    for r in (efcn1, fcn):
+        shutil.rmtree(store.run_dir(r.id))
+    snap = store.snapshot_file(efcn1)
+    snap.write_bytes(snap.read_bytes()[:100])
+    logs: list[str] = []
+    run_experiment(spec_from_dict(TINY), exp, log=logs.append)
+    assert logs[0] == "4 runs planned: 2 already finished, 2 to run"
+    status = {r["id"]: r for r in store.read_summary()}
+    assert status[efcn1.id]["status"] == "failed" and "epoch_1.pt" in status[efcn1.id]["error"]
+    assert status[fcn.id]["status"] == "done"
+    assert (store.run_dir(efcn1.id) / "error.log").read_text().startswith("Traceback")
+
+    assert cli_main(["status", str(exp)]) == 0
+    out = capsys.readouterr().out
+    line = next(ln for ln in out.splitlines() if ln.startswith(efcn1.id))
+    assert "failed" in line and "epoch_1.pt" in line
+    assert out.strip().endswith("4 runs: 3 done, 1 failed")
+
+
+def test_resume_after_sigkill_matches_uninterrupted(tiny_experiment, tmp_path):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    exp = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "archrelax.cli", "run", str(spec_file), "--out", str(exp)]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # kill as soon as a relaxed run has written its first checkpoint: the CNN is done, an eFCN half-way
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline:
+        if any((exp / "runs").glob("efcn-*/checkpoints/last.pt")):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"finished before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    store = Store(exp)
+    before = {r["id"]: r["status"] for r in store.read_summary()}
+    assert "pending" in before.values() or "running" in before.values()
+    assert "interrupted" in format_status(store) or "pending" in format_status(store)
+
+    done = subprocess.run([sys.executable, "-m", "archrelax.cli", "run", str(exp)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "already finished" in done.stdout
+    assert _rows(exp / "summary.csv") == _rows(tiny_experiment / "summary.csv")
