@@ -1,0 +1,493 @@
+"""``train(config, out_dir)``: one run of a CNN or of its relaxed form, resumable after a kill at any moment.
+
+Resumption is exact because everything the run computes is a function of state saved in
+``checkpoints/last.pt``: weights, optimiser buffers, the torch RNG, the step (the lr schedule, the batch
+order — ``BatchFeed`` permutations are seeded by ``(seed, epoch)`` — and the evaluation times are pure
+functions of it), the running epoch statistics, and the number of metric lines written so far (extra lines
+written after the checkpoint are dropped on resume and recomputed, bit for bit).
+
+Optimiser state when continuing a snapshot (``init_from``): ``"reset"`` (default) starts the optimiser
+afresh. The CNN's momentum / Adam moments live in the shared-parameter space: they are statistics of each
+*shared* weight, whose gradient sums the gradients of every position that uses it. Embedded into the eFCN,
+each tied entry would inherit the whole shared statistic, which no eFCN trained from its own gradients would
+hold. Resetting makes the relaxed run start the same way as the from-scratch baseline, which is the paper's
+protocol. ``"carry"`` maps the buffers through the same embedding (``archrelax.embed.transfer``, keyed by
+parameter name) for those who want the continuation to be seamless.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import resource
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from archrelax.utils import append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch, resolve_device
+
+from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
+from .config import RUNTIME_FIELDS, TrainConfig
+from .schedule import lr_at, time_steps
+
+__all__ = ["train", "evaluate", "make_optimizer"]
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for _, p in model.named_parameters()]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    cls = torch.optim.Adam if cfg.optimizer == "adam" else torch.optim.AdamW
+    return cls(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, feed, amp: str | None = None) -> tuple[float, float]:
+    """Mean cross-entropy and accuracy of ``model`` over every batch of ``feed`` (eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    loss = correct = None
+    n = 0
+    for x, y in feed.epoch(0):
+        with _autocast(x.device, amp):
+            out = model(x)
+        batch_loss = F.cross_entropy(out.float(), y, reduction="sum")
+        batch_correct = (out.argmax(1) == y).sum()
+        loss = batch_loss if loss is None else loss + batch_loss
+        correct = batch_correct if correct is None else correct + batch_correct
+        n += y.shape[0]
+    model.train(was_training)
+    return loss.item() / n, correct.item() / n
+
+
+def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, Any]:
+    """Train as ``config`` says, writing the run folder of docs/architecture.md into ``out_dir``.
+
+    Resumes from ``out_dir/checkpoints/last.pt`` when present (the saved config must match, apart from
+    ``RUNTIME_FIELDS``); a finished or diverged run is not redone. Returns ``{"status", "error", "epoch",
+    "global_epoch", "step", "metrics"}`` with the last evaluation as ``metrics``.
+    """
+    cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "config.json"
+    if saved.exists():
+        _check_same_config(TrainConfig.from_dict(json.loads(saved.read_text())), cfg, saved)
+        status = _read_json(out / "status.json") or {}
+        if status.get("status") in ("done", "diverged"):
+            return _result(out, status)
+    cfg.save(saved)
+    run = None
+    try:
+        with _determinism(resolve_device(cfg.device)):
+            run = _Run(cfg, out)
+            return run.fit()
+    except BaseException as e:  # record why, then let it propagate (KeyboardInterrupt included)
+        error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+        if run is not None:
+            run.write_status("failed", error=error)
+        else:
+            atomic_write_json(out / "status.json", {"status": "failed", "error": error, "epoch": 0.0,
+                                                    "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        raise
+    finally:
+        if run is not None:
+            run.close()
+
+
+class _Run:
+    """State of one run; ``fit`` is the loop. Split from ``train`` so that setup and resume stay readable."""
+
+    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+        from archrelax.data import BatchFeed, load_data
+
+        self.cfg, self.out = cfg, out
+        self.device = resolve_device(cfg.device)
+        self.epoch = self.global_offset = 0.0
+        self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
+        self.writer = self.bar = None
+        self.write_status("running")
+        data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
+                         seed=cfg.data_seed)
+        self.data = data
+        feed_kw = dict(mean=data.mean, std=data.std, device=self.device)
+        self.feed = BatchFeed(data.train.images, data.train.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                              augment=tuple(cfg.augment), **feed_kw)
+        eval_bs = max(cfg.batch_size, 500)
+        self.eval_feeds = {split: BatchFeed(s.images, s.labels, eval_bs, shuffle=False, **feed_kw)
+                           for split, s in (("train", data.train), ("test", data.test))}
+        self.spe = len(self.feed)  # steps per epoch
+        self.total = int(round(cfg.horizon * self.spe))
+        self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
+        self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
+        self.ckpt_path = out / "checkpoints" / "last.pt"
+        if self.ckpt_path.exists():
+            self._resume(load_checkpoint(self.ckpt_path))  # on the CPU: RNG states must stay there
+        else:
+            self._fresh()
+        self.params = dict(self.model.named_parameters())
+        self.relaxed = _has_relaxed(self.model)
+        self.forward = torch.compile(self.model) if cfg.compile else self.model
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _fresh(self) -> None:
+        from archrelax.models import create_model
+
+        cfg, images = self.cfg, self.data.train.images
+        kw = {**cfg.model_kwargs, "num_classes": len(self.data.classes), "in_channels": int(images.shape[1]),
+              "input_size": int(images.shape[2])}
+        torch.manual_seed(cfg.seed)
+        snap = None
+        if cfg.init_from is not None:
+            snap = load_checkpoint(cfg.init_from)
+            src, self.arch = self._source_from_snapshot(snap, kw)
+            self.global_offset = float(snap.get("global_epoch", snap["epoch"]))
+        else:
+            src = create_model(cfg.model, **kw)
+            self.arch = {"model": cfg.model, "model_kwargs": kw, "relax_chain": [], "relax_layers": None}
+        src = src.to(self.device)
+        if cfg.relax is not None:
+            from archrelax.embed.relax import relax
+
+            self.model = relax(src, to=cfg.relax, example_input=torch.zeros(1, *src.input_shape, device=self.device),
+                               layers=cfg.relax_layers)
+            self.arch = {**self.arch, "relax_chain": [*self.arch["relax_chain"], cfg.relax],
+                         "relax_layers": cfg.relax_layers if cfg.relax_layers is not None else self.arch["relax_layers"]}
+        else:
+            self.model = src
+        self.model.train()
+        self.opt = make_optimizer(cfg, self.model)
+        if snap is not None and cfg.optimizer_state == "carry":
+            self.opt.load_state_dict(self._carried_state(snap))
+        torch.manual_seed(cfg.seed)  # the training RNG stream starts the same however the model was made
+        self.run_stats = self._zero_stats()
+        _truncate_metrics(self.out / "metrics.jsonl", 0)
+        self.t0 = time.perf_counter()
+
+    def _source_from_snapshot(self, snap: dict, kw: dict) -> tuple[nn.Module, dict]:
+        from archrelax.models import build_architecture
+
+        arch, cfg = dict(snap["arch"]), self.cfg
+        if arch["model"] != cfg.model:
+            raise ValueError(f"init_from {cfg.init_from!r} holds model {arch['model']!r} but the config says "
+                             f"model={cfg.model!r}; use the snapshot's model name")
+        bad = {k: (v, arch["model_kwargs"].get(k)) for k, v in kw.items() if arch["model_kwargs"].get(k) != v}
+        if bad:
+            raise ValueError(f"init_from {cfg.init_from!r} was built with other model/data settings "
+                             f"{{key: (this run, snapshot)}} = {bad}")
+        if cfg.relax_layers is not None and arch.get("relax_layers") not in (None, cfg.relax_layers):
+            raise ValueError(f"relax_layers={cfg.relax_layers!r} differs from the snapshot's {arch['relax_layers']!r}; "
+                             "a relaxation chain records a single layer selection")
+        src = build_architecture(arch)
+        src.load_state_dict(snap["model"])
+        return src, arch
+
+    def _carried_state(self, snap: dict) -> dict:
+        """The snapshot's optimiser state re-keyed by parameter name and embedded into this model's shapes."""
+        from archrelax.embed.relax import transfer
+
+        cfg, snap_opt = self.cfg, snap.get("optimizer")
+        if snap_opt is None:
+            raise ValueError(f"optimizer_state='carry' but {cfg.init_from!r} holds no optimiser state")
+        if snap["config"].get("optimizer") != cfg.optimizer:
+            raise ValueError(f"optimizer_state='carry': the snapshot used optimizer={snap['config'].get('optimizer')!r}, "
+                             f"this run optimizer={cfg.optimizer!r}; buffers of one cannot drive the other")
+        names = snap["param_names"]
+        by_name = {names[i]: s for i, s in snap_opt["state"].items()}
+        keys = {k for s in by_name.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0}
+        mapped = {k: {n: s[k].to(self.device) for n, s in by_name.items() if k in s} for k in keys}
+        if cfg.relax is not None:
+            mapped = {k: transfer(tensors, self.model) for k, tensors in mapped.items()}
+        state = {}
+        for i, (name, _) in enumerate(self.model.named_parameters()):
+            if name in by_name:
+                state[i] = {k: (mapped[k][name] if k in mapped else v) for k, v in by_name[name].items()}
+        return {"state": state, "param_groups": self.opt.state_dict()["param_groups"]}
+
+    def _resume(self, ck: dict) -> None:
+        from archrelax.models import build_architecture
+
+        self.arch = ck["arch"]
+        self.model = build_architecture(self.arch).to(self.device)
+        self.model.load_state_dict(ck["model"])
+        self.model.train()
+        self.opt = make_optimizer(self.cfg, self.model)
+        self.opt.load_state_dict(ck["optimizer"])
+        set_rng_state(ck["rng"], self.device)
+        p = ck["progress"]
+        self.step, self.n_metrics, self.elapsed = ck["step"], p["n_metrics"], p["elapsed"]
+        self.global_offset = ck["global_epoch"] - ck["epoch"]
+        self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
+        _truncate_metrics(self.out / "metrics.jsonl", self.n_metrics)
+        self.t0 = time.perf_counter()
+
+    def _zero_stats(self) -> dict:
+        z = torch.zeros((), device=self.device)
+        return {"loss": z.clone(), "correct": z.clone(), "n": 0}
+
+    # ---- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> dict[str, Any]:
+        cfg = self.cfg
+        self._open_outputs()
+        if self.step == 0 and self.n_metrics == 0:
+            stop = self._at_step(check=False)
+            if stop:
+                return self._finish(stop)
+        last_ckpt = time.perf_counter()
+        while self.step < self.total:
+            e, b = divmod(self.step, self.spe)
+            if b == 0:
+                self.run_stats = self._zero_stats()
+            for x, y in self.feed.epoch(e, start=b):
+                lr = self._lr()
+                for g in self.opt.param_groups:
+                    g["lr"] = lr
+                with _autocast(self.device, cfg.amp):
+                    out = self.forward(x)
+                    loss = F.cross_entropy(out.float(), y)
+                self.opt.zero_grad(set_to_none=True)
+                loss.backward()
+                self.opt.step()
+                # running epoch statistics stay on the device: no sync per step
+                s = self.run_stats
+                s["loss"] += loss.detach() * y.shape[0]
+                s["correct"] += (out.argmax(1) == y).sum()
+                s["n"] += y.shape[0]
+                self.step += 1
+                self._tick(lr)
+                now = time.perf_counter()
+                due = (self.step % self.spe == 0
+                       or (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
+                       or (cfg.checkpoint_every_s is not None and now - last_ckpt >= cfg.checkpoint_every_s))
+                # the divergence check syncs with the device, so not every step; always before a checkpoint
+                stop = self._at_step(check=due or self.step % 25 == 0)
+                if stop:
+                    return self._finish(stop)
+                if due:
+                    self._checkpoint()
+                    last_ckpt = now
+                if self.step >= self.total:
+                    break
+        return self._finish("max_epochs" if cfg.until_zero_loss else "epochs")
+
+    def _at_step(self, check: bool) -> str | None:
+        """Divergence check, scheduled evaluation, until-zero-loss test, snapshot. Returns a stop reason."""
+        cfg, s = self.cfg, self.run_stats
+        writes = self.step in self.eval_steps or self.step in self.snap_steps or self.step % self.spe == 0
+        if (check or writes) and s["n"] and not math.isfinite(s["loss"].item()):
+            return "diverged"
+        metrics = self._evaluate() if self.step in self.eval_steps else None
+        if metrics is not None and not math.isfinite(metrics["train_loss"]):
+            return "diverged"
+        epoch_end = self.step > 0 and self.step % self.spe == 0
+        if cfg.until_zero_loss and epoch_end and self._close_to_zero():
+            m = metrics or self._evaluate(record=False)
+            if m["train_acc"] == 1.0 or (cfg.loss_threshold is not None and m["train_loss"] < cfg.loss_threshold):
+                if metrics is None:
+                    self._record(m)
+                return "zero_loss"
+        if self.step in self.snap_steps:
+            self._save(self.out / "snapshots" / f"epoch_{format_epoch(self.step / self.spe)}.pt")
+        if self.step == 0:
+            self._checkpoint()
+        return None
+
+    def _lr(self) -> float:
+        c = self.cfg
+        return lr_at(self.step, self.spe, lr=c.lr, schedule=c.schedule, warmup_epochs=c.warmup_epochs,
+                     step_size=c.step_size, gamma=c.gamma, total_epochs=c.horizon)
+
+    def _close_to_zero(self) -> bool:
+        """Cheap gate from the epoch's running statistics, so the full train-set check runs only near the end."""
+        s, thr = self.run_stats, self.cfg.loss_threshold
+        return s["correct"].item() >= 0.99 * s["n"] or (thr is not None and s["loss"].item() / s["n"] < 10 * thr)
+
+    def _evaluate(self, record: bool = True) -> dict[str, Any]:
+        amp = self.cfg.amp
+        train_loss, train_acc = evaluate(self.forward, self.eval_feeds["train"], amp)
+        test_loss, test_acc = evaluate(self.forward, self.eval_feeds["test"], amp)
+        epoch = self.step / self.spe
+        m = {"epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
+             "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
+        if self.relaxed:
+            from archrelax.embed.subspace import cnn_distance, offlocal_ratio
+
+            m["offlocal_ratio"] = float(offlocal_ratio(self.model))
+            m["cnn_distance"] = float(cnn_distance(self.model))
+        m["lr"] = self._lr()  # the rate of the next update
+        if record:
+            self._record(m)
+        return m
+
+    def _record(self, m: dict[str, Any]) -> None:
+        m = {**m, "wall_time": self._wall(), "peak_mem_bytes": _peak_memory(self.device)}
+        append_line(self.out / "metrics.jsonl", json.dumps(m))
+        self.n_metrics += 1
+        if self.writer is not None:
+            for k, v in m.items():
+                if k not in ("epoch", "step", "global_epoch"):
+                    self.writer.add_scalar(k, v, self.step)
+            self.writer.flush()
+        if self.bar is not None:
+            self.bar.write(f"epoch {format_epoch(m['epoch'])}: train {m['train_loss']:.4f}/{m['train_acc']:.2%} "
+                           f"test {m['test_loss']:.4f}/{m['test_acc']:.2%}")
+
+    # ---- files ---------------------------------------------------------------------------------------------
+    def _state(self, with_optimizer: bool = True) -> dict[str, Any]:
+        epoch = self.step / self.spe
+        return {"format": FORMAT, "model": self.model.state_dict(),
+                "optimizer": self.opt.state_dict() if with_optimizer else None,
+                "param_names": list(self.params), "config": self.cfg.to_dict(), "arch": self.arch,
+                "epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
+                "rng": rng_state(self.device),
+                "progress": {"n_metrics": self.n_metrics, "elapsed": self._wall(), "run_stats": dict(self.run_stats)}}
+
+    def _save(self, path: Path, with_optimizer: bool = True) -> None:
+        atomic_torch_save(self._state(with_optimizer), path)
+
+    def _checkpoint(self) -> None:
+        self._save(self.ckpt_path)
+        self.write_status("running")
+
+    def _finish(self, reason: str) -> dict[str, Any]:
+        """``reason``: "epochs" (planned length), "zero_loss", "max_epochs" (cap hit) or "diverged"."""
+        if reason == "diverged":
+            self.write_status("diverged", error=f"training loss became NaN or infinite by step {self.step} "
+                              f"(epoch {self.step / self.spe:g}); checkpoints/last.pt is the last good state")
+        else:
+            self._save(self.out / "final.pt", with_optimizer=False)
+            self.write_status("done", reason=reason)
+        return _result(self.out, _read_json(self.out / "status.json"))
+
+    def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
+        epoch = self.step / self.spe if hasattr(self, "spe") else 0.0
+        atomic_write_json(self.out / "status.json", {
+            "status": status, "error": error, "stop_reason": reason, "epoch": epoch,
+            "global_epoch": self.global_offset + epoch, "step": self.step,
+            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def _open_outputs(self) -> None:
+        cfg = self.cfg
+        if cfg.tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as e:
+                raise RuntimeError("tensorboard=True needs the tensorboard package: "
+                                   "pip install 'archrelax[tensorboard]'") from e
+            self.writer = SummaryWriter(str(self.out / "tensorboard"))
+        show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
+        if show:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)
+        self.bar_t, self.bar_step = time.perf_counter(), self.step
+
+    def _tick(self, lr: float) -> None:
+        if self.bar is None:
+            return
+        self.bar.update(1)
+        if self.step % 10 == 0 or self.step == self.total:
+            s, now = self.run_stats, time.perf_counter()
+            ips = (self.step - self.bar_step) * self.cfg.batch_size / max(now - self.bar_t, 1e-9)
+            self.bar.set_postfix(loss=f"{s['loss'].item() / s['n']:.4f}", acc=f"{s['correct'].item() / s['n']:.2%}",
+                                 img_s=f"{ips:.0f}", lr=f"{lr:.3g}")
+            self.bar_t, self.bar_step = now, self.step
+
+    def _wall(self) -> float:
+        return self.elapsed + time.perf_counter() - self.t0
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+# ---- helpers ----------------------------------------------------------------------------------------------
+def _has_relaxed(model: nn.Module) -> bool:
+    from archrelax.embed import RelaxedConv
+
+    return any(isinstance(m, RelaxedConv) for m in model.modules())
+
+
+def _autocast(device: torch.device, amp: str | None):
+    if amp is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def _determinism(device: torch.device):
+    """Deterministic kernels where they are not already (CUDA); restored afterwards (it is process-global)."""
+    if device.type != "cuda":
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    prev = (torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
+            torch.backends.cudnn.benchmark)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = False
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
+        torch.backends.cudnn.benchmark = prev[2]
+
+
+def _peak_memory(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    # ru_maxrss is in KiB on Linux, bytes on macOS
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)
+
+
+def _check_same_config(saved: TrainConfig, new: TrainConfig, path: Path) -> None:
+    a, b = saved.to_dict(), new.to_dict()
+    diff = {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
+    if diff:
+        raise ValueError(f"{str(path)!r} holds a run with a different config {{key: (saved, new)}} = {diff}; "
+                         "use another output folder or delete this one")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The metric lines of a run; a torn last line (a crash mid-write) is ignored."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return rows
+
+
+def _truncate_metrics(path: Path, n: int) -> None:
+    rows = read_metrics(path)
+    if len(rows) != n or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
+        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows[:n]))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def _result(out: Path, status: dict | None) -> dict[str, Any]:
+    status = status or {}
+    rows = read_metrics(out / "metrics.jsonl")
+    return {"status": status.get("status"), "error": status.get("error"), "stop_reason": status.get("stop_reason"),
+            "epoch": status.get("epoch"),
+            "global_epoch": status.get("global_epoch"), "step": status.get("step"),
+            "metrics": rows[-1] if rows else None, "out_dir": str(out)}
