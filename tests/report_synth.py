@@ -44,7 +44,7 @@ def _run_folder(d: Path, kind: str, seed: int, t_w: float | None, t_w2: float | 
         loss, acc, delta = _relaxed(t, start, seed, "efcn" if kind == "hier" else kind)
     lines = []
     for i, e in enumerate(t):
-        rec = {"epoch": float(e - (start or 0.0)), "step": int(e * 20), "train_loss": float(loss[i]),
+        rec = {"epoch": float(e - (start or 0.0)), "global_epoch": float(e), "step": int(e * 20), "train_loss": float(loss[i]),
                "train_acc": float(min(1.0, acc[i] + 0.3)), "test_loss": float(loss[i] + 0.8),
                "test_acc": float(acc[i]), "lr": 0.1, "wall_time": float(e), "peak_mem_bytes": 1000}
         if delta is not None:
@@ -62,19 +62,25 @@ def _run_folder(d: Path, kind: str, seed: int, t_w: float | None, t_w2: float | 
 
 
 def plan_entries(seeds: int = 2) -> dict[str, dict]:
+    """plan.json as archrelax.protocol writes it: id -> {kind, seed, config, depends_on, snapshot, t_w, t_w2}."""
     plan = {}
+
+    def add(rid: str, kind: str, seed: int, parent: str | None = None, snap: float | None = None,
+            t_w: float | None = None, t_w2: float | None = None) -> None:
+        plan[rid] = {"kind": kind, "seed": seed, "config": {"seed": seed}, "depends_on": parent,
+                     "snapshot": None if parent is None else f"runs/{parent}/snapshots/epoch_{snap:g}.pt",
+                     "snapshot_epoch": snap, "t_w": t_w, "t_w2": t_w2, "identity": "x"}
+
     for s in range(seeds):
-        plan[f"cnn-s{s}"] = {"kind": "cnn", "config": {"seed": s}, "depends_on": [], "snapshot": None}
-        plan[f"fcn-s{s}"] = {"kind": "fcn", "config": {"seed": s}, "depends_on": [], "snapshot": None}
+        add(f"cnn-s{s}", "cnn", s)
+        add(f"fcn-s{s}", "fcn", s)
         for t in TWS:
-            plan[f"efcn-t{t:g}-s{s}"] = {"kind": "efcn", "config": {"seed": s}, "depends_on": [f"cnn-s{s}"],
-                                         "snapshot": t}
-    plan["lcn-s0"] = {"kind": "lcn", "config": {"seed": 0}, "depends_on": [], "snapshot": None}
+            add(f"efcn-t{t:g}-s{s}", "efcn", s, f"cnn-s{s}", t, t_w=t)
+    add("lcn-s0", "lcn", 0)
     for t in (1.0, 4.0):
-        plan[f"elcn-t{t:g}-s0"] = {"kind": "elcn", "config": {"seed": 0}, "depends_on": ["cnn-s0"], "snapshot": t}
+        add(f"elcn-t{t:g}-s0", "elcn", 0, "cnn-s0", t, t_w=t)
     for t1, t2 in ((1.0, 4.0), (1.0, 16.0), (4.0, 16.0)):
-        plan[f"hier-t{t1:g}-{t2:g}-s0"] = {"kind": "hier", "config": {"seed": 0}, "depends_on": [f"elcn-t{t1:g}-s0"],
-                                           "snapshot": t2}
+        add(f"hier-t{t1:g}-{t2:g}-s0", "hier", 0, f"elcn-t{t1:g}-s0", t2 - t1, t_w=t1, t_w2=t2)
     return plan
 
 
@@ -88,10 +94,7 @@ def make_experiment(root: Path, *, partial: bool = False) -> Path:
     (exp / "plan.json").write_text(json.dumps(plan, indent=1))
     rows = []
     for rid, e in plan.items():
-        t_w = e["snapshot"] if e["kind"] in ("efcn", "elcn") else None
-        t_w2 = None
-        if e["kind"] == "hier":
-            t_w, t_w2 = plan[e["depends_on"][0]]["snapshot"], e["snapshot"]
+        t_w, t_w2 = e["t_w"], e["t_w2"]
         status, error = "done", None
         if partial and rid in ("efcn-t16-s1", "hier-t4-16-s0", "fcn-s1"):
             continue  # never started: no folder, no summary row
@@ -99,7 +102,7 @@ def make_experiment(root: Path, *, partial: bool = False) -> Path:
             status, error = "failed", "Traceback (most recent call last):\n  ...\nRuntimeError: loss is NaN at step 40"
         if partial and rid == "efcn-t4-s1":
             status = "running"
-        rows.append(_run_folder(exp / "runs" / rid, e["kind"], e["config"]["seed"], t_w, t_w2, status, error))
+        rows.append(_run_folder(exp / "runs" / rid, e["kind"], e["seed"], t_w, t_w2, status, error))
     with open(exp / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()

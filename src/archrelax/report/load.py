@@ -121,15 +121,6 @@ def _plan_runs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in runs.items() if isinstance(v, dict)}
 
 
-def _times_from_plan(rid: str, entries: dict[str, dict[str, Any]]) -> tuple[float | None, float | None]:
-    """(t_w, t_w2) from the plan's snapshot chain when summary.csv does not give them."""
-    e = entries.get(rid, {})
-    snap = e.get("snapshot")
-    deps = e.get("depends_on") or []
-    parent = entries.get(deps[0] if isinstance(deps, list) and deps else str(deps), {})
-    if e.get("kind") == "hier":
-        return parent.get("snapshot"), snap
-    return snap, None
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -164,11 +155,11 @@ def load_experiment(path: str | Path) -> Experiment:
     runs = []
     for rid in ids:
         row, entry = summary.get(rid, {}), entries.get(rid, {})
-        kind = str(row.get("kind") or entry.get("kind") or "unknown")
-        t_w, t_w2 = _times_from_plan(rid, entries)
-        seed = row.get("seed", (entry.get("config") or {}).get("seed"))
-        run = Run(id=rid, kind=kind, seed=seed, summary=row,
-                  t_w=_float(row.get("t_w", t_w)), t_w2=_float(row.get("t_w2", t_w2)))
+        kind = str(entry.get("kind") or row.get("kind") or "unknown")
+        seed = entry.get("seed", row.get("seed", (entry.get("config") or {}).get("seed")))
+        # plan.json is the source of the switch times (CNN's clock); summary.csv repeats them
+        run = Run(id=rid, kind=kind, seed=seed, summary=row, t_w=_float(entry.get("t_w", row.get("t_w"))),
+                  t_w2=_float(entry.get("t_w2", row.get("t_w2"))))
         if row.get("status"):
             run.status = str(row["status"])
         d = run_dirs.get(rid)

@@ -65,6 +65,8 @@ def _analysis(exp: Experiment, name: str, sec: Section) -> dict | None:
         sec.notes.append(f"analysis/{name}.json is missing: run `archrelax analyse {exp.path}` or "
                          "`archrelax report` without --no-analyse")
         return None
+    if data.get("error"):  # the analysis failed as a whole; its file says why
+        sec.notes.append(f"{name} analysis failed: {str(data['error']).strip()[-400:]}")
     for m in data.get("missing") or []:
         sec.notes.append(f"{name}: skipped run {m.get('run')}: {m.get('reason')}")
     return data
