@@ -333,6 +333,7 @@ def test_analyse_experiment_writes_every_cache_file(experiment):
     assert len(interp["alphas"]) == 11 and len(interp["curves"]) == 2 * 3
     mem = json.loads((out / "memory.json").read_text())
     assert [r["form"] for r in mem["rows"]][:3] == ["cnn", "lc", "fc"]
+    assert mem["input_shape"] == [1, 32, 32]  # the model as trained on this data, not the factory's default
 
 
 def test_analyse_experiment_caches_and_tolerates_a_partial_experiment(experiment, tmp_path):

@@ -307,18 +307,36 @@ def _not_done(runs: Sequence[RunInfo], missing: list[dict[str, str]]) -> list[Ru
 # one function per analysis: (ctx) -> (payload, missing)
 
 
+def _cnn_arch(ctx: _Context, ref: RunInfo) -> dict[str, Any]:
+    """The CNN's resolved arch record: from one of its checkpoints, else rebuilt like the trainer does (the
+    data set fixes num_classes, in_channels and input_size)."""
+    from archrelax.train.checkpoint import load_checkpoint
+
+    for p in [ref.final, *ref.snapshots(), ref.dir / "checkpoints" / "last.pt"]:
+        if p.is_file():
+            return dict(load_checkpoint(p)["arch"])
+    from archrelax.data import load_data
+
+    c = ref.config
+    splits = load_data(c.get("data", "mnist5k"), c.get("data_root"), train_size=c.get("train_size"),
+                       test_size=c.get("test_size"), seed=c.get("data_seed", 0))
+    kw = {**(c.get("model_kwargs") or {}), "num_classes": len(splits.classes),
+          "in_channels": splits.input_shape[0], "input_size": splits.input_shape[1]}
+    return {"model": c.get("model", "vanilla_cnn"), "model_kwargs": kw}
+
+
 def _memory(ctx: _Context) -> tuple[dict[str, Any], list]:
-    from archrelax.models import create_model
+    from archrelax.models import build_architecture
 
     from .memory import memory_table
 
     ref = next(iter(ctx.runs.of_kind("cnn")), None)
     if ref is None:
-        return {"model": None, "input_shape": None, "rows": [], "footprint": None}, [
+        return {"model": None, "model_kwargs": None, "input_shape": None, "rows": [], "footprint": None}, [
             {"run": "-", "reason": "no CNN run in the plan"}]
-    name, kw = ref.config.get("model", "vanilla_cnn"), dict(ref.config.get("model_kwargs") or {})
-    model = create_model(name, **kw)
-    return {"model": name, "model_kwargs": kw, "input_shape": list(model.input_shape),
+    arch = _cnn_arch(ctx, ref)
+    model = build_architecture({**arch, "relax_chain": []})
+    return {"model": arch["model"], "model_kwargs": arch.get("model_kwargs"), "input_shape": list(model.input_shape),
             **memory_table(model, tuple(model.input_shape))}, []
 
 
@@ -483,7 +501,10 @@ def _inputs(runs: ExperimentRuns, name: str) -> list[Path]:
         files += [r.dir / "metrics.jsonl" for r in runs.runs.values()]
     elif name == "templates":
         files += [r.final for r in runs.runs.values()]
-    elif name != "memory":
+    elif name == "memory":  # the CNN's arch record comes from its first checkpoint
+        cnn = next(iter(runs.of_kind("cnn")), None)
+        files += [] if cnn is None else [p for p in (cnn.final, *cnn.snapshots()) if p.is_file()][:1]
+    else:
         files += runs.weight_files()
     return files
 
@@ -524,7 +545,8 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
         fp = runs.fingerprint(_inputs(runs, name), to_plain(params), statuses=name != "memory")
         path = out_dir / f"{name}.json"
         old = _read_cached(path)
-        if not force and old is not None and old.get("fingerprint") == fp:
+        arrays_ok = old is not None and (not old.get("arrays") or (out_dir / old["arrays"]).is_file())
+        if not force and old is not None and old.get("fingerprint") == fp and arrays_ok:
             ctx.log(f"{name}: up to date")
             results[name] = old
             continue
@@ -542,6 +564,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
                 buf = io.BytesIO()
                 np.savez(buf, **res[2])
                 atomic_write_bytes(out_dir / f"{name}.npz", buf.getvalue())
+                head["arrays"] = f"{name}.npz"
             obj = {**head, "fingerprint": fp, "missing": missing, "error": None, **to_plain(payload)}
         atomic_write_json(path, to_plain(obj))
         results[name] = obj
