@@ -76,10 +76,10 @@ def test_partial_report_says_what_is_missing(partial):
     assert "templates.json is missing" in notes["templates"] and not secs["templates"]["imgs"]
     assert "interpolation.json is missing" in notes["interpolation"] and not secs["interpolation"]["imgs"]
     # planned runs without a folder, the failed one with its error, the running one
-    assert "efcn-t16-s1) is missing" in notes["final-efcn"]
+    assert "efcn-t16-s1) is pending" in notes["final-efcn"]
     assert "efcn-t0-s1) is failed: RuntimeError: loss is NaN at step 40" in notes["final-efcn"]
     assert "efcn-t4-s1) is running" in notes["final-efcn"]
-    assert "hier-t4-16-s0) is missing" in notes["hierarchical"]
+    assert "hier-t4-16-s0) is pending" in notes["hierarchical"]
     assert "skipped run efcn-t0-s1: run failed" in notes["distance"]
     # what did finish is still drawn
     assert secs["curves-efcn"]["imgs"] and secs["final-efcn"]["imgs"] and secs["hierarchical"]["imgs"]

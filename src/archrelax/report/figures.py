@@ -289,7 +289,7 @@ def ablation_bars(labels: Sequence[str], acc: dict[str, Sequence[float]], err: d
     a.set_xlabel("run (switch time t_w in epochs)")
     a.set_ylabel("test accuracy (%)")
     a.set_title(title)
-    a.legend(fontsize=8, loc="best")
+    fig.legend(fontsize=8, loc="outside right upper")  # beside the axes: bars fill the whole height
     a.grid(True, axis="y", alpha=0.3)
     return _save(fig, path)
 

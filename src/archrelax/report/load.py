@@ -24,7 +24,7 @@ class Run:
     seed: int | None = None
     t_w: float | None = None  # switch time (epochs on the CNN's clock) for efcn/elcn/hier
     t_w2: float | None = None  # second switch (eLCN -> eFCN) for hier runs
-    status: str = "missing"  # pending|running|done|failed|diverged, or "missing" (no run folder yet)
+    status: str = "pending"  # pending|running|done|failed|diverged (pending: planned, no run folder yet)
     error: str | None = None
     epoch: float | None = None  # last epoch reached (status.json)
     summary: dict[str, Any] = field(default_factory=dict)  # the run's summary.csv row (parsed)
@@ -170,8 +170,6 @@ def load_experiment(path: str | Path) -> Experiment:
                 run.status = str(st.get("status", run.status))
                 run.error = st.get("error")
                 run.epoch = _float(st.get("epoch"))
-            elif run.status == "missing":
-                run.status = "pending"
             if (d / "metrics.jsonl").is_file():
                 run.metrics = read_jsonl(d / "metrics.jsonl")
         runs.append(run)

@@ -90,7 +90,7 @@ def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in exp.runs:
         counts[r.kind][r.status] += 1
-    states = ["done", "running", "pending", "failed", "diverged", "missing"]
+    states = ["done", "running", "pending", "failed", "diverged"]
     states += sorted({s for c in counts.values() for s in c} - set(states))
     rows = [[NAME.get(k, k)] + [c.get(s, 0) for s in states] + [sum(c.values())] for k, c in counts.items()]
     if rows:
