@@ -110,7 +110,7 @@ class _Run:
 
         self.cfg, self.out = cfg, out
         self.device = resolve_device(cfg.device)
-        self.epoch = self.global_offset = 0.0
+        self.global_offset = 0.0
         self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
         self.writer = self.bar = None
         self.write_status("running")
@@ -140,9 +140,9 @@ class _Run:
     def _fresh(self) -> None:
         from archrelax.models import create_model
 
-        cfg, images = self.cfg, self.data.train.images
-        kw = {**cfg.model_kwargs, "num_classes": len(self.data.classes), "in_channels": int(images.shape[1]),
-              "input_size": int(images.shape[2])}
+        cfg, (c, h, w) = self.cfg, self.data.train.images.shape[1:]
+        kw = {**cfg.model_kwargs, "num_classes": len(self.data.classes), "in_channels": int(c),
+              "input_size": int(h) if h == w else [int(h), int(w)]}
         torch.manual_seed(cfg.seed)
         snap = None
         if cfg.init_from is not None:
