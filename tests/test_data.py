@@ -441,3 +441,22 @@ def test_feed_crop_flip_matches_padded_reference(mode):
     assert torch.equal(got, ref)
     with pytest.raises(ValueError, match="padding 7 must be smaller than the image size"):
         BatchFeed(x, torch.arange(40), 16, mean=[0.0] * 3, std=[1.0] * 3, device="cpu", augment=("crop:7",))
+
+
+def test_cli_data_and_models_commands(capsys, tmp_path):
+    import argparse
+
+    from archrelax.data import _cli as data_cli
+    from archrelax.models import _cli as models_cli
+
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command")
+    data_cli.register(sub), models_cli.register(sub)
+    args = parser.parse_args(["data", "synthetic:1x28x28:3:30:9", "--train-size", "12", "--cache-dir", str(tmp_path)])
+    assert args.func(args) == 0
+    out = capsys.readouterr().out
+    assert "12 train / 9 test images of shape (1, 28, 28)" in out and "3 classes" in out
+    args = parser.parse_args(["models"])
+    assert args.func(args) == 0
+    names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
+    assert {"vanilla_cnn", "alexnet", "fcn", "lcn"} <= set(names)

@@ -72,4 +72,5 @@ class AlexNet(nn.Module):
 def alexnet(
     *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32, dropout: float = 0.5
 ) -> AlexNet:
+    """The paper's CIFAR AlexNet: 5 convs (64-192-384-256-256 at width 64), 3 pools, dropout MLP 512-512."""
     return AlexNet(width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size, dropout=dropout)

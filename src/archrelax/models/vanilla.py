@@ -51,4 +51,5 @@ class VanillaCNN(nn.Module):
 
 @register_model("vanilla_cnn")
 def vanilla_cnn(*, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32) -> VanillaCNN:
+    """The paper's VanillaCNN: 3 convs (k4 s2, k5, k3) of `width` channels, each ReLU + maxpool 3/2, linear."""
     return VanillaCNN(width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
