@@ -12,6 +12,8 @@ from archrelax.embed import DenseConv, LocallyConnected1d, LocallyConnected2d, R
 from archrelax.embed.relax import available_memory
 
 F64 = torch.float64
+# torch's own performance note about Functional.conv1 ('same' padding with an even kernel)
+pytestmark = pytest.mark.filterwarnings("ignore:Using padding='same' with even kernel")
 
 
 class Block(nn.Module):
