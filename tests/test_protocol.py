@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -232,3 +233,47 @@ def test_resume_after_sigkill_matches_uninterrupted(tiny_experiment, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "already finished" in done.stdout
     assert _rows(exp / "summary.csv") == _rows(tiny_experiment / "summary.csv")
+
+
+def test_locked_run_is_waited_for_not_trained_twice(tiny_experiment, tmp_path):
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_experiment, exp)
+    store = Store(exp)
+    fcn = next(r for r in store.load_plan().values() if r.kind == "fcn")
+    shutil.rmtree(store.run_dir(fcn.id))
+    release = threading.Event()
+    held = threading.Event()
+
+    def other_process() -> None:  # another open file description: flock treats it like another process
+        with store.lock(fcn.id) as got:
+            assert got
+            held.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other_process)
+    t.start()
+    held.wait(10)
+    from archrelax.protocol import run_one
+
+    assert run_one(str(exp), fcn.id)["status"] == "busy"
+    logs: list[str] = []
+    timer = threading.Timer(1.0, release.set)
+    timer.start()
+    run_experiment(spec_from_dict(TINY), exp, log=logs.append, poll_s=0.1)
+    t.join()
+    assert any("held by" in ln and fcn.id in ln for ln in logs), logs
+    assert store.read_status(fcn.id)["status"] == "done"
+
+
+def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):
+    exp = tmp_path / "workers"
+    run_experiment(spec_from_dict(TINY), exp, workers=2, poll_s=0.1, log=lambda s: None)
+    # same runs, same results; a worker uses fewer threads, so float sums may differ in the last digits
+    got, want = _rows(exp / "summary.csv"), _rows(tiny_experiment / "summary.csv")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    for g, w in zip(got, want):
+        for k in w:
+            if k.startswith(("final_", "best_")) and w[k]:
+                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4), (g["id"], k)
+            else:
+                assert g[k] == w[k], (g["id"], k)
