@@ -220,3 +220,17 @@ def test_cli_trains_and_help_lists_every_option(tmp_path, capsys):
         if action.option_strings and action.dest != "help":
             assert action.help and action.option_strings[-1] in text
     assert "(default: 0.1)" in text and "(default: log:20)" in text
+
+
+def test_bf16_autocast_runs_and_tensorboard_absence_is_explained(tmp_path):
+    result = train(cfg(epochs=1, amp="bf16", eval_times=[0, 1]), tmp_path / "bf16")
+    assert result["status"] == "done" and 0 < result["metrics"]["train_loss"] < 10
+    try:
+        import torch.utils.tensorboard  # noqa: F401
+    except ImportError:
+        with pytest.raises(RuntimeError, match="pip install 'archrelax\\[tensorboard\\]'"):
+            train(cfg(epochs=1, tensorboard=True), tmp_path / "tb")
+        assert json.loads((tmp_path / "tb" / "status.json").read_text())["status"] == "failed"
+    else:
+        train(cfg(epochs=1, tensorboard=True), tmp_path / "tb")
+        assert any((tmp_path / "tb" / "tensorboard").iterdir())
