@@ -154,16 +154,23 @@ def relax(
         raise ValueError(f"relax(to={to!r}): nothing to relax in {type(model).__name__}: {detail}")
     for name in selected:
         _check_supported(name, candidates[name], to)
-    # one geometry per module object (a module shared by several paths is one layer)
-    unique = {id(candidates[n]): n for n in reversed(selected)}
-    geoms = layer_geometries(out, example_input, {n: candidates[n] for n in unique.values()})
-    plan = {n: (candidates[n], geoms[n]) for n in unique.values()}
+    # a module shared by several paths is one layer: named by its first selected path, swapped at all paths
+    paths: dict[int, list[str]] = {}
+    for n, m in candidates.items():
+        paths.setdefault(id(m), []).append(n)
+    first = {id(candidates[n]): n for n in reversed(selected)}
+    layers_ = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
+    geoms = layer_geometries(out, example_input, layers_)
     if not force:
-        _guard_memory(plan, to)
-    replacement = {id(m): _relaxed_layer(m, geom, to) for m, geom in plan.values()}
-    for name, m in candidates.items():
-        if id(m) in replacement:
-            _set_submodule(out, name, replacement[id(m)])
+        _guard_memory({n: (m, geoms[n]) for n, m in layers_.items()}, to)
+    del candidates
+    for n in list(layers_):
+        # swap in layer by layer and drop the old one, so its memory is freed before the next is built
+        old = layers_.pop(n)
+        new = _relaxed_layer(old, geoms[n], to)
+        for path in paths[id(old)]:
+            _set_submodule(out, path, new)
+        del old, new
     return out
 
 
