@@ -19,7 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.cm import ScalarMappable
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FuncFormatter, LogFormatter
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
 DPI = 110
 CMAP = colormaps["viridis"]
@@ -67,14 +67,33 @@ def tw_norm(t_ws: Sequence[float]) -> colors.Normalize:
 
 def _time_axis(ax, label: str = "epoch (CNN's clock; symlog: linear below 1)") -> None:
     ax.set_xscale("symlog", linthresh=1.0, linscale=0.5)
-    ax.xaxis.set_major_formatter(_PLAIN)  # "10", not "10^1": epochs read as numbers
-    if ax.get_xlim()[0] < -0.15:  # times are never negative; symlog margins would show a "-1" tick
+    lo, hi = ax.get_xlim()
+    if lo < -0.15:  # times are never negative; symlog margins would show a "-1" tick
         ax.set_xlim(left=-0.15)
+    # 1-2-5 ticks up to the last time, so a 4-epoch run is read as easily as a 400-epoch one
+    steps = [0, 0.25, 0.5, 0.75] if hi < 3 else [0, 0.5]
+    steps += list(range(1, 10)) if hi < 10 else [m * 10.0**e for e in range(0, 7) for m in (1, 2, 5)]
+    ax.xaxis.set_major_locator(FixedLocator([t for t in steps if t <= hi]))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(_PLAIN)  # "10", not "10^1": epochs read as numbers
     ax.set_xlabel(label)
     ax.grid(True, which="major", alpha=0.3)
 
 
 _PLAIN = FuncFormatter(lambda v, _: f"{v:g}")
+
+
+class _PlainLogFormatter(LogFormatter):
+    """LogFormatter's choice of which minor ticks to label, with plain numbers."""
+
+    def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+        return f"{x:g}"
+
+
+def _log_y(ax) -> None:
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(_PLAIN)
+    ax.yaxis.set_minor_formatter(_PlainLogFormatter(labelOnlyBase=False))  # "3", "0.6", not "3×10^0", "6e-01"
 
 
 def _colourbar(fig: Figure, axes, norm: colors.Normalize, ticks: Sequence[float],
@@ -112,7 +131,7 @@ def training_curves(curves: Sequence[Curve], path: Path, *, title: str, relaxed_
         handles.append(Line2D([], [], color=CMAP(0.6), marker="o", mec="black",
                               label=f"{REF_NAME.get(relaxed_kind, relaxed_kind)}(t_w); ● = switch"))
     _time_axis(loss_ax)
-    loss_ax.set_yscale("log")
+    _log_y(loss_ax)
     loss_ax.set_ylabel("training loss (nats, log scale)")
     loss_ax.set_title("training loss")
     _time_axis(acc_ax)
@@ -262,9 +281,7 @@ def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, 
     _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
     every = [v for d in points.values() for vs in d.values() for v in vs] + [v for vs in refs.values() for v in vs]
     if every and min(every) > 0:  # sharpness spans decades; a noisy negative trace estimate forbids log
-        a.set_yscale("log")
-        a.yaxis.set_major_formatter(_PLAIN)
-        a.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))  # plain "3", "4", not "3×10^0"
+        _log_y(a)
         ylabel += ", log scale"
     a.set_ylabel(ylabel)
     a.set_title(title)
