@@ -159,14 +159,14 @@ def relax(
     for n, m in candidates.items():
         paths.setdefault(id(m), []).append(n)
     first = {id(candidates[n]): n for n in reversed(selected)}
-    layers_ = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
-    geoms = layer_geometries(out, example_input, layers_)
+    todo = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
+    geoms = layer_geometries(out, example_input, todo)
     if not force:
-        _guard_memory({n: (m, geoms[n]) for n, m in layers_.items()}, to)
+        _guard_memory({n: (m, geoms[n]) for n, m in todo.items()}, to)
     del candidates
-    for n in list(layers_):
+    for n in list(todo):
         # swap in layer by layer and drop the old one, so its memory is freed before the next is built
-        old = layers_.pop(n)
+        old = todo.pop(n)
         new = _relaxed_layer(old, geoms[n], to)
         for path in paths[id(old)]:
             _set_submodule(out, path, new)
