@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from archrelax.utils import atomic_write_bytes, atomic_write_json, format_epoch, resolve_device
+from archrelax.utils import atomic_write_bytes, atomic_write_json, resolve_device
 
 from ._common import to_plain
 from .distance import distance_curve, final_gain, read_metrics
