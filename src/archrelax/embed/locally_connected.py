@@ -18,6 +18,8 @@ Zero padding only: with reflect/replicate/circular padding the relaxation of a c
 """
 from __future__ import annotations
 
+import math
+import threading
 from typing import Any
 
 import torch
@@ -27,6 +29,100 @@ from .base import RelaxedConv
 from .connectivity import ConvGeometry
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd"]
+
+
+def _transpose_in(x: Tensor, geom: ConvGeometry) -> Tensor:
+    """(B, C_in, *in_spatial) -> (G, Q+1, C_in/g·B): small copy; row Q is the zero row padding taps read."""
+    B, G = x.shape[0], geom.groups
+    xt = x.reshape(B, G, geom.in_channels // G, geom.Q).permute(1, 3, 2, 0)  # (G, Q, C_in/g, B)
+    return nn.functional.pad(xt, (0, 0, 0, 0, 0, 1)).view(G, geom.Q + 1, -1)
+
+
+def _transpose_out(out: Tensor, geom: ConvGeometry, B: int) -> Tensor:
+    """(G·P, C_out/g, B) -> (B, C_out, *out_spatial)."""
+    G = geom.groups
+    out = out.view(G, geom.P, geom.out_channels // G, B).permute(3, 0, 2, 1)
+    return out.reshape(B, geom.out_channels, *geom.out_spatial)
+
+
+def _bmm_shapes(geom: ConvGeometry, B: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
+    G = geom.groups
+    k = geom.T * (geom.in_channels // G)
+    return (G * geom.P, geom.out_channels // G, k), (G * geom.P, k, B)  # weight view, unfolded input
+
+
+def _lc_forward_graph(x: Tensor, weight: Tensor, gather_index: Tensor, geom: ConvGeometry) -> Tensor:
+    """The forward pass in plain differentiable ops (used for double backward, e.g. Hessian-vector products)."""
+    wshape, cshape = _bmm_shapes(geom, x.shape[0])
+    cols = _transpose_in(x, geom).index_select(1, gather_index).view(cshape)
+    return _transpose_out(torch.bmm(weight.view(wshape), cols), geom, x.shape[0])
+
+
+_workspaces = threading.local()
+
+
+def _workspace(numel: int, like: Tensor) -> Tensor:
+    """A reusable flat buffer for the unfolded input (CPU only).
+
+    On CPU every fresh allocation above glibc's mmap threshold (32 MB) is page-faulted in again on every
+    call, which costs as much as the gather itself; reusing one buffer per thread, device and dtype (grown
+    to the largest layer seen) keeps that cost away. The buffer is only held inside one forward or one
+    backward call, never between them, so several forwards before a backward are safe.
+    """
+    if like.device.type != "cpu":
+        return torch.empty(numel, device=like.device, dtype=like.dtype)  # caching allocators do this already
+    cache = _workspaces.__dict__.setdefault("buffers", {})
+    key = like.dtype
+    buf = cache.get(key)
+    if buf is None or buf.numel() < numel:
+        cache.pop(key, None)  # free the old one first: peak memory stays one buffer
+        buf = cache[key] = torch.empty(numel, dtype=like.dtype)
+    return buf[:numel]
+
+
+class _LocallyConnectedFn(torch.autograd.Function):
+    """Gather + bmm forward; backward re-gathers into the workspace instead of saving the unfolded input,
+    and writes the unfolded input gradient into that same buffer before scattering it back."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, weight: Tensor, gather_index: Tensor, geom: ConvGeometry) -> Tensor:
+        B = x.shape[0]
+        wshape, cshape = _bmm_shapes(geom, B)
+        xt = _transpose_in(x, geom)  # (G, Q+1, C_in/g·B)
+        cols = _workspace(math.prod(cshape), xt).view(xt.shape[0], gather_index.numel(), xt.shape[2])
+        torch.index_select(xt, 1, gather_index, out=cols)  # (G, P·T, C_in/g·B): whole-row copies
+        out = torch.bmm(weight.view(wshape), cols.view(cshape))  # (G·P, C_out/g, B)
+        ctx.save_for_backward(x, weight, gather_index)
+        ctx.geom = geom
+        return _transpose_out(out, geom, B)
+
+    @staticmethod
+    def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
+        x, weight, gather_index = ctx.saved_tensors
+        geom: ConvGeometry = ctx.geom
+        need_x, need_w = ctx.needs_input_grad[:2]
+        if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops so this backward is differentiable
+            inputs = [t for t, need in ((x, need_x), (weight, need_w)) if need]
+            y = _lc_forward_graph(x, weight, gather_index, geom)
+            grads = iter(torch.autograd.grad(y, inputs, grad_out, create_graph=True))
+            return (next(grads) if need_x else None), (next(grads) if need_w else None), None, None
+        B, G = x.shape[0], geom.groups
+        wshape, cshape = _bmm_shapes(geom, B)
+        cog = geom.out_channels // G
+        go = grad_out.reshape(B, G, cog, geom.P).permute(1, 3, 2, 0).reshape(G * geom.P, cog, B)
+        xt = _transpose_in(x, geom)
+        ws = _workspace(math.prod(cshape), xt)
+        grad_x = grad_w = None
+        if need_w:
+            cols = ws.view(G, gather_index.numel(), -1)
+            torch.index_select(xt, 1, gather_index, out=cols)
+            grad_w = torch.bmm(go, cols.view(cshape).transpose(1, 2)).view(weight.shape)
+        if need_x:
+            gcols = torch.bmm(weight.view(wshape).transpose(1, 2), go, out=ws.view(cshape))  # (G·P, T·C_in/g, B)
+            gxt = torch.zeros_like(xt).index_add_(1, gather_index, gcols.view(G, gather_index.numel(), -1))
+            gxt = gxt.view(G, geom.Q + 1, geom.in_channels // G, B)[:, : geom.Q]  # drop the padding row
+            grad_x = gxt.permute(3, 0, 2, 1).reshape(x.shape)
+        return grad_x, grad_w, None, None
 
 
 class LocallyConnectedNd(RelaxedConv):
@@ -93,15 +189,7 @@ class LocallyConnectedNd(RelaxedConv):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, *in_spatial) -> (B, C_out, *out_spatial)
         self._check_input(x)
-        g = self.geometry
-        B, G = x.shape[0], g.groups
-        cig, cog = g.in_channels // G, g.out_channels // G
-        xt = x.reshape(B, G, cig, g.Q).permute(1, 3, 2, 0)  # (G, Q, C_in/g, B), small
-        xt = nn.functional.pad(xt, (0, 0, 0, 0, 0, 1))  # (G, Q+1, C_in/g, B): contiguous, zero row Q
-        cols = xt.index_select(1, self.gather_index)  # (G, P·T, C_in/g, B): contiguous row copies
-        cols = cols.view(G * g.P, g.T * cig, B)
-        out = torch.bmm(self.weight.view(G * g.P, cog, g.T * cig), cols)  # (G·P, C_out/g, B)
-        out = out.view(G, g.P, cog, B).permute(3, 0, 2, 1).reshape(B, g.out_channels, *g.out_spatial)
+        out = _LocallyConnectedFn.apply(x, self.weight, self.gather_index, self.geometry)
         return out if self.bias is None else out + self.bias
 
 
