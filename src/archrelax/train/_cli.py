@@ -15,6 +15,20 @@ def _default(name: str):
     return f.default_factory() if callable(f.default_factory) else f.default
 
 
+class _Help(argparse.HelpFormatter):
+    """Every option's help ends with its default (spelled 'none' when unset), unless the help says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.required or "default:" in text or action.default is argparse.SUPPRESS or not action.option_strings:
+            return text
+        default = action.default
+        shown = "none" if default in (None, "", [], {}) else default
+        if isinstance(default, bool) and action.nargs == 0:
+            shown = "on" if default else "off"
+        return f"{text} (default: {shown})"
+
+
 def _times(text: str):
     """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs."""
     if text.startswith("log:") or text == "every":
@@ -41,9 +55,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train a model (or its relaxed form) into a resumable run folder",
         description="Train MODEL and write OUT/{config.json,status.json,metrics.jsonl,checkpoints/,snapshots/,"
                     "final.pt}. Rerunning the same command resumes an interrupted run.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("model", help="registered model name (see list in docs) or 'pkg.module:factory'")
-    p.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of model options, e.g. '{\"width\": 32}'")
+        formatter_class=_Help)
+    p.add_argument("model", help="registered model name (vanilla_cnn, alexnet, fcn, lcn, ...) or 'pkg.module:factory'")
+    p.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of model options, e.g. '{\"width\": 32}'; classes, channels and input size come from the data")
     p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
     g = p.add_argument_group("data")
     g.add_argument("--data", default=_default("data"),
@@ -89,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar (default: only when stderr is a terminal)")
     g.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
-    g.add_argument("--checkpoint-every-steps", type=int, default=None, help="extra mid-epoch checkpoints")
+    g.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N steps (checkpoints are always written at epoch ends)")
     g.add_argument("--checkpoint-every-s", type=float, default=_default("checkpoint_every_s"),
                    help="checkpoint at least this often (seconds)")
     p.set_defaults(func=run)

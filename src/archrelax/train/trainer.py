@@ -128,7 +128,8 @@ class _Run:
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
         self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
         self.ckpt_path = out / "checkpoints" / "last.pt"
-        if self.ckpt_path.exists():
+        self.fresh = not self.ckpt_path.exists()
+        if not self.fresh:
             self._resume(load_checkpoint(self.ckpt_path))  # on the CPU: RNG states must stay there
         else:
             self._fresh()
@@ -236,7 +237,7 @@ class _Run:
     def fit(self) -> dict[str, Any]:
         cfg = self.cfg
         self._open_outputs()
-        if self.step == 0 and self.n_metrics == 0:
+        if self.fresh:  # evaluation, snapshot and checkpoint of the initialisation
             stop = self._at_step(check=False)
             if stop:
                 return self._finish(stop)
