@@ -19,7 +19,8 @@ from archrelax.data.splits import channel_stats, stratified_subset
 # torchvision >= 0.29 deprecates its image codecs (moving to TorchCodec); the tests' own encode_png calls warn
 pytestmark = pytest.mark.filterwarnings("ignore:The image decoding and encoding:DeprecationWarning")
 
-CIFAR_ZIP = Path(os.environ.get("ARCHRELAX_CIFAR10_ZIP", Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"))
+_DEFAULT_ZIP = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg.zip"  # shared/ beside the repo
+CIFAR_ZIP = Path(os.environ.get("ARCHRELAX_CIFAR10_ZIP", _DEFAULT_ZIP))
 needs_zip = pytest.mark.skipif(not CIFAR_ZIP.exists(), reason=f"{CIFAR_ZIP} not present")
 
 

@@ -12,7 +12,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Decode SOURCE once into the uint8 tensor cache and print sizes, classes and statistics.",
     )
     p.add_argument("source", nargs="?", default="mnist5k",
-                   help="mnist5k (default, offline), cifar10, cifar100, imagefolder:PATH, synthetic[:CxHxW[:K[:NTR[:NTE]]]]")
+                   help="mnist5k (default, offline), cifar10, cifar100, imagefolder:PATH, "
+                   "synthetic[:CxHxW[:K[:NTR[:NTE]]]]")
     p.add_argument("--data-root", default=None, help="folder of cifar10/cifar100 (default $ARCHRELAX_DATA or "
                    "~/.cache/archrelax/datasets); base of a relative imagefolder PATH")
     p.add_argument("--train-size", type=int, default=None, help="stratified training subset size (default: all)")

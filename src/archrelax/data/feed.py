@@ -3,8 +3,8 @@
 The images are moved to the device once. Each epoch draws, from a CPU generator seeded by (seed, epoch),
 a permutation and every augmentation parameter of the epoch at once; batch i is then a slice of those, so
 ``epoch(e, start=k)`` reproduces exactly the tail of a full epoch (resume mid-epoch) and the same numbers
-come out on any device. Crop and flip are one gather on the whole uint8 batch; normalisation is fused into
-the float conversion. No DataLoader, no workers, no per-sample Python.
+come out on any device. Crop and flip are one index_select on the whole uint8 batch; normalisation is
+two in-place ops on the float conversion. No DataLoader, no workers, no per-sample Python.
 """
 from __future__ import annotations
 
@@ -90,14 +90,18 @@ class BatchFeed:
         self.batch_size, self.shuffle, self.seed, self.drop_last = batch_size, shuffle, int(seed), drop_last
         self.augment = parse_augment(augment)
         if self.augment.pad >= min(images.shape[2:]):
-            raise ValueError(f"BatchFeed crop padding {self.augment.pad} must be smaller than the image size {tuple(images.shape[2:])}")
+            raise ValueError(
+                f"BatchFeed crop padding {self.augment.pad} must be smaller than the image size {tuple(images.shape[2:])}"
+            )
         mean_t = torch.as_tensor(mean, dtype=torch.float32).reshape(-1)
         std_t = torch.as_tensor(std, dtype=torch.float32).reshape(-1)
         if mean_t.numel() != c or std_t.numel() != c:
-            raise ValueError(f"BatchFeed mean/std need {c} values (one per channel), got {mean_t.numel()} and {std_t.numel()}")
+            raise ValueError(
+                f"BatchFeed mean/std need {c} values (one per channel), got {mean_t.numel()} and {std_t.numel()}"
+            )
         if (std_t <= 0).any():
             raise ValueError(f"BatchFeed std {std_t.tolist()} must be positive")
-        # x = (u / 255 - mean) / std = u * scale + shift, one fused op per batch
+        # x = (u / 255 - mean) / std = u * scale + shift
         self._scale = (1.0 / (255.0 * std_t)).reshape(1, c, 1, 1).to(self.device)
         self._shift = (-mean_t / std_t).reshape(1, c, 1, 1).to(self.device)
 
@@ -131,18 +135,21 @@ class BatchFeed:
         bs = self.batch_size
         for i in range(start, len(self)):
             idx = order[i * bs : (i + 1) * bs]
-            x = self._augment(self.images[idx], idx_slice=slice(i * bs, i * bs + idx.shape[0]), dy=dy, dx=dx, flip=flip)
-            yield torch.addcmul(self._shift, x.float(), self._scale), self.labels[idx]
+            # index_select: ~20x faster than images[idx] on CPU for uint8 rows
+            x = self.images.index_select(0, idx)
+            x = self._augment(x, idx_slice=slice(i * bs, i * bs + idx.shape[0]), dy=dy, dx=dx, flip=flip)
+            yield x.float().mul_(self._scale).add_(self._shift), self.labels.index_select(0, idx)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.epoch(0)
 
     def _augment(self, x: torch.Tensor, *, idx_slice: slice, dy, dx, flip) -> torch.Tensor:
-        """Random crop and/or flip of a uint8 batch (B, C, H, W) as two gathers (rows, then columns).
+        """Random crop and/or flip of a uint8 batch (B, C, H, W) as one flat ``index_select``.
 
-        The padding is never materialised: source indices outside the image are reflected, or (zero
-        padding) clamped and masked to 0. Two ``gather`` calls are ~20x faster on CPU than one
-        four-index advanced-indexing gather.
+        Zero padding pads the batch (a cheap uint8 copy) and reads windows of it; reflect padding reads
+        mirrored indices of the unpadded batch. Per-row/column source indices are (B, H)/(B, W); the flat
+        index broadcasts them over channels. On CPU this is ~3x faster than two ``gather`` calls and ~20x
+        faster than four-tensor advanced indexing.
         """
         aug = self.augment
         if not aug.pad and not aug.flip:
@@ -153,16 +160,17 @@ class BatchFeed:
         cols = torch.arange(w, device=x.device).expand(b, w)  # (B, W)
         if aug.flip:
             cols = torch.where(flip[idx_slice, None], (w - 1) - cols, cols)
-        if not p:
-            return x.gather(3, cols[:, None, None, :].expand(b, c, h, w))
-        rows = rows + (dy[idx_slice, None] - p)  # offsets in [-p, p]
-        cols = cols + (dx[idx_slice, None] - p)
-        if aug.pad_mode == "reflect":  # mirror about the edge pixel, like F.pad(mode="reflect")
-            rows = torch.where(rows < 0, -rows, torch.where(rows > h - 1, 2 * (h - 1) - rows, rows))
-            cols = torch.where(cols < 0, -cols, torch.where(cols > w - 1, 2 * (w - 1) - cols, cols))
-            inside = None
-        else:
-            inside = ((rows >= 0) & (rows < h))[:, None, :, None] & ((cols >= 0) & (cols < w))[:, None, None, :]
-            rows, cols = rows.clamp(0, h - 1), cols.clamp(0, w - 1)
-        out = x.gather(2, rows[:, None, :, None].expand(b, c, h, w)).gather(3, cols[:, None, None, :].expand(b, c, h, w))
-        return out if inside is None else out * inside  # (B, C, H, W) uint8
+        src = x
+        if p:
+            rows = rows + dy[idx_slice, None]  # in padded coordinates: offsets 0..2p
+            cols = cols + dx[idx_slice, None]
+            if aug.pad_mode == "zero":
+                src = torch.nn.functional.pad(x, (p, p, p, p))
+            else:  # back to unpadded coordinates, mirrored about the edge pixel like F.pad(mode="reflect")
+                rows, cols = rows - p, cols - p
+                rows = torch.where(rows < 0, -rows, torch.where(rows > h - 1, 2 * (h - 1) - rows, rows))
+                cols = torch.where(cols < 0, -cols, torch.where(cols > w - 1, 2 * (w - 1) - cols, cols))
+        sh, sw = src.shape[2:]
+        plane = torch.arange(b * c, device=x.device).view(b, c, 1, 1) * (sh * sw)  # start of each (b, c) plane
+        flat = plane + (rows * sw)[:, None, :, None] + cols[:, None, None, :]  # (B, C, H, W)
+        return src.reshape(-1).index_select(0, flat.view(-1)).view(b, c, h, w)

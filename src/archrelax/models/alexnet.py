@@ -31,7 +31,9 @@ class AlexNet(nn.Module):
     ):
         super().__init__()
         if width < 1 or num_classes < 1 or in_channels < 1:
-            raise ValueError(f"alexnet: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1")
+            raise ValueError(
+                f"alexnet: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1"
+            )
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"alexnet: dropout={dropout} must be in [0, 1)")
         h, w = pair(input_size)

@@ -27,7 +27,9 @@ class VanillaCNN(nn.Module):
     def __init__(self, *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32):
         super().__init__()
         if width < 1 or num_classes < 1 or in_channels < 1:
-            raise ValueError(f"vanilla_cnn: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1")
+            raise ValueError(
+                f"vanilla_cnn: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1"
+            )
         h, w = pair(input_size)
         oh, ow = check_input_size("vanilla_cnn", (h, w), _STAGES)
         self.input_shape = (in_channels, h, w)
