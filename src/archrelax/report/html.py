@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from dataclasses import dataclass, field
 from html import escape
 from typing import Any, Sequence
@@ -45,12 +46,19 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
+_NUMERIC = re.compile(r"[-+]?[\d,.]+(e[-+]?\d+)?( ± [\d.]+)?( MiB)?")  # pre-formatted numbers align right too
+
+
 def table(header: Sequence[str], rows: Sequence[Sequence[Any]], *, raw: Sequence[int] = ()) -> str:
     """An HTML table; cells are escaped except the columns listed in ``raw`` (pre-rendered HTML)."""
     head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{c if i in raw else escape(fmt(c))}</td>" for i, c in enumerate(r)) + "</tr>"
-        for r in rows)
+    def cell(i: int, c: Any) -> str:
+        numeric = (isinstance(c, (int, float)) and not isinstance(c, bool)) or \
+            (isinstance(c, str) and _NUMERIC.fullmatch(c) is not None)
+        num = ' class="num"' if numeric else ""
+        return f"<td{num}>{c if i in raw else escape(fmt(c))}</td>"
+
+    body = "".join("<tr>" + "".join(cell(i, c) for i, c in enumerate(r)) + "</tr>" for r in rows)
     return f'<div class="tablewrap"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -70,8 +78,8 @@ figcaption { color: #555; font-size: 13px; }
 .missing ul { margin: 4px 0; }
 .tablewrap { overflow-x: auto; }
 table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
-th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; vertical-align: top; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 12.5px; white-space: pre-wrap; }
 .status-done { color: #17702e; } .status-failed, .status-diverged { color: #b00020; font-weight: bold; }
 .status-running { color: #0050b0; } .status-pending, .status-missing { color: #777; }

@@ -117,7 +117,9 @@ def _read_json(path: Path, problems: list[str]) -> Any:
 
 
 def _plan_runs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    runs = plan.get("runs", plan) if isinstance(plan, dict) else {}
+    if not isinstance(plan, dict):
+        return {}
+    runs = plan["runs"] if isinstance(plan.get("runs"), dict) else plan  # a {"runs": {...}} wrapper is accepted
     return {k: v for k, v in runs.items() if isinstance(v, dict)}
 
 

@@ -361,7 +361,7 @@ def memory(exp: Experiment, ctx: Ctx) -> Section:
     opts = list(dict.fromkeys(k for r in rows for k in (r.get("optimizer_bytes") or {})))
     extra = [k for k in dict.fromkeys(k for r in rows for k in r)
              if k not in ("form", "params", "param_bytes", "optimizer_bytes") and not isinstance(r.get(k), (dict, list))]
-    names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN"}
+    names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN as in the paper's code (padding columns kept)"}
     sec.body.append(f"<p>model: <code>{escape(str(data.get('model', '?')))}</code>, input shape "
                     f"{escape(str(data.get('input_shape', '?')))}</p>")
     sec.body.append(table(["form", "parameters", "parameter memory"] + [f"{o} state" for o in opts] + extra,
