@@ -131,6 +131,9 @@ class BatchFeed:
         """Batches of epoch ``e`` from batch index ``start`` on (``start = len(feed)`` yields nothing)."""
         if not 0 <= start <= len(self):
             raise ValueError(f"BatchFeed.epoch start {start} must be between 0 and {len(self)} (batches per epoch)")
+        return self._batches(e, start)  # a separate generator, so a bad start fails here, not at first next()
+
+    def _batches(self, e: int, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order, dy, dx, flip = self._plan(e)
         bs = self.batch_size
         for i in range(start, len(self)):
