@@ -5,7 +5,7 @@ k training steps on one fixed batch (no feed), and k training steps fed by Batch
 time per batch and its share of a fed step, ``feed / (fed step)``, plus the fed-minus-static difference as
 a cross-check. Target: < 5 %.
 
-    python benchmarks/bench_data_feed.py [--data synthetic:3x32x32:10:5000:10] [--device auto] [--rounds 5]
+    python benchmarks/bench_data_feed.py [--data synthetic:3x32x32:10:5000:10] [--device auto] [--rounds 5] [--threads N]
 """
 from __future__ import annotations
 
@@ -40,7 +40,10 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=250)
     ap.add_argument("--steps", type=int, default=8, help="batches per timing (k)")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     data = load_data(args.data)
