@@ -59,7 +59,7 @@ def load_data(
                 raise ValueError(f"{split}_size {size!r} for {source!r} must be an int between 1 and {len(labels)}")
             # test subsets use another stream than train so both are not the same positions
             idx = stratified_subset(labels, size, seed * 2 + offset, len(classes))
-            images, labels = images[idx], labels[idx]
+            images, labels = images.index_select(0, idx), labels.index_select(0, idx)  # faster than [idx]
         splits[split] = ImageSet(images, labels)
     if train_size is None and "train_mean" in rec:
         mean, std = rec["train_mean"], rec["train_std"]  # computed once at decode time
