@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+Size = int | tuple[int, int]  # an input size: square side or (H, W)
 # one stage: (module path, kernel, stride, padding)
 Stage = tuple[str, int, int, int]
 

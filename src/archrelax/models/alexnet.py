@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from . import register_model
-from ._shapes import check_input_size, pair
+from ._shapes import Size, check_input_size, pair
 
 _STAGES = [
     ("features.0 (conv1)", 4, 2, 2),
@@ -27,8 +27,14 @@ _STAGES = [
 
 class AlexNet(nn.Module):
     def __init__(
-        self, *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32, dropout: float = 0.5
-    ):
+        self,
+        *,
+        width: int = 64,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        input_size: Size = 32,
+        dropout: float = 0.5,
+    ) -> None:
         super().__init__()
         if width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError(
@@ -72,7 +78,9 @@ class AlexNet(nn.Module):
 
 @register_model("alexnet")
 def alexnet(
-    *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32, dropout: float = 0.5
+    *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size: Size = 32, dropout: float = 0.5
 ) -> AlexNet:
     """The paper's CIFAR AlexNet: 5 convs (64-192-384-256-256 at width 64), 3 pools, dropout MLP 512-512."""
-    return AlexNet(width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size, dropout=dropout)
+    return AlexNet(
+        width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size, dropout=dropout
+    )

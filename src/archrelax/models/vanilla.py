@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from . import register_model
-from ._shapes import check_input_size, pair
+from ._shapes import Size, check_input_size, pair
 
 # (path, kernel, stride, padding) of every size-changing stage, in order
 _STAGES = [
@@ -24,7 +24,9 @@ _STAGES = [
 
 
 class VanillaCNN(nn.Module):
-    def __init__(self, *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32):
+    def __init__(
+        self, *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size: Size = 32
+    ) -> None:
         super().__init__()
         if width < 1 or num_classes < 1 or in_channels < 1:
             raise ValueError(
@@ -52,6 +54,8 @@ class VanillaCNN(nn.Module):
 
 
 @register_model("vanilla_cnn")
-def vanilla_cnn(*, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size=32) -> VanillaCNN:
+def vanilla_cnn(
+    *, width: int = 64, num_classes: int = 10, in_channels: int = 3, input_size: Size = 32
+) -> VanillaCNN:
     """The paper's VanillaCNN: 3 convs (k4 s2, k5, k3) of `width` channels, each ReLU + maxpool 3/2, linear."""
     return VanillaCNN(width=width, num_classes=num_classes, in_channels=in_channels, input_size=input_size)
