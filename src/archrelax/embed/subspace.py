@@ -12,6 +12,7 @@ import copy
 import torch
 from torch import nn
 
+from .base import RelaxedConv
 from .connectivity import ConvGeometry
 from .relax import relaxed_layers
 
@@ -26,6 +27,18 @@ def _sq(t: torch.Tensor) -> float:
 
 def _total_sq(model: nn.Module) -> float:
     return sum(_sq(p) for p in model.parameters())
+
+
+def _nearest_cnn(layer: RelaxedConv) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``layer.project()`` refined by one step, ``r + project(θ − φ(r))``, so that it is exact on the CNN
+    subspace: a mean of n tied copies (sum, then times 1/n) is often an ulp off, but the residual
+    θ − φ(r) = φ(w − r) is computed exactly, and adding its projection restores the last bits. Without
+    this, to_cnn(relax(cnn)) would not return the CNN's weights bit for bit, nor cnn_distance read 0."""
+    w, b = layer.project()
+    w = w + layer.project_weight(layer.weight - layer.embed_weight(w))
+    if b is not None:
+        b = b + layer.project_bias(layer.bias - layer.embed_bias(b))
+    return w.detach(), (None if b is None else b.detach())
 
 
 @torch.no_grad()
@@ -47,7 +60,7 @@ def cnn_distance(model: nn.Module) -> float:
     """
     dist = 0.0
     for layer in relaxed_layers(model).values():
-        cw, cb = layer.project()
+        cw, cb = _nearest_cnn(layer)
         dist += _sq(layer.weight - layer.embed_weight(cw))
         if layer.bias is not None:
             dist += _sq(layer.bias - layer.embed_bias(cb))
@@ -77,7 +90,7 @@ def to_cnn(model: nn.Module, like: nn.Module) -> nn.Module:
             raise ValueError(f"to_cnn: like.{path} has geometry {mine}, but the relaxed layer came from {geom}")
         prefix = f"{path}." if path else ""
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}  # drop the layer's own buffers too
-        cw, cb = layer.project()
+        cw, cb = _nearest_cnn(layer)
         state[prefix + "weight"] = cw
         if cb is not None:
             state[prefix + "bias"] = cb
