@@ -336,6 +336,12 @@ def test_error_unused_layer_and_no_conv_and_bad_names():
         relax(efcn, "fc", x)
 
 
+def test_error_example_input_wrong_shape():
+    model, _ = make("sequential")
+    with pytest.raises(ValueError, match=r"forward pass of example_input \(shape \(2, 3, 9, 9\)\).*failed"):
+        relax(model, "lc", (2, 3, 9, 9))
+
+
 def test_error_conv_called_with_two_shapes():
     class TwoShapes(nn.Module):
         def __init__(self):

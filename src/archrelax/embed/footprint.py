@@ -114,7 +114,11 @@ def capture_input_spatial(
     handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in {id(m): m for m in modules.values()}.values()]
     try:
         with _state_preserved(model):
-            model(x)
+            try:
+                model(x)
+            except RuntimeError as e:  # typically a shape mismatch: say which input caused it
+                raise ValueError(f"the forward pass of example_input (shape {tuple(x.shape)}) through "
+                                 f"{type(model).__name__} failed: {e}; pass an input the model accepts") from e
     finally:
         for h in handles:
             h.remove()
