@@ -279,7 +279,9 @@ def test_transfer_lc_tensors_onto_efcn():
         for p in elcn.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     hier = relax(elcn, "fc", x)
+    rng = torch.get_rng_state()
     mapped = transfer(elcn.state_dict(), hier)
+    assert torch.equal(torch.get_rng_state(), rng)
     for k, v in hier.state_dict().items():
         assert torch.equal(mapped[k], v), k
     with pytest.raises(ValueError, match=r"'0.weight' has shape \(2, 3\); valid for this DenseConv are the conv's \(4, 2, 5\)"):

@@ -188,7 +188,9 @@ def _lc_to_dense(layer: DenseConv, tensor: torch.Tensor, pname: str) -> torch.Te
     if geom.padding_mode != "zeros":  # no eLCN exists for this conv
         return None
     cls = LocallyConnected1d if geom.dim == 1 else LocallyConnected2d
-    lc = cls(geom, device=tensor.device, dtype=tensor.dtype)
+    cuda = [tensor.device.index or 0] if tensor.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda):  # its throw-away random init must not move the caller's RNG
+        lc = cls(geom, device=tensor.device, dtype=tensor.dtype)
     if getattr(lc, pname) is None or getattr(lc, pname).shape != tensor.shape:
         return None
     for p in lc.parameters():
