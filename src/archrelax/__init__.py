@@ -27,12 +27,18 @@ _EXPORTS = {
     "create_model": "archrelax.models",
     "register_model": "archrelax.models",
     "list_models": "archrelax.models",
+    "build_architecture": "archrelax.models",
     # data
     "load_data": "archrelax.data",
     "BatchFeed": "archrelax.data",
+    "DataSplits": "archrelax.data",
+    "ImageSet": "archrelax.data",
     # training
     "TrainConfig": "archrelax.train",
     "train": "archrelax.train",
+    "load_checkpoint": "archrelax.train",
+    # analysis
+    "analyse_experiment": "archrelax.analysis",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

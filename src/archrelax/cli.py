@@ -12,6 +12,8 @@ _COMMAND_MODULES = (
     "archrelax.analysis._cli",  # analyse ...
     "archrelax.report._cli",  # report
     "archrelax.embed._cli",  # footprint
+    "archrelax.data._cli",  # data
+    "archrelax.models._cli",  # models
 )
 
 
