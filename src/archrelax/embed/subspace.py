@@ -61,7 +61,7 @@ def cnn_distance(model: nn.Module) -> float:
     dist = 0.0
     for layer in relaxed_layers(model).values():
         cw, cb = _nearest_cnn(layer)
-        dist += _sq(layer.weight - layer.embed_weight(cw))
+        dist += _sq(layer.embed_weight(cw).sub_(layer.weight))  # in place: one weight-sized temporary
         if layer.bias is not None:
             dist += _sq(layer.bias - layer.embed_bias(cb))
     total = _total_sq(model)
