@@ -10,14 +10,17 @@ circular tap adds its weight onto the column of the input element it copies. Eve
 parameter; the entries outside ``local_mask()`` (including those linking channels of different groups) are
 the off-local ones.
 
-The matrix is built by a loop over kernel taps (T ≤ a few dozen, never positions): for tap t the index map
-gives the live positions p and their source columns q, and one ``index_put_`` writes the
-``(C_out, C_in/g, #live)`` entries through flat int64 indices of that size only (never one index per
-matrix entry), accumulating so that taps reading the same input element sum.
+Construction inverts the index map once into a ``(P, Q)`` tap map (which tap, if any, links position p to
+input q) and writes the whole matrix, viewed as ``(C_out, P, C_in, Q)``, with one streaming ``gather`` from
+the small ``(C_out, C_in, T + 1)`` table of tap weights (block-diagonal over groups; slot T is the zero of
+"no tap"): every entry is written once, so no separate zero fill and no scattered writes, and the only index
+tensor is the ``(P, Q)`` map broadcast over channels. Where a padding mode makes several taps of one position
+read the same input (reflect / replicate / circular), further tap maps add their weights. The adjoint gathers
+through the index map itself.
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -49,59 +52,94 @@ class DenseConv(RelaxedConv):
         g = self.geometry
         return nn.functional.linear(x.flatten(1), self.weight, self.bias).view(-1, g.out_channels, *g.out_spatial)
 
-    # ---- the tap loop every map below goes through --------------------------------------------------------
-    def _tap_entries(self, t: int) -> tuple[Tensor, Tensor]:
-        """Live positions ``p`` (n,) of tap t and the flat weight indices ``(C_out, C_in/g, n)`` they touch."""
-        g = self.geometry
-        cig, cog = g.in_channels // g.groups, g.out_channels // g.groups
-        col = self.index[:, t]
-        p = (col >= 0).nonzero().squeeze(1)
-        pq = p * (g.in_channels * g.Q) + col[p]  # (n,): row offset of p plus column q
-        dev = col.device
-        o = torch.arange(g.out_channels, device=dev)
-        c = (o // cog)[:, None] * cig + torch.arange(cig, device=dev)[None, :]  # (C_out, C_in/g) in-group inputs
-        oc = o[:, None] * (g.P * g.in_channels * g.Q) + c * g.Q
-        return p, oc[:, :, None] + pq  # (C_out, C_in/g, n)
+    # ---- the one gather every map below goes through -----------------------------------------------------
+    def _tap_layers(self) -> list[Tensor]:
+        """From the index map: ``(P, Q)`` maps giving, for each (position p, input q), the k-th tap through
+        which p reads q (T where there is none); k = 0 only, unless a padding mode makes taps collide."""
+        idx, T, Q = self.index, self.geometry.T, self.geometry.Q
+        p, t = (idx >= 0).nonzero(as_tuple=True)
+        key = p * Q + idx[p, t]  # flat (p, q) of every live (p, t); sorted by key, then tap
+        key, order = key.sort(stable=True)
+        t = t[order]
+        rank = torch.arange(key.numel(), device=key.device) - torch.searchsorted(key, key)  # k-th tap of (p, q)
+        layers = []
+        for k in range(int(rank.max()) + 1 if key.numel() else 1):  # loop over collision ranks (1 for zeros)
+            sel = rank == k
+            layer = torch.full((self.geometry.P * Q,), T, dtype=torch.long, device=key.device)
+            layers.append(layer.index_put_((key[sel],), t[sel]).view(self.geometry.P, Q))
+        return layers
 
-    def _scatter_(self, dest: Tensor, values: Callable[[int, Tensor], Tensor]) -> Tensor:
-        """``dest`` (zeroed, weight-shaped) += φ-style writes; ``values(t, p)`` gives ``(C_out, C_in/g, n)``."""
-        flat = dest.view(-1)
-        acc = self.geometry.padding_mode != "zeros"  # only then can two taps of one position share a column
-        for t in range(self.geometry.T):
-            p, lin = self._tap_entries(t)
-            if p.numel():
-                flat.index_put_((lin.flatten(),), values(t, p).reshape(-1), accumulate=acc)
+    def _expand_(self, dest: Tensor, values: Tensor) -> Tensor:
+        """dest (weight-shaped) = φ-style matrix from ``values`` ``(C_out, P | 1, C_in, T + 1)``: tap weights
+        per (out, in) channel pair, zero outside the groups and at slot T (no tap).
+
+        One streaming ``gather`` writes every matrix entry (no separate zero fill, no scatter), with the
+        ``(P, Q)`` tap map broadcast over channels as its index; colliding taps (reflect...) add further passes.
+        """
+        g = self.geometry
+        shape = (g.out_channels, g.P, g.in_channels, g.Q)
+        values = values.expand(g.out_channels, g.P, g.in_channels, g.T + 1)
+        out = dest.view(shape)
+        for k, layer in enumerate(self._tap_layers()):
+            index = layer[None, :, None, :].expand(shape)
+            if k == 0:
+                torch.gather(values, 3, index, out=out)
+            else:
+                out += torch.gather(values, 3, index)
         return dest
 
-    # ---- the embedding and its adjoint ----------------------------------------------------------------------
-    def _conv_values(self, conv_weight: Tensor) -> Callable[[int, Tensor], Tensor]:
+    def _block_values(self, per_group: Tensor) -> Tensor:
+        """(C_out/g, P | 1, C_in/g, T, g) -> (C_out, P | 1, C_in, T + 1): block-diagonal over groups, slot T 0."""
         g = self.geometry
-        w = conv_weight.reshape(g.out_channels, g.in_channels // g.groups, g.T)
-        return lambda t, p: w[:, :, t, None].expand(-1, -1, p.numel())
+        G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+        n = per_group.shape[1]
+        full = per_group.new_zeros(G, cog, n, G, cig, g.T + 1)
+        full.diagonal(dim1=0, dim2=3)[..., : g.T, :] = per_group  # (C_out/g, n, C_in/g, T+1, g) view
+        return full.view(g.out_channels, n, g.in_channels, g.T + 1)
 
+    def _conv_values(self, conv_weight: Tensor) -> Tensor:
+        """conv weight (C_out, C_in/g, *kernel) -> (C_out, 1, C_in, T + 1)."""
+        g = self.geometry
+        w = conv_weight.reshape(g.groups, g.out_channels // g.groups, g.in_channels // g.groups, 1, g.T)
+        return self._block_values(w.permute(1, 3, 2, 4, 0))
+
+    # ---- the embedding, its adjoint, the mask ------------------------------------------------------------------
     def embed_weight(self, conv_weight: Tensor) -> Tensor:
-        dest = torch.zeros(self.weight.shape, device=conv_weight.device, dtype=conv_weight.dtype)
-        return self._scatter_(dest, self._conv_values(conv_weight))
+        dest = torch.empty(self.weight.shape, device=conv_weight.device, dtype=conv_weight.dtype)
+        return self._expand_(dest, self._conv_values(conv_weight))
+
+    def _grouped(self, dense: Tensor) -> Tensor:
+        """(C_out·P, C_in·Q) -> view (C_out/g, P, C_in/g, Q, g): the in-group blocks only."""
+        g = self.geometry
+        G = g.groups
+        return dense.view(G, g.out_channels // G, g.P, G, g.in_channels // G, g.Q).diagonal(dim1=0, dim2=3)
 
     def adjoint_weight(self, weight: Tensor) -> Tensor:
         g = self.geometry
-        flat = weight.reshape(-1)
-        cols = []
-        for t in range(g.T):
-            _, lin = self._tap_entries(t)
-            cols.append(flat[lin].sum(-1))  # (C_out, C_in/g)
-        return torch.stack(cols, -1)  # (C_out, C_in/g, T)
+        G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
+        view = self._grouped(weight)
+        live = (self.index >= 0).to(weight.dtype)[None, :, None, :, None]
+        index = self.index.clamp(min=0)[None, :, None, :, None]  # padding taps read column 0, then zeroed
+        step = max(1, (1 << 24) // (g.P * g.in_channels * g.T))  # bound the (.., P, C_in/g, T, g) temporaries
+        parts = []
+        for i in range(0, cog, step):
+            part = view[i : i + step]
+            taps = torch.gather(part, 3, index.expand(part.shape[0], g.P, cig, g.T, G)) * live
+            parts.append(taps.sum(1))  # (chunk, C_in/g, T, g)
+        return torch.cat(parts).permute(3, 0, 1, 2).reshape(g.out_channels, cig, g.T)
 
     def local_mask(self) -> Tensor:
-        mask = torch.zeros(self.weight.shape, dtype=torch.bool, device=self.weight.device)
-        return self._scatter_(mask, lambda t, p: torch.ones((), dtype=torch.bool, device=mask.device).expand(
-            self.geometry.out_channels, self.geometry.in_channels // self.geometry.groups, p.numel()))
+        g = self.geometry
+        reads = self._tap_layers()[0] < g.T  # (P, Q): p reads q through some tap
+        grp = torch.arange(g.groups, device=reads.device)
+        same = grp.repeat_interleave(g.out_channels // g.groups)[:, None] == grp.repeat_interleave(
+            g.in_channels // g.groups)[None, :]  # (C_out, C_in)
+        return (same[:, None, :, None] & reads[None, :, None, :]).view(self.weight.shape)
 
     def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "DenseConv":
-        # in place: no second matrix-sized buffer
+        # in place: the gather writes straight into the parameter, no second matrix-sized buffer
         with torch.no_grad():
-            self.weight.zero_()
-            self._scatter_(self.weight, self._conv_values(conv_weight.to(self.weight)))
+            self._expand_(self.weight, self._conv_values(conv_weight.to(self.weight)))
             if self.bias is not None:
                 if conv_bias is None:
                     raise ValueError("this layer has a bias but no conv bias was given")
@@ -125,14 +163,10 @@ class DenseConv(RelaxedConv):
                             f"got {type(layer).__name__}; for a conv use DenseConv.from_conv(conv, in_spatial)")
         g = layer.geometry
         out = cls(g, device=layer.weight.device, dtype=layer.weight.dtype, _init=False)
-        lw = layer.weight.detach()  # (g, P, C_out/g, T, C_in/g)
-
-        def values(t: int, p: Tensor) -> Tensor:  # (C_out, C_in/g, n)
-            return lw[:, p, :, t, :].permute(0, 2, 3, 1).reshape(g.out_channels, g.in_channels // g.groups, -1)
-
+        # (g, P, C_out/g, T, C_in/g) -> (C_out/g, P, C_in/g, T, g); dead taps are never read (slot T is)
+        values = out._block_values(layer.weight.detach().permute(2, 1, 4, 3, 0))
         with torch.no_grad():
-            out.weight.zero_()
-            out._scatter_(out.weight, values)
+            out._expand_(out.weight, values)
             if out.bias is not None:
                 out.bias.copy_(layer.bias.reshape(-1))
         return out
