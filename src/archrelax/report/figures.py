@@ -205,41 +205,52 @@ def heatmap(tw1: Sequence[float], tw2: Sequence[float], acc: np.ndarray, path: P
 
 
 def distance_figure(curves: Sequence[Curve], gains: Sequence[dict], path: Path, *, title: str) -> Path:
-    """δ(t) of each relaxed run (coloured by t_w), and final gain over the CNN against final δ."""
-    fig, ax = _figure(2)
-    d_ax, g_ax = ax[0]
+    """Top: δ(t) (off-local norm ratio) and CNN distance(t) per run, coloured by t_w; bottom: final gain over
+    the CNN against each final distance. eLCNs have no off-local weights (δ = 0): their escape shows in the
+    CNN distance, which also counts unshared local weights."""
+    fig, ax = _figure(2, 2, size=(5.6, 3.6))
+
     def last_switch(g: dict) -> float | None:  # a hierarchical run is coloured by its eLCN -> eFCN switch
         return g.get("t_w2") if g.get("kind") == "hier" else g.get("t_w")
 
     tws = [c.t_w for c in curves if c.t_w is not None] + [t for g in gains if (t := last_switch(g)) is not None]
     norm = tw_norm(tws)
     dashes = {"efcn": "-", "elcn": "--", "hier": ":"}
-    for c in curves:
-        y = np.asarray(c.values.get("offlocal_ratio", []), dtype=float)
-        if len(y) == len(c.epoch) and len(y):
-            col = CMAP(norm(c.t_w)) if c.t_w is not None else "0.4"
-            d_ax.plot(c.epoch, y, color=col, lw=1.5, ls=dashes.get(c.kind, "-"))
-            d_ax.plot(c.epoch[:1], y[:1], marker="o", ms=6, color=col, mec="black", mew=0.6)
-    d_ax.legend(handles=[Line2D([], [], color="0.3", ls=ls, label=REF_NAME[k]) for k, ls in dashes.items()
-                         if any(c.kind == k for c in curves)], fontsize=8, loc="best")
-    _time_axis(d_ax)
-    d_ax.set_ylabel("δ = off-local weight norm ratio (dimensionless)")
-    d_ax.set_title("distance from the CNN subspace δ(t); ● = switch")
-    for marker, kind in (("o", "efcn"), ("s", "elcn"), ("^", "hier")):
-        sel = [g for g in gains if g.get("kind") == kind]
-        if sel:
-            g_ax.scatter([g["final_offlocal_ratio"] for g in sel], [100 * g["gain"] for g in sel],
-                         c=[norm(t) if (t := last_switch(g)) is not None else 0.0 for g in sel], cmap=CMAP,
-                         vmin=0, vmax=1, marker=marker, s=40, edgecolors="black", linewidths=0.5,
-                         label=REF_NAME[kind])
-    g_ax.axhline(0, color="black", lw=1, label="CNN (gain 0)")
-    g_ax.set_xlabel("final δ (dimensionless)")
-    g_ax.set_ylabel("gain over the CNN (test accuracy, % points)")
-    g_ax.set_title("final gain against final δ")
-    g_ax.grid(True, alpha=0.3)
-    g_ax.legend(fontsize=8, loc="best")
+    metrics = (("offlocal_ratio", "δ = off-local weight norm ratio"), ("cnn_distance", "distance to the CNN subspace"))
+    for j, (key, name) in enumerate(metrics):
+        a = ax[0, j]
+        for c in curves:
+            y = np.asarray(c.values.get(key, []), dtype=float)
+            if len(y) != len(c.epoch) or not len(y):
+                continue
+            if c.t_w is None:  # a baseline trained from scratch (vanilla FCN/LCN): reference style
+                a.plot(c.epoch, y, **REF_STYLE.get(c.kind, REF_STYLE["fcn"]))
+                continue
+            col = CMAP(norm(c.t_w))
+            a.plot(c.epoch, y, color=col, lw=1.5, ls=dashes.get(c.kind, "-"))
+            a.plot(c.epoch[:1], y[:1], marker="o", ms=6, color=col, mec="black", mew=0.6)
+        kinds = {c.kind for c in curves}
+        a.legend(handles=[Line2D([], [], color="0.3", ls=ls, label=REF_NAME[k]) for k, ls in dashes.items() if k in kinds]
+                 + [Line2D([], [], label=REF_NAME[k], **REF_STYLE[k]) for k in ("fcn", "lcn") if k in kinds],
+                 fontsize=8, loc="best")
+        _time_axis(a)
+        a.set_ylabel(f"{name.split(' = ')[0]} (relative norm)")
+        a.set_title(f"{name}; ● = switch", fontsize=10)
+        g_ax = ax[1, j]
+        for marker, kind in (("o", "efcn"), ("s", "elcn"), ("^", "hier")):
+            sel = [g for g in gains if g.get("kind") == kind and g.get(f"final_{key}") is not None]
+            if sel:
+                g_ax.scatter([g[f"final_{key}"] for g in sel], [100 * g["gain"] for g in sel],
+                             c=[CMAP(norm(t)) if (t := last_switch(g)) is not None else "0.5" for g in sel],
+                             marker=marker, s=40, edgecolors="black", linewidths=0.5, label=REF_NAME[kind])
+        g_ax.axhline(0, color="black", lw=1, label="CNN (gain 0)")
+        g_ax.set_xlabel(f"final {name.split(' = ')[0]} (relative norm)")
+        g_ax.set_ylabel("gain over the CNN (% points)")
+        g_ax.set_title(f"final gain against final {name.split(' = ')[0]}", fontsize=10)
+        g_ax.grid(True, alpha=0.3)
+        g_ax.legend(fontsize=8, loc="best")
     if tws:
-        _colourbar(fig, ax[0].tolist(), norm, tws)
+        _colourbar(fig, ax.ravel().tolist(), norm, tws)
     fig.suptitle(title)
     return _save(fig, path)
 

@@ -185,18 +185,19 @@ def hierarchical(exp: Experiment, ctx: Ctx) -> Section:
 
 def distance(exp: Experiment, ctx: Ctx) -> Section:
     sec = Section("distance", "Distance from the CNN subspace: δ(t) and gain against δ",
-                  "δ = off-local weight norm ratio of the relaxed layers (0 on the CNN subspace). Gain = final "
-                  "test accuracy minus that of the CNN it branched from.")
+                  "δ = ‖off-local weights‖ / ‖all weights‖ (0 on the CNN subspace; always 0 for an eLCN). CNN "
+                  "distance = ‖θ − P_CNN θ‖ / ‖θ‖, which also counts local weights that stopped being shared. "
+                  "Gain = final test accuracy minus that of the CNN the run branched from.")
     data = _analysis(exp, "distance", sec)
     if data is None:
         return sec
     curves = [F.Curve(kind=c["kind"], seed=c.get("seed"), t_w=c.get("t_w2") if c["kind"] == "hier" else c.get("t_w"),
-                      epoch=c["epoch"], values={"offlocal_ratio": c["offlocal_ratio"]})
+                      epoch=c["epoch"], values={k: c.get(k) or [] for k in ("offlocal_ratio", "cnn_distance")})
               for c in data.get("curves") or [] if c.get("epoch")]
-    gains = [g for g in data.get("gain") or [] if g.get("gain") is not None
-             and g.get("final_offlocal_ratio") is not None]
+    gains = [g for g in data.get("gain") or [] if g.get("gain") is not None]
     if curves or gains:
-        ctx.figure(sec, "distance", "δ(t) against epochs per relaxed run; gain (% points) against final δ",
+        ctx.figure(sec, "distance", "δ(t) and CNN distance against epochs per run; gain (% points) against "
+                   "each final distance",
                    lambda p: F.distance_figure(curves, gains, p, title="escape from the CNN subspace"))
     if gains:
         sec.body.append(table(["run", "t_w", "seed", "final δ", "final CNN distance", "gain (% points)"],
