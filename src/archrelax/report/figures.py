@@ -303,7 +303,7 @@ def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, 
 def ablation_bars(labels: Sequence[str], acc: dict[str, Sequence[float]], err: dict[str, Sequence[float]],
                   path: Path, *, title: str, chance: float | None = None) -> Path:
     """Grouped bars: test accuracy (%) with both parts, local part only, off-local part only."""
-    fig, ax = _figure(1, size=(max(6.0, 1.1 * len(labels) + 2), 4.4))
+    fig, ax = _figure(1, size=(min(11.0, max(6.0, 0.75 * len(labels) + 2)), 4.4))  # capped: fonts stay readable
     a = ax[0, 0]
     x = np.arange(len(labels))
     width = 0.27
