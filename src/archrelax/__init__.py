@@ -19,6 +19,8 @@ _EXPORTS = {
     "to_cnn": "archrelax.embed.subspace",
     "ablate": "archrelax.embed.subspace",
     "footprint": "archrelax.embed.footprint",
+    "Footprint": "archrelax.embed.footprint",
+    "RelaxedConv": "archrelax.embed.base",
     "ConvGeometry": "archrelax.embed.connectivity",
     "LocallyConnected1d": "archrelax.embed.locally_connected",
     "LocallyConnected2d": "archrelax.embed.locally_connected",
@@ -39,6 +41,8 @@ _EXPORTS = {
     "load_checkpoint": "archrelax.train",
     # analysis
     "analyse_experiment": "archrelax.analysis",
+    # report
+    "write_report": "archrelax.report",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
