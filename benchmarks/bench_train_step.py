@@ -117,7 +117,7 @@ def main() -> None:
     p.add_argument("--reps", type=int, default=5, help="timed repetitions, median reported (default: 5)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--device", default="cpu", help="device (default: cpu)")
-    p.add_argument("--models", default="vanilla_cnn,alexnet", help="models for images/s (default: both)")
+    p.add_argument("--models", default="vanilla_cnn,alexnet", help="models for images/s, comma-separated; empty skips (default: vanilla_cnn,alexnet)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -125,7 +125,9 @@ def main() -> None:
     print(f"torch {torch.__version__}, device {device}, {torch.get_num_threads()} CPU threads")
     torch.manual_seed(0)
     efcn_vs_matmuls(args.batch_size, args.reps, device)
-    images_per_s(args.batch_size, args.reps, device, args.models.split(","))
+    models = [m for m in args.models.split(",") if m]
+    if models:
+        images_per_s(args.batch_size, args.reps, device, models)
 
 
 if __name__ == "__main__":
