@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
 
-__all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd"]
+__all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces"]
 
 
 def _transpose_in(x: Tensor, geom: ConvGeometry) -> Tensor:
@@ -80,6 +80,11 @@ def _workspace(numel: int, like: Tensor) -> Tensor:
     return buf[:numel]
 
 
+def release_workspaces() -> None:
+    """Free this thread's cached CPU workspaces (they are re-created on the next locally-connected call)."""
+    _workspaces.__dict__.pop("buffers", None)
+
+
 class _LocallyConnectedFn(torch.autograd.Function):
     """Gather + bmm forward; backward re-gathers into the workspace instead of saving the unfolded input,
     and writes the unfolded input gradient into that same buffer before scattering it back."""
@@ -92,13 +97,13 @@ class _LocallyConnectedFn(torch.autograd.Function):
         cols = _workspace(math.prod(cshape), xt).view(xt.shape[0], gather_index.numel(), xt.shape[2])
         torch.index_select(xt, 1, gather_index, out=cols)  # (G, P·T, C_in/g·B): whole-row copies
         out = torch.bmm(weight.view(wshape), cols.view(cshape))  # (G·P, C_out/g, B)
-        ctx.save_for_backward(x, weight, gather_index)
+        ctx.save_for_backward(x, xt, weight, gather_index)  # xt: input-sized, spares a transpose in backward
         ctx.geom = geom
         return _transpose_out(out, geom, B)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, Tensor | None, None, None]:
-        x, weight, gather_index = ctx.saved_tensors
+        x, xt, weight, gather_index = ctx.saved_tensors
         geom: ConvGeometry = ctx.geom
         need_x, need_w = ctx.needs_input_grad[:2]
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops so this backward is differentiable
@@ -110,7 +115,6 @@ class _LocallyConnectedFn(torch.autograd.Function):
         wshape, cshape = _bmm_shapes(geom, B)
         cog = geom.out_channels // G
         go = grad_out.reshape(B, G, cog, geom.P).permute(1, 3, 2, 0).reshape(G * geom.P, cog, B)
-        xt = _transpose_in(x, geom)
         ws = _workspace(math.prod(cshape), xt)
         grad_x = grad_w = None
         if need_w:
