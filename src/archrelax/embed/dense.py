@@ -56,17 +56,21 @@ class DenseConv(RelaxedConv):
     def _tap_layers(self) -> list[Tensor]:
         """From the index map: ``(P, Q)`` maps giving, for each (position p, input q), the k-th tap through
         which p reads q (T where there is none); k = 0 only, unless a padding mode makes taps collide."""
-        idx, T, Q = self.index, self.geometry.T, self.geometry.Q
+        idx, P, T, Q = self.index, self.geometry.P, self.geometry.T, self.geometry.Q
         p, t = (idx >= 0).nonzero(as_tuple=True)
-        key = p * Q + idx[p, t]  # flat (p, q) of every live (p, t); sorted by key, then tap
-        key, order = key.sort(stable=True)
-        t = t[order]
-        rank = torch.arange(key.numel(), device=key.device) - torch.searchsorted(key, key)  # k-th tap of (p, q)
+        key = p * Q + idx[p, t]  # flat (p, q) of every live (p, t)
+        if self.geometry.padding_mode == "zeros":  # one tap at most per (p, q): skip the sort
+            rank = torch.zeros_like(key)
+        else:  # sort by (p, q), keeping taps in order; rank = how many earlier taps read the same (p, q)
+            key, order = key.sort(stable=True)
+            t = t[order]
+            rank = torch.arange(key.numel(), device=key.device) - torch.searchsorted(key, key)
+        n_layers = int(rank.max()) + 1 if key.numel() else 1
         layers = []
-        for k in range(int(rank.max()) + 1 if key.numel() else 1):  # loop over collision ranks (1 for zeros)
+        for k in range(n_layers):  # loop over collision ranks (1 for zeros)
             sel = rank == k
-            layer = torch.full((self.geometry.P * Q,), T, dtype=torch.long, device=key.device)
-            layers.append(layer.index_put_((key[sel],), t[sel]).view(self.geometry.P, Q))
+            layer = torch.full((P * Q,), T, dtype=torch.long, device=key.device)
+            layers.append(layer.index_put_((key[sel],), t[sel]).view(P, Q))
         return layers
 
     def _expand_(self, dest: Tensor, values: Tensor) -> Tensor:
@@ -93,6 +97,8 @@ class DenseConv(RelaxedConv):
         g = self.geometry
         G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
         n = per_group.shape[1]
+        if G == 1:
+            return nn.functional.pad(per_group.squeeze(4), (0, 1))
         full = per_group.new_zeros(G, cog, n, G, cig, g.T + 1)
         full.diagonal(dim1=0, dim2=3)[..., : g.T, :] = per_group  # (C_out/g, n, C_in/g, T+1, g) view
         return full.view(g.out_channels, n, g.in_channels, g.T + 1)
