@@ -11,7 +11,8 @@ from torch import nn
 from archrelax.embed.base import RelaxedConv
 from archrelax.embed.connectivity import ConvGeometry
 from archrelax.embed.dense import DenseConv
-from archrelax.embed.locally_connected import LocallyConnected1d, LocallyConnected2d, _LocallyConnectedFn
+from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnected2d, _LocallyConnectedFn,
+                                               release_workspaces)
 from conv_configs import conv_configs
 
 SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
@@ -136,6 +137,9 @@ def test_unshared_lc_gradients_match_plain_autograd():
     (plain(x1).sin().sum() + 2 * plain(x2).cos().sum()).backward()
     for a, t in zip(got, (x1, x2, lc.weight, lc.bias)):
         assert torch.allclose(a, t.grad, atol=1e-12)
+    y = lc(x1)
+    release_workspaces()  # freed between forward and backward: backward makes a new one
+    y.sum().backward()
 
 
 def test_lc_double_backward():

@@ -6,7 +6,11 @@ small ``(groups, Q + 1, C_in/g, B)`` tensor (row Q is zeros: where padding taps 
 ``(groups·P, T·C_in/g, B)``, and one ``bmm`` with the weight viewed as ``(groups·P, C_out/g, T·C_in/g)``
 gives ``(groups·P, C_out/g, B)``. No strided transpose of the unfolded tensor is ever made (that, not the
 arithmetic, is what makes the ``F.unfold(x).permute(...)`` formulation slow), and the batch ×
-C_out × C_in × P × T product is never materialised.
+C_out × C_in × P × T product is never materialised. The unfolded input is not kept for backward: backward
+gathers it again into a reused per-thread CPU workspace (fresh 100 MB allocations are page-faulted in on
+every call, which costs as much as the gather), then writes the unfolded input gradient into that same
+buffer and scatters it back with ``index_add_``. Peak memory is thus about weights (+ their gradient) +
+activations + one unfolded input. Double backward (Hessian-vector products) goes through plain ops.
 
 Parameters:
 - ``weight``: ``(groups, P, C_out/g, T, C_in/g)``: the filter of output channel o at position p.
