@@ -85,15 +85,15 @@ class RelaxedConv(nn.Module):
         """Conv weight ``(C_out, C_in/g, *kernel)`` nearest (least squares) to ``weight`` (default: own)."""
         weight = self.weight if weight is None else weight
         adj = self.adjoint_weight(weight)  # (C_out, C_in/g, T)
-        gram = self.tap_gram()
+        gram = self.tap_gram().cpu().to(torch.float64)  # (T, T), small; float64 on CPU (MPS has none)
         diag = gram.diagonal()
         if torch.equal(gram, torch.diag(diag)):
             # tie counts: the mean of tied entries; dead taps (count 0) are unidentifiable -> 0
-            inv = torch.where(diag > 0, 1.0 / diag.clamp(min=1).to(torch.float64), 0.0)
-            out = adj * inv.to(adj.dtype)
+            inv = torch.where(diag > 0, 1.0 / diag.clamp(min=1), 0.0)
+            out = adj * inv.to(adj)
         else:
-            pinv = torch.linalg.pinv(gram.to(torch.float64))  # symmetric, shared by all channel pairs
-            out = (adj.to(torch.float64) @ pinv.to(adj.device)).to(adj.dtype)
+            pinv = torch.linalg.pinv(gram)  # symmetric, shared by all channel pairs
+            out = adj @ pinv.to(adj)
         return out.reshape(self.geometry.conv_weight_shape)
 
     def project_bias(self, bias: Tensor | None = None) -> Tensor | None:
