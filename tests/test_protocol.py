@@ -277,3 +277,16 @@ def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):
                 assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4), (g["id"], k)
             else:
                 assert g[k] == w[k], (g["id"], k)
+
+
+def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
+    tiny = ["data=synthetic:1x28x28:2:40:20", "train_size=null", "model_kwargs.width=2", "train.batch_size=20",
+            "train.eval_times=every", "cnn.epochs=1", "relaxed.epochs=0.5", "switch_times=[0,1]", "analyses=[]"]
+    rc = cli_main(["demo", "--out", str(tmp_path / "demo"), *[a for kv in tiny for a in ("--set", kv)]])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    kinds = [r["kind"] for r in Store(tmp_path / "demo").read_summary()]
+    assert sorted(kinds) == ["cnn", "efcn", "efcn", "elcn", "elcn", "fcn"]
+    assert "final test" in out and str(tmp_path / "demo" / "summary.csv") in out
+    if "report: " in out:  # the report step is optional (another area); when present it wrote the page
+        assert (tmp_path / "demo" / "report" / "index.html").is_file()
