@@ -169,8 +169,12 @@ def test_parameters_init_and_state_dict(cls):
         assert (layer.weight[~layer.local_mask()] == 0).all()  # dead taps stay zero
     copied = copy.deepcopy(layer).float()
     assert copied.weight.dtype == torch.float32 and copied.index.dtype == torch.int64
-    x = torch.randn(2, 3, 5, 5)
-    assert copied(x).shape == (2, 4, 7, 7)
+    x = torch.randn(2, 3, 5, 5, requires_grad=True)
+    y = copied(x)
+    assert y.shape == (2, 4, 7, 7)
+    assert y.is_contiguous() and y.view(2, -1).shape == (2, 4 * 49)  # models call .view on conv outputs
+    y.sum().backward()
+    assert x.grad.is_contiguous()
 
 
 def test_unsupported_configurations_raise_clear_errors():

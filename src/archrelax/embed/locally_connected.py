@@ -43,10 +43,11 @@ def _transpose_in(x: Tensor, geom: ConvGeometry) -> Tensor:
 
 
 def _transpose_out(out: Tensor, geom: ConvGeometry, B: int) -> Tensor:
-    """(G·P, C_out/g, B) -> (B, C_out, *out_spatial)."""
+    """(G·P, C_out/g, B) -> contiguous (B, C_out, *out_spatial) (a permuted view would break ``.view`` calls
+    downstream, and elementwise ops would keep its strides)."""
     G = geom.groups
     out = out.view(G, geom.P, geom.out_channels // G, B).permute(3, 0, 2, 1)
-    return out.reshape(B, geom.out_channels, *geom.out_spatial)
+    return out.reshape(B, geom.out_channels, *geom.out_spatial).contiguous()
 
 
 def _bmm_shapes(geom: ConvGeometry, B: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -118,7 +119,8 @@ class _LocallyConnectedFn(torch.autograd.Function):
         B, G = x.shape[0], geom.groups
         wshape, cshape = _bmm_shapes(geom, B)
         cog = geom.out_channels // G
-        go = grad_out.reshape(B, G, cog, geom.P).permute(1, 3, 2, 0).reshape(G * geom.P, cog, B)
+        # contiguous, or bmm falls back to one small GEMM (one parallel region) per position
+        go = grad_out.reshape(B, G, cog, geom.P).permute(1, 3, 2, 0).reshape(G * geom.P, cog, B).contiguous()
         ws = _workspace(math.prod(cshape), xt)
         grad_x = grad_w = None
         if need_w:
@@ -129,7 +131,7 @@ class _LocallyConnectedFn(torch.autograd.Function):
             gcols = torch.bmm(weight.view(wshape).transpose(1, 2), go, out=ws.view(cshape))  # (G·P, T·C_in/g, B)
             gxt = torch.zeros_like(xt).index_add_(1, gather_index, gcols.view(G, gather_index.numel(), -1))
             gxt = gxt.view(G, geom.Q + 1, geom.in_channels // G, B)[:, : geom.Q]  # drop the padding row
-            grad_x = gxt.permute(3, 0, 2, 1).reshape(x.shape)
+            grad_x = gxt.permute(3, 0, 2, 1).reshape(x.shape).contiguous()
         return grad_x, grad_w, None, None
 
 
