@@ -16,6 +16,7 @@ their CNN is still training wherever there is more than one worker.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
 import contextlib
 import json
 import multiprocessing as mp
@@ -143,17 +144,26 @@ class ProcessExecutor:
 
         if workers < 1:
             raise ValueError(f"workers = {workers}; allowed: an integer >= 1")
+        self.workers, self.n_gpus = workers, torch.cuda.device_count()
+        self._pool = self._make_pool()
+
+    def _make_pool(self) -> cf.ProcessPoolExecutor:
         ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe
-        n_gpus = torch.cuda.device_count()
         queue = ctx.Queue()
-        for i in range(workers):
+        for i in range(self.workers):
             queue.put(i)
-        threads = max(1, (os.cpu_count() or 1) // workers)
-        self._pool = cf.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                            initargs=(queue, n_gpus, threads))
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        return cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
+                                      initargs=(queue, self.n_gpus, threads))
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        return self._pool.submit(fn, *args)
+        try:
+            return self._pool.submit(fn, *args)
+        except cf.process.BrokenProcessPool:
+            # a worker died (e.g. killed for memory): its in-flight jobs were reported failed; start afresh
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._make_pool()
+            return self._pool.submit(fn, *args)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
