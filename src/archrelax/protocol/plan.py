@@ -104,6 +104,8 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
     for seed in spec.seeds:
         base = _common(spec, seed)
         lr = {"lr": spec.relaxed.lr} if spec.relaxed.lr is not None else {}
+        if spec.relaxed.eval_times is not None:  # relaxed runs are the expensive ones: may evaluate less often
+            lr["eval_times"] = spec.relaxed.eval_times
         cnn_snaps = sorted(set(switch) | {a for a, _ in grid} | ({0.0} if grid else set()))
         cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps})
         plan[cnn.id] = cnn

@@ -122,6 +122,8 @@ class RelaxedOptions(StopRule):
 
     optimizer_state: Literal["reset", "carry"] = _opt("reset", "fresh optimiser, or carry the CNN's embedded state")
     lr: float | None = _opt(None, "learning rate of relaxed runs (null: train.lr)", _positive)
+    eval_times: Union[str, list[float], None] = _opt(None, "evaluations of relaxed runs (null: train.eval_times)",
+                                                     lambda v: None if v is None else _eval_text(v))
 
 
 @dataclass
