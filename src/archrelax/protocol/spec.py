@@ -412,7 +412,8 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
     relaxed_end = spec.relaxed.length()
     too_far = [(a, b) for a, b in grid if relaxed_end is not None and b - a > relaxed_end]
     if too_far:
-        problems.append(f"'hierarchical' pairs {too_far} need the eLCN to train t_w2 - t_w1 > {relaxed_end:g} epochs "
+        pairs = ", ".join(f"({a:g}, {b:g})" for a, b in too_far)
+        problems.append(f"'hierarchical' pairs {pairs} need the eLCN to train t_w2 - t_w1 > {relaxed_end:g} epochs "
                         f"(the relaxed runs' length); allowed: t_w2 - t_w1 <= {relaxed_end:g}, or raise 'relaxed.max_epochs'")
 
 
