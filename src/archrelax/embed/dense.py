@@ -57,19 +57,24 @@ class DenseConv(RelaxedConv):
         """From the index map: ``(P, Q)`` maps giving, for each (position p, input q), the k-th tap through
         which p reads q (T where there is none); k = 0 only, unless a padding mode makes taps collide."""
         idx, P, T, Q = self.index, self.geometry.P, self.geometry.T, self.geometry.Q
-        p, t = (idx >= 0).nonzero(as_tuple=True)
-        key = p * Q + idx[p, t]  # flat (p, q) of every live (p, t)
-        if self.geometry.padding_mode == "zeros":  # one tap at most per (p, q): skip the sort
-            rank = torch.zeros_like(key)
-        else:  # sort by (p, q), keeping taps in order; rank = how many earlier taps read the same (p, q)
-            key, order = key.sort(stable=True)
-            t = t[order]
-            rank = torch.arange(key.numel(), device=key.device) - torch.searchsorted(key, key)
-        n_layers = int(rank.max()) + 1 if key.numel() else 1
+        dev = idx.device
+        p = torch.arange(P, device=dev)[:, None].expand(P, T)
+        t = torch.arange(T, device=dev)[None, :].expand(P, T)
+        if self.geometry.padding_mode == "zeros":
+            # at most one tap per (p, q): one write, padding taps land in a spare slot P*Q that is dropped
+            key = torch.where(idx >= 0, p * Q + idx, P * Q)
+            layer = torch.full((P * Q + 1,), T, dtype=torch.long, device=dev)
+            return [layer.index_put_((key.flatten(),), t.flatten())[: P * Q].view(P, Q)]
+        live = idx >= 0
+        key, t = (p * Q + idx)[live], t[live]  # flat (p, q) of every live (p, t)
+        # sort by (p, q), keeping taps in order; rank = how many earlier taps read the same (p, q)
+        key, order = key.sort(stable=True)
+        t = t[order]
+        rank = torch.arange(key.numel(), device=dev) - torch.searchsorted(key, key)
         layers = []
-        for k in range(n_layers):  # loop over collision ranks (1 for zeros)
+        for k in range(int(rank.max()) + 1 if key.numel() else 1):  # loop over collision ranks
             sel = rank == k
-            layer = torch.full((P * Q,), T, dtype=torch.long, device=key.device)
+            layer = torch.full((P * Q,), T, dtype=torch.long, device=dev)
             layers.append(layer.index_put_((key[sel],), t[sel]).view(P, Q))
         return layers
 
