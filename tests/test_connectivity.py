@@ -25,7 +25,7 @@ def torch_index_map(conv: nn.Module, in_spatial: tuple[int, ...]) -> torch.Tenso
     return y.round().long() - 1
 
 
-@settings(max_examples=120, deadline=None, derandomize=True)
+@settings(max_examples=300, deadline=None, derandomize=True)
 @given(conv_configs())
 def test_index_map_matches_torch(cfg):
     conv, in_spatial = cfg

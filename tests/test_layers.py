@@ -15,7 +15,7 @@ from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnec
                                                release_workspaces)
 from conv_configs import conv_configs
 
-SETTINGS = settings(max_examples=60, deadline=None, derandomize=True)
+SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
 
 
 def lc_class(conv: nn.Module) -> type:
@@ -56,15 +56,15 @@ def test_dense_is_exact(cfg):
         fc = DenseConv.from_conv(conv, in_spatial)
         with torch.no_grad():
             check_close(fc(x), conv(x), rel)
-    # float64 here: the matrix is the conv's own (probed with basis inputs), padding folded in for every mode
     g = fc.geometry
     assert fc.weight.shape == (g.out_channels * g.P, g.in_channels * g.Q)
     with torch.no_grad():
-        ref = conv_matrix(conv, in_spatial)
-        assert torch.allclose(fc.weight, ref, rtol=0, atol=1e-12)
+        # the matrix is the conv's own (probed with basis inputs; float32 is plenty and much faster)
+        probe = copy.deepcopy(conv).float()
+        assert torch.allclose(fc.weight.float(), conv_matrix(probe, in_spatial), rtol=0, atol=1e-6)
         # local mask = where a conv with positive weights reaches (no cancellation possible)
-        conv.weight.uniform_(0.5, 1.0)
-        mask = conv_matrix(conv, in_spatial) != 0
+        probe.weight.uniform_(0.5, 1.0)
+        mask = conv_matrix(probe, in_spatial) != 0
     assert torch.equal(fc.local_mask(), mask)
     # projection: the exact CNN is recovered, up to unidentifiable (dead or always-tied) taps
     w, b = fc.project()
@@ -75,8 +75,9 @@ def test_dense_is_exact(cfg):
     if b is not None:
         assert torch.allclose(b, conv.bias, atol=1e-12)
     # gradients reach every entry, off-local ones included (all free parameters)
-    fc(x).pow(2).sum().backward()
-    assert (fc.weight.grad != 0).all() or (x == 0).any()
+    y = fc(x)
+    (y * torch.randn_like(y)).sum().backward()  # random output gradient: no unit is left without one
+    assert (fc.weight.grad != 0).all()
 
 
 def conv_weight_before(cfg) -> torch.Tensor:
@@ -106,14 +107,16 @@ def test_locally_connected_is_exact(cfg):
     assert torch.equal(DenseConv.from_relaxed(lc).weight, fc.weight)
     # the local mask covers exactly the conv's connections (counted independently by probing the conv)
     with torch.no_grad():
-        conv.weight.uniform_(0.5, 1.0)
-        n_conn = int((conv_matrix(conv, in_spatial) != 0).sum())
+        probe = copy.deepcopy(conv).float()  # only the sparsity pattern matters here
+        probe.weight.uniform_(0.5, 1.0)
+        n_conn = int((conv_matrix(probe, in_spatial) != 0).sum())
     assert int(lc.local_mask().sum()) == n_conn == int(fc.local_mask().sum())
     # unshared weights: perturb every live entry; lc -> fc stays exact, and every live entry gets a gradient
     with torch.no_grad():
         lc.weight.add_(torch.randn_like(lc.weight) * lc.local_mask())
     check_close(DenseConv.from_relaxed(lc)(x), lc(x), 1e-10)
-    lc(x).pow(2).sum().backward()
+    y = lc(x)
+    (y * torch.randn_like(y)).sum().backward()
     assert ((lc.weight.grad != 0) == lc.local_mask()).all()  # dead padding taps: exactly zero
 
 
