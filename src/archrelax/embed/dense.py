@@ -78,9 +78,10 @@ class DenseConv(RelaxedConv):
             layers.append(layer.index_put_((key[sel],), t[sel]).view(P, Q))
         return layers
 
-    def _expand_(self, dest: Tensor, values: Tensor) -> Tensor:
-        """dest (weight-shaped) = φ-style matrix from ``values`` ``(C_out, P | 1, C_in, T + 1)``: tap weights
-        per (out, in) channel pair, zero outside the groups and at slot T (no tap).
+    def _expand(self, values: Tensor, out: Tensor | None = None) -> Tensor:
+        """The φ-style matrix (weight-shaped) from ``values`` ``(C_out, P | 1, C_in, T + 1)``: tap weights per
+        (out, in) channel pair, zero outside the groups and at slot T (no tap). Written into ``out`` if given
+        (no autograd then), else differentiable.
 
         One streaming ``gather`` writes every matrix entry (no separate zero fill, no scatter), with the
         ``(P, Q)`` tap map broadcast over channels as its index; colliding taps (reflect...) add further passes.
@@ -88,14 +89,12 @@ class DenseConv(RelaxedConv):
         g = self.geometry
         shape = (g.out_channels, g.P, g.in_channels, g.Q)
         values = values.expand(g.out_channels, g.P, g.in_channels, g.T + 1)
-        out = dest.view(shape)
-        for k, layer in enumerate(self._tap_layers()):
-            index = layer[None, :, None, :].expand(shape)
-            if k == 0:
-                torch.gather(values, 3, index, out=out)
-            else:
-                out += torch.gather(values, 3, index)
-        return dest
+        res = None
+        for layer in self._tap_layers():
+            part_out = out.view(shape) if (out is not None and res is None) else None
+            part = torch.gather(values, 3, layer[None, :, None, :].expand(shape), out=part_out)
+            res = part if res is None else (res.add_(part) if out is not None else res + part)
+        return res.view(self.weight.shape)
 
     def _block_values(self, per_group: Tensor) -> Tensor:
         """(C_out/g, P | 1, C_in/g, T, g) -> (C_out, P | 1, C_in, T + 1): block-diagonal over groups, slot T 0."""
@@ -116,8 +115,7 @@ class DenseConv(RelaxedConv):
 
     # ---- the embedding, its adjoint, the mask ------------------------------------------------------------------
     def embed_weight(self, conv_weight: Tensor) -> Tensor:
-        dest = torch.empty(self.weight.shape, device=conv_weight.device, dtype=conv_weight.dtype)
-        return self._expand_(dest, self._conv_values(conv_weight))
+        return self._expand(self._conv_values(conv_weight))
 
     def _grouped(self, dense: Tensor) -> Tensor:
         """(C_out·P, C_in·Q) -> view (C_out/g, P, C_in/g, Q, g): the in-group blocks only."""
@@ -150,7 +148,7 @@ class DenseConv(RelaxedConv):
     def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "DenseConv":
         # in place: the gather writes straight into the parameter, no second matrix-sized buffer
         with torch.no_grad():
-            self._expand_(self.weight, self._conv_values(conv_weight.to(self.weight)))
+            self._expand(self._conv_values(conv_weight.to(self.weight)), out=self.weight)
             if self.bias is not None:
                 if conv_bias is None:
                     raise ValueError("this layer has a bias but no conv bias was given")
@@ -177,7 +175,7 @@ class DenseConv(RelaxedConv):
         # (g, P, C_out/g, T, C_in/g) -> (C_out/g, P, C_in/g, T, g); dead taps are never read (slot T is)
         values = out._block_values(layer.weight.detach().permute(2, 1, 4, 3, 0))
         with torch.no_grad():
-            out._expand_(out.weight, values)
+            out._expand(values, out=out.weight)
             if out.bias is not None:
                 out.bias.copy_(layer.bias.reshape(-1))
         return out
