@@ -165,7 +165,7 @@ def test_run_writes_store_and_second_run_does_no_training(tiny_experiment, tmp_p
     assert rows[1]["final_offlocal_ratio"] and not rows[0]["final_offlocal_ratio"]
     assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "tiny"
     plan = store.load_plan()
-    assert set(plan) == {r["id"] for r in rows}
+    assert list(plan) == list(make_plan(spec_from_dict(TINY))) == [r["id"] for r in rows]  # order kept on disk
     # the relaxed runs started from the CNN's snapshots (paths of the folder they ran in, copied from)
     for rid, run in plan.items():
         cfg = yaml.safe_load((exp / "runs" / rid / "config.json").read_text())

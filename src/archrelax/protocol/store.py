@@ -66,7 +66,9 @@ class Store:
         atomic_write_text(self.root / "spec.yaml", "# resolved experiment spec (archrelax run)\n" + text)
 
     def write_plan(self, plan: dict[str, Run]) -> None:
-        atomic_write_json(self.plan_path, plan_to_json(plan))
+        # not atomic_write_json: it sorts keys, and the plan's order (parents first, switch times ascending)
+        # is the order of summary.csv and of `archrelax status`
+        atomic_write_text(self.plan_path, json.dumps(plan_to_json(plan), indent=2) + "\n")
 
     def load_plan(self) -> dict[str, Run]:
         if not self.plan_path.is_file():
