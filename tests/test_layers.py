@@ -18,6 +18,15 @@ from conv_configs import conv_configs
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread is fastest here, and immune to other work on shared cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def lc_class(conv: nn.Module) -> type:
     return LocallyConnected1d if isinstance(conv, nn.Conv1d) else LocallyConnected2d
 
@@ -118,6 +127,20 @@ def test_locally_connected_is_exact(cfg):
     y = lc(x)
     (y * torch.randn_like(y)).sum().backward()
     assert ((lc.weight.grad != 0) == lc.local_mask()).all()  # dead padding taps: exactly zero
+
+
+@pytest.mark.parametrize("in_spatial", [(3, 4), (9, 10)])  # dense rows (gather) and sparse rows (scatter)
+@pytest.mark.parametrize("mode", ["zeros", "reflect", "replicate", "circular"])
+def test_dense_build_paths(in_spatial, mode):
+    torch.manual_seed(3)
+    conv = nn.Conv2d(4, 6, (3, 2), padding=(2, 1), groups=2, padding_mode=mode).double()
+    fc = DenseConv.from_conv(conv, in_spatial)
+    probe = copy.deepcopy(conv).float()
+    assert torch.allclose(fc.weight.float(), conv_matrix(probe, in_spatial), rtol=0, atol=1e-6)
+    w = conv.weight.detach().clone().requires_grad_()
+    assert torch.equal(fc.embed_weight(w), fc.weight)
+    fc.embed_weight(w).sum().backward()  # differentiable: d(sum)/dw = how often each tap reads an input
+    assert torch.equal(w.grad.flatten(2)[0, 0], (fc.index >= 0).sum(0).double())
 
 
 def test_unshared_lc_gradients_match_plain_autograd():

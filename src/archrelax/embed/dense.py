@@ -15,8 +15,9 @@ input q) and writes the whole matrix, viewed as ``(C_out, P, C_in, Q)``, with on
 the small ``(C_out, C_in, T + 1)`` table of tap weights (block-diagonal over groups; slot T is the zero of
 "no tap"): every entry is written once, so no separate zero fill and no scattered writes, and the only index
 tensor is the ``(P, Q)`` map broadcast over channels. Where a padding mode makes several taps of one position
-read the same input (reflect / replicate / circular), further tap maps add their weights. The adjoint gathers
-through the index map itself.
+read the same input (reflect / replicate / circular), further tap maps add their weights. When rows are
+sparse (T <= Q/8, e.g. a first layer) a zero fill plus a ``scatter_add_`` through the index map is faster and
+is used instead. The adjoint gathers through the index map itself.
 """
 from __future__ import annotations
 
@@ -83,12 +84,23 @@ class DenseConv(RelaxedConv):
         (out, in) channel pair, zero outside the groups and at slot T (no tap). Written into ``out`` if given
         (no autograd then), else differentiable.
 
-        One streaming ``gather`` writes every matrix entry (no separate zero fill, no scatter), with the
-        ``(P, Q)`` tap map broadcast over channels as its index; colliding taps (reflect...) add further passes.
+        Dense rows: one streaming ``gather`` writes every matrix entry (no separate zero fill, no scatter),
+        with the ``(P, Q)`` tap map broadcast over channels as its index; colliding taps (reflect...) add
+        further passes. Sparse rows (T <= Q/8): zero fill, then ``scatter_add_`` through the index map.
         """
         g = self.geometry
         shape = (g.out_channels, g.P, g.in_channels, g.Q)
         values = values.expand(g.out_channels, g.P, g.in_channels, g.T + 1)
+        if 8 * g.T <= g.Q:
+            # sparse rows (a first layer: 16 taps in 1024 columns): a zero fill plus a scatter of the live
+            # taps along the same index map is faster than gathering every entry; padding taps add 0 to column
+            # 0, colliding taps (reflect...) add up
+            src = values[..., : g.T] * (self.index >= 0).to(values.dtype)[None, :, None, :]  # (C_out, P, C_in, T)
+            index = self.index.clamp(min=0)[None, :, None, :].expand(src.shape)
+            if out is None:
+                return torch.zeros(shape, dtype=src.dtype, device=src.device).scatter_add(3, index, src).view(
+                    self.weight.shape)
+            return out.view(shape).zero_().scatter_add_(3, index, src).view(self.weight.shape)
         res = None
         for layer in self._tap_layers():
             part_out = out.view(shape) if (out is not None and res is None) else None
