@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "demo", help="the whole protocol on the offline mnist5k data, in a few minutes on a CPU",
-        description="Run the 'demo' preset (CNN, FCN baseline, eFCN and eLCN from six switch times on mnist5k), "
+        description="Run the 'demo' preset (CNN, FCN baseline, eFCN and eLCN from five switch times on mnist5k), "
                     "print its summary and write the report if the report step is available.")
     p.add_argument("--out", default="archrelax-demo", help="experiment folder (default: ./archrelax-demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
