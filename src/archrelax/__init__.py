@@ -22,6 +22,7 @@ _EXPORTS = {
     "Footprint": "archrelax.embed.footprint",
     "RelaxedConv": "archrelax.embed.base",
     "ConvGeometry": "archrelax.embed.connectivity",
+    "index_map": "archrelax.embed.connectivity",
     "LocallyConnected1d": "archrelax.embed.locally_connected",
     "LocallyConnected2d": "archrelax.embed.locally_connected",
     "DenseConv": "archrelax.embed.dense",
@@ -39,6 +40,13 @@ _EXPORTS = {
     "TrainConfig": "archrelax.train",
     "train": "archrelax.train",
     "load_checkpoint": "archrelax.train",
+    "model_from_checkpoint": "archrelax.train.checkpoint",
+    "read_metrics": "archrelax.train.trainer",
+    # protocol
+    "load_spec": "archrelax.protocol",
+    "run_experiment": "archrelax.protocol",
+    "make_plan": "archrelax.protocol",
+    "Store": "archrelax.protocol",
     # analysis
     "analyse_experiment": "archrelax.analysis",
     # report

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (module, ...) each providing ``register(subparsers)``; order is the order of ``--help``.
@@ -36,6 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `archrelax status EXP | head`: the reader left; point stdout at /dev/null so the interpreter's
+        # final flush does not raise again, and exit quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         # user-facing errors: the message names the bad value and what is valid
         print(f"archrelax {args.command}: error: {e}", file=sys.stderr)
