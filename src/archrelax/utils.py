@@ -24,6 +24,7 @@ __all__ = [
     "default_device",
     "resolve_device",
     "format_epoch",
+    "read_jsonl",
 ]
 
 
@@ -112,3 +113,22 @@ def format_epoch(t: float) -> str:
     if t == int(t):
         return str(int(t))
     return f"{t:.6g}"
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The records of an append-only JSON-lines log written by :func:`append_line` ([] if it is missing).
+
+    A crash can only tear the last line; reading stops at the first line that does not decode.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows: list[dict[str, Any]] = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            break
+        if isinstance(rec, dict):
+            rows.append(rec)
+    return rows

@@ -6,26 +6,18 @@ functions only gather them (no model is loaded).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-from pathlib import Path
 from typing import Any, Sequence
+
+from archrelax.utils import read_jsonl
 
 __all__ = ["read_metrics", "DistanceCurve", "distance_curve", "Gain", "final_gain"]
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """Records of a metrics.jsonl; a truncated last line (a crash mid-write) is skipped, as the writer allows."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    return read_jsonl(path)
 
 
 def _num(v: Any) -> float | None:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from .cache import cached, default_cache_dir
 from .feed import BatchFeed, parse_augment
 from .splits import DataSplits, ImageSet, channel_stats, stratified_subset

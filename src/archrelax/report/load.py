@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from archrelax.utils import read_jsonl
+
 KINDS = ("cnn", "fcn", "lcn", "efcn", "elcn", "hier")
 
 
@@ -91,19 +93,6 @@ def _number(text: str) -> Any:
         except ValueError:
             pass
     return text
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Records of an append-only JSON-lines log; a truncated last line (crash mid-write) is ignored."""
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
 
 
 def _read_json(path: Path, problems: list[str]) -> Any:

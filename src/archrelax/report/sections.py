@@ -361,7 +361,8 @@ def memory(exp: Experiment, ctx: Ctx) -> Section:
         return sec
     opts = list(dict.fromkeys(k for r in rows for k in (r.get("optimizer_bytes") or {})))
     extra = [k for k in dict.fromkeys(k for r in rows for k in r)
-             if k not in ("form", "params", "param_bytes", "optimizer_bytes") and not isinstance(r.get(k), (dict, list))]
+             if k not in ("form", "params", "param_bytes", "optimizer_bytes")
+             and not any(isinstance(r.get(k), (dict, list)) for r in rows)]
     names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN as in the paper's code (padding columns kept)"}
     sec.body.append(f"<p>model: <code>{escape(str(data.get('model', '?')))}</code>, input shape "
                     f"{escape(str(data.get('input_shape', '?')))}</p>")

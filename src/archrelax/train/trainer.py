@@ -31,7 +31,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archrelax.utils import append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch, resolve_device
+from archrelax.utils import (append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch,
+                             read_jsonl, resolve_device)
 
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
@@ -470,16 +471,7 @@ def _check_same_config(saved: TrainConfig, new: TrainConfig, path: Path) -> None
 
 def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The metric lines of a run; a torn last line (a crash mid-write) is ignored."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return rows
+    return read_jsonl(path)
 
 
 def _truncate_metrics(path: Path, n: int) -> None:
