@@ -290,3 +290,20 @@ def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
     assert "final test" in out and str(tmp_path / "demo" / "summary.csv") in out
     if "report: " in out:  # the report step is optional (another area); when present it wrote the page
         assert (tmp_path / "demo" / "report" / "index.html").is_file()
+
+
+def test_analysis_settings_are_validated_and_read_back_from_the_experiment(tmp_path):
+    from archrelax.analysis.experiment import settings_from_spec
+
+    with pytest.raises(SpecError) as e:
+        load_spec(preset="demo", overrides=["analysis_settings.sharpnes_samples=3"])
+    assert "sharpnes_samples" in str(e.value) and "sharpness_samples" in str(e.value)
+
+    # the resolved spec written into the experiment carries them, so `analyse`/`report` use the same settings
+    tiny = ["data=synthetic:1x28x28:2:20:10", "train_size=null", "model_kwargs.width=2", "cnn.epochs=0.5",
+            "relaxed.epochs=0.5", "switch_times=[0]", "targets=fc", "baselines=[]", "train.batch_size=10"]
+    spec = load_spec(preset="demo", overrides=["analysis_settings.trace_probes=3", *tiny])
+    root = run_experiment(spec, tmp_path / "exp", log=lambda *a: None)
+    s = settings_from_spec(root)
+    assert s.trace_probes == 3 and s.sharpness_max_iter == 10  # override, and the demo preset's own value
+    assert settings_from_spec(tmp_path).trace_probes == 10  # no spec: the defaults

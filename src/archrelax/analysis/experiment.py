@@ -524,6 +524,30 @@ _RUNNERS: dict[str, Callable[[_Context], tuple]] = {
 }
 
 
+def settings_from_spec(exp_dir: str | Path) -> AnalysisSettings:
+    """The experiment's own analysis settings (``analysis_settings`` in its spec.yaml), else the defaults.
+
+    Reading them here keeps one source: ``archrelax run``, ``analyse`` and ``report`` all compute (and
+    find in the cache) the same analyses for an experiment.
+    """
+    path = Path(exp_dir) / "spec.yaml"
+    if not path.is_file():
+        return AnalysisSettings()
+    import yaml
+
+    raw = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}).get("analysis_settings") or {}
+    return make_settings(raw, where=str(path))
+
+
+def make_settings(raw: dict[str, Any], where: str = "analysis_settings") -> AnalysisSettings:
+    """``AnalysisSettings(**raw)`` with an error naming unknown keys and the valid ones."""
+    valid = [f.name for f in dataclasses.fields(AnalysisSettings)]
+    bad = sorted(set(raw) - set(valid))
+    if bad:
+        raise ValueError(f"{where}: unknown analysis settings {bad}; valid: {valid}")
+    return AnalysisSettings(**raw)
+
+
 def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, progress: bool = True, *,
                        settings: AnalysisSettings | None = None, force: bool = False) -> dict[str, dict[str, Any]]:
     """Compute (or reuse) each analysis of an experiment folder; returns {name: the JSON object written}.
@@ -535,7 +559,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     bad = [n for n in names if n not in ANALYSES]
     if bad:
         raise ValueError(f"unknown analysis {bad}; valid: {list(ANALYSES)}")
-    settings = settings or AnalysisSettings()
+    settings = settings or settings_from_spec(exp_dir)
     runs = ExperimentRuns(exp_dir)
     out_dir = runs.dir / "analysis"
     ctx = _Context(runs, settings, progress)

@@ -176,6 +176,8 @@ class ExperimentSpec:
     hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions, metadata={"doc": "the 'lc>fc' grid"})
     baselines: list[Literal["fcn", "lcn"]] = _opt(["fcn"], "from-scratch baselines of the same size")
     analyses: list[str] = _opt([], "analyses to run afterwards (names from archrelax.analysis)")
+    analysis_settings: dict[str, Any] = _opt({}, "costs of the analyses (fields of archrelax.analysis.AnalysisSettings), "
+                                             "e.g. {sharpness_max_iter: 10, trace_probes: 4}")
     executor: Literal["local", "slurm"] = _opt("local", "where runs execute")
     workers: int = _opt(1, "local worker processes (one per GPU when there are GPUs)", lambda v: None if v >= 1 else "an integer >= 1")
     slurm: SlurmOptions = field(default_factory=SlurmOptions, metadata={"doc": "Slurm resources"})
@@ -390,6 +392,13 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
             close = difflib.get_close_matches(a, known, n=1)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             problems.append(f"'analyses' has unknown analysis {a!r}{hint} (allowed: {', '.join(known)})")
+    if spec.analysis_settings:
+        try:
+            from archrelax.analysis.experiment import make_settings
+
+            make_settings(dict(spec.analysis_settings), where="'analysis_settings'")
+        except ValueError as e:
+            problems.append(str(e))
     end = spec.cnn.length()
     if end is None:
         return
