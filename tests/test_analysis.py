@@ -22,13 +22,7 @@ from archrelax.analysis import (
 from archrelax.embed import relax
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # CI shares 2 cores among many processes: OpenMP threads spinning against each other cost more than they give
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 class Quadratic(nn.Module):

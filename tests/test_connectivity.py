@@ -12,13 +12,7 @@ from archrelax.embed.connectivity import ConvGeometry, index_map, tap_gram
 from conv_configs import conv_configs
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest here, and immune to other work on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def torch_index_map(conv: nn.Module, in_spatial: tuple[int, ...]) -> torch.Tensor:

@@ -18,13 +18,7 @@ from conv_configs import conv_configs
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is fastest here, and immune to other work on shared cores."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def lc_class(conv: nn.Module) -> type:

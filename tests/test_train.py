@@ -21,14 +21,7 @@ DATA = "synthetic:1x28x28:10:200:100"
 VOLATILE = ("wall_time", "peak_mem_bytes")  # the only fields allowed to differ between equal runs
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # CI shares 2 cores among many processes: OpenMP threads spinning against each other cost far more than
-    # they give on these tiny models. The killed subprocess below uses one thread too (same numerics).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 
 def cfg(**kw) -> TrainConfig:

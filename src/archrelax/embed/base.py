@@ -111,12 +111,15 @@ class RelaxedConv(nn.Module):
     def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "RelaxedConv":
         """Set own parameters to φ(conv parameters), in place (no gradient)."""
         with torch.no_grad():
-            self.weight.copy_(self.embed_weight(conv_weight))
+            self._load_weight_(conv_weight)
             if self.bias is not None:
                 if conv_bias is None:
                     raise ValueError("this layer has a bias but no conv bias was given")
                 self.bias.copy_(self.embed_bias(conv_bias))
         return self
+
+    def _load_weight_(self, conv_weight: Tensor) -> None:
+        self.weight.copy_(self.embed_weight(conv_weight))
 
     @classmethod
     def from_conv(cls, conv: nn.Module, in_spatial: int | tuple[int, ...]) -> "RelaxedConv":

@@ -157,15 +157,9 @@ class DenseConv(RelaxedConv):
             g.in_channels // g.groups)[None, :]  # (C_out, C_in)
         return (same[:, None, :, None] & reads[None, :, None, :]).view(self.weight.shape)
 
-    def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "DenseConv":
+    def _load_weight_(self, conv_weight: Tensor) -> None:
         # in place: the gather writes straight into the parameter, no second matrix-sized buffer
-        with torch.no_grad():
-            self._expand(self._conv_values(conv_weight.to(self.weight)), out=self.weight)
-            if self.bias is not None:
-                if conv_bias is None:
-                    raise ValueError("this layer has a bias but no conv bias was given")
-                self.bias.copy_(self.embed_bias(conv_bias))
-        return self
+        self._expand(self._conv_values(conv_weight.to(self.weight)), out=self.weight)
 
     @classmethod
     def from_relaxed(cls, layer: RelaxedConv) -> "DenseConv":
