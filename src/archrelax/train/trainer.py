@@ -169,7 +169,7 @@ class _Run:
             from archrelax.embed.relax import relax
 
             self.model = relax(src, to=cfg.relax, example_input=torch.zeros(1, *src.input_shape, device=self.device),
-                               layers=cfg.relax_layers)
+                               layers=cfg.relax_layers, force=cfg.force_memory)
             self.arch = {**self.arch, "relax_chain": [*self.arch["relax_chain"], cfg.relax],
                          "relax_layers": cfg.relax_layers if cfg.relax_layers is not None else self.arch["relax_layers"]}
         else:
@@ -197,7 +197,7 @@ class _Run:
         if cfg.relax_layers is not None and arch.get("relax_layers") not in (None, cfg.relax_layers):
             raise ValueError(f"relax_layers={cfg.relax_layers!r} differs from the snapshot's {arch['relax_layers']!r}; "
                              "a relaxation chain records a single layer selection")
-        src = build_architecture(arch)
+        src = build_architecture(arch, force=cfg.force_memory)
         src.load_state_dict(snap["model"])
         return src, arch
 
@@ -227,7 +227,7 @@ class _Run:
         from archrelax.models import build_architecture
 
         self.arch = ck["arch"]
-        self.model = build_architecture(self.arch).to(self.device)
+        self.model = build_architecture(self.arch, force=self.cfg.force_memory).to(self.device)
         self.model.load_state_dict(ck["model"])
         self.model.train()
         self.opt = make_optimizer(self.cfg, self.model)
