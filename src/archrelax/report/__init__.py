@@ -20,10 +20,9 @@ __all__ = ["write_report", "load_experiment", "Experiment", "Run"]
 
 
 def _run_analyses(exp_dir: Path) -> str:
-    try:  # lazy: the analyses pull in torch and the models; the report itself needs neither
-        from archrelax.analysis.experiment import analyse_experiment
-    except ImportError as e:
-        return f"not run: archrelax.analysis.experiment.analyse_experiment is unavailable ({e})"
+    # lazy: the analyses pull in torch and the models; the report itself needs neither
+    from archrelax.analysis.experiment import analyse_experiment
+
     try:
         analyse_experiment(exp_dir)
     except Exception as e:  # partial experiments must still get a page; the error is shown on it
