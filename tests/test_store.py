@@ -336,9 +336,18 @@ def test_rerun_of_a_finished_experiment_recomputes_no_analysis(tmp_path):
     assert len(first) == 7  # six JSON files and templates.npz
     for name in R.RESULT_TYPES:
         assert json.loads((out / f"{name}.json").read_text())["error"] is None
+    from archrelax.report import write_report
+
+    index = write_report(exp)  # as `archrelax demo` ends
+    page = {p: p.stat().st_mtime_ns for p in index.parent.rglob("*") if p.is_file()}
+    assert len(page) > 5
     time.sleep(0.01)  # a rewrite would show in the mtime
     assert cli_main(["run", str(exp)]) == 0  # the finished experiment again, as `archrelax demo` reruns it
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in out.iterdir()} == first
+    assert write_report(exp) == index
+    assert {p: p.stat().st_mtime_ns for p in index.parent.rglob("*") if p.is_file()} == page  # nothing redrawn
+    write_report(exp, analyse=False)  # another note on the page: drawn again
+    assert index.stat().st_mtime_ns != page[index]
     # an input that does change is seen: a run's final weights
     final = next((exp / "runs").glob("efcn-*/final.pt"))
     os.utime(final, ns=(time.time_ns(), time.time_ns()))

@@ -16,20 +16,22 @@ import io
 import json
 import traceback
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from archrelax.store import ExperimentFolder, StoreError, plan_digest
 from archrelax.store.results import RESULT_TYPES, AnalysisResult
 
-from .context import Context
 from .registry import ANALYSES, analysis_names, get_analysis
 from .settings import AnalysisSettings, make_settings, settings_from_spec
+
+if TYPE_CHECKING:
+    from .context import Context
 
 __all__ = ["ANALYSES", "AnalysisSettings", "analyse_experiment", "make_settings", "settings_from_spec",
            "fingerprint"]
 
 
-def fingerprint(ctx: Context, name: str, params: dict[str, Any]) -> str:
+def fingerprint(ctx: "Context", name: str, params: dict[str, Any]) -> str:
     """The cache key of analysis ``name`` over ``ctx``'s experiment (see the module docstring)."""
     analysis = get_analysis(name)
     files = []
@@ -55,6 +57,8 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     bad = [n for n in names if n not in ANALYSES]
     if bad:
         raise ValueError(f"unknown analysis {bad}; valid: {list(ANALYSES)}")
+    from .context import Context  # torch: only when analysing, not to validate settings
+
     settings = settings or settings_from_spec(exp_dir)
     exp = ExperimentFolder(exp_dir)
     ctx = Context(exp, settings, progress)

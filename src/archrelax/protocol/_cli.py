@@ -85,11 +85,12 @@ def _analyse(root: Path, names: list[str]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import Store, format_status
+    from . import Store
+    from .table import status_table
 
-    text = format_status(Store(args.experiment))
+    text, counts = status_table(Store(args.experiment))
     print(text)
-    return 1 if " corrupt" in text.rsplit("\n", 1)[-1] else 0  # the tally line
+    return 1 if counts.get("corrupt") else 0  # an unreadable status.json: named in its row
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from ..store import ExperimentFolder
 
-__all__ = ["format_status", "format_summary", "render"]
+__all__ = ["format_status", "status_table", "format_summary", "render"]
 
 
 def render(header: list[str], rows: list[list[str]]) -> str:
@@ -20,6 +20,11 @@ def format_status(exp: ExperimentFolder, error_width: int = 100) -> str:
     """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left 'running'
     by a process that no longer holds its lock; 'corrupt' a run whose status.json cannot be read (the error
     column names the file). An unreadable plan.json raises StoreError naming it."""
+    return status_table(exp, error_width)[0]
+
+
+def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, dict[str, int]]:
+    """:func:`format_status`'s text, and the number of runs in each state shown."""
     plan = exp.read_plan()
     rows, counts = [], {}
     for run in plan.values():
@@ -35,7 +40,7 @@ def format_status(exp: ExperimentFolder, error_width: int = 100) -> str:
         rows.append([run.id, run.kind, tw, status, r["epochs"], _pct(r["best_test_acc"]), err])
     table = render(["run", "kind", "t_w", "status", "epoch", "best test acc", "error"], rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{table}\n{len(plan)} runs: {tally}"
+    return f"{table}\n{len(plan)} runs: {tally}", counts
 
 
 def format_summary(exp: ExperimentFolder) -> str:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archrelax.store import RunFolder, RunLock, Status, read_metrics
+from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
 from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
@@ -95,7 +95,12 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
                          f"({'held' if lock.held else 'not held'})")
     own = folder.lock().acquire() if lock is None else None
     try:
-        saved = folder.read_config()
+        try:
+            saved = folder.read_config()
+        except StoreError:  # unreadable: harmless to replace when nothing was trained here
+            if folder.has_training_state():
+                raise
+            saved = None
         if saved is not None and folder.has_training_state():
             _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
             status = folder.read_status()
