@@ -46,10 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _finish(store, t0: float) -> int:
+    from ..store import FINISHED
     from . import format_summary
 
     rows = store.read_summary()
-    bad = [r for r in rows if r["status"] not in ("done", "diverged")]
+    bad = [r for r in rows if r["status"] not in FINISHED]
     print(format_summary(store))
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s; summary: {store.summary_path}")
     if bad:

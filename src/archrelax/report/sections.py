@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from archrelax.store import STATES
 from archrelax.store import results as R
 
 from . import figures as F
@@ -91,8 +92,8 @@ def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in exp.runs:
         counts[r.kind][r.status] += 1
-    states = ["done", "running", "pending", "failed", "diverged"]
-    states += sorted({s for c in counts.values() for s in c} - set(states))
+    present = {s for c in counts.values() for s in c}
+    states = [s for s in STATES if s in present] + sorted(present - set(STATES))  # e.g. "corrupt" last
     rows = [[NAME.get(k, k)] + [c.get(s, 0) for s in states] + [sum(c.values())] for k, c in counts.items()]
     if rows:
         sec.body.append(table(["kind"] + states + ["total"], rows))
