@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import time
@@ -26,39 +25,33 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .plan import Run
+from ..store import FINISHED, ExperimentFolder, Run, RunBusyError, RunLock
 from .spec import SlurmOptions
-from ..utils import atomic_write_json
-from .store import FINISHED, Store
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
 
 
-def _train(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _train(config: dict[str, Any], out_dir: Path, lock: RunLock) -> dict[str, Any]:
     # imported here: the trainer pulls in torch and the model zoo, not needed to plan or show status
     from ..train import TrainConfig, train
 
-    return train(TrainConfig.from_dict(config), out_dir)
+    return train(TrainConfig.from_dict(config), out_dir, lock=lock)
 
 
-def _init_from(store: Store, run: Run) -> str | None:
+def _init_from(exp: ExperimentFolder, run: Run) -> str | None:
     """Absolute snapshot path for ``config['init_from']`` (None when it cannot be known yet).
 
-    A run folder that already holds a config keeps the path it was started with while that file exists
-    (a re-planned parent with the same training identity has a new folder but the same weights), so the
-    trainer's resume check, which compares configs, still accepts it. When it is gone because the whole
-    experiment folder moved, the saved config is pointed at the same snapshot in the new place.
+    ``snapshot_for`` keeps the file a started run was given while it exists (a re-planned parent with the
+    same training identity has a new folder but the same weights), so the trainer's resume check, which
+    compares configs, still accepts it. When the whole experiment folder moved, the saved config is pointed
+    at the same snapshot in the new place.
     """
-    path = store.snapshot_file(run)
+    path = exp.snapshot_for(run)
     new = None if path is None else str(path)
-    saved = store.run_dir(run.id) / "config.json"
-    if saved.is_file():
-        cfg = json.loads(saved.read_text())
-        old = cfg.get("init_from")
-        if old and Path(old).is_file():
-            return old
-        if old and new and old != new and Path(new).is_file():
-            atomic_write_json(saved, {**cfg, "init_from": new})
+    folder = exp.run(run.id)
+    saved = folder.read_config()
+    if saved is not None and new and saved.get("init_from") not in (None, new) and Path(new).is_file():
+        folder.write_config({**saved, "init_from": new})
     return new
 
 
@@ -67,31 +60,34 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
 
     Never raises for a failing run: the failure is recorded in the run's status.json and returned.
     Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
+    The lock taken here is handed to the trainer (one acquisition path; see archrelax.store.lock).
     """
-    store = Store(experiment)
-    run = store.load_plan()[run_id]
-    with store.lock(run_id) as held:
-        if not held:
-            return {"id": run_id, "status": "busy", "error": f"held by {store.holder(run_id)}"}
-        st = store.read_status(run_id)
-        if st.get("status") in FINISHED:
-            return {"id": run_id, "status": st["status"], "error": st.get("error"), "skipped": True}
-        config = {**run.config, "init_from": _init_from(store, run)}
+    exp = ExperimentFolder(experiment)
+    run = exp.read_plan()[run_id]
+    folder = exp.run(run_id)
+    try:
+        lock = folder.lock().acquire()
+    except RunBusyError as e:
+        return {"id": run_id, "status": "busy", "error": f"held by {e.holder}"}
+    with lock:
+        st = folder.read_status()
+        if st.finished:
+            return {"id": run_id, "status": st.status, "error": st.error, "skipped": True}
+        config = {**run.config, "init_from": _init_from(exp, run)}
         if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
-            parent = store.read_status(run.depends_on) if run.depends_on else {}
+            parent = exp.run(run.depends_on).read_status()
             err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
-                   f"{parent.get('status')!r} at epoch {parent.get('epoch')} before this switch time")
-            store.write_status(run_id, "failed", err)
+                   f"{parent.status!r} at epoch {parent.epoch:g} before this switch time")
+            folder.write_status("failed", error=err)
         else:
             try:
-                _train(config, store.run_dir(run_id))
+                _train(config, folder.path, lock)
             except Exception as e:  # any failure of one run (incl. CUDA OOM) is recorded; the others go on
-                err = f"{type(e).__name__}: {e}"
-                (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
-                store.write_status(run_id, "failed", err)
-        st = store.read_status(run_id)
-    store.write_summary()
-    return {"id": run_id, "status": st.get("status"), "error": st.get("error")}
+                folder.write_error_log(traceback.format_exc())
+                folder.write_status("failed", error=f"{type(e).__name__}: {e}")
+        st = folder.read_status()
+    exp.write_summary()
+    return {"id": run_id, "status": st.status, "error": st.error}
 
 
 # ---- executors ----------------------------------------------------------------------------------------
@@ -201,7 +197,7 @@ def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: st
 # ---- scheduling ---------------------------------------------------------------------------------------
 
 
-def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
+def execute(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
             log: Callable[[str], None] = print) -> dict[str, str]:
     """Train every unfinished run of ``plan`` on ``executor``; returns id -> final status.
 
@@ -209,7 +205,7 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
     marked failed with the reason; a run held by another live process is waited for (its lock), not
     trained twice. Failures never stop the other runs.
     """
-    result = {rid: store.read_status(rid).get("status", "pending") for rid in plan}
+    result = {rid: exp.run(rid).read_status().status for rid in plan}
     todo = [rid for rid in plan if result[rid] not in FINISHED]
     skipped = len(plan) - len(todo)
     log(f"{len(plan)} runs planned: {skipped} already finished, {len(todo)} to run")
@@ -223,7 +219,7 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
             try:
                 out = job.result()
             except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
-                store.write_status(rid, "failed", f"job failed: {type(e).__name__}: {e}")
+                exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
                 out = {"status": "failed", "error": str(e)}
             if out.get("status") == "busy":
                 todo.append(rid)
@@ -234,32 +230,33 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
         ready = []
         for rid in list(todo):
             run = plan[rid]
-            snap = store.snapshot_file(run)
+            snap = exp.snapshot_for(run)
             if run.depends_on is not None and not (snap is not None and snap.is_file()):
                 parent_busy = run.depends_on in flying or run.depends_on in todo
-                parent_status = store.read_status(run.depends_on).get("status")
+                parent_status = exp.run(run.depends_on).read_status().status
                 if parent_busy or (parent_status not in FINISHED + ("failed",)):
                     continue  # parent still training (here or elsewhere): wait for the snapshot
                 # parent ended without this snapshot: run_one records why
-            holder = store.holder(rid)
+            holder = exp.run(rid).holder()
             if holder is not None:
                 if rid not in told_busy:
                     log(f"  {rid}: held by {holder}; waiting for it")
                     told_busy.add(rid)
                 continue
-            if store.read_status(rid).get("status") in FINISHED:  # finished meanwhile by another process
+            now = exp.run(rid).read_status()
+            if now.finished:  # finished meanwhile by another process
                 todo.remove(rid)
-                result[rid] = store.read_status(rid)["status"]
+                result[rid] = now.status
                 continue
             ready.append(rid)
         if ready:
             for rid in ready:
                 todo.remove(rid)
             with executor.batch():
-                jobs = [executor.submit(run_one, str(store.root), rid) for rid in ready]
+                jobs = [executor.submit(run_one, str(exp.root), rid) for rid in ready]
             flying.update(zip(ready, jobs))
             continue
         if todo or flying:
             time.sleep(poll_s)
-    store.write_summary(plan)
+    exp.write_summary(plan)
     return result

@@ -18,39 +18,16 @@ import copy
 import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..store.plan import Run, plan_from_json, plan_to_json  # the plan.json record is the store's
+from ..store.run import format_epoch
 from ..train.config import NOT_IDENTITY, RUNTIME_FIELDS, TrainConfig
-from ..utils import format_epoch
 from .spec import ExperimentSpec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS"]
 
 KINDS = ("cnn", "efcn", "elcn", "hier", "fcn", "lcn")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of the plan.
-
-    ``config`` is a TrainConfig as plain data with ``init_from`` left None: the executor fills it with the
-    absolute path of the snapshot run ``depends_on`` saved at its own epoch ``snapshot_epoch``. ``snapshot``
-    is that file's nominal path (relative to the experiment folder); the trainer saves at the nearest whole
-    step, so the file actually used is found by :meth:`Store.snapshot_file`.
-    ``t_w``/``t_w2`` are switch epochs on the CNN's clock (None where they do not apply).
-    """
-
-    id: str
-    kind: str
-    seed: int
-    config: dict[str, Any]
-    depends_on: str | None = None
-    snapshot: str | None = None
-    snapshot_epoch: float | None = None
-    t_w: float | None = None
-    t_w2: float | None = None
-    identity: str = ""  # hash of the training trajectory (config minus NOT_IDENTITY), for children's ids
 
 
 def _digest(obj: Any) -> str:
@@ -134,11 +111,3 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
             run = _make(f"{kind}-s{seed}", kind, seed, cfg)
             plan[run.id] = run
     return plan
-
-
-def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:
-    return {rid: {k: v for k, v in asdict(r).items() if k != "id"} for rid, r in plan.items()}
-
-
-def plan_from_json(data: dict[str, Any]) -> dict[str, Run]:
-    return {rid: Run(id=rid, **fields) for rid, fields in data.items()}

@@ -330,9 +330,9 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str], base: Any = N
 
 
 def _available_analyses() -> tuple[str, ...]:
-    from archrelax.analysis.experiment import ANALYSES
+    from archrelax.analysis.registry import analysis_names  # light: imports no torch
 
-    return tuple(ANALYSES)
+    return analysis_names()
 
 
 def _check_model(spec: ExperimentSpec) -> list[str]:

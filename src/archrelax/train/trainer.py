@@ -17,13 +17,11 @@ parameter name) for those who want the continuation to be seamless.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import resource
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from archrelax.utils import (append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch,
-                             read_jsonl, resolve_device)
+from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
+from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
 from .schedule import lr_at, time_steps
 
-__all__ = ["train", "evaluate", "make_optimizer"]
+__all__ = ["train", "evaluate", "make_optimizer", "read_metrics"]
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -78,35 +76,55 @@ def evaluate(model: nn.Module, feed, amp: str | None = None) -> tuple[float, flo
     return loss.item() / n, correct.item() / n
 
 
-def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, Any]:
+def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLock | None = None) -> dict[str, Any]:
     """Train as ``config`` says, writing the run folder of docs/architecture.md into ``out_dir``.
 
+    Takes the folder's lock first: a second trainer on the same folder raises RunBusyError naming the
+    holder's pid and host (``lock``: the caller already holds it, e.g. the protocol's ``run_one``).
     Resumes from ``out_dir/checkpoints/last.pt`` when present (the saved config must match, apart from
-    ``RUNTIME_FIELDS``); a finished or diverged run is not redone. Returns ``{"status", "error", "epoch",
-    "global_epoch", "step", "metrics"}`` with the last evaluation as ``metrics``.
+    ``RUNTIME_FIELDS``); a finished or diverged run is not redone; a folder with no training state (a start
+    that failed while loading data or building the model) takes the new config. Returns ``{"status",
+    "error", "stop_reason", "epoch", "global_epoch", "step", "metrics", "out_dir"}``, the last evaluation as
+    ``metrics``.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    if saved.exists():
-        _check_same_config(TrainConfig.from_dict(json.loads(saved.read_text())), cfg, saved)
-        status = _read_json(out / "status.json") or {}
-        if status.get("status") in ("done", "diverged"):
-            return _result(out, status)
-    cfg.save(saved)
+    folder = RunFolder(out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if lock is not None and not (lock.held and lock.path.resolve() == folder.lock_path.resolve()):
+        raise ValueError(f"train(lock=...) needs the held lock of {str(folder.lock_path)!r}, got {lock.path} "
+                         f"({'held' if lock.held else 'not held'})")
+    own = folder.lock().acquire() if lock is None else None
+    try:
+        try:
+            saved = folder.read_config()
+        except StoreError:  # unreadable: harmless to replace when nothing was trained here
+            if folder.has_training_state():
+                raise
+            saved = None
+        if saved is not None and folder.has_training_state():
+            _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
+            status = folder.read_status()
+            if status.finished:
+                return _result(folder, status)
+        folder.write_config(cfg.to_dict())
+        return _train(cfg, folder)
+    finally:
+        if own is not None:
+            own.release()
+
+
+def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
     run = None
     try:
         with _determinism(resolve_device(cfg.device)):
-            run = _Run(cfg, out)
+            run = _Run(cfg, folder)
             return run.fit()
     except BaseException as e:  # record why, then let it propagate (KeyboardInterrupt included)
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
         if run is not None:
             run.write_status("failed", error=error)
-        else:
-            atomic_write_json(out / "status.json", {"status": "failed", "error": error, "epoch": 0.0,
-                                                    "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        else:  # failed while setting up: the progress of an earlier attempt is kept
+            folder.write_status("failed", error=error)
         raise
     finally:
         if run is not None:
@@ -116,10 +134,10 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, A
 class _Run:
     """State of one run; ``fit`` is the loop. Split from ``train`` so that setup and resume stay readable."""
 
-    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+    def __init__(self, cfg: TrainConfig, folder: RunFolder) -> None:
         from archrelax.data import BatchFeed, load_data
 
-        self.cfg, self.out = cfg, out
+        self.cfg, self.folder, self.out = cfg, folder, folder.path
         self.device = resolve_device(cfg.device)
         self.global_offset = 0.0
         self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
@@ -138,7 +156,7 @@ class _Run:
         self.total = int(round(cfg.horizon * self.spe))
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
         self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
-        self.ckpt_path = out / "checkpoints" / "last.pt"
+        self.ckpt_path = folder.checkpoint_path
         self.fresh = not self.ckpt_path.exists()
         if not self.fresh:
             self._resume(load_checkpoint(self.ckpt_path))  # on the CPU: RNG states must stay there
@@ -180,7 +198,7 @@ class _Run:
             self.opt.load_state_dict(self._carried_state(snap))
         torch.manual_seed(cfg.seed)  # the training RNG stream starts the same however the model was made
         self.run_stats = self._zero_stats()
-        _truncate_metrics(self.out / "metrics.jsonl", 0)
+        self.folder.truncate_metrics(0)
         self.t0 = time.perf_counter()
 
     def _source_from_snapshot(self, snap: dict, kw: dict) -> tuple[nn.Module, dict]:
@@ -237,7 +255,7 @@ class _Run:
         self.step, self.n_metrics, self.elapsed = ck["step"], p["n_metrics"], p["elapsed"]
         self.global_offset = ck["global_epoch"] - ck["epoch"]
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
-        _truncate_metrics(self.out / "metrics.jsonl", self.n_metrics)
+        self.folder.truncate_metrics(self.n_metrics)
         self.t0 = time.perf_counter()
 
     def _zero_stats(self) -> dict:
@@ -306,7 +324,7 @@ class _Run:
                     self._record(m)
                 return "zero_loss"
         if self.step in self.snap_steps:
-            self._save(self.out / "snapshots" / f"epoch_{format_epoch(self.step / self.spe)}.pt")
+            self._save(self.folder.snapshot_path(self.step / self.spe))
         if self.step == 0:
             self._checkpoint()
         return None
@@ -340,7 +358,7 @@ class _Run:
 
     def _record(self, m: dict[str, Any]) -> None:
         m = {**m, "wall_time": self._wall(), "peak_mem_bytes": _peak_memory(self.device)}
-        append_line(self.out / "metrics.jsonl", json.dumps(m))
+        self.folder.append_metrics(m)
         self.n_metrics += 1
         if self.writer is not None:
             for k, v in m.items():
@@ -374,16 +392,14 @@ class _Run:
             self.write_status("diverged", error=f"training loss became NaN or infinite by step {self.step} "
                               f"(epoch {self.step / self.spe:g}); checkpoints/last.pt is the last good state")
         else:
-            self._save(self.out / "final.pt", with_optimizer=False)
+            self._save(self.folder.final_path, with_optimizer=False)
             self.write_status("done", reason=reason)
-        return _result(self.out, _read_json(self.out / "status.json"))
+        return _result(self.folder, self.status)
 
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
         epoch = self.step / self.spe if hasattr(self, "spe") else 0.0
-        atomic_write_json(self.out / "status.json", {
-            "status": status, "error": error, "stop_reason": reason, "epoch": epoch,
-            "global_epoch": self.global_offset + epoch, "step": self.step,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
+                                               global_epoch=self.global_offset + epoch, step=self.step)
 
     def _open_outputs(self) -> None:
         cfg = self.cfg
@@ -469,28 +485,8 @@ def _check_same_config(saved: TrainConfig, new: TrainConfig, path: Path) -> None
                          "use another output folder or delete this one")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The metric lines of a run; a torn last line (a crash mid-write) is ignored."""
-    return read_jsonl(path)
-
-
-def _truncate_metrics(path: Path, n: int) -> None:
-    rows = read_metrics(path)
-    if len(rows) != n or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows[:n]))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _result(out: Path, status: dict | None) -> dict[str, Any]:
-    status = status or {}
-    rows = read_metrics(out / "metrics.jsonl")
-    return {"status": status.get("status"), "error": status.get("error"), "stop_reason": status.get("stop_reason"),
-            "epoch": status.get("epoch"),
-            "global_epoch": status.get("global_epoch"), "step": status.get("step"),
-            "metrics": rows[-1] if rows else None, "out_dir": str(out)}
+def _result(folder: RunFolder, status: Status) -> dict[str, Any]:
+    rows = folder.read_metrics()
+    return {"status": status.status, "error": status.error, "stop_reason": status.stop_reason,
+            "epoch": status.epoch, "global_epoch": status.global_epoch, "step": status.step,
+            "metrics": rows[-1] if rows else None, "out_dir": str(folder.path)}
