@@ -3,6 +3,7 @@ failures, resume after a real SIGKILL). Training uses tiny synthetic data so the
 from __future__ import annotations
 
 import csv
+import re
 import os
 import shutil
 import signal
@@ -291,6 +292,12 @@ def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
     assert "final test" in out and str(tmp_path / "demo" / "summary.csv") in out
     if "report: " in out:  # the report step is optional (another area); when present it wrote the page
         assert (tmp_path / "demo" / "report" / "index.html").is_file()
+        page = (tmp_path / "demo" / "report" / "index.html").read_text()
+        # no analysis was requested (analyses=[]): the overview says so, not "--no-analyse"
+        note = re.search(r"<p>Analyses: (.*?)</p>", page, re.S).group(1)
+        assert note.startswith("missing (no result yet): memory, distance") and "--no-analyse" not in note, note
+        assert 'id="claims"' in page
+    assert re.search(r"claims of the paper: .*not enough evidence.* \(details: `archrelax claims ", out), out
 
 
 def test_analysis_settings_are_validated_and_read_back_from_the_experiment(tmp_path):

@@ -14,13 +14,13 @@ from typing import Any
 from archrelax.store import ExperimentFolder, Run, StoreError
 from archrelax.store.results import RESULT_TYPES, AnalysisResult
 
-__all__ = ["RunView", "Evidence", "load_evidence", "RELAXED"]
+__all__ = ["RunView", "Evidence", "load_evidence", "RELAXED", "finite"]
 
 RELAXED = ("efcn", "elcn", "hier")
 _CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
 
 
-def _finite(v: Any) -> float | None:
+def finite(v: Any) -> float | None:
     return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) else None
 
 
@@ -46,7 +46,7 @@ class RunView:
     def final(self, key: str) -> float | None:
         """The last finite value of a metric (the run's end for a finished run)."""
         for r in reversed(self.rows):
-            if (v := _finite(r.get(key))) is not None:
+            if (v := finite(r.get(key))) is not None:
                 return v
         return None
 
@@ -58,7 +58,7 @@ class RunView:
         """The evaluation recorded at ``global_epoch`` (CNN's clock; both sides come from the same
         step / steps-per-epoch arithmetic, so a small tolerance suffices)."""
         for r in self.rows:
-            t = _finite(r.get("global_epoch", r.get("epoch")))
+            t = finite(r.get("global_epoch", r.get("epoch")))
             if t is not None and abs(t - global_epoch) <= 1e-6 * max(1.0, abs(global_epoch)):
                 return r
         return None

@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .base import CLAIMS, Claim, ClaimThresholds, Verdict
-from .evidence import RELAXED, Evidence, RunView
+from .evidence import RELAXED, Evidence, RunView, finite
 from .stats import Paired, holm, paired, spearman, t_interval
 
 __all__ = ["RULES"]
@@ -35,13 +35,14 @@ def _t(t: float | None) -> str:
     return "?" if t is None else f"{t:g}"
 
 
-def _msd(d: Paired) -> str:
-    """"+1.23 ± 0.40 pp (n=3)": mean ± sd over seeds of per-seed differences."""
+def _msd(d: Paired, scale: float = 100.0, unit: str = " pp", digits: str = ".2f") -> str:
+    """"+1.23 ± 0.40 pp (n=3)": mean ± sd over seeds of per-seed differences (no sd for one seed)."""
     if d.n == 0:
         return "no paired seeds"
+    mean = format(scale * d.mean, "+" + digits)
     if d.n == 1:
-        return f"{_pp(d.mean)} pp (n=1)"
-    return f"{_pp(d.mean)} ± {_pp(d.sd, sign=False)} pp (n={d.n})"
+        return f"{mean}{unit} (n=1)"
+    return f"{mean} ± {format(scale * d.sd, digits)}{unit} (n={d.n})"
 
 
 def _few(th: ClaimThresholds, n: int) -> str:
@@ -152,16 +153,16 @@ def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
     for v in ev.of_kind(*RELAXED):
         first, parent = v.first(), ev.parent(v)
         ref = parent.at(float(first.get("global_epoch", first["epoch"]))) if first and parent else None
-        if first is None or ref is None:
+        l0, lp, end = (finite(first.get("train_loss")) if first else None,
+                       finite(ref.get("train_loss")) if ref else None, v.final("train_loss"))
+        if l0 is None or lp is None or end is None:
             no_ref.append(v.id)
             continue
-        l0, lp = first.get("train_loss"), ref.get("train_loss")
         jumps[v.id] = abs(l0 - lp) / max(lp, th.loss_floor)
         tol = th.jump_tol_bf16 if (v.run.config or {}).get("amp") else th.jump_tol
         if jumps[v.id] > tol:
             failures.append(f"{v.id}: train loss {l0:.6g} right after the switch vs {lp:.6g} for {parent.id} at "
                             f"the snapshot (relative jump {jumps[v.id]:.2g} > {tol:g}: the embedding is not exact)")
-        end = v.final("train_loss")
         ratios[v.id] = end / l0 if l0 > 0 else 0.0
         if end > l0:
             failures.append(f"{v.id} ends above its start (train loss {l0:.4g} at the switch, {end:.4g} at the end)")
@@ -214,10 +215,11 @@ def claim_3(ev: Evidence, th: ClaimThresholds) -> Claim:
     falls = {}
     for v in ev.of_kind("efcn"):
         first, end = v.first(), v.final("test_acc")
-        if first is None or end is None or v.t_w is None:
+        start = finite(first.get("test_acc")) if first else None
+        if start is None or end is None or v.t_w is None:
             continue
-        change[float(v.t_w)][v.seed] = end - first["test_acc"]
-        best = max(r["test_acc"] for r in v.rows if isinstance(r.get("test_acc"), (int, float)))
+        change[float(v.t_w)][v.seed] = end - start
+        best = max(x for r in v.rows if (x := finite(r.get("test_acc"))) is not None)
         falls[v.id] = best - end
     if not change:
         return _claim(3, "not enough evidence", "no eFCN run with an evaluation at its switch finished yet"
@@ -351,7 +353,7 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
     if not dist:
         return _claim(6, "not enough evidence", "no seed has gains and CNN sharpness at 3 switch times yet"
                       + _unfinished(ev, "efcn", "cnn"))
-    stat = (f"Spearman ρ(gain(t_w), λ_max of the CNN at t_w) per seed: mean {d.mean:+.2f} ± {d.sd:.2f} (n={d.n}), "
+    stat = (f"Spearman ρ(gain(t_w), λ_max of the CNN at t_w) per seed: mean {_msd(d, 1, '')}, "
             f"one-sided t-test {_p(d.p_greater)}; (best t_w, sharpest t_w) per seed: "
             + ", ".join(f"s{s}: ({_t(a)}, {_t(b)})" for s, (a, b) in peaks.items())
             + f"; mean index distance {np.mean(list(dist.values())):.2g} switch times")
@@ -379,8 +381,8 @@ def claim_7(ev: Evidence, th: ClaimThresholds) -> Claim:
             lam_c[p.seed], tr_c[p.seed] = p.lambda_max, p.trace
     d = paired({s: float(np.mean(v)) for s, v in lam_e.items()}, lam_c)
     dt = paired({s: float(np.mean(v)) for s, v in tr_e.items()}, tr_c)
-    stat = (f"λ_max at the end, eFCN (mean over t_w) − CNN of the same seed: {d.mean:+.3g} ± {d.sd:.3g} nats (n={d.n}), "
-            f"one-sided {_p(d.p_less)}; trace likewise: {dt.mean:+.3g} ± {dt.sd:.3g} nats, {_p(dt.p_less)}")
+    stat = (f"λ_max at the end, eFCN (mean over t_w) − CNN of the same seed: {_msd(d, 1, ' nats', '.3g')}, "
+            f"one-sided {_p(d.p_less)}; trace likewise: {_msd(dt, 1, ' nats', '.3g')}, {_p(dt.p_less)}")
     verdict = _with(_directional(d, th, "less"), _unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "")
     return _claim(7, *verdict, stat, d.n, {"lambda_max_diff": d.diffs, "trace_diff": dt.diffs,
                                            "p_lambda": d.p_less, "p_trace": dt.p_less})
@@ -405,7 +407,7 @@ def claim_8(ev: Evidence, th: ClaimThresholds) -> Claim:
     d = paired(rho)
     if d.n == 0:
         return _claim(8, "not enough evidence", "no seed has a final δ at 3 switch times yet" + _unfinished(ev, "efcn"))
-    stat = (f"Spearman ρ(t_w, final δ) per seed: mean {d.mean:+.2f} ± {d.sd:.2f} (n={d.n}), one-sided t-test "
+    stat = (f"Spearman ρ(t_w, final δ) per seed: mean {_msd(d, 1, '')}, one-sided t-test "
             f"{_p(d.p_less)}; final δ per t_w: " + ", ".join(
                 f"{_t(t)}: {np.mean([x for s in by_seed.values() for tt, x in s if tt == t]):.3g}"
                 for t in sorted({t for s in by_seed.values() for t, _ in s})))
