@@ -74,12 +74,13 @@ def test_preset_plan_graph_and_ids(preset):
     switch = spec.switch_list()
     assert kinds.count("cnn") == len(spec.seeds)
     assert 0.0 in switch and max(switch) <= spec.cnn.length()
-    if "fc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "efcn") == switch
-    if "lc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "elcn") == switch
-    for b in spec.baselines:
-        (base,) = [r for r in plan.values() if r.kind == b]
+    for seed in spec.seeds:  # every seed relaxes at every switch time (presets may have several seeds)
+        if "fc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed) == switch
+        if "lc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed) == switch
+    for b, seed in ((b, s) for b in spec.baselines for s in spec.seeds):  # one baseline of each kind per seed
+        (base,) = [r for r in plan.values() if r.kind == b and r.seed == seed]
         assert base.depends_on is None and base.config["model"] == b
         assert base.config["model_kwargs"]["base"] == spec.model
     for run in plan.values():
