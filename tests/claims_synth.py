@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from archrelax.store import ExperimentFolder, Run, RunFolder
+from archrelax.store import ExperimentFolder, Run
 from archrelax.store import results as R
 
 SPE = 10  # steps per epoch of every synthetic run

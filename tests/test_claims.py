@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+import os
 import re
 import subprocess
 import sys
-import os
 from pathlib import Path
 
 import pytest
@@ -167,13 +168,10 @@ def test_paired_test_matches_scipy_and_handles_degenerate_spreads():
     assert (same.sd, same.p_greater, same.p_less) == (0.0, 0.0, 1.0)
     assert paired({0: 0.0, 1: 0.0}).p_greater == 1.0
     assert paired({3: 0.5}, {4: 0.1}).n == 0  # no common seed
-    import math
     assert math.isnan(paired({0: 0.1}).p_greater)
 
 
 def test_holm_spearman_and_interval():
-    import math
-
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
     adj = holm([0.02, float("nan"), 0.5])
     assert adj[0] == pytest.approx(0.04) and math.isnan(adj[1]) and adj[2] == 0.5

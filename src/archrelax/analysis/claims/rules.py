@@ -288,9 +288,9 @@ def claim_5(ev: Evidence, th: ClaimThresholds) -> Claim:
                              "list at least 3 `switch_times` (first, intermediate, last) with `fc` in `targets`")
     finals = {t: _finals(runs) for t, runs in _by_tw(ev.of_kind("efcn")).items()}
     gains = {t: g for t, g in _gains(ev).items() if g}
-    if len(gains) < 3:
-        return _claim(5, "not enough evidence", f"gains at {len(gains)} switch time(s) so far; 3 needed"
-                      + _unfinished(ev, "efcn", "cnn"))
+    if len(gains) < 3 or tws[0] not in gains or tws[-1] not in gains:  # the ends are the planned ones
+        return _claim(5, "not enough evidence", f"gains at {len(gains)} switch time(s) so far (3 needed, the "
+                      f"first and the last among them)" + _unfinished(ev, "efcn", "cnn"))
     order = sorted(gains)
     mean = {t: float(np.mean(list(gains[t].values()))) for t in order}
     best, first, last = max(order, key=mean.get), order[0], order[-1]
