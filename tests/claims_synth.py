@@ -8,13 +8,14 @@ snapshots at t_w = 0, 1, 2, 4; eFCN and eLCN from each; FCN and LCN baselines; o
 """
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from archrelax.store import ExperimentFolder, Run
+from archrelax.store import ExperimentFolder, Run, atomic_write_text
 from archrelax.store import results as R
 
 SPE = 10  # steps per epoch of every synthetic run
@@ -153,9 +154,9 @@ class Synth:
             rows = r.rows()
             if r.kind == "cnn" and not self.cnn_evals_at_snapshots:
                 rows = [x for x in rows if x["global_epoch"] not in self.tws]  # an old trainer's eval_times
-            if r.status != "pending":
-                for x in rows if r.status == "done" else rows[:2]:
-                    folder.append_metrics(x)
+            if r.status != "pending":  # metrics.jsonl in one write (the trainer appends; the format is the same)
+                atomic_write_text(folder.metrics_path, "".join(json.dumps(x) + "\n" for x in
+                                                               (rows if r.status == "done" else rows[:2])))
                 folder.write_status(r.status, epoch=rows[-1]["epoch"], step=rows[-1]["step"],
                                     global_epoch=rows[-1]["global_epoch"])
             if r.status == "done":
