@@ -54,6 +54,8 @@ def test_needle_mnist_states_its_sizing():
 def test_needle_cifar10_states_one_seeds_cpu_time():
     header = _header("needle-cifar10")  # one seed at reduced length on CPU, and exactly what was reduced
     assert re.search(r"measured on CPU.*?\d+ min", header, re.S) and "load average" in header, header
+    # the full length is an extrapolation from the measured rates, and says so
+    assert re.search(r"Extrapolated from them \(not measured\): one full seed.*?~\d+ h", header, re.S), header
     for reduced in ("seeds=[0]", "cnn.epochs=2", "relaxed.max_epochs=1", "train_size", "imagefolder:"):
         assert reduced in header, (reduced, header)
 
