@@ -26,6 +26,11 @@ _EXPORTS = {
     "LocallyConnected1d": "archrelax.embed.locally_connected",
     "LocallyConnected2d": "archrelax.embed.locally_connected",
     "DenseConv": "archrelax.embed.dense",
+    "TiledConv1d": "archrelax.embed.tiled",
+    "TiledConv2d": "archrelax.embed.tiled",
+    "WideConv1d": "archrelax.embed.wide",
+    "WideConv2d": "archrelax.embed.wide",
+    "parse_target": "archrelax.embed.targets",
     # models
     "create_model": "archrelax.models",
     "register_model": "archrelax.models",
