@@ -53,10 +53,11 @@ def wide_layout(geom: ConvGeometry, kernel_size: Size | str, *,
     if not full:
         ks = per_dim(kernel_size, geom.dim, "kernel_size")
         if any(K < e for K, e in zip(ks, extent)):
+            least = extent if len(set(extent)) > 1 else extent[0]
             raise ValueError(
-                f"kernel_size={_fmt(kernel_size)!r} is smaller than the conv's extent {extent} "
+                f"kernel_size={_fmt(kernel_size)} is smaller than the conv's extent {extent} "
                 f"(dilation·(kernel − 1) + 1 per dim, kernel {geom.kernel_size}, dilation {geom.dilation}); "
-                f"the minimum is {_fmt(extent if len(set(extent)) > 1 else extent[0])!r}, or use 'full'"
+                f"the minimum is {_fmt(least)} (to='wide:{_fmt(least)}'), or use 'full'"
             )
     kernel, padding, offsets = [], [], []
     for i in range(geom.dim):
