@@ -18,6 +18,8 @@ _EXPORTS = {
     "cnn_distance": "archrelax.embed.subspace",
     "to_cnn": "archrelax.embed.subspace",
     "ablate": "archrelax.embed.subspace",
+    "constraint_penalty": "archrelax.embed.penalty",
+    "add_penalty_grad_": "archrelax.embed.penalty",
     "footprint": "archrelax.embed.footprint",
     "Footprint": "archrelax.embed.footprint",
     "RelaxedConv": "archrelax.embed.base",
@@ -47,6 +49,8 @@ _EXPORTS = {
     "load_checkpoint": "archrelax.train",
     "model_from_checkpoint": "archrelax.train.checkpoint",
     "read_metrics": "archrelax.train.trainer",
+    "soft_lambda": "archrelax.train.soft",
+    "SoftSchedule": "archrelax.train.soft",
     # protocol
     "load_spec": "archrelax.protocol",
     "run_experiment": "archrelax.protocol",

@@ -6,6 +6,7 @@
 - :mod:`.targets`: the lattice's targets and their string forms (``"lc"``, ``"fc"``, ``"wide:5"``, ``"tiled:2"``)
 - :mod:`.relax`: ``relax(model, to=..., example_input=..., layers=...)`` and ``transfer``
 - :mod:`.subspace`: ``offlocal_ratio``, ``cnn_distance``, ``to_cnn``, ``ablate``
+- :mod:`.penalty`: ``constraint_penalty(model, toward)`` (soft release), ``add_penalty_grad_`` (its fused form)
 - :mod:`.footprint`: ``footprint(model, example_input, to=...) -> Footprint``
 """
 from __future__ import annotations
@@ -15,6 +16,7 @@ from .connectivity import ConvGeometry, index_map
 from .dense import DenseConv
 from .footprint import Footprint, LayerFootprint, footprint
 from .locally_connected import LocallyConnected1d, LocallyConnected2d
+from .penalty import add_penalty_grad_, constraint_penalty
 from .relax import next_targets, relax, relaxed_layers, transfer
 from .subspace import ablate, cnn_distance, offlocal_ratio, to_cnn
 from .targets import RelaxTarget, parse_target
@@ -25,5 +27,5 @@ __all__ = [
     "ConvGeometry", "index_map", "RelaxedConv", "LocallyConnected1d", "LocallyConnected2d", "DenseConv",
     "TiledConv1d", "TiledConv2d", "WideConv1d", "WideConv2d", "RelaxTarget", "parse_target", "next_targets",
     "relax", "transfer", "relaxed_layers", "offlocal_ratio", "cnn_distance", "to_cnn", "ablate",
-    "footprint", "Footprint", "LayerFootprint",
+    "footprint", "Footprint", "LayerFootprint", "constraint_penalty", "add_penalty_grad_",
 ]
