@@ -10,7 +10,9 @@
   ``q − p·s``) — the orbits of the ``"full"`` wide conv's index map, over every channel pair (groups are a
   matter of locality); biases by their mean per channel. For an eLCN or a tiled conv, shared ∩ local is the
   CNN, so ``"shared"`` is ``"cnn"`` there; a wide conv is shared already (0);
-- ``"cnn"``: the CNN subspace (local and shared), the image of the layer's φ: ``φ((φᵀφ)⁺φᵀθ)``.
+- ``"cnn"``: the CNN subspace (local and shared), the image of the layer's φ: ``φ((φᵀφ)⁺φᵀθ)``. With zero
+  padding it is the intersection of the two; a reflect / replicate / circular-padded conv folds its border
+  taps into other entries, so its eFCN is local but not translation invariant ("shared" is not 0 there).
 
 Because P is an orthogonal projection the gradient is 2(θ − Pθ). Nothing dense is built: everything goes
 through the index map (eFCN, cnn/local: a (P, Q) mask of the connections and a gather of the P·T local
