@@ -104,8 +104,10 @@ def test_wide_is_exact_and_derives_from_the_index_map(cfg):
         reads = index_map(wg)
         counts = torch.zeros(g.P, g.Q, dtype=torch.long).scatter_add_(1, reads.clamp(min=0), (reads >= 0).long())
         assert (counts == 1).all()
-    else:
-        assert wg.kernel_size == ((ks,) * g.dim if isinstance(ks, int) else ks)
+    else:  # K as asked, clamped to the global conv's size
+        full = wide_layout(g, "full")[0].kernel_size
+        asked = (ks,) * g.dim if isinstance(ks, int) else ks
+        assert wg.kernel_size == tuple(min(k, f) for k, f in zip(asked, full))
     # mask = the original taps; projection = the crop, exactly; the embedding is zero elsewhere
     assert int(wide.local_mask().sum()) == conv.weight.numel()
     w, b = wide.project()
@@ -425,3 +427,88 @@ def test_transfer_through_lattice_moves(to):
         lc = relax(first, "lc", x)
         mapped = transfer(first.state_dict(), lc, source=first)
         assert all(torch.equal(mapped[k], v) for k, v in lc.state_dict().items())
+
+
+# ---- whole models ---------------------------------------------------------------------------------------------
+
+
+def whole_model(name: str):
+    """(model in eval mode with non-trivial BatchNorm statistics, input) for VanillaCNN, AlexNet, ResNet-18."""
+    torch.manual_seed(0)
+    if name == "resnet18":
+        torchvision = pytest.importorskip("torchvision")
+        model = torchvision.models.resnet18(num_classes=10)
+    else:
+        from archrelax.models import create_model
+
+        model = create_model(name)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    return model.eval(), torch.randn(2, 3, 32, 32)
+
+
+@pytest.mark.parametrize("to", ["wide:full", "wide:7", "tiled:2", "tiled:3x2", "tiled:2>lc", "tiled:2>fc", "wide:full>fc"])
+@pytest.mark.parametrize("name", ["vanilla_cnn", "alexnet", "resnet18"])
+def test_whole_models_float32(name, to):
+    if name != "vanilla_cnn" and to.endswith(">fc"):
+        pytest.skip("the AlexNet / ResNet-18 eFCNs (0.5 / 0.6 GB) are measured by benchmarks/lattice_exactness.py")
+    model, x = whole_model(name)
+    relaxed = model
+    for step in to.split(">"):
+        relaxed = relax(relaxed, step, x)
+    assert not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in relaxed.modules())
+    with torch.no_grad():
+        check_close(relaxed(x), model(x), 1e-5)
+    assert cnn_distance(relaxed) <= 1e-7
+
+
+def test_build_architecture_replays_lattice_targets():
+    from archrelax.models import build_architecture, create_model
+
+    for chain in (["tiled:2"], ["wide:full"], ["tiled:2x3", "lc"], ["wide:7", "fc"], ["tiled:3", "fc"]):
+        arch = {"model": "vanilla_cnn", "model_kwargs": {"width": 4}, "relax_chain": chain, "relax_layers": None}
+        torch.manual_seed(0)
+        cnn = create_model("vanilla_cnn", width=4)
+        trained = cnn
+        for step in chain:
+            trained = relax(trained, step)
+        with torch.no_grad():  # as if trained: released weights
+            for p in trained.parameters():
+                p.add_(0.01 * torch.randn_like(p))
+        rebuilt = build_architecture(arch)
+        rebuilt.load_state_dict(trained.state_dict())  # shapes and keys match
+        x = torch.randn(2, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.equal(rebuilt(x), trained(x)), chain
+        assert [type(m) for m in rebuilt.modules()] == [type(m) for m in trained.modules()]
+    with pytest.raises(ValueError, match=r"relax_chain step 'wide' is not a valid target.*kernel_size"):
+        build_architecture({"model": "vanilla_cnn", "relax_chain": ["wide"]})
+    with pytest.raises(ValueError, match=r"relax_chain step 'conv' is not a valid target.*'wide:full'"):
+        build_architecture({"model": "vanilla_cnn", "relax_chain": ["conv"]})
+
+
+def test_footprint_lattice_lines():
+    from archrelax.cli import main as cli_main
+    from archrelax.embed import footprint
+    from archrelax.models import create_model
+
+    model = create_model("vanilla_cnn")
+    targets = ("cnn", "tiled:2", "tiled:100", "lc", "wide:7", "wide:full", "fc")
+    fp = footprint(model, to=targets, reference=False)
+    for to in targets[1:]:  # the counts are those of the real relaxed layers
+        relaxed = relax(model, to)
+        for ly in fp.layers:
+            assert ly.params[to] == sum(p.numel() for p in relaxed.get_submodule(ly.name).parameters()), (to, ly.name)
+    by = {ly.name: ly for ly in fp.layers}
+    assert by["features.3"].params["tiled:100"] == by["features.3"].params["lc"]  # clamped: the eLCN
+    assert by["features.3"].params["wide:full"] == 64 * 64 * 15 * 15 + 64
+    assert fp.total_params("cnn") < fp.total_params("tiled:2") < fp.total_params("lc") < fp.total_params("fc")
+    assert fp.total_params("wide:7") < fp.total_params("wide:full") < fp.total_params("fc")
+    text = str(fp)
+    assert "tiled:2 params" in text and "wide:full bytes" in text
+    with pytest.raises(ValueError, match=r"to='tiled'.*'tiled:T'"):
+        footprint(model, to="tiled")
+    assert cli_main(["footprint", "vanilla_cnn", "--to", "lattice", "--json"]) == 0

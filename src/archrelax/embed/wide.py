@@ -9,7 +9,9 @@ computes the same function; released, the zero taps let every output read a wide
 
 - ``kernel_size=K`` (int or per-dim tuple): the original taps are centred, ``a = (K − e) // 2`` (one more
   tap after than before when K − e is odd: the grown padding is then asymmetric, applied with ``F.pad``).
-  K below the extent e is an error naming the minimum. Taps beyond the input only ever read zeros.
+  K below the extent e is an error naming the minimum; K at or above the global conv's size (below) is
+  clamped to it, per dim, since further taps would only ever read zeros (so ``"wide:99"`` on a small layer
+  is its ``"wide:full"``).
 - ``kernel_size="full"``: the global convolution: the smallest K (and its offset) for which every output
   reads every input element, one shared filter per relative offset: ``lo + a = max((o − 1)·s, lo)``,
   ``K = lo + a + max(n, e − lo)`` (for stride 1 and 'same' padding that is ``2n − 1``).
@@ -63,9 +65,10 @@ def wide_layout(geom: ConvGeometry, kernel_size: Size | str, *,
     for i in range(geom.dim):
         n, o, s, e = geom.in_spatial[i], geom.out_spatial[i], geom.stride[i], extent[i]
         lo, hi = geom.padding[i]
-        if full:
-            a = max((o - 1) * s, lo) - lo  # wide padding lo + a reaches back to input 0 from the last output
-            K = lo + a + max(n, e - lo)  # ... and forward to input n - 1 from the first
+        a_full = max((o - 1) * s, lo) - lo  # wide padding lo + a reaches back to input 0 from the last output
+        K_full = lo + a_full + max(n, e - lo)  # ... and forward to input n - 1 from the first
+        if full or ks[i] >= K_full:  # a larger kernel would only add taps that read padding
+            K, a = K_full, a_full
         else:
             K = ks[i]
             a = (K - e) // 2
