@@ -2,7 +2,8 @@
 
 1. Forward+backward time of each new layer over that of the same ``nn.Conv2d`` (input and weight gradients),
    on the second conv of VanillaCNN and of AlexNet (CIFAR, 3x32x32) at batch 250: tiled convs (both forward
-   paths of TiledConv2d, strided convs and the eLCN kernel, so the crossover ``_USE_LC_ABOVE`` can be checked)
+   paths of TiledConv2d, strided convs and the eLCN kernel, so the choice of ``tiled._use_strided`` can be
+   checked; the path the layer uses is marked)
    and wide convs (``wide:K`` with K = extent + 4, and ``wide:full``). A wide conv does K²/k² times the
    conv's arithmetic, so its ratio is reported beside that factor.
 2. The penalty's cost on the VanillaCNN eFCN: one SGD training step (as bench_train_step.py: forward,
@@ -26,6 +27,7 @@ from torch import nn
 from archrelax.embed import TiledConv2d, WideConv2d, relax
 from archrelax.embed.connectivity import ConvGeometry
 from archrelax.embed.penalty import add_penalty_grad_, constraint_penalty
+from archrelax.embed.tiled import _use_strided
 from archrelax.models import create_model
 
 MODELS = {"vanilla": "vanilla_cnn", "alexnet": "alexnet"}
@@ -60,8 +62,9 @@ def layer_ratios(batch: int, rounds: int) -> None:
         cases: dict[str, tuple] = {"conv": (conv, conv)}
         for t in (2, 4, geom.out_spatial[0]):
             tiled = TiledConv2d(geom, tile=t)
-            cases[f"tiled:{t} strided"] = (tiled._forward_strided, tiled)
-            cases[f"tiled:{t} lc-kernel"] = (tiled._forward_lc, tiled)
+            strided = _use_strided(geom, tiled.n_tiles)
+            cases[f"tiled:{t} strided{'*' if strided else ''}"] = (tiled._forward_strided, tiled)
+            cases[f"tiled:{t} lc-kernel{'' if strided else '*'}"] = (tiled._forward_lc, tiled)
         for ks in (ext + 4, "full"):
             wide = WideConv2d(geom, kernel_size=ks)
             cases[f"wide:{ks}"] = (wide, wide)
@@ -83,7 +86,7 @@ def layer_ratios(batch: int, rounds: int) -> None:
             if k.startswith("wide"):
                 work = mod.wide_geometry.T / geom.T
                 extra = f", {work:.1f}x the conv's multiply-adds"
-            print(f"{k + '/conv fwd+bwd':<28} {model_name}.2nd conv B={batch}: {tk / tc:5.2f}x "
+            print(f"{k + '/conv fwd+bwd':<29} {model_name}.2nd conv B={batch}: {tk / tc:5.2f}x "
                   f"({k.split()[0]} {tk:.1f} ms, conv {tc:.1f} ms{extra})  [{shape}]")
 
 
@@ -136,7 +139,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"median of {args.rounds} interleaved rounds")
+          f"median of {args.rounds} interleaved rounds (* = the forward path TiledConv2d uses)")
     if not args.skip_layers:
         layer_ratios(args.batch, args.rounds)
     if not args.skip_penalty:

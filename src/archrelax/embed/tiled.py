@@ -20,12 +20,12 @@ count those tiles; tiles are not weighted by how many positions they hold, becau
 the soft penalty all measure distances in this parameter space). For T = the output size that is the
 eLCN's mean over live positions, for T = 1 the identity.
 
-Forward: the positions ≡ (a, b) modulo T are a conv with stride s·T started at padded input offset
-(a·s, b·s); with few tiles these ``n_tiles`` strided convs (interleaved back into place) run at the conv's
-own speed. With many tiles the per-call overhead of tiny convs dominates, and the eLCN kernel (one gather
-through the index map + one ``bmm``, :mod:`.locally_connected`) fed with the tile filters expanded to every
-position is used instead (see ``_USE_LC_ABOVE``; benchmarks/bench_lattice.py measured the crossover).
-Zero padding only, as for the eLCN.
+Forward, two exact ways (``_use_strided`` picks, from measurements): the positions ≡ (a, b) modulo T are a
+conv with stride s·T started at padded input offset (a·s, b·s), so ``n_tiles`` strided convs interleaved back
+into place compute the layer; each reads (and in backward writes the gradient of) the whole input, so they
+pay off only for few tiles with many input channels. Otherwise the eLCN kernel (one gather through the
+index map + one ``bmm``, :mod:`.locally_connected`) runs with the tile filters gathered to every position
+(its cost does not depend on T). Zero padding only, as for the eLCN.
 """
 from __future__ import annotations
 
@@ -43,9 +43,14 @@ from .targets import RelaxTarget, Size, _fmt, per_dim
 
 __all__ = ["TiledConv1d", "TiledConv2d", "TiledConvNd", "tile_layout"]
 
-# forward through the eLCN kernel when the tiles' strided convs would each produce fewer output positions
-# than this (tiny convs: per-call overhead dominates); see benchmarks/bench_lattice.py
-_USE_LC_ABOVE = 16
+
+
+def _use_strided(geom: ConvGeometry, n_tiles: int) -> bool:
+    """Strided convs when they are few and each does real work: measured (benchmarks/bench_lattice.py, one
+    thread, batch 250) 2.1-2.6x the conv against 2.9-3.0x for the eLCN kernel at 4 tiles of 16 positions with
+    64 input channels, but 5-18x against 2.9x at 16-64 tiles, and 3.3x against 1.3x with 3 input channels
+    (every tile's conv re-reads, and in backward re-writes, the whole input)."""
+    return n_tiles == 1 or (n_tiles <= 9 and geom.P >= 16 * n_tiles and geom.in_channels // geom.groups >= 16)
 
 
 def tile_layout(geom: ConvGeometry, tile: Size) -> tuple[int, ...]:
@@ -135,9 +140,9 @@ class TiledConvNd(RelaxedConv):
     # ---- forward ---------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, *in_spatial) -> (B, C_out, *out_spatial)
         self._check_input(x)
-        if self.geometry.P < _USE_LC_ABOVE * self.n_tiles:
-            return self._forward_lc(x)
-        return self._forward_strided(x)
+        if _use_strided(self.geometry, self.n_tiles):
+            return self._forward_strided(x)
+        return self._forward_lc(x)
 
     def _forward_strided(self, x: Tensor) -> Tensor:
         """``n_tiles`` convs of stride s·T, each on the window of padded input its tile reads, interleaved."""
