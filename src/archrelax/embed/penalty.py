@@ -18,11 +18,14 @@ Because P is an orthogonal projection the gradient is 2(θ − Pθ). Nothing den
 through the index map (eFCN, cnn/local: a (P, Q) mask of the connections and a gather of the P·T local
 entries; eFCN, shared: window-adds over one output dim at a time sum each orbit and spread the means back).
 The eFCN paths stream the weight in large chunks and run as custom autograd Functions whose backward writes
-2·g·(θ − Pθ) in one pass into a reused buffer; the small layers use plain differentiable ops.
+2·g·(θ − Pθ) in one pass; the small layers use plain differentiable ops.
 
 ``add_penalty_grad_(model, toward, lam)`` is the fused form for trainers: it adds λ·2(θ − Pθ) to each
-``.grad`` in place, after ``loss.backward()``, in one pass over θ and its gradient (no forward pass, no
-gradient buffer, no autograd accumulation), and returns the penalty only when asked. Same gradient.
+``.grad`` in place, after ``loss.backward()``, in one pass over θ and its gradient, and returns the penalty
+only when asked. Same gradient, a fraction of the cost (benchmarks/bench_lattice.py): the autograd form
+reads θ once more for the value, writes a weight-sized gradient, and autograd then adds it to the loss's
+gradient out of place (the loss's eFCN weight gradient arrives as a transposed view, which autograd does not
+accumulate into in place), i.e. one more weight-sized allocation per step.
 
 With SGD, λ·lr must stay below 1 (the penalty's curvature is 2λ on the released directions: one step with
 lr·2λ = 1 projects onto the subspace exactly, beyond 2 it diverges); a "very large" λ means lr·λ close to 1/2.
@@ -32,8 +35,6 @@ entries is that entry exactly (for float64 parameters the mean may be an ulp off
 """
 from __future__ import annotations
 
-import sys
-import threading
 import weakref
 from typing import Any
 
@@ -45,7 +46,7 @@ from .dense import DenseConv
 from .relax import relaxed_layers
 from .wide import WideConvNd
 
-__all__ = ["constraint_penalty", "layer_penalty", "add_penalty_grad_", "release_penalty_buffers", "TOWARD"]
+__all__ = ["constraint_penalty", "layer_penalty", "add_penalty_grad_", "TOWARD"]
 
 TOWARD = ("cnn", "local", "shared")
 _CHUNK = 1 << 23  # elements of the weight streamed at once: few, large ops (many small parallel regions collapse on
@@ -126,48 +127,7 @@ def _bias_shared(layer: RelaxedConv) -> Tensor | float:
     return _sumsq(b - layer.embed_bias(layer.project_bias(b.double())).to(b.dtype))
 
 
-# ---- eFCN: the gradient buffer ------------------------------------------------------------------------------
-
-_pool: dict[tuple, Tensor] = {}
-_busy: set[tuple] = set()
-_pool_lock = threading.Lock()
-
-
-def _grad_buffer(weight: Tensor) -> Tensor:
-    """A weight-sized buffer for the penalty's gradient, reused across steps.
-
-    A fresh eFCN-sized tensor costs more than the pass that fills it (on CPU every allocation above 32 MB is
-    page-faulted in again). In training autograd does not keep the returned tensor: it adds it into the loss's
-    gradient of the same weight (or clones it into ``.grad``, since the pool holds a second reference), so one
-    buffer per weight shape serves every step. It is marked busy until the end of the backward pass (an engine
-    callback), so two penalties on one weight in one graph get separate buffers; a buffer someone kept (the
-    result of ``torch.autograd.grad``, a ``.grad`` that adopted it) is left to them and replaced.
-    ``release_penalty_buffers()`` frees the pool.
-    """
-    key = (weight.device, weight.dtype, tuple(weight.shape))
-    with _pool_lock:
-        buf = _pool.get(key)
-        grad = weight.grad
-        # someone kept the last one: torch.autograd.grad hands the tensor itself to the caller (then the same
-        # Python object: references = the pool's, this frame's, getrefcount's), or it was adopted as .grad
-        kept = buf is not None and (sys.getrefcount(buf) > 3 or (grad is not None and grad.data_ptr() == buf.data_ptr()))
-        if buf is None or kept:
-            buf = _pool[key] = torch.empty_like(weight)
-        elif key in _busy:
-            return torch.empty_like(weight)
-        _busy.add(key)
-    torch.autograd.Variable._execution_engine.queue_callback(lambda: _busy.discard(key))
-    return buf
-
-
-def release_penalty_buffers() -> None:
-    """Free the cached gradient buffers of the eFCN penalty (re-created on the next backward)."""
-    with _pool_lock:
-        _pool.clear()
-
-
 # ---- eFCN: cnn and local -----------------------------------------------------------------------------------
-
 
 _masks: "weakref.WeakKeyDictionary[DenseConv, dict]" = weakref.WeakKeyDictionary()
 
@@ -182,8 +142,8 @@ def _off_mask(layer: DenseConv, like: Tensor) -> Tensor:
     return cache[key]
 
 
-def _row_chunks(n_rows: int, row_numel: int) -> list[tuple[int, int]]:
-    step = max(1, _CHUNK // max(1, row_numel))
+def _row_chunks(n_rows: int, row_numel: int, chunk: int = _CHUNK) -> list[tuple[int, int]]:
+    step = max(1, chunk // max(1, row_numel))
     return [(i, min(n_rows, i + step)) for i in range(0, n_rows, step)]
 
 
@@ -202,7 +162,8 @@ def _off_local_pass(weight: Tensor, layer: DenseConv, *, value: bool = True, out
     w5 = weight.view(G, cog, g.P, g.in_channels, g.Q)
     o5 = None if out is None else out.view(w5.shape)
     off = _off_mask(layer, weight)
-    chunks = _row_chunks(cog, g.P * g.in_channels * g.Q)
+    # small chunks when a value is wanted (the masked chunk is re-read from cache by the dot), large ones else
+    chunks = _row_chunks(cog, g.P * g.in_channels * g.Q, _CHUNK // 8 if value else _CHUNK)
     buf = weight.new_empty((chunks[0][1] - chunks[0][0]) * g.P * cig * g.Q) if value else None
     scaled = off * scale
     total = torch.zeros((), dtype=torch.float64, device=weight.device)
@@ -229,22 +190,42 @@ def _off_local_pass(weight: Tensor, layer: DenseConv, *, value: bool = True, out
     return total if value else None
 
 
+def _local_entries(layer: DenseConv, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+    """The local (in-group, live) entries of the weight, from the index map: their flat indices
+    ``(C_out·L·C_in/g,)`` ordered ``(C_out, L, C_in/g)`` over the L live (position, tap) pairs, each pair's tap
+    ``(L,)``, and the tie counts ``(T,)``. Cached per layer (int32 indices where they fit: a flat
+    ``index_select`` / ``index_add_`` is twice as fast as the equivalent advanced indexing)."""
+    cache = _masks.setdefault(layer, {})
+    key = ("local", device)
+    if key not in cache:
+        g = layer.geometry
+        idx = layer.index.to(device)
+        p, t = (idx >= 0).nonzero(as_tuple=True)  # live (position, tap) pairs
+        cog, cig = g.out_channels // g.groups, g.in_channels // g.groups
+        o = torch.arange(g.out_channels, device=device)
+        c = (o // cog * cig)[:, None] + torch.arange(cig, device=device)  # (C_out, C_in/g): o's group's inputs
+        flat = ((o[:, None, None] * g.P + p[None, :, None]) * g.in_channels + c[:, None, :]) * g.Q + idx[p, t][None, :, None]
+        flat = flat.reshape(-1)
+        if flat.numel() == 0 or int(flat.max()) < 2**31 - 1:
+            flat = flat.to(torch.int32)
+        cache[key] = (flat, t, torch.bincount(t, minlength=g.T).clamp(min=1).double())
+    return cache[key]
+
+
 def _local_residual(weight: Tensor, layer: DenseConv) -> Tensor:
-    """``(C_out/g, P, C_in/g, T, g)``: each local entry minus the mean of its tied entries (0 at dead taps)."""
+    """``(C_out, L, C_in/g)``: each local entry minus the mean of its tied entries (same channels and tap)."""
     g = layer.geometry
-    view = layer._grouped(weight)  # (C_out/g, P, C_in/g, Q, g)
-    live = (layer.index >= 0)[None, :, None, :, None]
-    index = layer.index.clamp(min=0)[None, :, None, :, None].expand(view.shape[0], g.P, view.shape[2], g.T, g.groups)
-    taps = torch.gather(view, 3, index) * live.to(weight.dtype)  # (C_out/g, P, C_in/g, T, g)
-    count = live.sum(1, keepdim=True).clamp(min=1).double()
-    mean = taps.sum(1, keepdim=True, dtype=torch.float64) / count  # exact for equal float32 entries
-    return (taps - mean.to(weight.dtype)) * live.to(weight.dtype)
+    flat, t, counts = _local_entries(layer, weight.device)
+    vals = weight.reshape(-1).index_select(0, flat).view(g.out_channels, t.numel(), g.in_channels // g.groups)
+    sums = vals.new_zeros(vals.shape[0], g.T, vals.shape[2], dtype=torch.float64).index_add_(1, t, vals.double())
+    mean = (sums / counts[:, None]).to(weight.dtype)  # float64 sums: exact for equal float32 entries
+    return vals - mean.index_select(1, t)
 
 
 def _add_local_residual(out: Tensor, layer: DenseConv, resid: Tensor, scale: float) -> None:
-    """``out[local entries] += scale · resid`` (dead taps carry 0 and add it to column 0)."""
-    index = layer.index.clamp(min=0)[None, :, None, :, None].expand(resid.shape)
-    layer._grouped(out).scatter_add_(3, index, resid * scale)
+    """``out[local entries] += scale · resid``."""
+    flat, _, _ = _local_entries(layer, out.device)
+    out.view(-1).index_add_(0, flat, resid.reshape(-1), alpha=scale)
 
 
 class _DenseCnnLocalFn(torch.autograd.Function):
@@ -270,7 +251,7 @@ class _DenseCnnLocalFn(torch.autograd.Function):
                 val = _plain_dense(weight, layer, ctx.toward)
                 return torch.autograd.grad(val, weight, grad, create_graph=True)[0], None, None
         scale = 2.0 * float(grad)
-        out = _grad_buffer(weight)
+        out = torch.empty_like(weight)
         _off_local_pass(weight, layer, value=False, out=out, scale=scale)  # local entries come out 0 ...
         if resid is not None:  # ... and get 2g(θ − mean) for "cnn"
             _add_local_residual(out, layer, resid, scale)
@@ -381,7 +362,7 @@ class _DenseSharedFn(torch.autograd.Function):
             with torch.enable_grad():
                 val = _shared_plain(weight, layer)
                 return torch.autograd.grad(val, weight, grad, create_graph=True)[0], None
-        out = _grad_buffer(weight)
+        out = torch.empty_like(weight)
         _shared_pass(weight, layer, means, value=False, out=out, scale=2.0 * float(grad))
         return out, None
 
