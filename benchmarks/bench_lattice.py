@@ -13,6 +13,7 @@
    after ``loss.backward()``: one pass adding λ·2(θ − Pθ) into each ``.grad``).
 
     python benchmarks/bench_lattice.py [--batch 250] [--rounds 5] [--threads N] [--skip-layers] [--skip-penalty]
+                                       [--clock wall|cpu]
 """
 from __future__ import annotations
 
@@ -90,7 +91,7 @@ def layer_ratios(batch: int, rounds: int) -> None:
                   f"({k.split()[0]} {tk:.1f} ms, conv {tc:.1f} ms{extra})  [{shape}]")
 
 
-def penalty_ratio(batch: int, rounds: int) -> None:
+def penalty_ratio(batch: int, rounds: int, clock=time.perf_counter) -> None:
     from archrelax.train.config import TrainConfig
     from archrelax.train.trainer import make_optimizer
 
@@ -101,7 +102,7 @@ def penalty_ratio(batch: int, rounds: int) -> None:
     n_params = sum(p.numel() for p in efcn.parameters())
 
     def step(case: tuple[str, str] | None) -> float:
-        t = time.perf_counter()
+        t = clock()
         loss = F.cross_entropy(efcn(x), y)
         if case is not None and case[1] == "autograd":
             loss = loss + 1e-3 * constraint_penalty(efcn, case[0])
@@ -110,7 +111,7 @@ def penalty_ratio(batch: int, rounds: int) -> None:
         if case is not None and case[1] == "fused":
             add_penalty_grad_(efcn, case[0], 1e-3)
         opt.step()
-        return time.perf_counter() - t
+        return clock() - t
 
     cases = [None] + [(t, how) for how in ("autograd", "fused") for t in ("cnn", "local", "shared")]
     for c in cases:
@@ -135,6 +136,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's choice)")
     ap.add_argument("--skip-layers", action="store_true")
     ap.add_argument("--skip-penalty", action="store_true")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="penalty/step timing: wall time, or this process's CPU time (steadier on a loaded machine "
+                    "with --threads 1; with more threads it also counts their spinning)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -143,7 +147,8 @@ def main() -> None:
     if not args.skip_layers:
         layer_ratios(args.batch, args.rounds)
     if not args.skip_penalty:
-        penalty_ratio(args.batch, args.rounds)
+        print(f"penalty timing: {args.clock} clock")
+        penalty_ratio(args.batch, args.rounds, time.perf_counter if args.clock == "wall" else time.process_time)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ accumulate into in place), i.e. one more weight-sized allocation per step.
 With SGD, λ·lr must stay below 1 (the penalty's curvature is 2λ on the released directions: one step with
 lr·2λ = 1 projects onto the subspace exactly, beyond 2 it diverges); a "very large" λ means lr·λ close to 1/2.
 
-Exactly 0 right after an embedding: orbit sums are accumulated in float64, so the mean of n equal float32
-entries is that entry exactly (for float64 parameters the mean may be an ulp off: ~1e-32 relative).
+Exactly 0 right after an embedding: every mean is taken as ``ref + mean(entry − ref)`` with ``ref`` one
+entry of the same tie / orbit, so when all its entries are equal the differences are 0 and the mean is the
+entry itself, in any dtype.
 """
 from __future__ import annotations
 
@@ -190,11 +191,12 @@ def _off_local_pass(weight: Tensor, layer: DenseConv, *, value: bool = True, out
     return total if value else None
 
 
-def _local_entries(layer: DenseConv, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
+def _local_entries(layer: DenseConv, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """The local (in-group, live) entries of the weight, from the index map: their flat indices
     ``(C_out·L·C_in/g,)`` ordered ``(C_out, L, C_in/g)`` over the L live (position, tap) pairs, each pair's tap
-    ``(L,)``, and the tie counts ``(T,)``. Cached per layer (int32 indices where they fit: a flat
-    ``index_select`` / ``index_add_`` is twice as fast as the equivalent advanced indexing)."""
+    ``(L,)``, the first pair of each tap ``(T,)`` (its reference entry) and the tie counts ``(T,)``. Cached per
+    layer (int32 indices where they fit: a flat ``index_select`` / ``index_add_`` is twice as fast as the
+    equivalent advanced indexing)."""
     cache = _masks.setdefault(layer, {})
     key = ("local", device)
     if key not in cache:
@@ -208,23 +210,29 @@ def _local_entries(layer: DenseConv, device: torch.device) -> tuple[Tensor, Tens
         flat = flat.reshape(-1)
         if flat.numel() == 0 or int(flat.max()) < 2**31 - 1:
             flat = flat.to(torch.int32)
-        cache[key] = (flat, t, torch.bincount(t, minlength=g.T).clamp(min=1).double())
+        first = torch.full((g.T,), max(t.numel() - 1, 0), dtype=torch.long, device=device)
+        first = first.scatter_reduce_(0, t, torch.arange(t.numel(), device=device), "amin")  # dead taps: unused
+        counts = torch.bincount(t, minlength=g.T).clamp(min=1)
+        cache[key] = (flat, t, first, counts)
     return cache[key]
 
 
 def _local_residual(weight: Tensor, layer: DenseConv) -> Tensor:
-    """``(C_out, L, C_in/g)``: each local entry minus the mean of its tied entries (same channels and tap)."""
+    """``(C_out, L, C_in/g)``: each local entry minus the mean of its tied entries (same channels and tap).
+
+    The mean is taken as ``ref + mean(entry − ref)`` with ``ref`` one entry of the tie (its first position):
+    plain float32, yet exactly the entry when all tied entries are equal (right after an embedding)."""
     g = layer.geometry
-    flat, t, counts = _local_entries(layer, weight.device)
+    flat, t, first, counts = _local_entries(layer, weight.device)
     vals = weight.reshape(-1).index_select(0, flat).view(g.out_channels, t.numel(), g.in_channels // g.groups)
-    sums = vals.new_zeros(vals.shape[0], g.T, vals.shape[2], dtype=torch.float64).index_add_(1, t, vals.double())
-    mean = (sums / counts[:, None]).to(weight.dtype)  # float64 sums: exact for equal float32 entries
-    return vals - mean.index_select(1, t)
+    d = vals - vals.index_select(1, first).index_select(1, t)  # entry − its tie's reference entry
+    sums = torch.zeros(vals.shape[0], g.T, vals.shape[2], dtype=vals.dtype, device=vals.device).index_add_(1, t, d)
+    return d - (sums / counts[:, None].to(vals.dtype)).index_select(1, t)
 
 
 def _add_local_residual(out: Tensor, layer: DenseConv, resid: Tensor, scale: float) -> None:
     """``out[local entries] += scale · resid``."""
-    flat, _, _ = _local_entries(layer, out.device)
+    flat = _local_entries(layer, out.device)[0]
     out.view(-1).index_add_(0, flat, resid.reshape(-1), alpha=scale)
 
 
@@ -288,27 +296,46 @@ def _shared_dims(layer: DenseConv) -> tuple[tuple[int, int, int], tuple[int, int
 
 def _orbit_means(weight: Tensor, layer: DenseConv) -> Tensor:
     """The orbit means spread over rows: ``(C_out, o_h, C_in, n_h, V_w)`` in the weight's dtype, where
-    ``[o, ph, c, qh, vw]`` is the mean of the orbit of every entry (o, (ph, pw), c, (qh, vw − a_w(pw)))."""
+    ``[o, ph, c, qh, vw]`` is the mean of the orbit of every entry (o, (ph, pw), c, (qh, vw − a_w(pw))).
+
+    Each mean is ``ref + mean(entry − ref)``, ``ref`` one member of the orbit: float32 window-adds, yet exactly
+    the entry when all members are equal (right after an embedding)."""
     g = layer.geometry
     (oh, nh, sh), (ow, nw, sw) = _shared_dims(layer)
     Co, Ci = g.out_channels, g.in_channels
     Vh, Vw = nh + (oh - 1) * sh, nw + (ow - 1) * sw
     w6 = weight.view(Co, oh, ow, Ci, nh, nw)
-    f64 = dict(dtype=torch.float64, device=weight.device)
-    s1 = torch.zeros(Co, oh, Ci, nh, Vw, **f64)  # float64 sums: the mean of equal float32 entries is exact
-    n_w = torch.zeros(Vw, **f64)
-    for pw in range(ow):
-        a = (ow - 1 - pw) * sw
-        s1[..., a : a + nw] += w6[:, :, pw]
-        n_w[a : a + nw] += 1
-    sums = torch.zeros(Co, Ci, Vh, Vw, **f64)
-    n_h = torch.zeros(Vh, **f64)
-    for ph in range(oh):
-        a = (oh - 1 - ph) * sh
-        sums[:, :, a : a + nh] += s1[:, ph]
+    dev = weight.device
+
+    def member(o: int, n: int, s: int, V: int) -> tuple[Tensor, Tensor]:
+        """Per label v: a position p and input q with q + a(p) = v (q clamped where a label has no member)."""
+        v = torch.arange(V, device=dev)
+        k = torch.minimum(v // s, torch.tensor(o - 1, device=dev))  # k = o − 1 − p
+        return o - 1 - k, (v - k * s).clamp(max=n - 1)
+
+    ph, qh = member(oh, nh, sh, Vh)
+    pw, qw = member(ow, nw, sw, Vw)
+    ref = w6[:, ph[:, None], pw[None, :], :, qh[:, None], qw[None, :]].permute(2, 3, 0, 1)  # (C_out, C_in, V_h, V_w)
+    ref_rows = _spread_rows(ref, oh, nh, sh)  # (C_out, o_h, C_in, n_h, V_w)
+    s1 = torch.zeros(Co, oh, Ci, nh, Vw, dtype=weight.dtype, device=dev)
+    n_w = torch.zeros(Vw, dtype=torch.long, device=dev)
+    for pw_, win in _shared_windows(layer):
+        s1[..., win] += w6[:, :, pw_]
+        s1[..., win] -= ref_rows[..., win]
+        n_w[win] += 1
+    sums = torch.zeros(Co, Ci, Vh, Vw, dtype=weight.dtype, device=dev)
+    n_h = torch.zeros(Vh, dtype=torch.long, device=dev)
+    for ph_ in range(oh):
+        a = (oh - 1 - ph_) * sh
+        sums[:, :, a : a + nh] += s1[:, ph_]
         n_h[a : a + nh] += 1
-    means = (sums / (n_h[:, None] * n_w)).to(weight.dtype)  # (C_out, C_in, V_h, V_w)
-    return torch.stack([means[:, :, (oh - 1 - ph) * sh : (oh - 1 - ph) * sh + nh] for ph in range(oh)], 1)
+    counts = (n_h[:, None] * n_w).clamp(min=1).to(weight.dtype)
+    return _spread_rows(ref + sums / counts, oh, nh, sh)
+
+
+def _spread_rows(x: Tensor, oh: int, nh: int, sh: int) -> Tensor:
+    """``(C_out, C_in, V_h, V_w)`` -> ``(C_out, o_h, C_in, n_h, V_w)``: row ph reads labels a_h(ph) + qh."""
+    return torch.stack([x[:, :, (oh - 1 - ph) * sh : (oh - 1 - ph) * sh + nh] for ph in range(oh)], 1)
 
 
 def _shared_windows(layer: DenseConv):
