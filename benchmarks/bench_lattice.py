@@ -87,7 +87,7 @@ def layer_ratios(batch: int, rounds: int) -> None:
             if k.startswith("wide"):
                 work = mod.wide_geometry.T / geom.T
                 extra = f", {work:.1f}x the conv's multiply-adds"
-            print(f"{k + '/conv fwd+bwd':<29} {model_name}.2nd conv B={batch}: {tk / tc:5.2f}x "
+            print(f"{k + '/conv fwd+bwd':<31} {model_name}.2nd conv B={batch}: {tk / tc:5.2f}x "
                   f"({k.split()[0]} {tk:.1f} ms, conv {tc:.1f} ms{extra})  [{shape}]")
 
 
