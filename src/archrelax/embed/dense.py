@@ -163,7 +163,8 @@ class DenseConv(RelaxedConv):
 
     @classmethod
     def from_relaxed(cls, layer: RelaxedConv) -> "DenseConv":
-        """The exact eFCN of a relaxed layer (an eLCN's unshared filters included; a DenseConv is copied)."""
+        """The exact eFCN of a relaxed layer (an eLCN's unshared filters included; a DenseConv is copied; tiled and
+        wide layers through their ``to_fc()``)."""
         if isinstance(layer, DenseConv):
             out = cls(layer.geometry, device=layer.weight.device, dtype=layer.weight.dtype, _init=False)
             with torch.no_grad():
@@ -173,9 +174,12 @@ class DenseConv(RelaxedConv):
             return out
         from .locally_connected import LocallyConnectedNd
 
+        if isinstance(layer, RelaxedConv) and not isinstance(layer, LocallyConnectedNd) and hasattr(layer, "to_fc"):
+            return layer.to_fc()  # tiled and wide layers know their own dense matrix
         if not isinstance(layer, LocallyConnectedNd):
-            raise TypeError(f"DenseConv.from_relaxed takes a LocallyConnected1d/2d or DenseConv, "
-                            f"got {type(layer).__name__}; for a conv use DenseConv.from_conv(conv, in_spatial)")
+            raise TypeError(f"DenseConv.from_relaxed takes a relaxed layer (LocallyConnected1d/2d, TiledConv1d/2d, "
+                            f"WideConv1d/2d, DenseConv), got {type(layer).__name__}; for a conv use "
+                            "DenseConv.from_conv(conv, in_spatial)")
         g = layer.geometry
         out = cls(g, device=layer.weight.device, dtype=layer.weight.dtype, _init=False)
         # (g, P, C_out/g, T, C_in/g) -> (C_out/g, P, C_in/g, T, g); dead taps are never read (slot T is)
