@@ -18,6 +18,13 @@ tensor is the ``(P, Q)`` map broadcast over channels. Where a padding mode makes
 read the same input (reflect / replicate / circular), further tap maps add their weights. When rows are
 sparse (T <= Q/8, e.g. a first layer) a zero fill plus a ``scatter_add_`` through the index map is faster and
 is used instead. The adjoint gathers through the index map itself.
+
+``subspace_sq_norms`` (δ, off-sharing and CNN distance, at every evaluation of a training run) never makes a
+matrix-sized temporary: one streaming pass sums the squares over output channels into ``(g, P, C_in, Q)``,
+so off-local sums are masked sums over the ``(P, Q)`` tap map (plus the cross-group blocks); the sharing part
+works on the local entries alone, gathered as ``(g, C_out/g, P, C_in/g, K)``, slot k of position p holding the
+k-th input p reads (a small, eLCN-sized tensor), where φ, its adjoint and the refined projection are gathers
+too.
 """
 from __future__ import annotations
 
@@ -26,7 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import RelaxedConv
+from .base import RelaxedConv, SubspaceSqNorms, sq_norm
 
 __all__ = ["DenseConv"]
 
@@ -156,6 +163,63 @@ class DenseConv(RelaxedConv):
         same = grp.repeat_interleave(g.out_channels // g.groups)[:, None] == grp.repeat_interleave(
             g.in_channels // g.groups)[None, :]  # (C_out, C_in)
         return (same[:, None, :, None] & reads[None, :, None, :]).view(self.weight.shape)
+
+    def subspace_sq_norms(self) -> SubspaceSqNorms:
+        """Same values as :meth:`RelaxedConv.subspace_sq_norms`, without matrix-sized temporaries (see module
+        docstring); float32 partial sums over output channels, float64 beyond."""
+        g = self.geometry
+        G, cog, cig, P, Q, T = g.groups, g.out_channels // g.groups, g.in_channels // g.groups, g.P, g.Q, g.T
+        with torch.no_grad():
+            w = self.weight.detach()
+            # squares summed over the output channels of each group, (G, P, C_in, Q): one streaming pass over
+            # the matrix, one output channel at a time (torch's norms reduce outer dims without vectorising)
+            v = w.view(G, cog, P, g.in_channels, Q)
+            acc = w.new_zeros(G, P, g.in_channels, Q)
+            for gi in range(G):
+                for o in range(cog):
+                    acc[gi].addcmul_(v[gi, o], v[gi, o])
+            s = acc.view(G, P, G, cig, Q).sum(3, dtype=torch.float64)  # (G, P, G', Q) per channel block
+            layers = self._tap_layers()
+            reads = layers[0] < T  # (P, Q): p reads q through some tap
+            same = s.diagonal(dim1=0, dim2=2)  # (P, Q, G): in-group blocks
+            blocks = s.sum((1, 3))  # (G, G)
+            # off-local: summed over off-local entries only (not total - local), so it is exactly 0 when they are
+            offlocal = float(same[~reads].sum() + blocks[~torch.eye(G, dtype=torch.bool, device=s.device)].sum())
+            total = float(blocks.sum())
+
+            # the local entries by slot: slot k of position p holds the k-th input q that p reads (ascending); the
+            # slots past p's count, and slot K - 1 of every p, are empty (0)
+            cnt = reads.sum(1)  # (P,)
+            K = int(cnt.max()) + 1
+            q_of = torch.sort((~reads).to(torch.int8), dim=1, stable=True).indices[:, :K]  # (P, min(K, Q))
+            q_of = nn.functional.pad(q_of, (0, K - q_of.shape[1]))  # (P, K): when p reads every q
+            valid = torch.arange(K, device=q_of.device) < cnt[:, None]
+            q_of = torch.where(valid, q_of, Q)  # ascending per row; Q: empty
+            # (g, C_out/g, P, C_in/g, K): the gathered axis last (torch.gather is several times slower otherwise)
+            slot = lambda t: t.view(1, 1, P, 1, -1).expand(G, cog, P, cig, t.shape[1])  # noqa: E731
+            blocks6 = w.view(G, cog, P, G, cig, Q)
+            vals = w.new_empty(G, cog, P, cig, K)
+            for gi in range(G):  # in-group blocks
+                torch.gather(blocks6[gi, :, :, gi], 3, slot(q_of.clamp(max=Q - 1))[gi], out=vals[gi])
+            vals.mul_(valid.view(1, 1, P, 1, K))
+            # slot read by each (p, t) (dead taps: the empty slot K - 1); tap linking each slot, per collision rank
+            slot_of = torch.searchsorted(q_of, self.index.clamp(min=0)).masked_fill_(self.index < 0, K - 1)  # (P, T)
+            taps = [torch.gather(layer, 1, q_of.clamp(max=Q - 1)).masked_fill_(~valid, T) for layer in layers]
+
+            def adjoint(v: Tensor) -> Tensor:  # slots -> conv layout (C_out, C_in/g, T)
+                return torch.gather(v, 4, slot(slot_of)).sum(2).view(g.out_channels, cig, T)
+
+            def embed(r: Tensor) -> Tensor:  # conv layout -> slots, adding colliding taps in _expand's order
+                rt = nn.functional.pad(r.view(G, cog, 1, cig, T), (0, 1)).expand(G, cog, P, cig, T + 1)  # slot T: 0
+                out = torch.gather(rt, 4, slot(taps[0]))
+                for t in taps[1:]:
+                    out = out + torch.gather(rt, 4, slot(t))
+                return out
+
+            r = self._solve_gram(adjoint(vals))
+            r = r + self._solve_gram(adjoint(vals - embed(r)))  # refined as in nearest_cnn
+            offsharing = sq_norm(vals - embed(r))
+        return self._with_bias(total, offlocal, offsharing, offlocal + offsharing)
 
     def _load_weight_(self, conv_weight: Tensor) -> None:
         # in place: the gather writes straight into the parameter, no second matrix-sized buffer

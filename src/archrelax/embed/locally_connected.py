@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
-from .base import RelaxedConv
+from .base import RelaxedConv, SubspaceSqNorms, sq_norm
 from .connectivity import ConvGeometry
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces", "BatchIndex",
@@ -306,6 +306,18 @@ class LocallyConnectedNd(RelaxedConv):
 
     def local_mask(self) -> Tensor:
         return self._live5().expand(self.weight.shape).clone()
+
+    def subspace_sq_norms(self) -> SubspaceSqNorms:
+        """Same values as :meth:`RelaxedConv.subspace_sq_norms`: norms per (position, tap) in one pass, so the
+        off-local (dead-tap) sum is a masked sum over the ``(P, T)`` live map; no mask tensor, one difference
+        to the shared weights."""
+        with torch.no_grad():
+            w = self.weight.detach()
+            s = torch.linalg.vector_norm(w, dim=(0, 2, 4)).double().square_()  # (P, T)
+            offlocal, total = float(s[~self.live].sum()), float(s.sum())
+            cw, cb = self.nearest_cnn()
+            offsharing = sq_norm(self.embed_weight(cw).sub_(w).mul_(self._live5()))  # dead taps: off-local
+        return self._with_bias(total, offlocal, offsharing, offlocal + offsharing, cb)
 
     def batch_index(self, batch_size: int) -> BatchIndex:
         """The index map laid out for ``batch_size`` on this layer's device, cached (a few batch sizes: the
