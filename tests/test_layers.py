@@ -152,7 +152,7 @@ def test_unshared_lc_gradients_match_plain_autograd():
     from archrelax.embed.locally_connected import _lc_forward_graph
 
     def plain(x):
-        return _lc_forward_graph(x, lc.weight, lc.batch_index(x.shape[0]).gather, lc.geometry) + lc.bias
+        return _lc_forward_graph(x, lc.weight, lc.batch_index(x.shape[0]), lc.geometry) + lc.bias
 
     (plain(x1).sin().sum() + 2 * plain(x2).cos().sum()).backward()
     for a, t in zip(got, (x1, x2, lc.weight, lc.bias)):

@@ -2,35 +2,40 @@
 
 Layout, chosen for speed (see benchmarks/bench_lc_layer.py, which compares it with the machine's GEMM
 limit): per output position p the layer is one GEMM, ``out[p] = cols[p] · W[p]ᵀ`` with the batch in the
-M dimension, ``(B, T·C_in/g) × (T·C_in/g, C_out/g)``. All positions (and groups) form one batched GEMM
-over the unfolded input ``cols``: ``(groups·P, B, T·C_in/g)``. With the batch as the rows, each row of
-``cols`` is made of whole channel vectors: the input is transposed once to small channels-last rows
-``(B·(Q + 1)·groups, C_in/g)`` (position Q is a zero row, where padding taps read), and one
-``index_select`` through the index map copies those rows straight into ``cols``. No strided transpose of
-the unfolded tensor is ever made (that, not the arithmetic, is what makes the ``F.unfold(x).permute(...)``
+M dimension, ``(B, K_p) × (K_p, C_out/g)``, where K_p = (taps of p that read the input) · C_in/g. Taps
+that read zero padding at p (*dead* taps, 28% of the multiply-adds of a 5x5 conv on 8x8 with padding 2, 40%
+of a 3x3 on 3x3) are left out of the GEMM: positions are grouped into *classes* of equal live-tap count, and
+each class is one batched GEMM over its unfolded input ``cols_c: (groups·n_c, B, K_c)`` and its weights
+gathered compactly, ``(groups·n_c, C_out/g, K_c)``, into a reused buffer (a few classes per layer, e.g. 6 for
+that 5x5 layer: 25, 20, 16, 15, 12 and 9 live taps). With the batch as the rows, each row of ``cols`` is
+made of whole channel vectors: the input is transposed once to small channels-last rows
+``(B·(Q + 1)·groups, C_in/g)`` (position Q is a zero row, read by no live tap), and one ``index_select``
+through the index map copies those rows straight into every class's ``cols``. No strided transpose of the
+unfolded tensor is ever made (that, not the arithmetic, is what makes the ``F.unfold(x).permute(...)``
 formulation slow), and the batch × C_out × C_in × P × T product is never materialised.
 
-Backward computes both GEMMs from one transposed output gradient ``go: (groups·P, B, C_out/g)``:
-``dW[p] = go[p]ᵀ · cols[p]`` and ``dcols[p] = go[p] · W[p]``. The unfolded input is not kept for backward:
-backward gathers it again into a reused per-thread CPU workspace (fresh 100 MB allocations are page-faulted
-in on every call, which costs as much as the gather), then writes ``dcols`` into that same buffer. ``dcols``
-goes back to the input by a *gather-sum*: every input row (batch, position q, group) is the sum of the
-≤ T rows of ``dcols`` that read q, listed by the inverse of the index map (``scatter_index``, grouped by q)
-and summed by ``embedding_bag(mode="sum")``, one fused gather + sum per row in a fixed order. It is
-deterministic on every device, and on CPU faster than ``index_add_`` (measured: 6 ms against 14 ms on the
-VanillaCNN layer 2 backward). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is used
-unless ``torch.are_deterministic_algorithms_enabled()`` (the trainer's deterministic mode), which selects the
-gather-sum there too. Peak memory is thus about weights (+ their gradient) + activations + one unfolded
-input. Double backward (Hessian-vector products) goes through plain ops.
+Backward computes both GEMMs of each class from one transposed output gradient ``go: (groups·P, B, C_out/g)``:
+``dW[p] = go[p]ᵀ · cols[p]`` (spread back to the weight's layout by one gather, dead taps 0) and
+``dcols[p] = go[p] · W[p]``. The unfolded input is not kept for backward: backward gathers it again into a
+reused per-thread CPU workspace (fresh 100 MB allocations are page-faulted in on every call, which costs as
+much as the gather), then writes ``dcols`` into that same buffer. ``dcols`` goes back to the input by a
+*gather-sum*: every input row (batch, position q, group) is the sum of the ≤ T rows of ``dcols`` that read
+q, listed by the inverse of the index map (``scatter_index``, grouped by q) and summed by
+``embedding_bag(mode="sum")``, one fused gather + sum per row in a fixed order. It is deterministic on every
+device, and on CPU faster than ``index_add_`` (measured: 6 ms against 14 ms on the VanillaCNN layer 2
+backward). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is used unless
+``torch.are_deterministic_algorithms_enabled()`` (the trainer's deterministic mode), which selects the
+gather-sum there too. Peak memory is thus about weights (+ their gradient, + one compact copy) +
+activations + one unfolded input. Double backward (Hessian-vector products) goes through plain ops.
 
-Under ``torch.autocast`` the two GEMMs of forward and backward run in the autocast dtype (like a conv's
-would), the output is in that dtype, and the gradients come back in the dtypes of the input and the
-parameters (float32 parameters keep float32 gradients).
+Under ``torch.autocast`` the GEMMs of forward and backward run in the autocast dtype (like a conv's would),
+the output is in that dtype, and the gradients come back in the dtypes of the input and the parameters
+(float32 parameters keep float32 gradients).
 
 Parameters:
 - ``weight``: ``(groups, P, C_out/g, T, C_in/g)``: the filter of output channel o at position p.
-  Entries of taps that read zero padding at a position are *dead*: they multiply zeros, get zero
-  gradient, are outside ``local_mask()``, and are kept at 0 by φ and by ``reset_parameters()``.
+  Entries of dead taps multiply zeros, get zero gradient, are outside ``local_mask()``, and are kept at 0
+  by φ and by ``reset_parameters()``.
 - ``bias``: ``(C_out, *out_spatial)``: one bias per (channel, position), so bias sharing is released too.
 
 Zero padding only: with reflect/replicate/circular padding the relaxation of a conv is the eFCN (DenseConv).
@@ -48,8 +53,115 @@ from torch import Tensor, nn
 from .base import RelaxedConv, SubspaceSqNorms, sq_norm
 from .connectivity import ConvGeometry
 
-__all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces", "BatchIndex",
-           "batch_index"]
+__all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces", "LCPlan",
+           "BatchIndex"]
+
+
+class LCPlan(NamedTuple):
+    """The index map laid out for the kernel (built once per layer from ``index_map``; see module docstring).
+
+    Positions with at least one live tap, sorted by descending live-tap count (stable), form the classes;
+    ``classes``: ``(n_c, k_c)`` per class (positions, live taps). Live (p, t) pairs in class order
+    (class, position, tap): ``pos`` ``(n_pos,)`` the sorted positions, ``pair_p`` / ``pair_t`` ``(n_live,)``.
+    ``gather_index`` ``(P·T,)``: input position read by (p, t), Q for dead taps. ``scatter_index`` /
+    ``scatter_offsets``: the live pairs grouped by the input q they read (``pair_of`` index into the pair list)
+    and each q's start, for backward's gather-sum. ``weight_rows``: for each compact weight row (class, g, i,
+    o, j) of ``C_in/g`` values, its row in the weight; ``weight_inv``: the inverse (the zero row
+    ``len(weight_rows)`` for dead taps); ``out_rows`` ``(groups·n_pos,)`` g·P + p of the GEMM outputs' rows
+    (class, g, i); ``out_inv``: the inverse (a zero row for positions with no live tap).
+    """
+
+    classes: tuple[tuple[int, int], ...]
+    pos: Tensor
+    pair_p: Tensor
+    pair_t: Tensor
+    gather_index: Tensor
+    scatter_index: Tensor
+    scatter_offsets: Tensor
+    weight_rows: Tensor
+    weight_inv: Tensor
+    out_rows: Tensor
+    out_inv: Tensor
+
+
+def lc_plan(index: Tensor, geom: ConvGeometry) -> LCPlan:
+    """:class:`LCPlan` from the ``(P, T)`` index map (a loop over classes, at most T + 1 of them)."""
+    G, P, T, Q, cog = geom.groups, geom.P, geom.T, geom.Q, geom.out_channels // geom.groups
+    dev = index.device
+    ar = lambda k: torch.arange(k, device=dev)  # noqa: E731
+    live = index >= 0
+    cnt = live.sum(1)  # (P,)
+    pos = torch.argsort(cnt, descending=True, stable=True)
+    pos = pos[cnt[pos] > 0]
+    ks, ns = torch.unique_consecutive(cnt[pos], return_counts=True)
+    classes = tuple((int(n), int(k)) for n, k in zip(ns.tolist(), ks.tolist()))
+    pairs = live[pos].nonzero()  # (n_live, 2): (row in pos, tap), in class order
+    pair_p, pair_t = pos[pairs[:, 0]], pairs[:, 1]
+    # weight rows (class, g, i, o, j) and GEMM output rows (class, g, i)
+    w_rows, o_rows, start = [], [], 0
+    for n, k in classes:
+        p = pair_p[start : start + n * k].view(n, k)[:, 0]
+        t = pair_t[start : start + n * k].view(n, k)
+        gp = ar(G)[:, None] * P + p[None, :]  # (G, n)
+        o_rows.append(gp.flatten())
+        w_rows.append(((gp[:, :, None, None] * cog + ar(cog)[None, None, :, None]) * T + t[None, :, None, :]).flatten())
+        start += n * k
+    weight_rows, out_rows = _cat(w_rows, dev), _cat(o_rows, dev)
+    small = torch.int32 if G * P * cog * T < 2**31 else torch.long  # index_select takes either; half the memory
+    weight_inv = torch.full((G * P * cog * T,), weight_rows.numel(), dtype=small, device=dev)
+    weight_inv[weight_rows] = ar(weight_rows.numel()).to(small)
+    out_inv = torch.full((G * P,), out_rows.numel(), dtype=small, device=dev)
+    out_inv[out_rows] = ar(out_rows.numel()).to(small)
+    weight_rows, out_rows = weight_rows.to(small), out_rows.to(small)
+    # inverse of the index map over the live pairs, grouped by the input q they read (stable: fixed order)
+    q = index[pair_p, pair_t]
+    scatter_index = torch.argsort(q, stable=True)
+    counts = torch.bincount(q, minlength=Q)
+    return LCPlan(classes, pos, pair_p, pair_t, torch.where(live, index, Q).flatten(), scatter_index,
+                  counts.cumsum(0) - counts, weight_rows, weight_inv, out_rows, out_inv)
+
+
+def _cat(parts: list[Tensor], device: Any, shape: tuple[int, ...] = (0,), dim: int = 0) -> Tensor:
+    """torch.cat, also of no parts (a layer where no position reads the input: every tap reads padding)."""
+    return torch.cat(parts, dim) if parts else torch.zeros(shape, dtype=torch.long, device=device)
+
+
+class BatchIndex(NamedTuple):
+    """:class:`LCPlan` laid out for one batch size (built once per batch size and device, then cached).
+
+    ``gather``: for each row (class, g, i, b, j) of the unfolded input ``cols``, its row in ``_rows_in``.
+    ``bag`` / ``bag_offsets``: backward's gather-sum: input row (b, g, q) is the sum of the rows
+    ``bag[bag_offsets[r] : bag_offsets[r + 1]]`` of ``dcols`` (r = (b·G + g)·Q + q). int32 where the sizes
+    allow (half the index traffic of int64). ``plan``: the layer's :class:`LCPlan`.
+    """
+
+    gather: Tensor
+    bag: Tensor
+    bag_offsets: Tensor
+    plan: LCPlan
+
+
+def batch_index(plan: LCPlan, geom: ConvGeometry, B: int) -> BatchIndex:
+    """:class:`BatchIndex` of ``plan`` for batch size ``B``."""
+    G, P, T, Q = geom.groups, geom.P, geom.T, geom.Q
+    dev, n_live = plan.pos.device, plan.scatter_index.numel()
+    # built in int32 where every value fits (the largest is the number of unfolded rows): half the memory
+    dtype = torch.int32 if max(B * (Q + 1) * G, B * G * max(n_live, Q)) < 2**31 else torch.int64
+    ar = lambda k: torch.arange(k, device=dev, dtype=dtype)  # noqa: E731
+    src = plan.gather_index.view(P, T)[plan.pair_p, plan.pair_t].to(dtype)  # (n_live,) input read by each pair
+    gathers, row_base, start, rows_before = [], [], 0, 0
+    for n, k in plan.classes:
+        s = src[start : start + n * k].view(1, n, 1, k)
+        gathers.append(((ar(B).view(1, 1, B, 1) * (Q + 1) + s) * G + ar(G).view(G, 1, 1, 1)).flatten())  # (G, n, B, k)
+        # dcols row of pair (i, j) of this class at (g, b): B·(G·rows_before + g·n·k + i·k) + b·k + j
+        i, j = ar(n * k) // k, ar(n * k) % k
+        row_base.append(torch.stack([G * rows_before + i * k, torch.full_like(i, n * k), torch.full_like(i, k), j]))
+        start, rows_before = start + n * k, rows_before + n * k
+    gather = _cat(gathers, dev).to(dtype)
+    a, gstep, kk, j = _cat(row_base, dev, shape=(4, 0), dim=1).to(dtype)[:, plan.scatter_index]  # grouped by q
+    bag = (B * (a[None, None, :] + ar(G)[None, :, None] * gstep) + ar(B)[:, None, None] * kk + j).flatten()  # (B, G, n)
+    offsets = (ar(B * G)[:, None] * n_live + plan.scatter_offsets.to(dtype)[None, :]).flatten()  # (B·G, Q)
+    return BatchIndex(gather, bag, offsets, plan)
 
 
 def _rows_in(x: Tensor, geom: ConvGeometry) -> Tensor:
@@ -63,75 +175,62 @@ def _rows_in(x: Tensor, geom: ConvGeometry) -> Tensor:
     return rows.view(-1, cig)
 
 
-class BatchIndex(NamedTuple):
-    """The index map laid out for one batch size (built once per batch size and device, then cached).
-
-    ``gather``: ``(G·P·B·T,)`` row of ``_rows_in`` read by (group g, position p, batch b, tap t), in that
-    order, so that the gathered rows are ``cols`` ``(G·P, B, T·C_in/g)``. ``bag`` / ``bag_offsets``: the
-    inverse, for backward's gather-sum: input row (b, g, q) is the sum of the rows ``bag[bag_offsets[i] :
-    bag_offsets[i + 1]]`` of ``dcols`` (i = (b·G + g)·Q + q), the (g, p, b, t) whose tap reads q.
-    int32 where the sizes allow (half the index traffic of int64).
-    """
-
-    gather: Tensor
-    bag: Tensor
-    bag_offsets: Tensor
+def _out_layout(out: Tensor, plan: LCPlan, geom: ConvGeometry, B: int) -> Tensor:
+    """GEMM output rows (class, g, i) ``(groups·n_pos + 1, B, C_out/g)`` (last row 0) -> contiguous
+    (B, C_out, *out_spatial) (a permuted view would break ``.view`` calls downstream, and elementwise ops would
+    keep its strides). Rows back to position order, then one transpose (torch's 2-D transpose is the fast one)."""
+    G, P = geom.groups, geom.P
+    out = out.index_select(0, plan.out_inv)  # (G·P, B, C_out/g), (g, p) order
+    if G == 1:
+        out = out.view(P, -1).t().contiguous()  # (B·C_out, P)
+    else:
+        out = out.view(G, P, B, -1).permute(2, 0, 3, 1).contiguous()
+    return out.view(B, geom.out_channels, *geom.out_spatial)
 
 
-def batch_index(gather_index: Tensor, scatter_index: Tensor, scatter_offsets: Tensor, geom: ConvGeometry,
-                B: int) -> BatchIndex:
-    """:class:`BatchIndex` from the layer's ``(P·T,)`` gather index and its inverse (see ``_inverse_index``)."""
-    G, P, T, Q = geom.groups, geom.P, geom.T, geom.Q
-    dev, n = gather_index.device, scatter_index.numel()
-    ar = lambda k, step: torch.arange(k, device=dev).mul_(step)  # noqa: E731
-    gather = (ar(B, Q + 1)[None, None, :, None] + gather_index.view(1, P, 1, T)).mul_(G)  # (1, P, B, T)
-    gather = (gather + ar(G, 1)[:, None, None, None]).view(-1)  # (G, P, B, T)
-    p, t = scatter_index.div(T, rounding_mode="floor"), scatter_index.remainder(T)
-    base = p.mul_(B * T).add_(t)  # dcols row of (g=0, p, b=0, t), grouped by q
-    bag = ((ar(B, T)[:, None, None] + ar(G, P * B * T)[None, :, None]) + base[None, None, :]).view(-1)  # (B, G, n)
-    offsets = (ar(B * G, n)[:, None] + scatter_offsets[None, :]).view(-1)  # (B·G, Q)
-    dtype = torch.int32 if G * P * B * T < 2**31 else torch.int64
-    return BatchIndex(gather.to(dtype), bag.to(dtype), offsets.to(dtype))
+def _go_rows(grad_out: Tensor, plan: LCPlan, geom: ConvGeometry) -> Tensor:
+    """(B, C_out, *out_spatial) -> (groups·n_pos, B, C_out/g): rows in class order (class, g, i), contiguous
+    (or bmm falls back to one small GEMM, one parallel region, per position)."""
+    B, G, P = grad_out.shape[0], geom.groups, geom.P
+    if G == 1:
+        go = grad_out.reshape(-1, P).t().contiguous()  # (P, B·C_out)
+    else:
+        go = grad_out.reshape(B, G, geom.out_channels // G, P).permute(1, 3, 0, 2).contiguous()
+    return go.view(G * P, B, -1).index_select(0, plan.out_rows)  # whole (B, C_out/g) slabs
 
 
-def _out_layout(out: Tensor, geom: ConvGeometry, B: int) -> Tensor:
-    """(G·P, B, C_out/g) -> contiguous (B, C_out, *out_spatial) (a permuted view would break ``.view`` calls
-    downstream, and elementwise ops would keep its strides)."""
-    G = geom.groups
-    out = out.view(G, geom.P, B, geom.out_channels // G).permute(2, 0, 3, 1)  # (B, G, C_out/g, P)
-    return out.contiguous().view(B, geom.out_channels, *geom.out_spatial)
+def _split(flat: Tensor, plan: LCPlan, G: int, rows: int, cig: int) -> list[Tensor]:
+    """Views of a flat buffer holding one ``(G·n_c, rows, k_c·C_in/g)`` block per class, in class order."""
+    sizes = [G * n * rows * k * cig for n, k in plan.classes]
+    return [part.view(G * n, rows, k * cig) for part, (n, k) in zip(flat[: sum(sizes)].split(sizes), plan.classes)]
 
 
-def _bmm_shapes(geom: ConvGeometry, B: int) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
-    G = geom.groups
-    k = geom.T * (geom.in_channels // G)
-    return (G * geom.P, geom.out_channels // G, k), (G * geom.P, B, k)  # weight view, unfolded input
-
-
-def _lc_forward_graph(x: Tensor, weight: Tensor, gather: Tensor, geom: ConvGeometry) -> Tensor:
-    """The forward pass in plain differentiable ops (used for double backward, e.g. Hessian-vector products);
-    ``gather``: ``BatchIndex.gather``."""
-    B = x.shape[0]
-    wshape, cshape = _bmm_shapes(geom, B)
-    cols = _rows_in(x, geom).index_select(0, gather).view(cshape)
-    return _out_layout(torch.bmm(cols, weight.reshape(wshape).mT), geom, B)
+def _lc_forward_graph(x: Tensor, weight: Tensor, idx: BatchIndex, geom: ConvGeometry) -> Tensor:
+    """The forward pass in plain differentiable ops (used for double backward, e.g. Hessian-vector products)."""
+    B, G, plan = x.shape[0], geom.groups, idx.plan
+    cig, cog = geom.in_channels // G, geom.out_channels // G
+    cols = _rows_in(x, geom).index_select(0, idx.gather).view(-1)
+    wc = weight.reshape(-1, cig).index_select(0, plan.weight_rows).view(-1)
+    outs = [torch.bmm(c, w.mT) for c, w in zip(_split(cols, plan, G, B, cig), _split(wc, plan, G, cog, cig))]
+    outs.append(x.new_zeros(1, B, cog))
+    return _out_layout(torch.cat(outs), plan, geom, B)
 
 
 _workspaces = threading.local()
 
 
-def _workspace(numel: int, like: Tensor) -> Tensor:
-    """A reusable flat buffer for the unfolded input (CPU only).
+def _workspace(numel: int, like: Tensor, slot: int = 0) -> Tensor:
+    """A reusable flat buffer (CPU only): slot 0 for the unfolded input, slot 1 for compact weights.
 
     On CPU every fresh allocation above glibc's mmap threshold (32 MB) is page-faulted in again on every
-    call, which costs as much as the gather itself; reusing one buffer per thread, device and dtype (grown
-    to the largest layer seen) keeps that cost away. The buffer is only held inside one forward or one
+    call, which costs as much as the gather itself; reusing one buffer per thread, slot and dtype (grown
+    to the largest layer seen) keeps that cost away. The buffers are only held inside one forward or one
     backward call, never between them, so several forwards before a backward are safe.
     """
     if like.device.type != "cpu":
         return torch.empty(numel, device=like.device, dtype=like.dtype)  # caching allocators do this already
     cache = _workspaces.__dict__.setdefault("buffers", {})
-    key = like.dtype
+    key = (like.dtype, slot)
     buf = cache.get(key)
     if buf is None or buf.numel() < numel:
         cache.pop(key, None)  # free the old one first: peak memory stays one buffer
@@ -151,8 +250,8 @@ def _use_gather_sum(device: torch.device) -> bool:
 
 
 def _gather_sum(dcols: Tensor, bag: Tensor, bag_offsets: Tensor, geom: ConvGeometry, B: int) -> Tensor:
-    """Input-gradient rows from ``dcols`` rows ``(G·P·B·T, C_in/g)`` -> ``(B, G, Q, C_in/g)``: row (b, g, q)
-    sums the rows (g, p, b, t) whose tap reads q (see :class:`BatchIndex`). Only gathers, each row summed in a
+    """Input-gradient rows from ``dcols`` rows ``(n_rows, C_in/g)`` -> ``(B, G, Q, C_in/g)``: row (b, g, q)
+    sums the ``dcols`` rows whose tap reads q (see :class:`BatchIndex`). Only gathers, each row summed in a
     fixed order: bitwise reproducible on every device."""
     out = nn.functional.embedding_bag(bag, dcols, bag_offsets, mode="sum")
     return out.view(B, geom.groups, geom.Q, -1)
@@ -169,75 +268,79 @@ def _autocast_dtype(device: torch.device) -> torch.dtype | None:
     return torch.get_autocast_dtype(device.type) if torch.is_autocast_enabled(device.type) else None
 
 
+def _compact_weight(weight: Tensor, plan: LCPlan, dtype: torch.dtype | None, cig: int) -> Tensor:
+    """The live-tap weight rows (class, g, i, o, j) into workspace slot 1, in the compute dtype: flat."""
+    wc = _workspace(plan.weight_rows.numel() * cig, weight, slot=1).view(-1, cig)
+    torch.index_select(weight.detach().reshape(-1, cig), 0, plan.weight_rows, out=wc)
+    return (wc if dtype is None else wc.to(dtype)).view(-1)
+
+
 class _LocallyConnectedFn(torch.autograd.Function):
-    """Gather + batched GEMM forward; backward re-gathers into the workspace instead of saving the unfolded
-    input, and writes the unfolded input gradient into that same buffer before the gather-sum."""
+    """Gather + one batched GEMM per class forward; backward re-gathers into the workspace instead of saving the
+    unfolded input, and writes the unfolded input gradient into that same buffer before the gather-sum."""
 
     @staticmethod
     def forward(ctx: Any, x: Tensor, weight: Tensor, gather: Tensor, bag: Tensor, bag_offsets: Tensor,
-                geom: ConvGeometry) -> Tensor:
+                plan: LCPlan, geom: ConvGeometry) -> Tensor:
         ctx.amp = amp = _autocast_dtype(x.device)
-        B = x.shape[0]
-        wshape, cshape = _bmm_shapes(geom, B)
+        B, G = x.shape[0], geom.groups
+        cig, cog = geom.in_channels // G, geom.out_channels // G
         with torch.autocast(x.device.type, enabled=False):  # explicit casts instead: backward does the same
-            xc, wc = (x, weight) if amp is None else (x.to(amp), weight.to(amp))
-            rows = _rows_in(xc, geom)  # (B·(Q+1)·G, C_in/g)
-            cols = _workspace(math.prod(cshape), rows).view(-1, rows.shape[1])
+            rows = _rows_in(x if amp is None else x.to(amp), geom)  # (B·(Q+1)·G, C_in/g)
+            cols = _workspace(gather.numel() * cig, rows).view(-1, cig)
             torch.index_select(rows, 0, gather, out=cols)
-            out = torch.bmm(cols.view(cshape), wc.view(wshape).mT)  # (G·P, B, C_out/g)
+            wc = _compact_weight(weight, plan, amp, cig)
+            out = rows.new_empty(G * plan.pos.numel() + 1, B, cog)
+            out[-1] = 0  # the row of positions with no live tap
+            for c, w, o in zip(_split(cols.view(-1), plan, G, B, cig), _split(wc, plan, G, cog, cig),
+                               out[:-1].split([G * n for n, _ in plan.classes])):
+                torch.bmm(c, w.mT, out=o)  # (G·n_c, B, C_out/g)
         # rows: input-sized, spares a transpose in backward; x and weight as given (double backward needs them)
         ctx.save_for_backward(x, rows, weight, gather, bag, bag_offsets)
-        ctx.geom = geom
-        return _out_layout(out, geom, B)
+        ctx.plan, ctx.geom = plan, geom
+        return _out_layout(out, plan, geom, B)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
         x, rows, weight, gather, bag, bag_offsets = ctx.saved_tensors
+        plan: LCPlan = ctx.plan
         geom: ConvGeometry = ctx.geom
         amp: torch.dtype | None = ctx.amp
         need_x, need_w = ctx.needs_input_grad[:2]
-        none = (None,) * 4
+        none = (None,) * 5
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops so this backward is differentiable
             inputs = [t for t, need in ((x, need_x), (weight, need_w)) if need]
             with torch.autocast(x.device.type, enabled=False):
+                idx = BatchIndex(gather, bag, bag_offsets, plan)
                 y = _lc_forward_graph(x if amp is None else x.to(amp), weight if amp is None else weight.to(amp),
-                                      gather, geom)
+                                      idx, geom)
                 grads = iter(torch.autograd.grad(y, inputs, grad_out.to(y.dtype), create_graph=True))
             return (next(grads) if need_x else None), (next(grads) if need_w else None), *none
         B, G = x.shape[0], geom.groups
-        wshape, cshape = _bmm_shapes(geom, B)
+        cig, cog = geom.in_channels // G, geom.out_channels // G
+        sizes = [G * n for n, _ in plan.classes]
         with torch.autocast(x.device.type, enabled=False):
-            # one transposed output gradient for both GEMMs; contiguous, or bmm falls back to one small GEMM
-            # (one parallel region) per position
-            go = grad_out.to(rows.dtype).reshape(B, G, geom.out_channels // G, geom.P).permute(1, 3, 0, 2)
-            go = go.contiguous().view(G * geom.P, B, -1)  # (G·P, B, C_out/g)
-            ws = _workspace(math.prod(cshape), rows).view(-1, rows.shape[1])
+            # one transposed output gradient for both GEMMs, split by class: (G·n_c, B, C_out/g)
+            go = _go_rows(grad_out.to(rows.dtype), plan, geom).split(sizes)
+            ws = _workspace(gather.numel() * cig, rows).view(-1, cig)
             grad_x = grad_w = None
             if need_w:
                 torch.index_select(rows, 0, gather, out=ws)
-                grad_w = torch.bmm(go.mT, ws.view(cshape))  # (G·P, C_out/g, T·C_in/g): weight's layout
-                grad_w = grad_w.view(weight.shape).to(weight.dtype)
+                gwc = _workspace((plan.weight_rows.numel() + 1) * cig, rows, slot=1)  # + a zero row for dead taps
+                gwc[-cig:] = 0
+                for g, c, w in zip(go, _split(ws.view(-1), plan, G, B, cig), _split(gwc, plan, G, cog, cig)):
+                    torch.bmm(g.mT, c, out=w)  # (G·n_c, C_out/g, k_c·C_in/g)
+                grad_w = gwc.view(-1, cig).index_select(0, plan.weight_inv).view(weight.shape).to(weight.dtype)
             if need_x:
-                wc = weight if amp is None else weight.to(amp)
-                dcols = torch.bmm(go, wc.view(wshape), out=ws.view(cshape)).view(-1, rows.shape[1])
+                wc = _compact_weight(weight, plan, amp, cig)
+                for g, w, d in zip(go, _split(wc, plan, G, cog, cig), _split(ws.view(-1), plan, G, B, cig)):
+                    torch.bmm(g, w, out=d)  # (G·n_c, B, k_c·C_in/g)
                 if _use_gather_sum(x.device):
-                    gx = _gather_sum(dcols, bag, bag_offsets, geom, B)
+                    gx = _gather_sum(ws, bag, bag_offsets, geom, B)
                 else:
-                    gx = _index_add(dcols, gather, geom, B)
+                    gx = _index_add(ws, gather, geom, B)
                 grad_x = gx.transpose(2, 3).reshape(x.shape).to(x.dtype)  # (B, G, C_in/g, Q): x's layout
         return grad_x, grad_w, *none
-
-
-def _inverse_index(index: Tensor, Q: int) -> tuple[Tensor, Tensor]:
-    """The index map inverted: (p·T + t of every live (p, t), grouped by the input q it reads; (Q,) start of
-    each q's group). Stable, so the gather-sum adds in a fixed order."""
-    P, T = index.shape
-    live = index >= 0
-    pt = torch.arange(P * T, device=index.device).view(P, T)[live]
-    q = index[live]
-    order = torch.argsort(q, stable=True)
-    counts = torch.bincount(q, minlength=Q)
-    return pt[order].contiguous(), (counts.cumsum(0) - counts)
 
 
 class LocallyConnectedNd(RelaxedConv):
@@ -258,14 +361,11 @@ class LocallyConnectedNd(RelaxedConv):
                 "the padded input is not an input of the layer; relax this conv to 'fc' (DenseConv) instead"
             )
         super().__init__(geometry, device=device, dtype=dtype, _init=False)
-        live = self.index >= 0  # (P, T)
-        self.register_buffer("live", live, persistent=False)
-        # gather rows into the transposed input; -1 (padding) reads the zero row Q
-        self.register_buffer("gather_index", torch.where(live, self.index, geometry.Q).flatten(), persistent=False)
-        # the inverse, for backward's gather-sum: which (p, t) read each input position
-        scatter_index, scatter_offsets = _inverse_index(self.index, geometry.Q)
-        self.register_buffer("scatter_index", scatter_index, persistent=False)
-        self.register_buffer("scatter_offsets", scatter_offsets, persistent=False)
+        self.register_buffer("live", self.index >= 0, persistent=False)  # (P, T)
+        plan = lc_plan(self.index, geometry)
+        self._classes = plan.classes
+        for name in LCPlan._fields[1:]:  # index tensors: buffers, so they follow .to(device)
+            self.register_buffer(f"_plan_{name}", getattr(plan, name), persistent=False)
         self._batch_index: OrderedDict[tuple[int, torch.device], BatchIndex] = OrderedDict()
         if _init:
             self.reset_parameters()
@@ -319,13 +419,18 @@ class LocallyConnectedNd(RelaxedConv):
             offsharing = sq_norm(self.embed_weight(cw).sub_(w).mul_(self._live5()))  # dead taps: off-local
         return self._with_bias(total, offlocal, offsharing, offlocal + offsharing, cb)
 
+    @property
+    def plan(self) -> LCPlan:
+        """The kernel's :class:`LCPlan` (on the layer's device)."""
+        return LCPlan(self._classes, *(getattr(self, f"_plan_{name}") for name in LCPlan._fields[1:]))
+
     def batch_index(self, batch_size: int) -> BatchIndex:
-        """The index map laid out for ``batch_size`` on this layer's device, cached (a few batch sizes: the
+        """The plan laid out for ``batch_size`` on this layer's device, cached (a few batch sizes: the
         training, last and evaluation batches), so a step does no index arithmetic."""
-        key = (batch_size, self.gather_index.device)
+        key = (batch_size, self._plan_pos.device)
         idx = self._batch_index.get(key)
         if idx is None:
-            idx = batch_index(self.gather_index, self.scatter_index, self.scatter_offsets, self.geometry, batch_size)
+            idx = batch_index(self.plan, self.geometry, batch_size)
             self._batch_index[key] = idx
             while len(self._batch_index) > 4:
                 self._batch_index.popitem(last=False)
