@@ -22,9 +22,9 @@ is used instead. The adjoint gathers through the index map itself.
 ``subspace_sq_norms`` (δ, off-sharing and CNN distance, at every evaluation of a training run) never makes a
 matrix-sized temporary: one streaming pass sums the squares over output channels into ``(g, P, C_in, Q)``,
 so off-local sums are masked sums over the ``(P, Q)`` tap map (plus the cross-group blocks); the sharing part
-works on the local entries alone, gathered as ``(g, C_out/g, P, C_in/g, K)``, slot k of position p holding the
-k-th input p reads (a small, eLCN-sized tensor), where φ, its adjoint and the refined projection are gathers
-too.
+works on the local entries alone, gathered as ``(g, C_out/g, C_in/g, P, K)``, slot k of position p holding the
+k-th input p reads (a small, eLCN-sized tensor), where φ and its adjoint are products with a ``(P·K, T)`` 0/1
+matrix (the refined projection as well).
 """
 from __future__ import annotations
 
@@ -188,37 +188,40 @@ class DenseConv(RelaxedConv):
             total = float(blocks.sum())
 
             # the local entries by slot: slot k of position p holds the k-th input q that p reads (ascending); the
-            # slots past p's count, and slot K - 1 of every p, are empty (0)
+            # slots past p's count (slot K - 1 at least) are empty: q_of = Q, no tap reads them, masked at the end
             cnt = reads.sum(1)  # (P,)
             K = int(cnt.max()) + 1
-            q_of = torch.sort((~reads).to(torch.int8), dim=1, stable=True).indices[:, :K]  # (P, min(K, Q))
-            q_of = nn.functional.pad(q_of, (0, K - q_of.shape[1]))  # (P, K): when p reads every q
-            valid = torch.arange(K, device=q_of.device) < cnt[:, None]
-            q_of = torch.where(valid, q_of, Q)  # ascending per row; Q: empty
-            # (g, C_out/g, P, C_in/g, K): the gathered axis last (torch.gather is several times slower otherwise)
-            slot = lambda t: t.view(1, 1, P, 1, -1).expand(G, cog, P, cig, t.shape[1])  # noqa: E731
+            pq = reads.nonzero()  # (n, 2), by p then q
+            rank = torch.arange(pq.shape[0], device=w.device) - (cnt.cumsum(0) - cnt)[pq[:, 0]]
+            q_of = torch.full((P, K), Q, dtype=torch.long, device=w.device)  # ascending per row; Q: empty
+            q_of[pq[:, 0], rank] = pq[:, 1]
+            valid = q_of < Q
+            # gathered as (C_out/g, P, C_in/g, K), the gathered axis last (several times faster than into any other
+            # layout), then transposed to (g, C_out/g, C_in/g, P, K) for the matmuls below
+            index = q_of.clamp(max=Q - 1).view(1, P, 1, K).expand(cog, P, cig, K)
             blocks6 = w.view(G, cog, P, G, cig, Q)
-            vals = w.new_empty(G, cog, P, cig, K)
+            vals = w.new_empty(G, cog, cig, P, K)
             for gi in range(G):  # in-group blocks
-                torch.gather(blocks6[gi, :, :, gi], 3, slot(q_of.clamp(max=Q - 1))[gi], out=vals[gi])
-            vals.mul_(valid.view(1, 1, P, 1, K))
-            # slot read by each (p, t) (dead taps: the empty slot K - 1); tap linking each slot, per collision rank
-            slot_of = torch.searchsorted(q_of, self.index.clamp(min=0)).masked_fill_(self.index < 0, K - 1)  # (P, T)
-            taps = [torch.gather(layer, 1, q_of.clamp(max=Q - 1)).masked_fill_(~valid, T) for layer in layers]
+                vals[gi] = torch.gather(blocks6[gi, :, :, gi], 3, index).transpose(1, 2)
+            vals = vals.view(G * cog * cig, P * K)
+            # φ restricted to the slots is the (P·K, T) matrix A: A[(p, k), t] = 1 where tap t of p reads slot k
+            # (several taps of one p may read one input under reflect / replicate / circular padding). So
+            # φᵀ v = v @ A and φ r = r @ Aᵀ: matmuls with a 0/1 matrix, exact where a slot has one tap
+            live = self.index >= 0
+            slot_of = torch.searchsorted(q_of, self.index.clamp(min=0))  # (P, T)
+            p_of = torch.arange(P, device=w.device)[:, None].expand(P, T)
+            a = w.new_zeros(P * K, T)
+            a[(p_of * K + slot_of)[live], torch.arange(T, device=w.device).expand(P, T)[live]] = 1
 
-            def adjoint(v: Tensor) -> Tensor:  # slots -> conv layout (C_out, C_in/g, T)
-                return torch.gather(v, 4, slot(slot_of)).sum(2).view(g.out_channels, cig, T)
-
-            def embed(r: Tensor) -> Tensor:  # conv layout -> slots, adding colliding taps in _expand's order
-                rt = nn.functional.pad(r.view(G, cog, 1, cig, T), (0, 1)).expand(G, cog, P, cig, T + 1)  # slot T: 0
-                out = torch.gather(rt, 4, slot(taps[0]))
-                for t in taps[1:]:
-                    out = out + torch.gather(rt, 4, slot(t))
-                return out
+            def adjoint(v: Tensor) -> Tensor:  # slots (G·C_out/g·C_in/g, P·K) -> conv layout (C_out, C_in/g, T)
+                return (v @ a).view(g.out_channels, cig, T)
 
             r = self._solve_gram(adjoint(vals))
-            r = r + self._solve_gram(adjoint(vals - embed(r)))  # refined as in nearest_cnn
-            offsharing = sq_norm(vals - embed(r))
+            res = torch.addmm(vals, r.view(-1, T), a.T, alpha=-1)  # θ − φ(r) on the slots
+            r = r + self._solve_gram(adjoint(res))  # refined as in nearest_cnn
+            res = vals.addmm_(r.view(-1, T), a.T, alpha=-1)  # in place: vals is not needed any more
+            # empty slots hold whatever their clamped gather read: only the valid ones count
+            offsharing = sq_norm(res.view(-1, P, K).mul_(valid))
         return self._with_bias(total, offlocal, offsharing, offlocal + offsharing)
 
     def _load_weight_(self, conv_weight: Tensor) -> None:
