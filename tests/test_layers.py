@@ -152,7 +152,7 @@ def test_unshared_lc_gradients_match_plain_autograd():
     from archrelax.embed.locally_connected import _lc_forward_graph
 
     def plain(x):
-        return _lc_forward_graph(x, lc.weight, lc.batch_index(x.shape[0]), lc.geometry) + lc.bias
+        return _lc_forward_graph(x, lc.weight, lc.gather_index, lc.geometry) + lc.bias
 
     (plain(x1).sin().sum() + 2 * plain(x2).cos().sum()).backward()
     for a, t in zip(got, (x1, x2, lc.weight, lc.bias)):
@@ -170,7 +170,7 @@ def test_lc_double_backward():
     w = lc.weight.detach().clone().requires_grad_()
 
     def f(x, w):
-        return _LocallyConnectedFn.apply(x, w, *lc.batch_index(x.shape[0]), lc.geometry)
+        return _LocallyConnectedFn.apply(x, w, lc.gather_index, lc.geometry)
 
     assert torch.autograd.gradcheck(f, (x, w))
     assert torch.autograd.gradgradcheck(f, (x, w))

@@ -44,17 +44,16 @@ from __future__ import annotations
 
 import math
 import threading
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from .base import RelaxedConv, SubspaceSqNorms, sq_norm
-from .connectivity import ConvGeometry
+from .connectivity import ConvGeometry, index_map
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces", "LCPlan",
-           "BatchIndex"]
+           "BatchIndex", "plan_for", "kernel_index"]
 
 
 class LCPlan(NamedTuple):
@@ -127,7 +126,8 @@ def _cat(parts: list[Tensor], device: Any, shape: tuple[int, ...] = (0,), dim: i
 
 
 class BatchIndex(NamedTuple):
-    """:class:`LCPlan` laid out for one batch size (built once per batch size and device, then cached).
+    """:class:`LCPlan` laid out for one batch size (built once per geometry, device and batch size, then cached:
+    :func:`kernel_index`).
 
     ``gather``: for each row (class, g, i, b, j) of the unfolded input ``cols``, its row in ``_rows_in``.
     ``bag`` / ``bag_offsets``: backward's gather-sum: input row (b, g, q) is the sum of the rows
@@ -205,15 +205,53 @@ def _split(flat: Tensor, plan: LCPlan, G: int, rows: int, cig: int) -> list[Tens
     return [part.view(G * n, rows, k * cig) for part, (n, k) in zip(flat[: sum(sizes)].split(sizes), plan.classes)]
 
 
-def _lc_forward_graph(x: Tensor, weight: Tensor, idx: BatchIndex, geom: ConvGeometry) -> Tensor:
+def _lc_forward_graph(x: Tensor, weight: Tensor, gather_index: Tensor, geom: ConvGeometry) -> Tensor:
     """The forward pass in plain differentiable ops (used for double backward, e.g. Hessian-vector products)."""
-    B, G, plan = x.shape[0], geom.groups, idx.plan
-    cig, cog = geom.in_channels // G, geom.out_channels // G
+    B, G = x.shape[0], geom.groups
+    idx = kernel_index(geom, x.device, B)
+    plan, cig, cog = idx.plan, geom.in_channels // G, geom.out_channels // G
     cols = _rows_in(x, geom).index_select(0, idx.gather).view(-1)
     wc = weight.reshape(-1, cig).index_select(0, plan.weight_rows).view(-1)
     outs = [torch.bmm(c, w.mT) for c, w in zip(_split(cols, plan, G, B, cig), _split(wc, plan, G, cog, cig))]
     outs.append(x.new_zeros(1, B, cog))
     return _out_layout(torch.cat(outs), plan, geom, B)
+
+
+# No lock (torch.compile cannot trace one): single dict operations are atomic, and a lost race only rebuilds an entry
+_plans: dict[tuple[ConvGeometry, torch.device], LCPlan] = {}
+_batch_indices: dict[tuple[ConvGeometry, torch.device, int], BatchIndex] = {}
+
+
+def _evict(cache: dict, size: int) -> None:
+    for old in list(cache)[: max(0, len(cache) - size)]:  # dicts keep insertion order: the oldest first
+        cache.pop(old, None)
+
+
+def plan_for(geom: ConvGeometry, device: Any = "cpu") -> LCPlan:
+    """The cached :class:`LCPlan` of ``geom`` on ``device`` (built on CPU from ``index_map``, then copied: a layer
+    builds it at construction, so a compiled model never traces the data-dependent build)."""
+    device = torch.device(device)
+    plan = _plans.get((geom, device))
+    if plan is None:
+        cpu = torch.device("cpu")
+        plan = _plans.get((geom, cpu))
+        if plan is None:
+            plan = _plans[(geom, cpu)] = lc_plan(index_map(geom), geom)
+        if device != cpu:
+            plan = _plans[(geom, device)] = LCPlan(plan.classes, *(t.to(device) for t in plan[1:]))
+        _evict(_plans, 64)
+    return plan
+
+
+def kernel_index(geom: ConvGeometry, device: Any, B: int) -> BatchIndex:
+    """The kernel's index tensors for ``geom`` at batch size ``B`` on ``device``. Cached by (geometry, device, B),
+    the oldest dropped beyond 16, so a step does no index arithmetic."""
+    key = (geom, torch.device(device), B)
+    idx = _batch_indices.get(key)
+    if idx is None:
+        idx = _batch_indices[key] = batch_index(plan_for(geom, device), geom, B)
+        _evict(_batch_indices, 16)
+    return idx
 
 
 _workspaces = threading.local()
@@ -227,8 +265,9 @@ def _workspace(numel: int, like: Tensor, slot: int = 0) -> Tensor:
     to the largest layer seen) keeps that cost away. The buffers are only held inside one forward or one
     backward call, never between them, so several forwards before a backward are safe.
     """
-    if like.device.type != "cpu":
-        return torch.empty(numel, device=like.device, dtype=like.dtype)  # caching allocators do this already
+    if like.device.type != "cpu" or torch.compiler.is_compiling():
+        # caching allocators do this already; a compiled graph plans its own buffers (and may not keep a global)
+        return torch.empty(numel, device=like.device, dtype=like.dtype)
     cache = _workspaces.__dict__.setdefault("buffers", {})
     key = (like.dtype, slot)
     buf = cache.get(key)
@@ -239,8 +278,10 @@ def _workspace(numel: int, like: Tensor, slot: int = 0) -> Tensor:
 
 
 def release_workspaces() -> None:
-    """Free this thread's cached CPU workspaces (they are re-created on the next locally-connected call)."""
+    """Free this thread's cached CPU workspaces and the index tensors cached per batch size (re-created on the
+    next locally-connected call; the small per-geometry plans stay)."""
     _workspaces.__dict__.pop("buffers", None)
+    _batch_indices.clear()
 
 
 def _use_gather_sum(device: torch.device) -> bool:
@@ -275,13 +316,27 @@ def _compact_weight(weight: Tensor, plan: LCPlan, dtype: torch.dtype | None, cig
     return (wc if dtype is None else wc.to(dtype)).view(-1)
 
 
-class _LocallyConnectedFn(torch.autograd.Function):
+class _LocallyConnectedFn:
+    """The eLCN kernel: ``_LocallyConnectedFn.apply(x, weight, gather_index, geom)`` -> (B, C_out, *out_spatial),
+    differentiable (twice). ``weight`` in the eLCN layout ``(groups, P, C_out/g, T, C_in/g)`` (other layers call
+    it with filters gathered to that layout); ``gather_index`` is the layer's ``(P·T,)`` gather index (Q for
+    dead taps), kept for them: the index tensors themselves come from ``geom``'s cached plan."""
+
+    @staticmethod
+    def apply(x: Tensor, weight: Tensor, gather_index: Tensor, geom: ConvGeometry) -> Tensor:
+        # looked up (built on a new batch size) out here, so the autograd Function has no side effect: torch.compile
+        # traces the cache insertion in the outer graph and passes the tensors in
+        idx = kernel_index(geom, x.device, x.shape[0])
+        return _LCKernelFn.apply(x, weight, gather_index, idx.gather, idx.bag, idx.bag_offsets, idx.plan, geom)
+
+
+class _LCKernelFn(torch.autograd.Function):
     """Gather + one batched GEMM per class forward; backward re-gathers into the workspace instead of saving the
     unfolded input, and writes the unfolded input gradient into that same buffer before the gather-sum."""
 
     @staticmethod
-    def forward(ctx: Any, x: Tensor, weight: Tensor, gather: Tensor, bag: Tensor, bag_offsets: Tensor,
-                plan: LCPlan, geom: ConvGeometry) -> Tensor:
+    def forward(ctx: Any, x: Tensor, weight: Tensor, gather_index: Tensor, gather: Tensor, bag: Tensor,
+                bag_offsets: Tensor, plan: LCPlan, geom: ConvGeometry) -> Tensor:
         ctx.amp = amp = _autocast_dtype(x.device)
         B, G = x.shape[0], geom.groups
         cig, cog = geom.in_channels // G, geom.out_channels // G
@@ -296,24 +351,23 @@ class _LocallyConnectedFn(torch.autograd.Function):
                                out[:-1].split([G * n for n, _ in plan.classes])):
                 torch.bmm(c, w.mT, out=o)  # (G·n_c, B, C_out/g)
         # rows: input-sized, spares a transpose in backward; x and weight as given (double backward needs them)
-        ctx.save_for_backward(x, rows, weight, gather, bag, bag_offsets)
+        ctx.save_for_backward(x, rows, weight, gather_index, gather, bag, bag_offsets)
         ctx.plan, ctx.geom = plan, geom
         return _out_layout(out, plan, geom, B)
 
     @staticmethod
     def backward(ctx: Any, grad_out: Tensor) -> tuple[Tensor | None, ...]:
-        x, rows, weight, gather, bag, bag_offsets = ctx.saved_tensors
+        x, rows, weight, gather_index, gather, bag, bag_offsets = ctx.saved_tensors
         plan: LCPlan = ctx.plan
         geom: ConvGeometry = ctx.geom
         amp: torch.dtype | None = ctx.amp
         need_x, need_w = ctx.needs_input_grad[:2]
-        none = (None,) * 5
+        none = (None,) * 6
         if torch.is_grad_enabled():  # create_graph=True: differentiate the plain ops so this backward is differentiable
             inputs = [t for t, need in ((x, need_x), (weight, need_w)) if need]
             with torch.autocast(x.device.type, enabled=False):
-                idx = BatchIndex(gather, bag, bag_offsets, plan)
                 y = _lc_forward_graph(x if amp is None else x.to(amp), weight if amp is None else weight.to(amp),
-                                      idx, geom)
+                                      gather_index, geom)
                 grads = iter(torch.autograd.grad(y, inputs, grad_out.to(y.dtype), create_graph=True))
             return (next(grads) if need_x else None), (next(grads) if need_w else None), *none
         B, G = x.shape[0], geom.groups
@@ -361,12 +415,11 @@ class LocallyConnectedNd(RelaxedConv):
                 "the padded input is not an input of the layer; relax this conv to 'fc' (DenseConv) instead"
             )
         super().__init__(geometry, device=device, dtype=dtype, _init=False)
-        self.register_buffer("live", self.index >= 0, persistent=False)  # (P, T)
-        plan = lc_plan(self.index, geometry)
-        self._classes = plan.classes
-        for name in LCPlan._fields[1:]:  # index tensors: buffers, so they follow .to(device)
-            self.register_buffer(f"_plan_{name}", getattr(plan, name), persistent=False)
-        self._batch_index: OrderedDict[tuple[int, torch.device], BatchIndex] = OrderedDict()
+        live = self.index >= 0  # (P, T)
+        self.register_buffer("live", live, persistent=False)
+        # gather rows into the transposed input; -1 (padding) reads the zero row Q
+        self.register_buffer("gather_index", torch.where(live, self.index, geometry.Q).flatten(), persistent=False)
+        plan_for(geometry)  # build (or find) the kernel's plan now, outside any compiled region
         if _init:
             self.reset_parameters()
 
@@ -419,26 +472,9 @@ class LocallyConnectedNd(RelaxedConv):
             offsharing = sq_norm(self.embed_weight(cw).sub_(w).mul_(self._live5()))  # dead taps: off-local
         return self._with_bias(total, offlocal, offsharing, offlocal + offsharing, cb)
 
-    @property
-    def plan(self) -> LCPlan:
-        """The kernel's :class:`LCPlan` (on the layer's device)."""
-        return LCPlan(self._classes, *(getattr(self, f"_plan_{name}") for name in LCPlan._fields[1:]))
-
-    def batch_index(self, batch_size: int) -> BatchIndex:
-        """The plan laid out for ``batch_size`` on this layer's device, cached (a few batch sizes: the
-        training, last and evaluation batches), so a step does no index arithmetic."""
-        key = (batch_size, self._plan_pos.device)
-        idx = self._batch_index.get(key)
-        if idx is None:
-            idx = batch_index(self.plan, self.geometry, batch_size)
-            self._batch_index[key] = idx
-            while len(self._batch_index) > 4:
-                self._batch_index.popitem(last=False)
-        return idx
-
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, *in_spatial) -> (B, C_out, *out_spatial)
         self._check_input(x)
-        out = _LocallyConnectedFn.apply(x, self.weight, *self.batch_index(x.shape[0]), self.geometry)
+        out = _LocallyConnectedFn.apply(x, self.weight, self.gather_index, self.geometry)
         return out if self.bias is None else out + self.bias.to(out.dtype)  # autocast: the output's dtype, like a conv
 
 
