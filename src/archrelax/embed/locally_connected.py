@@ -12,7 +12,11 @@ made of whole channel vectors: the input is transposed once to small channels-la
 ``(B·(Q + 1)·groups, C_in/g)`` (position Q is a zero row, read by no live tap), and one ``index_select``
 through the index map copies those rows straight into every class's ``cols``. No strided transpose of the
 unfolded tensor is ever made (that, not the arithmetic, is what makes the ``F.unfold(x).permute(...)``
-formulation slow), and the batch × C_out × C_in × P × T product is never materialised.
+formulation slow), and the batch × C_out × C_in × P × T product is never materialised. The index tensors
+(:class:`LCPlan` per geometry, built from ``index_map`` when a layer is constructed; :class:`BatchIndex` per
+batch size) are cached by (geometry, device, batch size), so a step does no index arithmetic. Measured on
+2 cores (1 thread, CPU clock): VanillaCNN layer 2 fwd+bwd at batch 250 in 125 ms (192 ms with one dense GEMM
+over all taps, the layout before this one), AlexNet layer 2 in 353 ms (486 ms).
 
 Backward computes both GEMMs of each class from one transposed output gradient ``go: (groups·P, B, C_out/g)``:
 ``dW[p] = go[p]ᵀ · cols[p]`` (spread back to the weight's layout by one gather, dead taps 0) and
@@ -22,15 +26,17 @@ much as the gather), then writes ``dcols`` into that same buffer. ``dcols`` goes
 *gather-sum*: every input row (batch, position q, group) is the sum of the ≤ T rows of ``dcols`` that read
 q, listed by the inverse of the index map (``scatter_index``, grouped by q) and summed by
 ``embedding_bag(mode="sum")``, one fused gather + sum per row in a fixed order. It is deterministic on every
-device, and on CPU faster than ``index_add_`` (measured: 6 ms against 14 ms on the VanillaCNN layer 2
-backward). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is used unless
+device, and on CPU faster than ``index_add_`` (measured: the whole VanillaCNN layer 2 fwd+bwd takes 0.89x
+the time it takes with ``index_add_``). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is used unless
 ``torch.are_deterministic_algorithms_enabled()`` (the trainer's deterministic mode), which selects the
 gather-sum there too. Peak memory is thus about weights (+ their gradient, + one compact copy) +
 activations + one unfolded input. Double backward (Hessian-vector products) goes through plain ops.
 
 Under ``torch.autocast`` the GEMMs of forward and backward run in the autocast dtype (like a conv's would),
 the output is in that dtype, and the gradients come back in the dtypes of the input and the parameters
-(float32 parameters keep float32 gradients).
+(float32 parameters keep float32 gradients): the custom Function casts explicitly and turns autocast off
+inside, rather than ``torch.amp.custom_fwd/custom_bwd``, which take one fixed device type. ``torch.compile``
+traces the layer with no graph break (the workspaces are not used while compiling).
 
 Parameters:
 - ``weight``: ``(groups, P, C_out/g, T, C_in/g)``: the filter of output channel o at position p.
@@ -178,25 +184,25 @@ def _rows_in(x: Tensor, geom: ConvGeometry) -> Tensor:
 def _out_layout(out: Tensor, plan: LCPlan, geom: ConvGeometry, B: int) -> Tensor:
     """GEMM output rows (class, g, i) ``(groups·n_pos + 1, B, C_out/g)`` (last row 0) -> contiguous
     (B, C_out, *out_spatial) (a permuted view would break ``.view`` calls downstream, and elementwise ops would
-    keep its strides). Rows back to position order, then one transpose (torch's 2-D transpose is the fast one)."""
-    G, P = geom.groups, geom.P
-    out = out.index_select(0, plan.out_inv)  # (G·P, B, C_out/g), (g, p) order
-    if G == 1:
-        out = out.view(P, -1).t().contiguous()  # (B·C_out, P)
-    else:
-        out = out.view(G, P, B, -1).permute(2, 0, 3, 1).contiguous()
+    keep its strides). One gather along the last dim of the transposed view writes it, in place for groups=1
+    (no second output-sized temporary)."""
+    G, cog = geom.groups, geom.out_channels // geom.groups
+    out = out.permute(1, 2, 0).index_select(2, plan.out_inv)  # (B, C_out/g, G·P), (g, p) order
+    if G > 1:
+        out = out.view(B, cog, G, geom.P).transpose(1, 2).contiguous()
     return out.view(B, geom.out_channels, *geom.out_spatial)
 
 
 def _go_rows(grad_out: Tensor, plan: LCPlan, geom: ConvGeometry) -> Tensor:
     """(B, C_out, *out_spatial) -> (groups·n_pos, B, C_out/g): rows in class order (class, g, i), contiguous
-    (or bmm falls back to one small GEMM, one parallel region, per position)."""
+    (or bmm falls back to one small GEMM, one parallel region, per position). For groups=1 one gather from the
+    transposed view (a transpose first, then whole-slab copies, is not measurably faster here and holds a second
+    output-sized temporary)."""
     B, G, P = grad_out.shape[0], geom.groups, geom.P
     if G == 1:
-        go = grad_out.reshape(-1, P).t().contiguous()  # (P, B·C_out)
-    else:
-        go = grad_out.reshape(B, G, geom.out_channels // G, P).permute(1, 3, 0, 2).contiguous()
-    return go.view(G * P, B, -1).index_select(0, plan.out_rows)  # whole (B, C_out/g) slabs
+        return grad_out.reshape(B, -1, P).permute(2, 0, 1).index_select(0, plan.out_rows)
+    go = grad_out.reshape(B, G, geom.out_channels // G, P).permute(1, 3, 0, 2).reshape(G * P, B, -1)  # (g, p) order
+    return go.index_select(0, plan.out_rows)
 
 
 def _split(flat: Tensor, plan: LCPlan, G: int, rows: int, cig: int) -> list[Tensor]:
