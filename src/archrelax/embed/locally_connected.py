@@ -27,9 +27,9 @@ much as the gather), then writes ``dcols`` into that same buffer. ``dcols`` goes
 q, listed by the inverse of the index map (``scatter_index``, grouped by q) and summed by
 ``embedding_bag(mode="sum")``, one fused gather + sum per row in a fixed order. It is deterministic on every
 device, and on CPU faster than ``index_add_`` (measured: the whole VanillaCNN layer 2 fwd+bwd takes 0.89x
-the time it takes with ``index_add_``). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is used unless
-``torch.are_deterministic_algorithms_enabled()`` (the trainer's deterministic mode), which selects the
-gather-sum there too. Peak memory is thus about weights (+ their gradient, + one compact copy) +
+the time it takes with ``index_add_``). On CUDA, ``index_add_`` (atomic adds, run-to-run non-deterministic) is
+used unless ``torch.are_deterministic_algorithms_enabled()`` (the trainer's deterministic mode), which selects
+the gather-sum there too (its CUDA speed is not measured). Peak memory is thus about weights (+ their gradient, + one compact copy) +
 activations + one unfolded input. Double backward (Hessian-vector products) goes through plain ops.
 
 Under ``torch.autocast`` the GEMMs of forward and backward run in the autocast dtype (like a conv's would),
@@ -48,7 +48,6 @@ Zero padding only: with reflect/replicate/circular padding the relaxation of a c
 """
 from __future__ import annotations
 
-import math
 import threading
 from typing import Any, NamedTuple
 
@@ -63,14 +62,15 @@ __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "re
 
 
 class LCPlan(NamedTuple):
-    """The index map laid out for the kernel (built once per layer from ``index_map``; see module docstring).
+    """The index map laid out for the kernel (built from ``index_map`` once per geometry and device, cached by
+    :func:`plan_for`; see module docstring).
 
     Positions with at least one live tap, sorted by descending live-tap count (stable), form the classes;
     ``classes``: ``(n_c, k_c)`` per class (positions, live taps). Live (p, t) pairs in class order
     (class, position, tap): ``pos`` ``(n_pos,)`` the sorted positions, ``pair_p`` / ``pair_t`` ``(n_live,)``.
     ``gather_index`` ``(P·T,)``: input position read by (p, t), Q for dead taps. ``scatter_index`` /
-    ``scatter_offsets``: the live pairs grouped by the input q they read (``pair_of`` index into the pair list)
-    and each q's start, for backward's gather-sum. ``weight_rows``: for each compact weight row (class, g, i,
+    ``scatter_offsets``: the live pairs grouped by the input q they read (indices into the pair list) and each
+    q's start, for backward's gather-sum. ``weight_rows``: for each compact weight row (class, g, i,
     o, j) of ``C_in/g`` values, its row in the weight; ``weight_inv``: the inverse (the zero row
     ``len(weight_rows)`` for dead taps); ``out_rows`` ``(groups·n_pos,)`` g·P + p of the GEMM outputs' rows
     (class, g, i); ``out_inv``: the inverse (a zero row for positions with no live tap).
