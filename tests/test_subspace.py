@@ -202,14 +202,22 @@ def test_fast_sq_norms_equal_the_interface_default(cfg):
             assert close(slow.cnn, slow.offlocal + slow.offsharing, 100 * rel), slow
 
 
-@pytest.mark.parametrize("to", ["lc", "fc"])
+@pytest.mark.parametrize("to", ["lc", "fc", "tiled:2", "wide:full", "tiled:2>fc", "wide:7>fc"])
 def test_subspace_distances_one_pass(to):
     model, x = make()
-    relaxed = perturb_all(relax(model, to, x))
+    relaxed = model
+    for step in to.split(">"):
+        relaxed = relax(relaxed, step, x)
+    assert subspace_distances(relaxed) == SubspaceDistances(0.0, 0.0, 0.0)  # right after embedding
+    relaxed = perturb_all(relaxed)
     d = subspace_distances(relaxed)
     assert isinstance(d, SubspaceDistances)
     assert d.offlocal_ratio == offlocal_ratio(relaxed) and d.cnn_distance == cnn_distance(relaxed)
-    assert d.offsharing_ratio == offsharing_ratio(relaxed) > 0
+    assert d.offsharing_ratio == offsharing_ratio(relaxed)
+    if to == "wide:full":  # a wide conv keeps sharing: its only way off the CNN subspace is the wider taps
+        assert d.offsharing_ratio == 0.0 and d.offlocal_ratio > 0
+    else:
+        assert d.offsharing_ratio > 0
     # cnn_distance² = δ² + off-sharing²: P_CNN is an orthogonal projection with range in the local subspace
     assert d.cnn_distance ** 2 == pytest.approx(d.offlocal_ratio ** 2 + d.offsharing_ratio ** 2, rel=1e-12)
     # against the definitions, with full-size masks and an independent float64 sum
@@ -228,6 +236,8 @@ def test_subspace_distances_one_pass(to):
     assert d.cnn_distance == pytest.approx((dist / total) ** 0.5, rel=1e-12)
     if to == "lc":
         assert d.offlocal_ratio > 0  # dead padding taps, perturbed by perturb_all, are the eLCN's off-local part
+    if to == "tiled:2":
+        assert d.offlocal_ratio == 0.0  # a tiled conv is local: it holds tile filters only
     assert subspace_distances(model) == SubspaceDistances(0.0, 0.0, 0.0)
 
 
