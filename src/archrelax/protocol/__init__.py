@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..store import FINISHED, SUMMARY_COLUMNS, ExperimentFolder
 from ..store import ExperimentFolder as Store
-from .executors import InProcessExecutor, ProcessExecutor, execute, run_one, submitit_executor
+from .executors import InProcessExecutor, ProcessExecutor, execute, run_group, run_one, submitit_executor
 from .plan import KINDS, Run, make_plan
 from .spec import ExperimentSpec, SpecError, list_presets, load_spec, preset_path, spec_from_dict, spec_to_dict
 from .table import format_status, format_summary
@@ -21,7 +21,7 @@ from .table import format_status, format_summary
 __all__ = [
     "ExperimentSpec", "SpecError", "load_spec", "spec_from_dict", "list_presets", "preset_path",
     "Run", "make_plan", "KINDS", "Store", "ExperimentFolder", "SUMMARY_COLUMNS", "FINISHED",
-    "InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute",
+    "InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "run_group", "execute",
     "run_experiment", "format_status", "format_summary",
 ]
 
@@ -36,6 +36,19 @@ def make_executor(spec: ExperimentSpec, exp: ExperimentFolder, executor: str | N
     if kind == "slurm":
         return submitit_executor(spec.slurm, exp.root / "slurm", name=spec.name)
     raise ValueError(f"executor {kind!r} is not known; choose 'local' or 'slurm'")
+
+
+def lockstep_device(spec: ExperimentSpec, executor: str | None = None) -> str:
+    """The device type the runs will train on ("cuda", "cpu", "mps"): for Slurm, "cuda" when jobs get GPUs and
+    ``train.device`` allows them; locally, what ``train.device`` resolves to here."""
+    device = spec.train.device
+    if device != "auto":
+        return device.split(":")[0]
+    if (executor or spec.executor) == "slurm":
+        return "cuda" if spec.slurm.gpus_per_node > 0 else "cpu"
+    from ..utils import default_device
+
+    return default_device().type
 
 
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
@@ -64,9 +77,14 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     if not todo:  # nothing to train: no executor (worker processes, Slurm folders) is started
         log(f"{len(plan)} runs planned: {len(plan)} already finished, 0 to run")
         return exp.root
+    if spec.lockstep:
+        where = lockstep_device(spec, executor)
+        if where != "cuda":
+            log(f"lockstep: true with a {where} executor: runs are grouped as on a GPU (same results to float "
+                "tolerance); on CPU this shares data and batches but is no faster (docs/protocol.md)")
     ex = make_executor(spec, exp, executor, workers)
     try:
-        execute(exp, plan, ex, poll_s=poll_s, log=log)
+        execute(exp, plan, ex, poll_s=poll_s, log=log, lockstep=spec.lockstep)
     finally:
         if hasattr(ex, "shutdown"):
             ex.shutdown()
