@@ -119,7 +119,7 @@ class _Lockstep:
         try:
             c, h, w = shared.data.train.images.shape[1:]
             check_stacked(self.net, [m.model for m in members],
-                          torch.randn(2, c, h, w, generator=torch.Generator().manual_seed(0)).to(self.device))
+                          torch.randn(len(members), 2, c, h, w, generator=torch.Generator().manual_seed(0)).to(self.device))
         except NotStackable:
             for m in members:  # back to tensors of their own, for the ordinary loop
                 for p in m.model.parameters():

@@ -292,20 +292,19 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
 
 
 @torch.no_grad()
-def check_stacked(net: nn.Module, models: Sequence[nn.Module], example: Tensor, rtol: float = 1e-2) -> None:
-    """Raise :class:`NotStackable` unless the stacked forward of ``example`` ``(B, ...)`` (eval mode, every member
-    on the same samples) matches each member's own forward to ``rtol`` of its largest output. A sanity check
-    (TF32 convs on CUDA differ by ~1e-3): a ``forward`` that mixes samples differs by O(1)."""
+def check_stacked(net: nn.Module, models: Sequence[nn.Module], examples: Tensor, rtol: float = 1e-2) -> None:
+    """Raise :class:`NotStackable` unless the stacked forward of ``examples`` ``(R, B, ...)`` (eval mode; member r
+    on ``examples[r]``) matches each member's own forward to ``rtol`` of its largest output. A sanity check (TF32
+    convs on CUDA differ by ~1e-3): a ``forward`` that mixes the samples of a batch differs by O(1)."""
     was = [m.training for m in models], net.training
     for m in models:
         m.eval()
     net.eval()
     try:
-        R, B = len(models), example.shape[0]
-        out = net(example.unsqueeze(0).expand(R, *example.shape).reshape(R * B, *example.shape[1:]))
-        out = out.reshape(R, B, -1)
+        R, B = examples.shape[:2]
+        out = net(examples.reshape(R * B, *examples.shape[2:])).reshape(R, B, -1)
         for r, m in enumerate(models):
-            own = m(example).reshape(B, -1)
+            own = m(examples[r]).reshape(B, -1)
             err = (out[r].float() - own.float()).abs().max().item()
             scale = own.float().abs().max().item()
             if not err <= rtol * scale + 1e-6:
