@@ -147,7 +147,8 @@ def make_step(net: nn.Module, members: int, sz: Sizes, device: torch.device, amp
 
 
 def stacked(m: nn.Module, r: int) -> nn.Module:
-    return stack_models([copy.deepcopy(m) for _ in range(r)])[0]
+    """``r`` copies of ``m`` stacked, batched (the GPU's lockstep path, also under --smoke on CPU)."""
+    return stack_models([copy.deepcopy(m) for _ in range(r)], batched=True)[0]
 
 
 # ---- sections ---------------------------------------------------------------------------------------------
@@ -468,6 +469,7 @@ def main(argv: list[str] | None = None) -> int:
     sz, budget = Sizes(args.smoke), Budget(args.budget_s)
     if args.smoke:
         torch.set_num_threads(1)  # tiny tensors: threads only contend (and the smoke test shares the CI's cores)
+        os.environ["ARCHRELAX_LOCKSTEP_BATCHED"] = "1"  # the protocol's lockstep groups run the GPU's batched layers
     try:
         sections = [int(s) for s in args.sections.split(",") if s.strip()]
         bad = [s for s in sections if s not in SECTIONS]

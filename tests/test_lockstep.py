@@ -3,10 +3,11 @@ over stacked parameters is R optimisers, lockstep runs write the same run folder
 (eFCN and eLCN, several switch times, two seeds), members stop independently, an interrupted group resumes (by
 lockstep or by the ordinary trainer), and a model the stacking does not support falls back to separate training.
 
-Tolerance: metrics of lockstep and separate runs agree to a relative 1e-5. The stacked eFCN and eLCN layers
-compute each member's numbers bit for bit on CPU; grouped convs, the fused CPU SGD step (vectorised over other
-element boundaries) and the per-member loss reduction differ in the last bit, which a few dozen SGD steps grow
-to ~1e-7 (observed: at most 1.5e-7 relative over every metric here).
+Tolerance: metrics of lockstep and separate runs agree to a relative 1e-5, in both modes of the stacked layers
+(member by member, the CPU default: each member's own ops, bit for bit; batched, the CUDA default: bmm, grouped
+convs, the grouped eLCN kernel). The fused CPU SGD step over the stack (vectorised over other element
+boundaries) rounds a few elements one ulp differently, and batched layers round differently, which a few dozen
+SGD steps grow to ~1e-7 (observed: at most 1.5e-7 relative over every metric here).
 """
 from __future__ import annotations
 
@@ -93,7 +94,8 @@ def _members(name: str, kw: dict, to: str | None, n: int = 3) -> list[nn.Module]
 @pytest.mark.parametrize("name,kw", [("vanilla_cnn", dict(width=4, input_size=28, in_channels=1)),
                                      ("alexnet", dict(width=2, dropout=0.5))])
 @pytest.mark.parametrize("to", [None, "lc", "fc"])
-def test_stacked_forward_and_gradients_are_each_members_own(name, kw, to):
+@pytest.mark.parametrize("batched", [True, False])
+def test_stacked_forward_and_gradients_are_each_members_own(name, kw, to, batched):
     import copy
 
     models = _members(name, kw, to)
@@ -102,7 +104,7 @@ def test_stacked_forward_and_gradients_are_each_members_own(name, kw, to):
     for r in range(3):  # each member's dropout stream, as a run of its own would start it
         torch.manual_seed(100 + r)
         rng.append(rng_state(torch.device("cpu")))
-    net, members = stack_models(models, rng)
+    net, members = stack_models(models, rng, batched=batched)
     x, y = torch.randn(3, 5, *models[0].input_shape), torch.randint(0, 10, (3, 5))
     out = net(x.flatten(0, 1))
     F.cross_entropy(out, y.flatten(), reduction="none").view(3, 5).mean(1).sum().backward()
@@ -111,8 +113,12 @@ def test_stacked_forward_and_gradients_are_each_members_own(name, kw, to):
         o = m(x[r])
         F.cross_entropy(o, y[r]).backward()
         torch.testing.assert_close(out[5 * r : 5 * r + 5], o, rtol=1e-6, atol=1e-7)
+        if not batched:  # member by member: the member's own ops, bit for bit
+            assert torch.equal(out[5 * r : 5 * r + 5], o)
         for n, p in m.named_parameters():
             torch.testing.assert_close(net.get_parameter(n).grad[r], p.grad, rtol=1e-5, atol=1e-7)
+            if not batched:
+                assert torch.equal(net.get_parameter(n).grad[r], p.grad), n
             assert torch.equal(models[r].get_parameter(n), net.get_parameter(n).detach()[r])  # members are views
         assert torch.equal(members.rng[r]["torch"], torch.get_rng_state())  # the member's stream moved on as its own
     with pytest.raises(ValueError, match="takes \\(R·B, ...\\) inputs"):
@@ -175,12 +181,13 @@ def test_one_optimizer_over_stacked_parameters_is_r_optimizers(opt, fused):
 
 
 @pytest.mark.parametrize("to", ["fc", "lc"])
-def test_lockstep_metrics_equal_separate_runs(cnns, tmp_path, to):
+@pytest.mark.parametrize("batched", [False, True])
+def test_lockstep_metrics_equal_separate_runs(cnns, tmp_path, to, batched):
     configs = [cfg(relax=to, seed=s, init_from=snap(cnns, s, t), snapshots=[0.5] if t == 1 else [])
                for s in (0, 1) for t in (0, 1, 2)]
     for i, c in enumerate(configs):
         train(c, tmp_path / f"sep{i}")
-    results = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(len(configs))])
+    results = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(len(configs))], batched=batched)
     assert [r["status"] for r in results] == ["done"] * 6
     for i, c in enumerate(configs):
         sep, ls = tmp_path / f"sep{i}", tmp_path / f"ls{i}"

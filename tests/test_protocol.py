@@ -281,7 +281,9 @@ def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_lockstep_gives_the_same_summary_and_ordinary_runs(tiny_experiment, tmp_path, workers):
+def test_lockstep_gives_the_same_summary_and_ordinary_runs(tiny_experiment, tmp_path, workers, monkeypatch):
+    if workers == 2:  # the GPU's batched layers, in spawned workers (they inherit the environment)
+        monkeypatch.setenv("ARCHRELAX_LOCKSTEP_BATCHED", "1")
     exp = tmp_path / "lockstep"
     logs: list[str] = []
     run_experiment(spec_from_dict({**TINY, "lockstep": True}), exp, workers=workers, poll_s=0.1, log=logs.append)

@@ -6,8 +6,9 @@ folder, lock, status, metrics log, snapshots, checkpoints and final weights, wri
 the trainer's formats, so that the run store, ``model_from_checkpoint``, the analyses and a later resume (by
 ``train`` or by lockstep again) see a run like any other. What lockstep replaces is the arithmetic of the loop:
 
-- one stacked model (:mod:`archrelax.train.stacked`) computes every member's forward and backward at once on
-  the member-major merged batch; the members' parameters are views of the stacked ones;
+- one stacked model (:mod:`archrelax.train.stacked`) computes every member's forward and backward on the
+  member-major merged batch, each layer batched over the members (CUDA) or member by member (CPU: the same
+  ops as separate runs); the members' parameters are views of the stacked ones;
 - one optimiser over the stacked parameters replaces the members' optimisers. SGD (momentum, weight decay),
   Adam and AdamW are elementwise, so this is R optimisers at once (tests/test_lockstep.py compares them; the
   fused CPU SGD kernel rounds a few elements by one ulp differently, the others are bitwise equal);
@@ -24,13 +25,15 @@ runs interrupted at different points) or whose parameters differ in shape are tr
 after another; a model the stacking does not support (:class:`~archrelax.train.stacked.NotStackable`) is
 trained member by member by the ordinary loop, with a note.
 
-Equality with separate runs: on CPU the stacked layers compute the members' own numbers (bitwise for eFCN and
-eLCN layers; grouped convs and the fused SGD step to ~1 ulp), so metrics agree to float tolerance over a run
-(tests/test_lockstep.py states and checks it); on CUDA to float tolerance.
+Equality with separate runs: member by member (CPU), each layer computes the member's own numbers bit for bit;
+batched (CUDA), to float tolerance (other GEMM/conv kernels). The fused CPU SGD step over the stack rounds a few
+elements one ulp differently and the per-member losses are reduced in another order, so metrics agree with
+separate runs to float tolerance over a run (tests/test_lockstep.py states the tolerance and runs both modes).
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 import time
 import traceback
@@ -92,8 +95,9 @@ class _Member(_Run):
 
     def _checkpoint_due(self, now: float, last_ckpt: float) -> bool:
         """The trainer's rule, except that epoch ends alone do not call for a checkpoint while the time rule is on:
-        a stack writes R checkpoints at once, which at GPU speed costs more than the epoch (24 VanillaCNN eFCNs:
-        14 GB per epoch of about 2 s). Resume is exact from any step, so only how much may be redone changes."""
+        a stack writes R checkpoints at once (24 VanillaCNN eFCNs: 14 GB at every epoch end, for about 110 TFLOP of
+        training per epoch of 10k images; benchmarks/device_check.py measures both). Resume is exact from any
+        step, so only how much may be redone changes."""
         cfg = self.cfg
         if self.stack is None or cfg.checkpoint_every_s is None:
             return super()._checkpoint_due(now, last_ckpt)
@@ -121,11 +125,12 @@ def _failure(e: BaseException) -> str:
 class _Lockstep:
     """Members at the same step with parameters of one shape, trained on one stack (module docstring)."""
 
-    def __init__(self, members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]]):
+    def __init__(self, members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]],
+                 batched: bool | None):
         self.members, self.shared, self.results = list(members), shared, results
         m0 = members[0]
         self.cfg, self.device = m0.cfg, m0.device
-        self.net, self.held = stack_models([m.model for m in members], [m.rng for m in members])
+        self.net, self.held = stack_models([m.model for m in members], [m.rng for m in members], batched=batched)
         try:
             c, h, w = shared.data.train.images.shape[1:]
             check_stacked(self.net, [m.model for m in members],
@@ -168,8 +173,11 @@ class _Lockstep:
 
     # ---- evaluation ------------------------------------------------------------------------------------------
     def losses(self, m: _Member) -> tuple[float, float, float, float]:
-        """Member ``m``'s (train_loss, train_acc, test_loss, test_acc) at the current step: the whole stack is
-        evaluated once per step, when the first member asks."""
+        """Member ``m``'s (train_loss, train_acc, test_loss, test_acc) at the current step. Batched: the whole stack
+        is evaluated once per step, when the first member asks; member by member: by the trainer's own
+        ``evaluate`` of the member's model (its parameters are views of the stack: the same weights)."""
+        if not self.held.batched:
+            return _Run._losses(m)
         if self._eval is None or self._eval[0] != m.step:
             self._eval = (m.step, self._evaluate_all())
         return self._eval[1][self.members.index(m)]
@@ -401,7 +409,7 @@ def _solo(m: _Member, results: dict[int, dict[str, Any]]) -> None:
 
 
 def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]],
-                log: Callable[[str], None]) -> None:
+                log: Callable[[str], None], batched: bool | None) -> None:
     parts: dict[Any, list[_Member]] = {}
     for m in members:  # same step and parameter shapes: one stack
         sig = (m.step, tuple((n, tuple(p.shape)) for n, p in m.model.named_parameters()))
@@ -412,7 +420,7 @@ def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict
     for part in parts.values():
         for chunk in _memory_chunks(part):
             try:
-                stack = _Lockstep(chunk, shared, results)
+                stack = _Lockstep(chunk, shared, results, batched)
             except NotStackable as e:
                 log(f"lockstep: {e}; training these {len(chunk)} runs one after another instead")
                 for m in chunk:
@@ -426,8 +434,8 @@ def _warn(msg: str) -> None:
 
 
 def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any], *,
-                   locks: Sequence[RunLock | None] | None = None,
-                   log: Callable[[str], None] | None = None) -> list[dict[str, Any]]:
+                   locks: Sequence[RunLock | None] | None = None, log: Callable[[str], None] | None = None,
+                   batched: bool | None = None) -> list[dict[str, Any]]:
     """Train runs that differ only in ``init_from``, ``seed``, ``snapshots`` and runtime fields in one process, in
     lockstep (module docstring), each into its own run folder exactly as ``train(config, out_dir)`` would.
 
@@ -436,9 +444,13 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
     they are; a folder that trained with another config is refused (ValueError), as by ``train``. Returns one
     ``train``-style result per run, in order. A run that fails (while being set up or trained) is recorded as
     ``failed`` in its status.json and returned with ``"status": "failed"``, its ``"error"`` and ``"traceback"``;
-    the others go on. ``log``: where notes go (default: ``warnings.warn``).
+    the others go on. ``log``: where notes go (default: ``warnings.warn``). ``batched``: the stacked layers run
+    batched (one call for all members) or member by member (``archrelax.train.stacked``); default: the
+    environment's ``ARCHRELAX_LOCKSTEP_BATCHED`` (1 or 0) if set, else batched on CUDA only.
     """
     log = log or _warn
+    if batched is None and os.environ.get("ARCHRELAX_LOCKSTEP_BATCHED", "") in ("0", "1"):
+        batched = os.environ["ARCHRELAX_LOCKSTEP_BATCHED"] == "1"
     cfgs = [c if isinstance(c, TrainConfig) else TrainConfig.from_dict(dict(c)) for c in configs]
     folders = [RunFolder(d) for d in out_dirs]
     if len(cfgs) != len(folders) or not cfgs:
@@ -467,7 +479,7 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
             else:
                 todo.append(i)
         if todo:
-            _train_group(cfgs, folders, todo, results, log)
+            _train_group(cfgs, folders, todo, results, log, batched)
         return [results[i] for i in range(len(cfgs))]
     finally:
         for lock in own:
@@ -475,7 +487,7 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
 
 
 def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[int],
-                 results: dict[int, dict[str, Any]], log: Callable[[str], None]) -> None:
+                 results: dict[int, dict[str, Any]], log: Callable[[str], None], batched: bool | None) -> None:
     from archrelax.utils import resolve_device
 
     device = resolve_device(cfgs[todo[0]].device)
@@ -507,6 +519,6 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
                     continue
                 pending.remove(i)
             by_member: dict[int, dict[str, Any]] = {}
-            _train_wave([m for _, m in wave], shared, by_member, log)
+            _train_wave([m for _, m in wave], shared, by_member, log, batched)
             for i, m in wave:
                 results[i] = by_member[id(m)]

@@ -4,7 +4,8 @@ The stacked module takes the *member-major merged batch*: rows ``r·B .. (r+1)·
 input are member r's batch, and so are those of the output. Only the leaves that hold parameters (and the
 random ones) are replaced; every other module, the model's own ``forward`` included, runs unchanged on the
 merged batch, which is right for everything that treats samples independently (activations, pooling,
-flatten, reshapes). Each replaced leaf computes R independent layers in one batched call:
+flatten, reshapes). Each replaced leaf computes R independent layers, *batched* (the default on CUDA: what
+keeps a large GPU busy) in one call:
 
 - ``DenseConv`` / ``nn.Linear``: one ``baddbmm``, ``(R, B, in) x (R, in, out)``, no copy of the input;
 - ``nn.Conv1d/2d``: one grouped conv, the members' channels side by side (``groups = R·groups``);
@@ -13,9 +14,12 @@ flatten, reshapes). Each replaced leaf computes R independent layers in one batc
 - dropout (torch's dropout family): member by member, each drawing from its own RNG state (``rng``), so every
   member draws exactly what a run of its own would (same op, same generator state, same shape).
 
-On CPU the stacked forward and backward equal the members' own bit for bit for these layers (measured:
-``baddbmm`` vs ``addmm``, and the grouped eLCN kernel); on CUDA to float tolerance (other GEMM/conv kernels
-may be chosen). Anything else that holds parameters or persistent buffers (BatchNorm, LayerNorm, embeddings,
+or *member by member* (the default elsewhere): each member's slice through the very op its own layer calls
+(``F.linear``, ``F.conv2d``, the eLCN kernel), on views from ``unbind`` (whose backward stacks the gradients in
+one copy). On a CPU batching saves no arithmetic and costs cache locality: the weight gradient of a
+VanillaCNN eFCN first layer as one ``bmm`` takes 1.7x the time of the members' ``mm`` (6 members, batch 100, 1
+thread), and member by member the numbers are each member's own, bit for bit. The batched layers equal the
+members' to float tolerance (different GEMM/conv kernels; tests/test_lockstep.py runs both on CPU). Anything else that holds parameters or persistent buffers (BatchNorm, LayerNorm, embeddings,
 user layers) raises :class:`NotStackable` naming it, and ``check_stacked`` compares the stacked forward with
 each member's on a random batch, which catches a ``forward`` that mixes the samples of a batch.
 
@@ -49,11 +53,12 @@ class NotStackable(ValueError):
 
 
 class Members:
-    """What the stacked leaves share: the member count ``R`` and each member's RNG state (``rng_state`` format,
-    advanced by the random leaves; None: the member draws from the global generator like the others)."""
+    """What the stacked leaves share: the member count ``R``, each member's RNG state (``rng_state`` format,
+    advanced by the random leaves; None: the member draws from the global generator like the others), and
+    whether the layers run batched (one call for all members) or member by member (module docstring)."""
 
-    def __init__(self, n: int, rng: Sequence[dict[str, Any] | None], device: torch.device):
-        self.R, self.rng, self.device = n, list(rng), device
+    def __init__(self, n: int, rng: Sequence[dict[str, Any] | None], device: torch.device, batched: bool):
+        self.R, self.rng, self.device, self.batched = n, list(rng), device, batched
 
     def split(self, x: Tensor) -> int:
         """The per-member batch size B of a merged ``(R·B, ...)`` batch."""
@@ -63,13 +68,25 @@ class Members:
 
 
 class _Stacked(nn.Module):
-    """Base of the stacked leaves: ``weight`` ``(R, *member shape)`` and ``bias`` (or None) as parameters."""
+    """Base of the stacked leaves: ``weight`` ``(R, *member shape)`` and ``bias`` (or None) as parameters.
+    ``forward`` runs ``_batched`` (one call for all members) or ``_member`` (one member's own layer op) on each
+    member's slice, as ``members.batched`` says."""
 
     def __init__(self, members: Members, weight: Tensor, bias: Tensor | None):
         super().__init__()
         object.__setattr__(self, "members", members)  # shared, not a submodule
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.members
+        B = m.split(x)
+        if m.batched:
+            return self._batched(x, m.R, B)
+        # member by member: unbind's backward stacks the members' gradients in one copy
+        ws = self.weight.unbind(0)
+        bs = self.bias.unbind(0) if self.bias is not None else (None,) * m.R
+        return torch.cat([self._member(xr, w, b) for xr, w, b in zip(x.split(B), ws, bs)])
 
 
 class StackedLinear(_Stacked):
@@ -80,9 +97,12 @@ class StackedLinear(_Stacked):
         super().__init__(members, weight, bias)
         self.out_shape = out_shape
 
-    def forward(self, x: Tensor) -> Tensor:
-        R = self.members.R
-        B = self.members.split(x)
+    def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # as DenseConv / nn.Linear
+        if self.out_shape is None:
+            return F.linear(x, w, b)
+        return F.linear(x.flatten(1), w, b).view(-1, *self.out_shape)
+
+    def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
         if self.out_shape is not None:  # DenseConv: the flattened input
             x = x.flatten(1)
         lead = x.shape[:-1]
@@ -115,17 +135,19 @@ class StackedConv(_Stacked):
         self.stride, self.padding, self.dilation, self.groups = conv.stride, conv.padding, conv.dilation, conv.groups
         self.padding_mode, self.pad_twice = conv.padding_mode, conv._reversed_padding_repeated_twice
 
-    def forward(self, x: Tensor) -> Tensor:
-        R = self.members.R
-        self.members.split(x)
-        xs = _side_by_side(x, R)
+    def _conv(self, x: Tensor, w: Tensor, b: Tensor | None, groups: int) -> Tensor:
         padding = self.padding
         if self.padding_mode != "zeros":  # as nn.Conv*d does
-            xs, padding = F.pad(xs, self.pad_twice, mode=self.padding_mode), 0
+            x, padding = F.pad(x, self.pad_twice, mode=self.padding_mode), 0
+        return (F.conv1d if self.dim == 1 else F.conv2d)(x, w, b, self.stride, padding, self.dilation, groups)
+
+    def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        return self._conv(x, w, b, self.groups)
+
+    def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
         w = self.weight.reshape(-1, *self.weight.shape[2:])  # (R·C_out, C_in/g, *k)
         b = None if self.bias is None else self.bias.reshape(-1)
-        conv = F.conv1d if self.dim == 1 else F.conv2d
-        return _member_major(conv(xs, w, b, self.stride, padding, self.dilation, R * self.groups), R)
+        return _member_major(self._conv(_side_by_side(x, R), w, b, R * self.groups), R)
 
 
 class StackedLocallyConnected(_Stacked):
@@ -146,9 +168,11 @@ class StackedLocallyConnected(_Stacked):
                                                      groups=R * s.groups)
         return g
 
-    def forward(self, x: Tensor) -> Tensor:
-        R = self.members.R
-        self.members.split(x)
+    def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # as LocallyConnectedNd.forward
+        out = _LocallyConnectedFn.apply(x, w, self.gather_index, self.geometry)
+        return out if b is None else out + b.to(out.dtype)
+
+    def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
         g = self._geometry(R)
         w = self.weight.reshape(-1, *self.weight.shape[2:])  # (R·G, P, C_out/g, T, C_in/g)
         out = _LocallyConnectedFn.apply(_side_by_side(x, R), w, self.gather_index, g)  # (B, R·C_out, *out_sp)
@@ -226,14 +250,15 @@ def _stacked_param(models: Sequence[nn.Module], name: str) -> Tensor | None:
     return out
 
 
-def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | None] | None = None
-                 ) -> tuple[nn.Module, Members]:
+def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | None] | None = None,
+                 batched: bool | None = None) -> tuple[nn.Module, Members]:
     """``(stacked module, members)`` for ``models`` of one architecture (same parameter names, shapes, dtypes,
     devices; relaxed layers of equal geometry). The stacked module's parameters have the members' names and a
     leading member dim; afterwards each member's parameters are views of them (module docstring).
 
-    ``rng``: each member's RNG state for its random leaves (default: None each). Raises :class:`NotStackable`
-    naming what differs or what is not supported; nothing is changed then.
+    ``rng``: each member's RNG state for its random leaves (default: None each). ``batched``: one call per layer
+    for all members (default on CUDA) or each member's own layer op in turn (default elsewhere); see the module
+    docstring. Raises :class:`NotStackable` naming what differs or what is not supported; nothing is changed then.
     """
     if not models:
         raise ValueError("stack_models needs at least one model")
@@ -261,7 +286,9 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
             if len(geoms) > 1:
                 raise NotStackable(f"relaxed layer {path!r} has different geometries across the models: {geoms}")
     device = next(ref.parameters()).device if sig else torch.device("cpu")
-    members = Members(len(models), rng if rng is not None else [None] * len(models), device)
+    if batched is None:
+        batched = device.type == "cuda"
+    members = Members(len(models), rng if rng is not None else [None] * len(models), device, batched)
     # the skeleton: the model's structure without copies of its parameters (placeholders, replaced below)
     memo = {id(p): torch.empty(0) for p in ref.parameters()}
     net = copy.deepcopy(ref, memo)
