@@ -369,6 +369,9 @@ def section_protocol(sz, device, state, budget) -> None:
         if predicted > budget.left() - 20:
             say("  SKIPPED: the capped protocol would not fit the budget (raise --budget-s, or run --sections 6)")
             return
+    elif budget.left() < 200 and not sz.smoke:
+        say(f"  SKIPPED: no estimate (section 5 did not run) and only {budget.left():.0f} s left")
+        return
     out = Path(tempfile.mkdtemp(prefix="device-check-protocol-", dir=state["tmp"]))
     t0 = time.perf_counter()
     try:
@@ -421,18 +424,15 @@ def resolve_data(arg: str, sz: Sizes) -> tuple[list[str], bool, str]:
     tries = [arg]
     if arg == "cifar10":
         tries += [f"imagefolder:{z}" for z in ZIPS if z.is_file()]
-    errors = []
     for src in tries:
         try:
             d = load_data(src, train_size=sz.train_size, test_size=None)
         except Exception as e:  # not there (no network on the GPU machine): say so and try the next
-            errors.append(f"{src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            say(f"  could not load {src}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
             continue
         size = sz.train_size if d.train.images.shape[0] >= sz.train_size else None
         return [f"data={src}", f"train_size={size if size else 'null'}"], src.startswith("synthetic"), \
             f"{src}: {d.train.images.shape[0]} train / {d.test.images.shape[0]} test images"
-    for e in errors:
-        say(f"  could not load {e}")
     say(f"  FALLBACK to {SYNTHETIC}: TIMING ONLY (random images; accuracies and zero-loss times mean nothing)")
     return [f"data={SYNTHETIC}", "train_size=null"], True, f"{SYNTHETIC} (fallback, timing only)"
 

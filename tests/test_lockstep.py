@@ -275,6 +275,35 @@ def test_kill_minus_9_then_resume_by_lockstep_or_by_the_trainer(cnns, tmp_path):
         assert_rows_close(read_metrics(ref[i] / "metrics.jsonl"), read_metrics(by_trainer[i] / "metrics.jsonl"))
 
 
+def test_members_at_different_steps_train_as_separate_stacks(cnns, tmp_path, monkeypatch):
+    import archrelax.train.lockstep as ls
+
+    configs = [cfg(relax="fc", init_from=snap(cnns, 0, t), checkpoint_every_steps=1) for t in (1, 2)]
+    sep = [train(c, tmp_path / f"sep{i}") for i, c in enumerate(configs)]
+    step, calls = ls._Lockstep._step, []
+
+    def interrupted(self, *a, **kw):  # the first run stops after 3 steps (as if its process were stopped)
+        calls.append(1)
+        if len(calls) > 3:
+            raise KeyboardInterrupt
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(ls._Lockstep, "_step", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train_lockstep(configs[:1], [tmp_path / "ls0"])
+    monkeypatch.setattr(ls._Lockstep, "_step", step)
+    assert json.loads((tmp_path / "ls0" / "status.json").read_text())["status"] == "failed"
+    assert load_checkpoint(tmp_path / "ls0" / "checkpoints" / "last.pt")["step"] == 3
+    notes: list[str] = []
+    out = train_lockstep(configs, [tmp_path / "ls0", tmp_path / "ls1"], log=notes.append)  # steps 3 and 0
+    assert [r["status"] for r in out] == ["done", "done"]
+    assert any("2 different steps or shapes" in n for n in notes), notes
+    for i in range(2):
+        assert_rows_close(read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl"),
+                          read_metrics(tmp_path / f"ls{i}" / "metrics.jsonl"))
+    assert out[0]["metrics"]["train_loss"] == pytest.approx(sep[0]["metrics"]["train_loss"], rel=RTOL)
+
+
 @register_model("_test_bn_cnn")
 def _bn_cnn(*, num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
     m = nn.Sequential(nn.Conv2d(in_channels, 4, 5, stride=4), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
@@ -306,6 +335,15 @@ def test_group_checks_configs_and_records_a_failing_member(cnns, tmp_path):
     assert out[0]["status"] == "done"
     assert out[1]["status"] == "failed" and "missing.pt" in out[1]["error"] and "Traceback" in out[1]["traceback"]
     assert json.loads((tmp_path / "bad" / "status.json").read_text())["status"] == "failed"
+
+
+def test_members_checkpoint_on_the_time_rule_not_at_every_epoch_end(cnns, tmp_path):
+    c = cfg(relax="fc", init_from=snap(cnns, 0, 1), checkpoint_every_s=3600.0)  # epochs=2: 2 epoch ends
+    train(c, tmp_path / "sep")
+    train_lockstep([c, c.to_dict() | {"init_from": snap(cnns, 0, 2)}], [tmp_path / "ls0", tmp_path / "ls1"])
+    assert load_checkpoint(tmp_path / "sep" / "checkpoints" / "last.pt")["step"] == 8  # the trainer: every epoch end
+    assert load_checkpoint(tmp_path / "ls0" / "checkpoints" / "last.pt")["step"] == 0  # a stack: the time rule only
+    assert load_checkpoint(tmp_path / "ls0" / "final.pt")["step"] == 8
 
 
 def test_bf16_autocast_lockstep_runs_and_tracks_separate_runs(cnns, tmp_path):

@@ -33,6 +33,7 @@ separate runs to float tolerance over a run (tests/test_lockstep.py states the t
 from __future__ import annotations
 
 import dataclasses
+import gc
 import os
 import sys
 import time
@@ -95,7 +96,7 @@ class _Member(_Run):
 
     def _checkpoint_due(self, now: float, last_ckpt: float) -> bool:
         """The trainer's rule, except that epoch ends alone do not call for a checkpoint while the time rule is on:
-        a stack writes R checkpoints at once (24 VanillaCNN eFCNs: 14 GB at every epoch end, for about 110 TFLOP of
+        a stack writes R checkpoints at once (24 VanillaCNN eFCNs: 14 GB at every epoch end, for about 80 TFLOP of
         training per epoch of 10k images; benchmarks/device_check.py measures both). Resume is exact from any
         step, so only how much may be redone changes."""
         cfg = self.cfg
@@ -500,8 +501,13 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
                 results[i] = {**_result(folders[i], folders[i].write_status("failed", error=_failure(e))),
                               "traceback": tb}
             return
-        pending = list(todo)
+        pending, first = list(todo), True
         while pending:  # waves: members are built until one no longer fits the device's memory
+            if not first:  # the last wave's memory back to the device (the relax guard reads free memory)
+                gc.collect()
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            first = False
             wave: list[tuple[int, _Member]] = []
             for i in list(pending):
                 try:
