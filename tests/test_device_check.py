@@ -18,6 +18,7 @@ def run(*args: str, tmp: Path, timeout: float = 600) -> subprocess.CompletedProc
                           timeout=timeout, cwd=tmp)
 
 
+@pytest.mark.slow
 def test_smoke_runs_every_section(tmp_path):
     res = run("--smoke", "--tmp", str(tmp_path), tmp=tmp_path)
     out = res.stdout

@@ -369,6 +369,28 @@ def _stacked(values: list[Any]) -> Any:
 
 # ---- the group ------------------------------------------------------------------------------------------------
 
+# The TrainConfig fields whose meaning the lockstep loop implements. A field added later (a new loss term, a new
+# schedule) is trained by the ordinary trainer until the loop here learns it: set to anything but its default,
+# train_lockstep trains those runs one after another with ``train`` and says so, rather than silently ignore it.
+KNOWN_FIELDS = frozenset((
+    "model", "model_kwargs", "relax", "relax_layers", "init_from", "optimizer_state", "data", "data_root",
+    "train_size", "test_size", "data_seed", "augment", "optimizer", "lr", "momentum", "weight_decay", "schedule",
+    "step_size", "gamma", "warmup_epochs", "batch_size", "epochs", "until_zero_loss", "max_epochs", "loss_threshold",
+    "eval_times", "snapshots", "seed", "device", "amp", "compile", "progress", "tensorboard", "checkpoint_every_steps",
+    "checkpoint_every_s", "force_memory"))
+
+
+def _unknown_settings(cfg: TrainConfig) -> list[str]:
+    """Fields set away from their default that the lockstep loop does not implement (see KNOWN_FIELDS)."""
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in KNOWN_FIELDS:
+            continue
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        if getattr(cfg, f.name) != default:
+            out.append(f.name)
+    return out
+
 
 def _check_group(cfgs: list[TrainConfig]) -> None:
     keys = {lockstep_key(c) for c in cfgs}
@@ -467,10 +489,13 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
             raise ValueError(f"train_lockstep(locks=...) needs the held lock of {str(f.lock_path)!r}, got {lock.path} "
                              f"({'held' if lock.held else 'not held'})")
     own: list[RunLock] = []
+    held: list[RunLock] = []
     try:
         for f, lock in zip(folders, locks):
             if lock is None:
-                own.append(f.lock().acquire())
+                lock = f.lock().acquire()
+                own.append(lock)
+            held.append(lock)
         results: dict[int, dict[str, Any]] = {}
         todo = []
         for i, (cfg, f) in enumerate(zip(cfgs, folders)):
@@ -479,12 +504,28 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
                 results[i] = finished
             else:
                 todo.append(i)
-        if todo:
+        unknown = _unknown_settings(cfgs[0]) if todo else []
+        if unknown:
+            log(f"lockstep: these runs set {unknown}, which the lockstep loop does not implement; trained one after "
+                "another by the ordinary trainer instead")
+            for i in todo:
+                results[i] = _ordinary(cfgs[i], folders[i], held[i])
+        elif todo:
             _train_group(cfgs, folders, todo, results, log, batched)
         return [results[i] for i in range(len(cfgs))]
     finally:
         for lock in own:
             lock.release()
+
+
+def _ordinary(cfg: TrainConfig, folder: RunFolder, lock: RunLock) -> dict[str, Any]:
+    """``train`` with the held lock; a failure (recorded in status.json by the trainer) is returned, not raised."""
+    from .trainer import train
+
+    try:
+        return train(cfg, folder.path, lock=lock)
+    except Exception as e:
+        return {**_result(folder, folder.read_status()), "error": _failure(e), "traceback": traceback.format_exc()}
 
 
 def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[int],
