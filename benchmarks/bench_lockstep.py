@@ -41,7 +41,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, load average {load:.2f}")
+    print(f"torch {torch.__version__}, device {args.device}, {torch.get_num_threads()} threads, "
+          f"load average {load:.2f}")
     root = Path(tempfile.mkdtemp(prefix="bench-lockstep-"))
     base = dict(model="vanilla_cnn", model_kwargs={"width": args.width}, data=args.data, batch_size=args.batch_size,
                 lr=0.01, eval_times="log:10", device=args.device, progress=False)

@@ -277,7 +277,8 @@ def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: st
 # ---- scheduling ---------------------------------------------------------------------------------------
 
 
-def lockstep_groups(plan: dict[str, Run], ready: list[str], waiting: list[str] = ()) -> tuple[list[list[str]], list[str]]:
+def lockstep_groups(plan: dict[str, Run], ready: list[str], waiting: list[str] = ()
+                    ) -> tuple[list[list[str]], list[str]]:
     """``(groups, held)``: the ``ready`` runs grouped by (kind, ``lockstep_key`` of their config), in plan order, and
     the ready runs held back because a run of their group is ``waiting`` for its snapshot."""
     from ..train.config import lockstep_key  # plain data, no torch

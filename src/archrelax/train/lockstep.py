@@ -134,8 +134,8 @@ class _Lockstep:
         self.net, self.held = stack_models([m.model for m in members], [m.rng for m in members], batched=batched)
         try:
             c, h, w = shared.data.train.images.shape[1:]
-            check_stacked(self.net, [m.model for m in members],
-                          torch.randn(len(members), 2, c, h, w, generator=torch.Generator().manual_seed(0)).to(self.device))
+            examples = torch.randn(len(members), 2, c, h, w, generator=torch.Generator().manual_seed(0))
+            check_stacked(self.net, [m.model for m in members], examples.to(self.device))
         except NotStackable:
             for m in members:  # back to tensors of their own, for the ordinary loop
                 for p in m.model.parameters():
@@ -162,7 +162,7 @@ class _Lockstep:
                 m.opt.state.pop(m.params[name], None)
 
     def optimizer_state(self, m: _Member) -> dict[str, Any]:
-        """Member ``m``'s optimiser state dict, as its own optimiser would hold it (layout of ``Optimizer.state_dict``)."""
+        """Member ``m``'s optimiser state dict, as its own optimiser would hold it (``Optimizer.state_dict``)."""
         r = self.members.index(m)
         state = {}
         for i, (name, p) in enumerate(self.net.named_parameters()):

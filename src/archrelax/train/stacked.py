@@ -19,9 +19,11 @@ or *member by member* (the default elsewhere): each member's slice through the v
 one copy). On a CPU batching saves no arithmetic and costs cache locality: the weight gradient of a
 VanillaCNN eFCN first layer as one ``bmm`` takes 1.7x the time of the members' ``mm`` (6 members, batch 100, 1
 thread), and member by member the numbers are each member's own, bit for bit. The batched layers equal the
-members' to float tolerance (different GEMM/conv kernels; tests/test_lockstep.py runs both on CPU). Anything else that holds parameters or persistent buffers (BatchNorm, LayerNorm, embeddings,
-user layers) raises :class:`NotStackable` naming it, and ``check_stacked`` compares the stacked forward with
-each member's on a random batch, which catches a ``forward`` that mixes the samples of a batch.
+members' to float tolerance (different GEMM/conv kernels; tests/test_lockstep.py runs both on CPU).
+
+Anything else that holds parameters or persistent buffers (BatchNorm, LayerNorm, embeddings, user layers)
+raises :class:`NotStackable` naming it, and ``check_stacked`` compares the stacked forward with each member's
+on a random batch, which catches a ``forward`` that mixes the samples of a batch.
 
 The members' parameters become views of the stacked ones (``p.data = stacked[r]``): the members' models stay
 usable as they are (state dicts, δ, snapshots) and always hold the current weights, at no extra memory.
@@ -276,8 +278,8 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
                 raise NotStackable(f"the model is a single {type(mod).__name__} layer; wrap it in an nn.Sequential")
             kinds[path] = _leaf_kind(path, mod)
         elif any(p is not None for p in mod._parameters.values()):
-            raise NotStackable(f"module {path or '<root>'!r} ({type(mod).__name__}) holds parameters of its own besides "
-                               f"its children; supported leaves: {'; '.join(SUPPORTED)}")
+            raise NotStackable(f"module {path or '<root>'!r} ({type(mod).__name__}) holds parameters of its own "
+                               f"besides its children; supported leaves: {'; '.join(SUPPORTED)}")
         elif any(n not in mod._non_persistent_buffers_set for n, _ in mod.named_buffers(recurse=False)):
             raise NotStackable(f"module {path or '<root>'!r} ({type(mod).__name__}) holds persistent buffers")
     for path, kind in kinds.items():

@@ -369,7 +369,9 @@ class _Run:
     def _losses(self) -> tuple[float, float, float, float]:
         """Loss and accuracy on the full train and test sets: (train_loss, train_acc, test_loss, test_acc)."""
         amp = self.cfg.amp
-        return (*evaluate(self.forward, self.eval_feeds["train"], amp), *evaluate(self.forward, self.eval_feeds["test"], amp))
+        train_loss, train_acc = evaluate(self.forward, self.eval_feeds["train"], amp)
+        test_loss, test_acc = evaluate(self.forward, self.eval_feeds["test"], amp)
+        return train_loss, train_acc, test_loss, test_acc
 
     def _evaluate(self, record: bool = True) -> dict[str, Any]:
         train_loss, train_acc, test_loss, test_acc = self._losses()
