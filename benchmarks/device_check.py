@@ -26,7 +26,10 @@ line that depends on it says TIMING ONLY (the protocol's caps-based bound does n
 Without CUDA and without ``--smoke`` the script says so and exits with status 2. A section that fails prints
 its error and the script goes on; the exit status is 1 if any failed.
 
-    python benchmarks/device_check.py [--data cifar10] [--budget-s 450] [--sections 1,2,3,4,5,6] [--smoke]
+    python benchmarks/device_check.py [--data cifar10] [--budget-s 420] [--sections 1,2,3,4,5,6] [--tmp DIR] [--smoke]
+
+Section 6 writes the runs' checkpoints (about 25 GB at these sizes: 24 eFCNs keep last.pt and final.pt) under
+``--tmp`` (default: the system's temporary folder) and removes them; it is skipped when the disk is too small.
 """
 from __future__ import annotations
 
@@ -224,11 +227,9 @@ def section_elcn(sz, device, state) -> None:
             say(f"  eLCN {name} layer 2 ({geom.in_channels}->{geom.out_channels} k{geom.kernel_size[0]}, "
                 f"{geom.in_spatial[0]}x{geom.in_spatial[1]}) fwd+bwd {label}: {t * 1e3:8.2f} ms, "
                 f"GEMM-fraction {frac:.3f}")
-        with warnings.catch_warnings():  # index_add_ has no deterministic CUDA kernel: warns in this mode
-            warnings.simplefilter("ignore")
-            t_det = timeit(lambda: fwd_bwd_fp32(layer, x), device, sz.reps)
-            with index_add_backward():
-                t_atomic = timeit(lambda: fwd_bwd_fp32(layer, x), device, sz.reps)
+        t_det = timeit(lambda: fwd_bwd_fp32(layer, x), device, sz.reps)  # the trainer's mode: the gather-sum
+        with nondeterministic(), index_add_backward():  # CUDA's default outside that mode: atomic adds
+            t_atomic = timeit(lambda: fwd_bwd_fp32(layer, x), device, sz.reps)
         say(f"  eLCN {name} layer 2 backward: deterministic gather-sum / index_add_ = {t_det / t_atomic:.3f}")
         del layer, x
     # the whole eLCN(VanillaCNN) step against bare batched matmuls of its unfolded shapes
@@ -265,6 +266,19 @@ def section_elcn(sz, device, state) -> None:
         say(line)
         del ops, mats, step
     del elcn
+
+
+@contextlib.contextmanager
+def nondeterministic():
+    """Deterministic algorithms off for a moment (so ``index_add_`` takes its atomic-add kernel), then as before."""
+    prev = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(False)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.use_deterministic_algorithms(prev[0], warn_only=prev[1])
 
 
 def fwd_bwd_fp32(layer: nn.Module, x: torch.Tensor) -> None:
@@ -330,7 +344,8 @@ def section_groups(sz, device, state) -> None:
             t_eval = timeit(evaluate, device, 1)
             net.train()
             t_ck, t_fin, size = checkpoint_seconds(m, device, tmp, 1)
-            costs[group] = dict(R=R, t_step=t_step, t_epoch=spe * t_step, t_eval=t_eval, t_ck=t_ck, t_fin=t_fin)
+            costs[group] = dict(R=R, t_step=t_step, t_epoch=spe * t_step, t_eval=t_eval, t_ck=t_ck, t_fin=t_fin,
+                                bytes=size)
             say(f"  {group:4s} x{R:2d}: training epoch {spe * t_step:7.2f} s ({spe} steps of {t_step * 1e3:.1f} ms); "
                 f"one evaluation {t_eval:6.2f} s; checkpoint round {R * t_ck:6.2f} s ({R} x {size / 1e9:.2f} GB, "
                 f"{size / t_ck / 1e9:.2f} GB/s); final weights {R * t_fin:6.2f} s")
@@ -374,6 +389,15 @@ def section_protocol(sz, device, state, budget) -> None:
         say(f"  SKIPPED: no estimate (section 5 did not run) and only {budget.left():.0f} s left")
         return
     out = Path(tempfile.mkdtemp(prefix="device-check-protocol-", dir=state["tmp"]))
+    if "groups" in state:  # every run keeps last.pt (weights + momentum) and final.pt (weights): 1.5x a checkpoint
+        need = sum(1.5 * c["R"] * c["bytes"] for c in state["groups"].values())
+        free_bytes = shutil.disk_usage(out).free
+        if free_bytes < 1.2 * need:
+            shutil.rmtree(out, ignore_errors=True)
+            say(f"  SKIPPED: the runs need about {need / 1e9:.0f} GB and {out.parent} has {free_bytes / 1e9:.0f} GB free "
+                "(use --tmp on a larger disk)")
+            return
+        say(f"  disk: the runs need about {need / 1e9:.1f} GB; {free_bytes / 1e9:.0f} GB free in {out.parent}")
     t0 = time.perf_counter()
     try:
         run_experiment(spec, out, poll_s=0.5, log=lambda s: say(f"    [{time.perf_counter() - t0:7.1f} s] {s}"))
@@ -457,8 +481,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", default="cifar10", help="data source for the protocol (default: cifar10; falls back to "
                    f"{SYNTHETIC}, timing only)")
     p.add_argument("--device", default=None, help="device (default: cuda; cpu with --smoke)")
-    p.add_argument("--budget-s", type=float, default=450.0, help="stop starting work after this many seconds "
-                   "(default 450: the whole script stays under 8 minutes)")
+    p.add_argument("--budget-s", type=float, default=420.0, help="no section starts after this many seconds, and the "
+                   "protocol (6) only if its predicted length fits (default 420: the script stays under 8 minutes)")
     p.add_argument("--sections", default="1,2,3,4,5,6", help="sections to run, comma-separated (default: all)")
     p.add_argument("--amp", choices=("fp32", "bf16"), default="fp32",
                    help="precision of sections 5 and 6 (the preset trains in fp32; sections 2-4 measure both)")
