@@ -49,3 +49,15 @@ def test_submitit_local_runs_an_experiment_end_to_end(tmp_path):
     run_experiment(spec_from_dict(SPEC), exp, poll_s=0.2, log=again.append)
     assert again == ["2 runs planned: 2 already finished, 0 to run"]
     assert len(list((exp / "slurm").glob("*_log.out"))) == 2
+
+
+def test_submitit_local_trains_a_lockstep_group_as_one_job(tmp_path):
+    exp = tmp_path / "exp"
+    logs: list[str] = []
+    run_experiment(spec_from_dict({**SPEC, "switch_times": [0, 1], "lockstep": True}), exp, poll_s=0.2, log=logs.append)
+    rows = Store(exp).read_summary()
+    assert [r["kind"] for r in rows] == ["cnn", "efcn", "efcn"]
+    assert all(r["status"] == "done" for r in rows), rows
+    assert any(ln.startswith("  lockstep: 2 efcn runs in one process") for ln in logs), logs
+    # the CNN's job and one job for both eFCNs (a pickled run_group in its own process)
+    assert len(list((exp / "slurm").glob("*_log.out"))) == 2, sorted(p.name for p in (exp / "slurm").iterdir())
