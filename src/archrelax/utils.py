@@ -39,11 +39,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the target
+            raise _named(e, path) from e
         raise
     # fsync the folder so the rename itself survives a power cut
     try:
@@ -54,6 +56,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:
         pass
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The same error (same subclass: errno picks it) with the file it was writing named."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -79,9 +86,14 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+        try:
+            f.write(line.rstrip("\n") + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        except OSError as e:
+            if e.filename is not None:
+                raise
+            raise _named(e, path) from e
 
 
 def default_device() -> torch.device:

@@ -21,6 +21,10 @@ import contextlib
 import json
 import multiprocessing as mp
 import os
+import signal
+import subprocess
+import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -28,6 +32,7 @@ from typing import Any, Callable, Iterator
 
 from .plan import Run
 from .spec import SlurmOptions
+from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
 from ..utils import atomic_write_json
 from .store import FINISHED, Store
 
@@ -67,7 +72,21 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
 
     Never raises for a failing run: the failure is recorded in the run's status.json and returned.
     Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
+    On SIGTERM/SIGINT/SIGUSR1 the trainer stops after its current step (checkpoint, status 'interrupted')
+    and this returns ``{"status": "interrupted", "signal": N}``, in a worker process or a Slurm job alike.
     """
+    # signals (issue 9): recorded from here on, so one arriving before training starts stops it too
+    with StopOnSignals() as stop:
+        try:
+            return _run_one(experiment, run_id, stop)
+        except Interrupted as e:  # the trainer saved its state and wrote 'interrupted' (or never started)
+            store = Store(experiment)
+            store.write_summary()
+            return {"id": run_id, "status": store.read_status(run_id).get("status"), "error": str(e),
+                    "signal": e.signum}
+
+
+def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any]:
     store = Store(experiment)
     run = store.load_plan()[run_id]
     with store.lock(run_id) as held:
@@ -76,6 +95,7 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
         st = store.read_status(run_id)
         if st.get("status") in FINISHED:
             return {"id": run_id, "status": st["status"], "error": st.get("error"), "skipped": True}
+        stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
         config = {**run.config, "init_from": _init_from(store, run)}
         if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
             parent = store.read_status(run.depends_on) if run.depends_on else {}
@@ -127,13 +147,87 @@ class InProcessExecutor:
         pass
 
 
-def _worker_init(slot_queue: Any, n_gpus: int, threads: int) -> None:
+def _worker_init(slot_queue: Any, n_gpus: int, threads: int, parent_pid: int) -> None:
+    _die_with_parent(parent_pid)
+    # Ctrl-C and a group-wide SIGTERM reach every process of the group, but the scheduler decides: it
+    # forwards the signal to its workers, and a worker training a run stops cleanly (run_one handles the
+    # signals while it runs). An idle worker dying here would break the pool, and concurrent.futures would
+    # then terminate every worker, runs in flight included. The worker started with these signals blocked
+    # (_signals_blocked), so none arrived while it was importing; ignored from now on when idle.
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     slot = slot_queue.get()
     if n_gpus:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(slot % n_gpus)
     import torch
 
     torch.set_num_threads(threads)
+
+
+@contextlib.contextmanager
+def _signals_blocked() -> Iterator[None]:
+    """Block the stop signals in this thread for the duration: a process started meanwhile inherits the mask
+    (across exec too), so a worker cannot be killed by a Ctrl-C while it imports torch. Signals that arrive
+    here meanwhile stay pending and are delivered at the end (multiprocessing's resource tracker is started
+    the same way)."""
+    if not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ---- workers die with their parent (issue 9) ------------------------------------------------------------
+# Without this, a worker outlives a killed scheduler: re-parented to PID 1 it blocks forever on its task
+# queue (every worker holds a write end of it), and so does multiprocessing's resource tracker, which
+# waits for every holder of its pipe. Linux: the kernel sends _PARENT_GONE when the parent dies
+# (prctl PR_SET_PDEATHSIG, immediate even after kill -9); elsewhere a thread polls getppid() twice a second.
+_PARENT_GONE = signal.SIGHUP
+_PR_SET_PDEATHSIG = 1
+_parent_pid: int | None = None
+
+
+def _die_with_parent(parent_pid: int) -> None:
+    global _parent_pid
+    _parent_pid = parent_pid
+    signal.signal(_PARENT_GONE, _on_parent_gone)
+    armed = False
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        armed = ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(_PARENT_GONE), 0, 0, 0) == 0
+    if not armed:
+        def watch() -> None:
+            while os.getppid() == parent_pid:
+                time.sleep(0.5)
+            os.kill(os.getpid(), _PARENT_GONE)
+
+        threading.Thread(target=watch, name="archrelax-parent-watch", daemon=True).start()
+    if os.getppid() != parent_pid:  # the parent died before the death signal was armed
+        os.kill(os.getpid(), _PARENT_GONE)
+
+
+def _on_parent_gone(signum: int, frame: Any) -> None:
+    if os.getppid() == _parent_pid:
+        return  # a SIGHUP from elsewhere (terminal hang-up) while the scheduler lives: the scheduler decides
+    # training: the trainer stops after its step (checkpoint, 'interrupted'), then _pool_job exits;
+    # idle: nothing to save, exit now
+    if not request_stop(signum):
+        os._exit(128 + signum)
+
+
+def _pool_job(fn: Callable, *args: Any) -> Any:
+    """What a pool worker runs: ``fn(*args)``, then exit if the scheduler died meanwhile (no one to answer)."""
+    try:
+        return fn(*args)
+    finally:
+        if _parent_pid is not None and os.getppid() != _parent_pid:
+            os._exit(128 + _PARENT_GONE)
 
 
 class ProcessExecutor:
@@ -154,16 +248,23 @@ class ProcessExecutor:
             queue.put(i)
         threads = max(1, (os.cpu_count() or 1) // self.workers)
         return cf.ProcessPoolExecutor(self.workers, mp_context=ctx, initializer=_worker_init,
-                                      initargs=(queue, self.n_gpus, threads))
+                                      initargs=(queue, self.n_gpus, threads, os.getpid()))
 
     def submit(self, fn: Callable, *args: Any) -> cf.Future:
-        try:
-            return self._pool.submit(fn, *args)
-        except cf.process.BrokenProcessPool:
-            # a worker died (e.g. killed for memory): its in-flight jobs were reported failed; start afresh
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = self._make_pool()
-            return self._pool.submit(fn, *args)
+        with _signals_blocked():  # workers are started here, on demand: see _worker_init
+            try:
+                return self._pool.submit(_pool_job, fn, *args)
+            except cf.process.BrokenProcessPool:
+                # a worker died (e.g. killed for memory): its in-flight jobs were reported failed; start afresh
+                self._pool.shutdown(wait=False, cancel_futures=True)
+                self._pool = self._make_pool()
+                return self._pool.submit(_pool_job, fn, *args)
+
+    def interrupt(self, signum: int, jobs: list[Any]) -> None:
+        """Forward a stop signal to every worker: those training stop after their step, idle ones ignore it."""
+        for proc in list(self._pool._processes.values()):  # concurrent.futures keeps no public list of them
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[None]:
@@ -175,7 +276,8 @@ class ProcessExecutor:
 
 def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: str = "archrelax") -> Any:
     """submitit.AutoExecutor configured from the spec's ``slurm`` section (``timeout_min`` always explicit:
-    submitit's local executor would otherwise kill jobs after its short default)."""
+    submitit's local executor would otherwise kill jobs after its short default), wrapped in
+    :class:`SubmititExecutor` (quiet job states without accounting, signal forwarding)."""
     import submitit
 
     ex = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
@@ -195,7 +297,135 @@ def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: st
     if options.setup:
         params["slurm_setup"] = list(options.setup)
     ex.update_parameters(**params)
-    return ex
+    return SubmititExecutor(ex)
+
+
+class SubmititExecutor:
+    """A submitit executor (attributes pass through) with what the scheduler needs on a real cluster:
+
+    - job states from ``squeue`` where ``sacct`` fails (clusters without accounting): submitit alone logs a
+      "Bypassing sacct error" warning (three terminal lines) at every poll, and never sees a job that ended
+      without a result (cancelled, killed for memory) end, so the scheduler would wait forever;
+    - :meth:`interrupt`: a stop signal forwarded to the running jobs (``scancel --signal``), pending ones
+      cancelled (their runs stay pending).
+    """
+
+    def __init__(self, ex: Any):
+        self._ex = ex
+        self._batch: list[Any] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ex, name)
+
+    def submit(self, fn: Callable, *args: Any) -> Any:
+        job = self._ex.submit(fn, *args)
+        if self._batch is None:
+            _watch_quietly(job)
+        else:
+            self._batch.append(job)  # a placeholder until the batch (job array) is submitted
+        return job
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        self._batch = []
+        try:
+            with self._ex.batch():
+                yield
+        finally:
+            jobs, self._batch = self._batch, None
+        for job in jobs:
+            _watch_quietly(job)
+
+    def interrupt(self, signum: int, jobs: list[Any]) -> None:
+        if self._ex.cluster == "local":  # submitit's local controller forwards SIGTERM to its task
+            for job in jobs:
+                with contextlib.suppress(ProcessLookupError, ValueError):
+                    os.kill(int(job.job_id), signal.SIGTERM)
+            return
+        states = _squeue_states([job.job_id for job in jobs])
+        for job in jobs:
+            # `scancel --signal` on a pending job blocks, retrying, until the job starts: cancel those instead
+            if states.get(job.job_id, {}).get("State") == "PENDING":
+                cmd = ["scancel", "--state=PENDING", job.job_id]
+            else:
+                cmd = ["scancel", f"--signal={signal_name(signum).removeprefix('SIG')}", job.job_id]
+            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+                subprocess.run(cmd, capture_output=True, timeout=30)
+
+    def shutdown(self) -> None:
+        pass
+
+
+_WATCHER: Any = None
+
+
+def _watch_quietly(job: Any) -> None:
+    """Give a Slurm job the :func:`_squeue_watcher` (local jobs keep theirs)."""
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    if isinstance(getattr(job, "watcher", None), SlurmInfoWatcher):
+        job.watcher = _squeue_watcher()
+
+
+def _squeue_watcher() -> Any:
+    """One per process, like submitit's own: sacct while it works, else squeue (one line said once)."""
+    global _WATCHER
+    if _WATCHER is not None:
+        return _WATCHER
+    from submitit.slurm.slurm import SlurmInfoWatcher
+
+    class SqueueWatcher(SlurmInfoWatcher):
+        sacct = True
+
+        def update(self) -> None:  # submitit's update, with the fallback and without a warning per call
+            command = self._make_command()
+            if command is None:
+                return
+            self._num_calls += 1
+            info = None
+            if self.sacct:
+                proc = subprocess.run(command, capture_output=True)
+                if proc.returncode == 0:
+                    info = self.read_info(proc.stdout)
+                else:
+                    self.sacct = False
+                    why = proc.stderr.decode(errors="replace").strip().splitlines()
+                    print(f"archrelax: sacct is not usable here ({why[0] if why else f'exit {proc.returncode}'}); "
+                          "job states are read from squeue", file=sys.stderr)
+            if info is None:
+                info = _squeue_states(self._registered - self._finished)
+            self._info_dict.update(info)
+            self._last_status_check = time.time()
+            for job_id in self._registered - self._finished:
+                if self.is_done(job_id, mode="cache"):
+                    self._finished.add(job_id)
+
+    _WATCHER = SqueueWatcher(delay_s=30)
+    return _WATCHER
+
+
+def _squeue_states(job_ids: Any) -> dict[str, dict[str, str]]:
+    """``{job_id: {"JobID", "State"}}`` from squeue (array tasks one by one). A job squeue no longer knows
+    ended long ago (Slurm forgets finished jobs after MinJobAge): state "GONE", which counts as finished,
+    so the caller reads its result or learns it has none. Empty when squeue itself fails."""
+    job_ids = sorted(set(job_ids))
+    if not job_ids:
+        return {}
+    mains = sorted({j.split("_")[0] for j in job_ids})
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(mains)],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
+        return {}  # slurmctld unreachable: keep what is known
+    states = {}
+    for line in proc.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        states[jid] = {"JobID": jid, "State": state}
+    for jid in job_ids:
+        states.setdefault(jid, {"JobID": jid, "State": "GONE"})
+    return states
 
 
 # ---- scheduling ---------------------------------------------------------------------------------------
@@ -208,7 +438,17 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
     Runs start as soon as their snapshot exists; a run whose parent ended without writing the snapshot is
     marked failed with the reason; a run held by another live process is waited for (its lock), not
     trained twice. Failures never stop the other runs.
+
+    SIGTERM, SIGINT or SIGUSR1 stop the whole schedule (see :func:`_stop`): nothing more starts, the signal
+    goes on to the runs in flight, which checkpoint and end 'interrupted', then
+    :class:`archrelax.signals.Interrupted` is raised.
     """
+    with StopOnSignals() as stop:
+        return _schedule(store, plan, executor, stop, poll_s=poll_s, log=log)
+
+
+def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSignals, *, poll_s: float,
+              log: Callable[[str], None]) -> dict[str, str]:
     result = {rid: store.read_status(rid).get("status", "pending") for rid in plan}
     todo = [rid for rid in plan if result[rid] not in FINISHED]
     skipped = len(plan) - len(todo)
@@ -216,6 +456,8 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
     flying: dict[str, Any] = {}
     told_busy: set[str] = set()
     while todo or flying:
+        if stop.signum is not None:
+            _stop(store, plan, executor, flying, stop.signum, poll_s=poll_s, log=log)
         for rid, job in list(flying.items()):
             if not job.done():
                 continue
@@ -263,3 +505,35 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
             time.sleep(poll_s)
     store.write_summary(plan)
     return result
+
+
+def _stop(store: Store, plan: dict[str, Run], executor: Any, flying: dict[str, Any], signum: int, *,
+          poll_s: float, log: Callable[[str], None]) -> None:
+    """Stop on a signal (issue 9): forward it to the runs in flight, wait for their checkpoints, mark any run
+    still 'running' without a live holder 'interrupted', write the summary, raise Interrupted."""
+    name = signal_name(signum)
+    pending = [rid for rid, job in flying.items() if not job.done()]
+    log(f"{name}: stopping; {len(pending)} run(s) in flight stop after their current step, nothing more starts")
+    if pending and hasattr(executor, "interrupt"):
+        executor.interrupt(signum, [flying[rid] for rid in pending])
+    for rid, job in flying.items():
+        while not job.done():
+            time.sleep(min(poll_s, 0.5))
+        try:
+            out = job.result()
+        except Exception as e:  # a job that died, or a cancelled pending Slurm job: its status says the rest
+            out = {"status": store.read_status(rid).get("status"), "error": f"{type(e).__name__}: {e}"}
+        log(f"  {rid}: {out.get('status')}")
+    # a job can end before its process does (a broken pool fails every future at once): wait for the run
+    # locks, which are held until the trainer has saved its state and released the run
+    deadline = time.monotonic() + 120
+    while any(store.holder(rid) is not None for rid in flying) and time.monotonic() < deadline:
+        time.sleep(min(poll_s, 0.5))
+    for rid in plan:
+        if store.read_status(rid).get("status") == "running" and store.holder(rid) is None:
+            store.write_status(rid, "interrupted", f"{name} stopped the scheduler before this run could save "
+                               "its state; rerun to resume from its last checkpoint")
+    store.write_summary(plan)
+    n = sum(store.read_status(rid).get("status") == "interrupted" for rid in plan)
+    raise Interrupted(signum, f"stopped by {name}: {n} run(s) interrupted with their state saved; "
+                              f"rerun `archrelax run {store.root}` to resume")

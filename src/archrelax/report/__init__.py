@@ -8,7 +8,9 @@ instead of stopping the report.
 """
 from __future__ import annotations
 
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from ..utils import atomic_write_text
@@ -45,13 +47,30 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
     note = _run_analyses(exp_dir) if analyse else "not run (--no-analyse): cached results shown as they are"
     exp = load_experiment(exp_dir)
     out = exp_dir / "report"
-    fig_dir = out / "fig"
-    shutil.rmtree(fig_dir, ignore_errors=True)  # stale figures of sections that are now missing must go
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_all(exp, Ctx(exp=exp, fig_dir=fig_dir), note)
-    title = f"archrelax report: {exp_dir.resolve().name}"
-    n_done = sum(r.status == "done" for r in exp.runs)
-    subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
-    index = out / "index.html"
-    atomic_write_text(index, page(title, subtitle, sections))
-    return index
+    # built in a fresh folder beside it, then swapped in: a failure half-way (full disk, ...) leaves the
+    # previous report whole, and stale figures of sections that are now missing go with the old folder
+    new = Path(tempfile.mkdtemp(prefix=".report-new-", dir=exp_dir))
+    try:
+        fig_dir = new / "fig"
+        fig_dir.mkdir()
+        sections = build_all(exp, Ctx(exp=exp, fig_dir=fig_dir), note)
+        title = f"archrelax report: {exp_dir.resolve().name}"
+        n_done = sum(r.status == "done" for r in exp.runs)
+        subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
+        atomic_write_text(new / "index.html", page(title, subtitle, sections))
+        new.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
+        old = exp_dir / f".report-old-{new.name.rsplit('-', 1)[-1]}"
+        if out.exists():
+            out.rename(old)
+        new.rename(out)
+    except BaseException:
+        shutil.rmtree(new, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    return out / "index.html"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archrelax.signals import Interrupted, StopOnSignals, signal_name
 from archrelax.utils import (append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch,
                              read_jsonl, resolve_device)
 
@@ -84,6 +85,10 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, A
     Resumes from ``out_dir/checkpoints/last.pt`` when present (the saved config must match, apart from
     ``RUNTIME_FIELDS``); a finished or diverged run is not redone. Returns ``{"status", "error", "epoch",
     "global_epoch", "step", "metrics"}`` with the last evaluation as ``metrics``.
+
+    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
+    status ``interrupted``, then :class:`archrelax.signals.Interrupted` is raised (``exit_code`` 128 + the
+    signal number). Rerunning resumes at that very step.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     out = Path(out_dir)
@@ -97,16 +102,24 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, A
     cfg.save(saved)
     run = None
     try:
-        with _determinism(resolve_device(cfg.device)):
+        with _determinism(resolve_device(cfg.device)), StopOnSignals() as stop:
             run = _Run(cfg, out)
-            return run.fit()
-    except BaseException as e:  # record why, then let it propagate (KeyboardInterrupt included)
+            return run.fit(stop)
+    except Interrupted:
+        raise  # the run saved its state and wrote status 'interrupted' itself
+    except BaseException as e:  # record why, then let it propagate
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if run is not None:
-            run.write_status("failed", error=error)
-        else:
-            atomic_write_json(out / "status.json", {"status": "failed", "error": error, "epoch": 0.0,
-                                                    "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        # a KeyboardInterrupt outside the signal-handling block (another thread's run) ends the run unfinished,
+        # not broken: 'interrupted', resumable from its last checkpoint
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            if run is not None:
+                run.write_status(status, error=error)
+            else:
+                atomic_write_json(out / "status.json", {"status": status, "error": error, "epoch": 0.0,
+                                                        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        except OSError:
+            pass  # e.g. the disk is full: the error being raised says so; status.json keeps its last good state
         raise
     finally:
         if run is not None:
@@ -245,13 +258,15 @@ class _Run:
         return {"loss": z.clone(), "correct": z.clone(), "n": 0}
 
     # ---- the loop ----------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self, signals: StopOnSignals | None = None) -> dict[str, Any]:
         cfg = self.cfg
+        self.signals = signals
         self._open_outputs()
         if self.fresh:  # evaluation, snapshot and checkpoint of the initialisation
             stop = self._at_step(check=False)
             if stop:
                 return self._finish(stop)
+        self._stop_if_signalled(checkpointed=True)  # a resumed run's checkpoint is at this very step
         last_ckpt = time.perf_counter()
         while self.step < self.total:
             e, b = divmod(self.step, self.spe)
@@ -285,9 +300,26 @@ class _Run:
                 if due:
                     self._checkpoint()
                     last_ckpt = now
+                self._stop_if_signalled(checkpointed=due)
                 if self.step >= self.total:
                     break
         return self._finish("max_epochs" if cfg.until_zero_loss else "epochs")
+
+    def _stop_if_signalled(self, checkpointed: bool) -> None:
+        """Between two steps: on a stop signal (see archrelax.signals), save the state of this very step,
+        mark the run 'interrupted' and raise Interrupted; a rerun resumes here, redoing no step. At the last
+        step the run just finishes."""
+        signum = self.signals.signum if self.signals is not None else None
+        if signum is None or self.step >= self.total:
+            return
+        if not checkpointed:
+            self._save(self.ckpt_path)
+        msg = (f"interrupted by {signal_name(signum)} at step {self.step} (epoch {self.step / self.spe:g}); "
+               "checkpoint written, rerun to resume")
+        self.write_status("interrupted", error=msg)
+        if self.bar is not None:
+            self.bar.write(msg)
+        raise Interrupted(signum, msg)
 
     def _at_step(self, check: bool) -> str | None:
         """Divergence check, scheduled evaluation, until-zero-loss test, snapshot. Returns a stop reason."""
