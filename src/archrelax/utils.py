@@ -85,15 +85,20 @@ def append_line(path: str | os.PathLike, line: str) -> None:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
         try:
-            f.write(line.rstrip("\n") + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            view = memoryview(data)
+            while view:  # a nearly full disk can take part of the line, then refuse the rest
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         except OSError as e:
-            if e.filename is not None:
-                raise
+            os.ftruncate(fd, size)  # no torn line left behind (truncating needs no space)
             raise _named(e, path) from e
+    finally:
+        os.close(fd)
 
 
 def default_device() -> torch.device:

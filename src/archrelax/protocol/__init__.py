@@ -34,6 +34,15 @@ def make_executor(spec: ExperimentSpec, store: Store, executor: str | None = Non
     raise ValueError(f"executor {kind!r} is not known; choose 'local' or 'slurm'")
 
 
+def check_inputs(plan: dict[str, Run]) -> None:
+    """Fail before anything is written or trained when an input every run needs is bad (issue 9): today
+    each data source (missing path, unreadable zip, one class, ...), checked without decoding it."""
+    from ..data import check_data
+
+    for source, root in dict.fromkeys((r.config["data"], r.config.get("data_root")) for r in plan.values()):
+        check_data(source, root)
+
+
 def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str | None = None,
                    workers: int | None = None, poll_s: float = 2.0,
                    log: Callable[[str], None] = print) -> Path:
@@ -43,8 +52,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     and a changed spec adds only the runs whose configuration changed (ids hash configs).
     """
     store = Store(out_dir)
-    store.root.mkdir(parents=True, exist_ok=True)
     plan = make_plan(spec)
+    check_inputs(plan)
+    store.root.mkdir(parents=True, exist_ok=True)
     store.write_spec(spec)
     store.write_plan(plan)
     store.write_summary(plan)

@@ -33,7 +33,7 @@ from typing import Any, Callable, Iterator
 from .plan import Run
 from .spec import SlurmOptions
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
-from ..utils import atomic_write_json
+from ..utils import atomic_write_json, atomic_write_text
 from .store import FINISHED, Store
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
@@ -107,8 +107,11 @@ def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any
                 _train(config, store.run_dir(run_id))
             except Exception as e:  # any failure of one run (incl. CUDA OOM) is recorded; the others go on
                 err = f"{type(e).__name__}: {e}"
-                (store.run_dir(run_id) / "error.log").write_text(traceback.format_exc())
-                store.write_status(run_id, "failed", err)
+                try:
+                    atomic_write_text(store.run_dir(run_id) / "error.log", traceback.format_exc())
+                    store.write_status(run_id, "failed", err)
+                except OSError:  # the disk refuses even the record of the failure (full, read-only):
+                    raise e from None  # stop with the error that names the first write refused
         st = store.read_status(run_id)
     store.write_summary()
     return {"id": run_id, "status": st.get("status"), "error": st.get("error")}
@@ -480,6 +483,14 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
             if run.depends_on is not None and not (snap is not None and snap.is_file()):
                 parent_busy = run.depends_on in flying or run.depends_on in todo
                 parent_status = store.read_status(run.depends_on).get("status")
+                if not parent_busy and parent_status == "interrupted" and store.holder(run.depends_on) is None:
+                    # the parent's job was stopped (scancel, preemption, a signal to its worker): it resumes
+                    # on the next `archrelax run`, and so does this run; waiting here would never end
+                    todo.remove(rid)
+                    result[rid] = store.read_status(rid).get("status", "pending")
+                    log(f"  {rid}: not started: its parent {run.depends_on} was interrupted before writing "
+                        f"{run.snapshot}; rerun to resume both")
+                    continue
                 if parent_busy or (parent_status not in FINISHED + ("failed",)):
                     continue  # parent still training (here or elsewhere): wait for the snapshot
                 # parent ended without this snapshot: run_one records why

@@ -49,7 +49,10 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
     out = exp_dir / "report"
     # built in a fresh folder beside it, then swapped in: a failure half-way (full disk, ...) leaves the
     # previous report whole, and stale figures of sections that are now missing go with the old folder
-    new = Path(tempfile.mkdtemp(prefix=".report-new-", dir=exp_dir))
+    try:
+        new = Path(tempfile.mkdtemp(prefix=".report-new-", dir=exp_dir))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from e
     try:
         fig_dir = new / "fig"
         fig_dir.mkdir()
@@ -63,8 +66,11 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
         if out.exists():
             out.rename(old)
         new.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(new, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename).startswith(str(new)):
+            # name the file the user will look for, not the temporary folder that is gone
+            raise OSError(e.errno, e.strerror, str(out) + str(e.filename)[len(str(new)):]) from e
         raise
     shutil.rmtree(old, ignore_errors=True)
     return out / "index.html"
