@@ -252,6 +252,8 @@ class _Run:
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
         _truncate_metrics(self.out / "metrics.jsonl", self.n_metrics)
         self.t0 = time.perf_counter()
+        # one line in the log (a Slurm job's stderr, the terminal) saying where the run picked up
+        print(f"resuming {self.out} at step {self.step} (epoch {self.step / len(self.feed):g})", file=sys.stderr)
 
     def _zero_stats(self) -> dict:
         z = torch.zeros((), device=self.device)
