@@ -32,6 +32,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import zipfile
 from pathlib import Path
@@ -43,6 +44,7 @@ import yaml
 from archrelax.cli import main as cli_main
 from archrelax.data import load_data
 from archrelax.protocol import run_experiment, spec_from_dict
+from archrelax.signals import STOP_SIGNALS, Interrupted, StopOnSignals
 from archrelax.train import load_checkpoint, read_metrics
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
@@ -151,6 +153,8 @@ def test_train_signal_mid_epoch_checkpoints_and_resumes_with_no_step_redone(trai
     wait_for(lambda: mid_run() or proc.poll() is not None, what="the run's first checkpoints")
     assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
     proc.send_signal(sig)
+    time.sleep(0.005)
+    proc.send_signal(sig)  # an impatient second one: noted, not acted on while the state is saved
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
     st = status(run)
@@ -172,6 +176,29 @@ def test_train_signal_mid_epoch_checkpoints_and_resumes_with_no_step_redone(trai
     assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(ref / "metrics.jsonl"))
     a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(ref / "final.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_signal_handlers_nest_inherit_and_are_restored():
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    with StopOnSignals() as outer:
+        os.kill(os.getpid(), signal.SIGUSR1)  # recorded, not fatal (the default action would end pytest)
+        wait_for(lambda: outer.signum is not None, timeout=5, what="the handler")
+        with StopOnSignals() as inner:  # e.g. the trainer entered after the scheduler got the signal
+            assert inner.signum == signal.SIGUSR1
+            with pytest.raises(Interrupted) as e:
+                inner.check("stopping")
+            assert e.value.exit_code == 128 + signal.SIGUSR1 and str(e.value) == "stopping"
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    seen = []  # outside the main thread nothing is installed (signal.signal would raise there)
+
+    def in_thread() -> None:
+        with StopOnSignals() as block:
+            seen.append(block.signum)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == [None] and {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
 
 
 # ---- signals: `archrelax run` ----------------------------------------------------------------------------

@@ -319,8 +319,6 @@ class _Run:
         msg = (f"interrupted by {signal_name(signum)} at step {self.step} (epoch {self.step / self.spe:g}); "
                "checkpoint written, rerun to resume")
         self.write_status("interrupted", error=msg)
-        if self.bar is not None:
-            self.bar.write(msg)
         raise Interrupted(signum, msg)
 
     def _at_step(self, check: bool) -> str | None:
