@@ -20,6 +20,7 @@ import pytest
 import torch
 import yaml
 
+from archrelax.cli import main as cli_main
 from archrelax.protocol import run_experiment, spec_from_dict
 
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -105,6 +106,21 @@ def test_run_on_slurm_equals_local_run_and_says_little(tmp_path):
     assert sum("sacct" in line for line in out.splitlines()) <= 1, out
 
 
+def _wait_mid_run(exp: Path, proc: subprocess.Popen) -> Path:
+    """The CNN's status.json, once its job has trained 20 steps."""
+    deadline = time.monotonic() + 300
+    cnn = None
+    while time.monotonic() < deadline and proc.poll() is None:
+        cnn = next(iter(exp.glob("runs/cnn-*/status.json")), None)
+        try:
+            if cnn is not None and json.loads(cnn.read_text()).get("step", 0) >= 20:
+                return cnn
+        except json.JSONDecodeError:
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"the CNN did not get going: {proc.poll()} {cnn}")
+
+
 def _job_of(run_dir: Path) -> str:
     """The Slurm job id of the process training a run (its lock names the pid; its environment the job)."""
     pid = int((run_dir / ".lock").read_text().split()[0])
@@ -112,23 +128,13 @@ def _job_of(run_dir: Path) -> str:
     return env["SLURM_JOB_ID"]
 
 
-def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path):
+def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, capfd):
     ref = local_reference(LONG, tmp_path / "local")
     spec = write_spec(LONG, tmp_path)
     exp = tmp_path / "slurm"
     proc = subprocess.Popen([*CLI, "run", str(spec), "--executor", "slurm", "--out", str(exp), "--poll", "0.2"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 300
-    cnn = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        cnn = next(iter(exp.glob("runs/cnn-*/status.json")), None)
-        try:
-            if cnn is not None and json.loads(cnn.read_text()).get("step", 0) >= 20:
-                break
-        except json.JSONDecodeError:
-            pass
-        time.sleep(0.05)
-    assert proc.poll() is None and cnn is not None, proc.communicate()
+    cnn = _wait_mid_run(exp, proc)
     job = _job_of(cnn.parent)
     subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=60)  # as Slurm warns a job
     out, err = proc.communicate(timeout=300)  # before: waited forever for a job that had ended
@@ -138,10 +144,40 @@ def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path):
     assert "not started: its parent" in out  # the eFCN at t_w = 100 needs a snapshot the CNN has not written
     stopped = st["step"]
 
-    r = subprocess.run([*CLI, "run", str(exp), "--executor", "slurm", "--poll", "0.2"], env=ENV,
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    # resumed here (resuming on Slurm is the requeue test's): at the step where the job stopped
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli_main(["run", str(exp), "--executor", "local"]) == 0
+    finally:
+        torch.set_num_threads(n)
+    assert f"resuming {cnn.parent} at step {stopped} " in capfd.readouterr().err
     assert summary(exp) == summary(ref)
-    # the resumed job started at the step where the first one stopped: no step redone
-    resumed = [p for p in (exp / "slurm").glob("*_log.err") if f"resuming {cnn.parent}" in p.read_text()]
-    assert len(resumed) == 1 and f"resuming {cnn.parent} at step {stopped} " in resumed[0].read_text()
+
+
+def test_scontrol_requeue_mid_run_resumes_in_the_requeued_job(tmp_path):
+    """Slurm requeues the job (as at preemption): SIGTERM, then the job is pending again. The run saves its
+    state and leaves no result, so the scheduler waits for the requeued job, which resumes the run at the
+    saved step; the experiment ends as an uninterrupted one."""
+    ref = local_reference(LONG, tmp_path / "local")
+    exp = tmp_path / "slurm"
+    proc = subprocess.Popen([*CLI, "run", str(write_spec(LONG, tmp_path)), "--executor", "slurm", "--out", str(exp),
+                             "--poll", "0.2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cnn = _wait_mid_run(exp, proc)
+    job = _job_of(cnn.parent)
+    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
+    deadline = time.monotonic() + 120
+    while _squeue_state(job) != "PENDING":  # Slurm holds a requeued job for 2 minutes: release it now
+        assert time.monotonic() < deadline, _squeue_state(job)
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-3000:]
+    assert summary(exp) == summary(ref)
+    stopped = [line for p in (exp / "slurm").glob("*_log.err") for line in p.read_text().splitlines()
+               if line.startswith(f"resuming {cnn.parent} at step ")]
+    assert len(stopped) == 1, stopped  # the requeued job picked up where the first stopped
+
+
+def _squeue_state(job: str) -> str:
+    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()

@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 import traceback
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -82,6 +83,11 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
         except Interrupted as e:  # the trainer saved its state and wrote 'interrupted' (or never started)
             store = Store(experiment)
             store.write_summary()
+            if _in_slurm_job():
+                # What happens next is Slurm's call: a requeued job (scontrol requeue, preemption) starts again
+                # and resumes the run at the saved step; any other ends. So no result: the scheduler follows
+                # the job's state (pending again, or ended) instead of taking the run for finished.
+                raise SystemExit(e.exit_code) from None
             return {"id": run_id, "status": store.read_status(run_id).get("status"), "error": str(e),
                     "signal": e.signum}
 
@@ -457,6 +463,7 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
     skipped = len(plan) - len(todo)
     log(f"{len(plan)} runs planned: {skipped} already finished, {len(todo)} to run")
     flying: dict[str, Any] = {}
+    submitted: dict[str, float] = {}
     told_busy: set[str] = set()
     while todo or flying:
         if stop.signum is not None:
@@ -468,8 +475,12 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
             try:
                 out = job.result()
             except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
-                store.write_status(rid, "failed", f"job failed: {type(e).__name__}: {e}")
-                out = {"status": "failed", "error": str(e)}
+                st = store.read_status(rid)
+                if _stopped_since(st, submitted.get(rid, 0.0)):  # a Slurm job that saved its run, then ended
+                    out = {"status": "interrupted", "error": st.get("error")}
+                else:
+                    store.write_status(rid, "failed", f"job failed: {type(e).__name__}: {e}")
+                    out = {"status": "failed", "error": str(e)}
             if out.get("status") == "busy":
                 todo.append(rid)
                 continue
@@ -511,11 +522,29 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
             with executor.batch():
                 jobs = [executor.submit(run_one, str(store.root), rid) for rid in ready]
             flying.update(zip(ready, jobs))
+            submitted.update((rid, time.time()) for rid in ready)
             continue
         if todo or flying:
             time.sleep(poll_s)
     store.write_summary(plan)
     return result
+
+
+def _stopped_since(status: dict[str, Any], t0: float) -> bool:
+    """Whether a run was marked 'interrupted' (by its trainer, on a signal) after time ``t0``."""
+    if status.get("status") != "interrupted":
+        return False
+    try:
+        return datetime.fromisoformat(status["updated"]).timestamp() >= t0 - 1  # 'updated' has whole seconds
+    except (KeyError, TypeError, ValueError):
+        return False
+
+
+def _in_slurm_job() -> bool:
+    """This process is a submitit job on Slurm (not a scheduler that happens to run inside an allocation)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and getattr(spec, "name", "") == "submitit.core._submit"
 
 
 def _stop(store: Store, plan: dict[str, Run], executor: Any, flying: dict[str, Any], signum: int, *,
