@@ -17,8 +17,9 @@ import torch
 import torch.nn.functional as F
 
 from archrelax.analysis import ANALYSES, AnalysisSettings, analyse_experiment
-from archrelax.analysis.experiment import ExperimentRuns, _Context
+from archrelax.analysis.context import Context
 from archrelax.analysis.sharpness import hessian_vector_product
+from archrelax.store import ExperimentFolder
 
 
 def main() -> None:
@@ -36,18 +37,18 @@ def main() -> None:
         res = analyse_experiment(args.experiment, only=[name], progress=False, settings=settings, force=True)[name]
         dt = time.perf_counter() - t
         total += dt
-        items = next((len(v) for k, v in res.items() if k in ("points", "runs", "curves", "rows")), 0)
-        print(f"analysis {name:<14} {dt:7.2f} s  ({items} records, {len(res['missing'])} missing, "
-              f"error={res['error']})")
+        items = next((len(getattr(res, k)) for k in ("points", "runs", "curves", "rows") if hasattr(res, k)), 0)
+        print(f"analysis {name:<14} {dt:7.2f} s  ({items} records, {len(res.missing)} missing, "
+              f"error={res.error})")
     print(f"analysis total          {total:7.2f} s  (threads={torch.get_num_threads()})")
 
-    ctx = _Context(ExperimentRuns(args.experiment), settings, progress=False)
+    ctx = Context(ExperimentFolder(args.experiment), settings, progress=False)
     x, y = ctx.data()["hessian"]
     for kind in ("cnn", "efcn"):
-        run = next((r for r in ctx.runs.of_kind(kind) if r.done), None)
+        run = next((r for r in ctx.of_kind(kind) if ctx.done(r)), None)
         if run is None:
             continue
-        model = ctx.load(run.final).eval()
+        model = ctx.load(ctx.folder(run).final_path).eval()
         params = [p for p in model.parameters() if p.requires_grad]
         v = [torch.randn_like(p) for p in params]
 

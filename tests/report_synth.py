@@ -148,12 +148,14 @@ def _analyses(exp: Path, done: list[dict], partial: bool) -> None:
             for e in (0.0, 1.0, 4.0, 16.0, 40.0):
                 lam = 5 + 40 * np.exp(-((np.log1p(e) - 1.5) ** 2)) + r["seed"]
                 pts.append(_rec(r) | {"where": "snapshot" if e < 40 else "final", "epoch": e, "loss": 0.5,
+                                      "file": f"runs/{r['id']}/snapshots/epoch_{e:g}.pt",
                                       "eigenvalues": [lam, lam / 2], "eig_iterations": 20, "eig_converged": True,
                                       "eig_residual": [1e-4, 2e-4], "trace": 8 * lam, "trace_stderr": lam,
                                       "trace_probes": 10})
         else:
             lam = 3 + (r["t_w"] or 0) * (2 if r["kind"] != "fcn" else 5)
             pts.append(_rec(r) | {"where": "final", "epoch": r["epochs"], "loss": 0.01, "eigenvalues": [lam],
+                                  "file": f"runs/{r['id']}/final.pt",
                                   "eig_iterations": 30, "eig_converged": r["kind"] != "lcn",
                                   "eig_residual": [1e-4 if r["kind"] != "lcn" else 0.05], "trace": 6 * lam,
                                   "trace_stderr": 0.5, "trace_probes": 10})

@@ -308,6 +308,7 @@ def test_analyse_experiment_writes_every_cache_file(experiment):
         obj = json.loads((out / f"{name}.json").read_text())
         assert obj["error"] is None, obj.get("traceback")
         assert obj["analysis"] == name and obj["fingerprint"] and obj["missing"] == []
+        assert res[name].to_json() == obj  # the typed result returned is the file written
     sharp = json.loads((out / "sharpness.json").read_text())["points"]
     assert {p["where"] for p in sharp} == {"snapshot", "final"}
     assert {p["kind"] for p in sharp} == {"cnn", "efcn", "fcn"}
@@ -344,12 +345,12 @@ def test_analyse_experiment_caches_and_tolerates_a_partial_experiment(experiment
     (exp / "runs" / efcn / "status.json").write_text(json.dumps({"status": "running", "error": None, "epoch": 0.2}))
     res = analyse_experiment(exp, only=["ablation", "memory"], progress=False, settings=SMALL)
     assert (out / "memory.json").stat().st_mtime_ns == stamp["memory"]  # its inputs did not change
-    assert [m["run"] for m in res["ablation"]["missing"]] == [efcn]
-    assert len(res["ablation"]["runs"]) == 1
+    assert [m.run for m in res["ablation"].missing] == [efcn]
+    assert len(res["ablation"].runs) == 1
     # a changed setting is a changed cache key
     res = analyse_experiment(exp, only=["templates"], progress=False,
                              settings=AnalysisSettings(**{**SMALL.to_dict(), "template_count": 2}))
-    assert all(len(r["units"]) == 2 for r in res["templates"]["runs"])
+    assert all(len(r.units) == 2 for r in res["templates"].runs)
 
 
 def test_analyse_command(experiment, capsys):

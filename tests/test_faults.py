@@ -380,8 +380,12 @@ def mounts():
         return target
 
     yield mount
+    busy = []
     for target in reversed(done):
-        subprocess.run(["umount", str(target)], capture_output=True)
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            busy.append(target)  # a file left open there (a leaked descriptor): unmount lazily, then fail
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    assert not busy, f"files left open on {busy}"
 
 
 def _tmpfs(mount, where: Path, size: str, read_only: bool = False) -> Path:

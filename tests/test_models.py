@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from archrelax.models import build_architecture, create_model, list_models, register_model
+from archrelax.models import build_architecture, check_model_kwargs, create_model, list_models, register_model
 
 CNNS = ["vanilla_cnn", "alexnet"]
 
@@ -99,6 +99,47 @@ def test_user_factory_by_path_and_by_decorator(tmp_path, monkeypatch):
         register_model("test_tiny_decorated")(lambda **kw: None)
     with pytest.raises(ValueError, match="without ':'"):
         register_model("a:b")
+
+
+def test_model_kwargs_typo_names_the_key_and_the_factory_parameters_without_building(tmp_path, monkeypatch):
+    with pytest.raises(ValueError) as e:
+        create_model("vanilla_cnn", widht=32)
+    assert str(e.value) == ("model 'vanilla_cnn' has no option 'widht'; did you mean 'width'? "
+                            "(vanilla_cnn takes: width, num_classes, in_channels, input_size)")
+    # fcn/lcn forward **base_kw to their base model: its parameters are listed too
+    with pytest.raises(ValueError, match=r"model 'lcn' has no option 'widht'; did you mean 'width'\? \(lcn takes: "
+                                         r"base, layers; its base 'alexnet' takes: width, .*dropout\)"):
+        create_model("lcn", base="alexnet", widht=4)
+    with pytest.raises(ValueError, match=r"model 'fcn': base 'vanila_cnn' is not a model \(unknown model"):
+        create_model("fcn", base="vanila_cnn")
+    # user factories by path: checked from the signature, never called
+    (tmp_path / "kw_models_pkg.py").write_text(textwrap.dedent("""
+        from torch import nn
+        CALLS = []
+        def tiny(*, hidden: int = 4, num_classes: int = 10, in_channels: int = 3, input_size: int = 8):
+            CALLS.append(hidden)
+            return nn.Linear(in_channels * input_size * input_size, num_classes)
+        def needs(*, hidden, num_classes=10, in_channels=3, input_size=8):
+            return nn.Linear(1, 1)
+        def no_data(*, hidden=4):
+            return nn.Linear(1, 1)
+        def anything(**kw):
+            return nn.Linear(1, 1)
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ValueError, match=r"model 'kw_models_pkg:tiny' has no option 'hiden'; did you mean 'hidden'"):
+        create_model("kw_models_pkg:tiny", hiden=3)
+    import kw_models_pkg
+
+    assert kw_models_pkg.CALLS == []  # nothing was built
+    with pytest.raises(ValueError, match=r"model 'kw_models_pkg:needs' needs option\(s\) 'hidden'"):
+        create_model("kw_models_pkg:needs")
+    # what the trainer adds from the data must be taken too (checked before any run starts)
+    with pytest.raises(ValueError, match=r"has no option 'num_classes', 'in_channels', 'input_size'.*the trainer "
+                                         r"passes num_classes, in_channels, input_size from the data"):
+        check_model_kwargs("kw_models_pkg:no_data", {"hidden": 2}, data_keys=True)
+    check_model_kwargs("kw_models_pkg:anything", {"whatever": 1}, data_keys=True)  # **kwargs takes anything
+    check_model_kwargs("fcn", {"base": "alexnet", "width": 4, "layers": ["features.0"]}, data_keys=True)
 
 
 def test_build_architecture_plain_cnn_and_errors():

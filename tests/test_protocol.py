@@ -164,13 +164,14 @@ def test_run_writes_store_and_second_run_does_no_training(tiny_experiment, tmp_p
     assert all(0 <= float(r["best_test_acc"]) <= 1 and r["final_test_loss"] for r in rows)
     assert rows[1]["final_offlocal_ratio"] and not rows[0]["final_offlocal_ratio"]
     assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "tiny"
-    plan = store.load_plan()
+    plan = store.read_plan()
     assert list(plan) == list(make_plan(spec_from_dict(TINY))) == [r["id"] for r in rows]  # order kept on disk
     # the relaxed runs started from the CNN's snapshots (paths of the folder they ran in, copied from)
     for rid, run in plan.items():
         cfg = yaml.safe_load((exp / "runs" / rid / "config.json").read_text())
-        want = store.snapshot_file(run).relative_to(exp) if run.depends_on else None
-        assert (cfg["init_from"] and Path(cfg["init_from"]).relative_to(tiny_experiment)) == want
+        want = Path(run.snapshot) if run.depends_on else None  # switch times on the step grid: exact names
+        assert (cfg["init_from"] and Path(cfg["init_from"]).relative_to(tiny_experiment.resolve())) == want
+        assert store.snapshot_for(run) == (Path(cfg["init_from"]) if run.depends_on else None)
 
     files = {p: p.stat().st_mtime_ns for p in (exp / "runs").rglob("*") if p.is_file() and p.name != ".lock"}
     logs: list[str] = []
@@ -184,13 +185,14 @@ def test_failing_run_does_not_stop_others_and_shows_in_status(tiny_experiment, t
     exp = tmp_path / "tiny"
     shutil.copytree(tiny_experiment, exp)
     store = Store(exp)
-    plan = store.load_plan()
+    plan = store.read_plan()
     efcn1 = next(r for r in plan.values() if r.kind == "efcn" and r.t_w == 1)
     fcn = next(r for r in plan.values() if r.kind == "fcn")
     # the eFCN at t_w = 1 must start again from a damaged snapshot; the baseline after it must still train
     for r in (efcn1, fcn):
-        shutil.rmtree(store.run_dir(r.id))
-    snap = store.snapshot_file(efcn1)
+        shutil.rmtree(store.run(r.id).path)
+    snap = store.snapshot_for(efcn1)
+    assert snap == store.run(efcn1.depends_on).snapshot_path(1)
     snap.write_bytes(snap.read_bytes()[:100])
     logs: list[str] = []
     run_experiment(spec_from_dict(TINY), exp, log=logs.append)
@@ -198,7 +200,7 @@ def test_failing_run_does_not_stop_others_and_shows_in_status(tiny_experiment, t
     status = {r["id"]: r for r in store.read_summary()}
     assert status[efcn1.id]["status"] == "failed" and "epoch_1.pt" in status[efcn1.id]["error"]
     assert status[fcn.id]["status"] == "done"
-    assert (store.run_dir(efcn1.id) / "error.log").read_text().startswith("Traceback")
+    assert store.run(efcn1.id).error_log_path.read_text().startswith("Traceback")
 
     assert cli_main(["status", str(exp)]) == 0
     out = capsys.readouterr().out
@@ -239,14 +241,13 @@ def test_locked_run_is_waited_for_not_trained_twice(tiny_experiment, tmp_path):
     exp = tmp_path / "tiny"
     shutil.copytree(tiny_experiment, exp)
     store = Store(exp)
-    fcn = next(r for r in store.load_plan().values() if r.kind == "fcn")
-    shutil.rmtree(store.run_dir(fcn.id))
+    fcn = next(r for r in store.read_plan().values() if r.kind == "fcn")
+    shutil.rmtree(store.run(fcn.id).path)
     release = threading.Event()
     held = threading.Event()
 
     def other_process() -> None:  # another open file description: flock treats it like another process
-        with store.lock(fcn.id) as got:
-            assert got
+        with store.run(fcn.id).lock():
             held.set()
             release.wait(10)
 
@@ -262,7 +263,7 @@ def test_locked_run_is_waited_for_not_trained_twice(tiny_experiment, tmp_path):
     run_experiment(spec_from_dict(TINY), exp, log=logs.append, poll_s=0.1)
     t.join()
     assert any("held by" in ln and fcn.id in ln for ln in logs), logs
-    assert store.read_status(fcn.id)["status"] == "done"
+    assert store.run(fcn.id).read_status().status == "done"
 
 
 def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):

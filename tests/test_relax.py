@@ -365,3 +365,93 @@ def test_memory_guard():
     assert isinstance(exc.value, ValueError)  # so the CLI prints it as a user error
     free = available_memory(torch.device("cpu"))
     assert free is not None and 0 < free < 1 << 50
+
+
+# ---------------------------------------------------------------------------------------------------------
+# models whose forward() takes several tensors or a dict: example_input as a tuple or a dict
+
+
+class TwoInputs(nn.Module):
+    """forward(x, mask): a conv per input (different shapes), summed."""
+
+    input_shape = ((3, 8, 8), (1, 16, 16))
+
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Conv2d(3, 4, 3, padding=1)  # (3, 8, 8) -> (4, 8, 8)
+        self.b = nn.Conv2d(1, 4, 3, stride=2, padding=1)  # (1, 16, 16) -> (4, 8, 8)
+        self.head = nn.Linear(4 * 8 * 8, 5)
+
+    def forward(self, x, mask):
+        return self.head(F.relu(self.a(x) + self.b(mask)).flatten(1))
+
+
+class DictBatch(TwoInputs):
+    """forward(batch) with batch = {"image": ..., "mask": ...}."""
+
+    input_shape = {"image": (3, 8, 8), "mask": (1, 16, 16)}
+
+    def forward(self, batch):
+        return super().forward(batch["image"], batch["mask"])
+
+
+class Keywords(TwoInputs):
+    """forward(image, mask): called with keyword arguments."""
+
+    def forward(self, image, mask):
+        return super().forward(image, mask)
+
+
+def _pair(batch=3):
+    return torch.randn(batch, 3, 8, 8, dtype=F64), torch.randn(batch, 1, 16, 16, dtype=F64)
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+@pytest.mark.parametrize("cls, example, call", [
+    (TwoInputs, lambda: _pair(1), lambda m, x, k: m(x, k)),
+    (TwoInputs, lambda: ((1, 3, 8, 8), (1, 1, 16, 16)), lambda m, x, k: m(x, k)),
+    (TwoInputs, lambda: [(3, 8, 8), torch.zeros(2, 1, 16, 16, dtype=F64)], lambda m, x, k: m(x, k)),
+    (TwoInputs, lambda: None, lambda m, x, k: m(x, k)),  # the declared tuple of (C, H, W)
+    (DictBatch, lambda: dict(zip(("image", "mask"), _pair(1))), lambda m, x, k: m({"image": x, "mask": k})),
+    (DictBatch, lambda: {"image": (1, 3, 8, 8), "mask": (1, 1, 16, 16)}, lambda m, x, k: m({"image": x, "mask": k})),
+    (DictBatch, lambda: ({"image": (3, 8, 8), "mask": (1, 16, 16)},), lambda m, x, k: m({"image": x, "mask": k})),
+    (DictBatch, lambda: None, lambda m, x, k: m({"image": x, "mask": k})),  # the declared dict
+    (Keywords, lambda: {"mask": (1, 1, 16, 16), "image": (1, 3, 8, 8)}, lambda m, x, k: m(image=x, mask=k)),
+], ids=["tensors", "shapes", "list-mixed", "declared-tuple", "dict-tensors", "dict-shapes", "tuple-of-dict",
+        "declared-dict", "keywords"])
+def test_relax_models_of_several_inputs_is_exact(to, cls, example, call):
+    torch.manual_seed(0)
+    model = cls().double()
+    relaxed = relax(model, to, example())
+    assert set(relaxed_layers_of(relaxed)) == {"a", "b"}
+    x, k = _pair()
+    with torch.no_grad():
+        torch.testing.assert_close(call(relaxed, x, k), call(model, x, k), rtol=0, atol=1e-10)
+
+
+def relaxed_layers_of(model):
+    return {n for n, m in model.named_modules() if isinstance(m, RelaxedConv)}
+
+
+def test_footprint_of_a_model_of_two_inputs():
+    from archrelax.embed.footprint import footprint
+
+    fp = footprint(TwoInputs(), ((1, 3, 8, 8), (1, 1, 16, 16)), to="fc", reference=False)
+    # eFCN: c_out * P * c_in * Q (+ a bias per output unit) for each conv
+    assert fp.layers[0].params["fc"] == 4 * 64 * 3 * 64 + 4 * 64
+    assert fp.layers[1].params["fc"] == 4 * 64 * 1 * 256 + 4 * 64
+
+
+@pytest.mark.parametrize("example, text", [
+    ("3x8x8", r"example_input str '3x8x8' is not an accepted form; give a tensor; a shape such as \(1, 3, 32, 32\).*"
+              r"a tuple of tensors/shapes.*a dict of tensors/shapes"),
+    ({"image": "big", "mask": (1, 1, 16, 16)}, r"example_input \{'image': str 'big', 'mask': tuple \(1, 1, 16, 16\)\} "
+                                                r"is not an accepted form: str 'big' is neither a tensor nor a shape"),
+    ((torch.zeros(1, 3, 8, 8),), r"forward pass of example_input \(shape \(1, 3, 8, 8\)\) through TwoInputs failed: "
+                                  r"TypeError: .*missing 1 required positional argument: 'mask'; pass an input"),
+    ((1, -3, 8), r"example_input tuple \(1, -3, 8\) is not an accepted form: a shape needs integers >= 0"),
+    ((), r"example_input tuple \(\) is not an accepted form"),
+])
+def test_example_input_errors_name_what_was_given_and_the_accepted_forms(example, text):
+    with pytest.raises(ValueError, match=text):
+        relax(TwoInputs(), "fc", example)

@@ -123,7 +123,7 @@ def _wait_mid_run(exp: Path, proc: subprocess.Popen) -> Path:
 
 def _job_of(run_dir: Path) -> str:
     """The Slurm job id of the process training a run (its lock names the pid; its environment the job)."""
-    pid = int((run_dir / ".lock").read_text().split()[0])
+    pid = json.loads((run_dir / ".lock").read_text())["pid"]
     env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
     return env["SLURM_JOB_ID"]
 

@@ -227,3 +227,30 @@ def test_bf16_autocast_runs_and_tensorboard_absence_is_explained(tmp_path):
     else:
         train(cfg(epochs=1, tensorboard=True), tmp_path / "tb")
         assert any((tmp_path / "tb" / "tensorboard").iterdir())
+
+
+def test_force_overrides_the_memory_guard_on_start_and_on_resume(tmp_path, capsys, monkeypatch):
+    """`--force` (TrainConfig.force_memory, a runtime field) reaches relax(): refused without it, trained with
+    it; a resume may change it, and the rebuilt relaxed model passes the guard only with it."""
+    import importlib
+
+    from archrelax.cli import main
+
+    guard = importlib.import_module("archrelax.embed.relax")  # the module (archrelax.embed.relax is also the function)
+    monkeypatch.setattr(guard, "available_memory", lambda device: 1)  # 1 byte free
+    argv = ["train", "vanilla_cnn", "--model-kwargs", '{"width": 4}', "--data", DATA, "--relax", "fc", "--epochs",
+            "0.5", "--batch-size", "50", "--lr", "0.05", "--eval-times", "0", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--out", str(tmp_path / "no")]) == 2
+    err = capsys.readouterr().err
+    assert "archrelax train: error: relax(to='fc') needs about" in err and "force=True" in err
+    assert main([*argv, "--force", "--out", str(tmp_path / "yes")]) == 0
+    assert json.loads((tmp_path / "yes" / "config.json").read_text())["force_memory"] is True
+    # resume from checkpoints/last.pt: the relaxed model is rebuilt (build_architecture -> relax)
+    status = tmp_path / "yes" / "status.json"
+    status.write_text(json.dumps({**json.loads(status.read_text()), "status": "interrupted"}))
+    with pytest.raises(MemoryError, match="force=True"):
+        train(cfg(model_kwargs={"width": 4}, relax="fc", epochs=0.5, eval_times=[0]), tmp_path / "yes")
+    status.write_text(json.dumps({**json.loads(status.read_text()), "status": "interrupted"}))
+    result = train(cfg(model_kwargs={"width": 4}, relax="fc", epochs=0.5, eval_times=[0], force_memory=True),
+                   tmp_path / "yes")
+    assert result["status"] == "done" and result["epoch"] == 0.5

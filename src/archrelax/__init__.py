@@ -47,6 +47,9 @@ _EXPORTS = {
     "run_experiment": "archrelax.protocol",
     "make_plan": "archrelax.protocol",
     "Store": "archrelax.protocol",
+    # the on-disk format
+    "ExperimentFolder": "archrelax.store",
+    "RunFolder": "archrelax.store",
     # analysis
     "analyse_experiment": "archrelax.analysis",
     # report

@@ -21,7 +21,9 @@ _EXPORTS = {
     "DistanceCurve": "distance", "distance_curve": "distance", "Gain": "distance", "final_gain": "distance",
     "read_metrics": "distance",
     "memory_table": "memory",
-    "ANALYSES": "experiment", "AnalysisSettings": "experiment", "analyse_experiment": "experiment",
+    "ANALYSES": "registry", "analysis_names": "registry", "register_analysis": "registry",
+    "AnalysisSettings": "settings", "make_settings": "settings", "settings_from_spec": "settings",
+    "analyse_experiment": "experiment",
 }
 
 __all__ = sorted(_EXPORTS)

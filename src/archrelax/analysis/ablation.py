@@ -12,7 +12,11 @@ from torch import nn
 
 from archrelax.embed import ablate, relaxed_layers
 
+from archrelax.store.results import AblationRecord, AblationResult, Missing, Parts
+
 from ._common import Metrics, evaluate
+from .context import RELAXED_KINDS, Context, guard, weight_files
+from .registry import register_analysis
 
 __all__ = ["Ablation", "evaluate_ablation", "relaxed_layers", "local_change"]
 
@@ -57,3 +61,34 @@ def local_change(end: nn.Module, switch: nn.Module) -> dict[str, float]:
             raise ValueError(f"layer {name!r}: local entries differ in count ({w1.numel()} vs {w0.numel()})")
         out[name] = ((w1 - w0).norm() / w0.norm()).item()
     return out
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+@register_analysis("ablation", params=("seed", "eval_test_samples"), inputs=weight_files)
+def run(ctx: Context) -> AblationResult:
+    """Every finished relaxed run (efcn, elcn, hier): both parts, local only, off-local only; local drift."""
+    from archrelax.train.checkpoint import load_checkpoint
+
+    res = AblationResult()
+    for r in ctx.finished(ctx.of_kind(*RELAXED_KINDS), res.missing):
+        ctx.log(f"ablation: {r.id}")
+        final = ctx.folder(r).final_path
+
+        def one() -> AblationRecord:
+            model = ctx.load(final)
+            x, y = ctx.data()["test"]
+            ab = evaluate_ablation(model, x, y, batch_size=ctx.s.batch_size)
+            change: dict[str, float] = {}
+            snap = ctx.switch_snapshot(r)
+            if snap is None:
+                res.missing.append(Missing(run=r.id, reason="switch snapshot not found: no local_change"))
+            else:
+                change = local_change(model, ctx.embedded(snap, model, load_checkpoint(final)["arch"]))
+            parts = ("both", "local", "offlocal")
+            return AblationRecord(**ctx.tag(r), test_acc=Parts(**{k: getattr(ab, k).acc for k in parts}),
+                                  test_loss=Parts(**{k: getattr(ab, k).loss for k in parts}), local_change=change)
+
+        rec = guard(res.missing, r, "ablation", one)
+        if rec is not None:
+            res.runs.append(rec)
+    return res

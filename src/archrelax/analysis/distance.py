@@ -7,17 +7,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any, Sequence
 
-from archrelax.utils import read_jsonl
+from archrelax.store import read_metrics
+from archrelax.store import results as R
+
+from .context import RELAXED_KINDS, Context, metrics_files
+from .registry import register_analysis
 
 __all__ = ["read_metrics", "DistanceCurve", "distance_curve", "Gain", "final_gain"]
-
-
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """Records of a metrics.jsonl; a truncated last line (a crash mid-write) is skipped, as the writer allows."""
-    return read_jsonl(path)
 
 
 def _num(v: Any) -> float | None:
@@ -76,3 +74,41 @@ def final_gain(records: Sequence[dict[str, Any]], cnn_records: Sequence[dict[str
     acc, ref = _last(records, "test_acc"), _last(cnn_records, "test_acc")
     return Gain(acc, ref, None if acc is None or ref is None else acc - ref,
                 _last(records, "offlocal_ratio"), _last(records, "cnn_distance"))
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+
+@register_analysis("distance", inputs=metrics_files)
+def run(ctx: Context) -> R.DistanceResult:
+    """δ(t) of every run that records it; the gain of every finished relaxed run over its CNN."""
+    res = R.DistanceResult()
+    metrics: dict[str, list[dict[str, Any]] | None] = {}
+
+    def rows(r) -> list[dict[str, Any]] | None:  # one read per run; an unreadable log is noted once
+        if r.id not in metrics:
+            try:
+                metrics[r.id] = ctx.folder(r).read_metrics()
+            except ValueError as e:
+                metrics[r.id] = None
+                res.missing.append(R.Missing(run=r.id, reason=str(e)))
+        return metrics[r.id]
+
+    for r in ctx.plan.values():
+        recs = rows(r)
+        if recs is None:
+            continue
+        curve = distance_curve(recs, epoch_offset=(r.t_w2 if r.kind == "hier" else r.t_w) or 0.0)
+        if curve.epoch:
+            res.curves.append(R.DistanceRecord(**ctx.tag(r), **dataclasses.asdict(curve)))
+        elif r.kind in RELAXED_KINDS:
+            res.missing.append(R.Missing(run=r.id, reason="no offlocal_ratio/cnn_distance in metrics.jsonl yet"))
+    for r in ctx.finished(ctx.of_kind(*RELAXED_KINDS), res.missing):
+        cnn = ctx.cnn_of(r)
+        if cnn is None or not ctx.done(cnn):
+            res.missing.append(R.Missing(run=r.id, reason="its CNN run is not finished: no reference for the gain"))
+            continue
+        mine, ref = rows(r), rows(cnn)
+        if mine is None or ref is None:
+            continue
+        res.gain.append(R.GainRecord(**ctx.tag(r), cnn_run=cnn.id, **dataclasses.asdict(final_gain(mine, ref))))
+    return res

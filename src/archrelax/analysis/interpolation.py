@@ -19,11 +19,15 @@ from typing import Mapping, Sequence
 import torch
 from torch import nn
 
+from archrelax.store.results import INTERPOLATION_METHODS, Endpoint, InterpolationRecord, InterpolationResult
+
 from ._common import Metrics, log_probs, metrics_from_log_probs
+from .context import Context, guard, weight_files
+from .registry import register_analysis
 
 __all__ = ["METHODS", "default_alphas", "interpolate_state", "InterpolationCurve", "interpolate"]
 
-METHODS = ("linear", "curvilinear", "output")
+METHODS = INTERPOLATION_METHODS
 
 
 def default_alphas(n: int = 11) -> list[float]:
@@ -132,3 +136,44 @@ def _mix_log_probs(lp0: torch.Tensor, lp1: torch.Tensor, alpha: float) -> torch.
     if alpha == 1.0:
         return lp1
     return torch.logaddexp(lp0 + math.log1p(-alpha), lp1 + math.log(alpha))
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+@register_analysis("interpolation", params=("seed", "eval_train_samples", "eval_test_samples", "alphas",
+                                            "interp_methods", "interp_start", "interp_end", "interp_max_runs"),
+                   inputs=weight_files)
+def run(ctx: Context) -> InterpolationResult:
+    """For each finished eFCN: from ``interp_start`` to ``interp_end``, by every method of ``interp_methods``."""
+    from archrelax.train.checkpoint import load_checkpoint
+
+    s = ctx.s
+    res = InterpolationResult(alphas=default_alphas(s.alphas))
+    runs = ctx.finished(ctx.of_kind("efcn"), res.missing)
+    if s.interp_max_runs is not None:
+        runs = runs[: s.interp_max_runs]
+    for r in runs:
+        ctx.log(f"interpolation: {r.id} ({s.interp_start} -> {s.interp_end})")
+
+        def one() -> list[InterpolationRecord]:
+            final = ctx.folder(r).final_path
+            end = ctx.load(final)
+            arch = load_checkpoint(final)["arch"]
+            cnn = ctx.cnn_of(r)
+            sources = {"efcn_end": final, "switch": ctx.switch_snapshot(r),
+                       "cnn_end": ctx.folder(cnn).final_path if cnn is not None and ctx.done(cnn) else None}
+            models = {}
+            for label in (s.interp_start, s.interp_end):
+                if sources[label] is None:
+                    raise FileNotFoundError(f"endpoint {label!r} has no file (not finished or no snapshot)")
+                models[label] = end if label == "efcn_end" else ctx.embedded(sources[label], end, arch)
+            d = ctx.data()
+            curves = interpolate(models[s.interp_start], models[s.interp_end], d["train"], d["test"],
+                                 alphas=res.alphas, methods=s.interp_methods, batch_size=s.batch_size)
+            ends = {k: Endpoint(label=k, source=ctx.rel(sources[k])) for k in (s.interp_start, s.interp_end)}
+            return [InterpolationRecord(**ctx.tag(r), start=ends[s.interp_start], end=ends[s.interp_end], method=m,
+                                        train_loss=[v.loss for v in c.train], train_acc=[v.acc for v in c.train],
+                                        test_loss=[v.loss for v in c.test], test_acc=[v.acc for v in c.test])
+                    for m, c in curves.items()]
+
+        res.curves += guard(res.missing, r, "interpolation", one) or []
+    return res

@@ -7,6 +7,10 @@ import torch
 from torch import nn
 
 from archrelax.embed.footprint import OPTIMIZER_STATE, footprint
+from archrelax.store.results import MemoryResult, MemoryRow, Missing
+
+from .context import Context, cnn_checkpoint
+from .registry import register_analysis
 
 __all__ = ["memory_table"]
 
@@ -21,3 +25,37 @@ def memory_table(model: nn.Module, example_input: torch.Tensor | tuple[int, ...]
     rows = [{"form": t, "params": fp.total_params(t), "param_bytes": fp.total_bytes(t),
              "optimizer_bytes": {o: fp.optimizer_bytes(t, o) for o in OPTIMIZER_STATE}} for t in fp.targets]
     return {"rows": rows, "footprint": fp.to_dict()}
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+
+def cnn_arch(ctx: Context, ref) -> dict[str, Any]:
+    """The CNN's resolved arch record: from one of its checkpoints, else rebuilt as the trainer does (the data
+    set fixes num_classes, in_channels and input_size, (H, W) when the images are not square)."""
+    from archrelax.train.checkpoint import load_checkpoint
+
+    f = ctx.folder(ref)
+    for p in [f.final_path, *(p for _, p in f.snapshots()), f.checkpoint_path]:
+        if p.is_file():
+            return dict(load_checkpoint(p)["arch"])
+    splits = ctx.splits(ref)
+    c, h, w = splits.input_shape
+    kw = {**(ctx.config(ref).get("model_kwargs") or {}), "num_classes": len(splits.classes),
+          "in_channels": int(c), "input_size": int(h) if h == w else [int(h), int(w)]}
+    return {"model": ctx.config(ref).get("model", "vanilla_cnn"), "model_kwargs": kw}
+
+
+@register_analysis("memory", inputs=cnn_checkpoint, statuses=False)
+def run(ctx: Context) -> MemoryResult:
+    """Parameter and optimiser bytes of the experiment's CNN as CNN, eLCN and eFCN (nothing relaxed is built)."""
+    from archrelax.models import build_architecture
+
+    ref = next(iter(ctx.of_kind("cnn")), None)
+    if ref is None:
+        return MemoryResult(missing=[Missing(run="-", reason="no CNN run in the plan")])
+    arch = cnn_arch(ctx, ref)
+    model = build_architecture({**arch, "relax_chain": []})
+    table = memory_table(model, tuple(model.input_shape))
+    return MemoryResult(model=arch["model"], model_kwargs=arch.get("model_kwargs"),
+                        input_shape=list(model.input_shape), rows=[MemoryRow(**r) for r in table["rows"]],
+                        footprint=table["footprint"])

@@ -14,7 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archrelax.store.results import Missing, SharpnessPoint, SharpnessResult
+
 from ._common import LossFn, batches, eval_mode
+from .context import Context, guard, weight_files
+from .registry import register_analysis
 
 __all__ = ["Eigenvalues", "TraceEstimate", "Sharpness", "hessian_vector_product", "hessian_eigenvalues",
            "hessian_trace", "measure_sharpness"]
@@ -167,3 +171,40 @@ def measure_sharpness(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, k: 
                               batch_size=batch_size)
     tr = hessian_trace(model, x, y, probes=probes, loss_fn=loss_fn, seed=seed, batch_size=batch_size)
     return Sharpness(loss=loss, eigen=eig, trace=tr)
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+@register_analysis("sharpness", params=("seed", "sharpness_samples", "sharpness_k", "sharpness_tol",
+                                        "sharpness_max_iter", "trace_probes"), inputs=weight_files)
+def run(ctx: Context) -> SharpnessResult:
+    """The CNN at every snapshot and at its end; every other finished run at its end."""
+    from archrelax.train.checkpoint import load_checkpoint
+
+    s, res = ctx.s, SharpnessResult()
+    jobs = []  # (run, where, checkpoint)
+    for r in ctx.of_kind("cnn"):
+        snaps = ctx.folder(r).snapshots()
+        jobs += [(r, "snapshot", p) for _, p in snaps]
+        if not snaps:
+            res.missing.append(Missing(run=r.id, reason="no snapshots yet"))
+    for r in ctx.finished(ctx.plan.values(), res.missing):
+        jobs.append((r, "final", ctx.folder(r).final_path))
+    x, y = ctx.data()["hessian"] if jobs else (None, None)
+    for i, (r, where, path) in enumerate(jobs):
+        ctx.log(f"sharpness {i + 1}/{len(jobs)}: {r.id} {path.name}")
+
+        def one() -> SharpnessPoint:
+            ckpt = load_checkpoint(path)
+            sh = measure_sharpness(ctx.load(path), x, y, k=s.sharpness_k, tol=s.sharpness_tol,
+                                   max_iter=s.sharpness_max_iter, probes=s.trace_probes, seed=s.seed,
+                                   batch_size=s.batch_size)
+            return SharpnessPoint(**ctx.tag(r), where=where, file=ctx.rel(path),
+                                  epoch=float(ckpt.get("global_epoch", ckpt["epoch"])), loss=sh.loss,
+                                  eigenvalues=sh.eigen.values, eig_iterations=max(sh.eigen.iterations),
+                                  eig_converged=all(sh.eigen.converged), eig_residual=sh.eigen.residuals,
+                                  trace=sh.trace.trace, trace_stderr=sh.trace.stderr, trace_probes=sh.trace.probes)
+
+        point = guard(res.missing, r, f"sharpness of {path.name}", one)
+        if point is not None:
+            res.points.append(point)
+    return res

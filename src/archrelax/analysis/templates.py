@@ -10,10 +10,15 @@ import dataclasses
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from archrelax.store.results import TemplateRecord, TemplatesResult
+
 from .ablation import relaxed_layers
+from .context import Context, final_files, guard
+from .registry import register_analysis
 
 __all__ = ["Templates", "first_relaxed_layer", "unit_weights", "offlocal_templates", "to_display"]
 
@@ -87,3 +92,30 @@ def offlocal_templates(model: nn.Module, *, layer: str | None = None, units: Seq
         raise ValueError(f"units {bad} out of range; layer {layer!r} has {len(norms)} units")
     w = unit_weights(mod, part)[units].float().cpu()
     return Templates(layer, units, norms[units].tolist(), w, to_display(w))
+
+
+# ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
+@register_analysis("templates", params=("template_count",), inputs=final_files)
+def run(ctx: Context) -> tuple[TemplatesResult, dict[str, np.ndarray]]:
+    """Units of the first finished eFCN with the largest off-local norm; the same units of every finished eFCN
+    (off-local part) and vanilla FCN (whole weights). Images go to templates.npz beside the JSON."""
+    res = TemplatesResult()
+    runs = ctx.finished(ctx.of_kind("efcn"), res.missing) + ctx.finished(ctx.of_kind("fcn"), res.missing)
+    arrays: dict[str, np.ndarray] = {}
+    units = None
+    for r in runs:
+        def one() -> Templates:
+            return offlocal_templates(ctx.load(ctx.folder(r).final_path), units=units, count=ctx.s.template_count,
+                                      part="all" if r.kind == "fcn" else "offlocal")
+
+        t = guard(res.missing, r, "templates", one)
+        if t is None:
+            continue
+        units = t.units if units is None else units  # every later run shows the first eFCN's units
+        key = f"r{len(res.runs)}"
+        arrays[key] = t.images.numpy().astype(np.float32)
+        arrays[key + "_raw"] = t.weights.numpy().astype(np.float32)
+        res.layer = res.layer or t.layer
+        res.input_shape = res.input_shape or list(t.weights.shape[1:])
+        res.runs.append(TemplateRecord(**ctx.tag(r), key=key, units=t.units, offlocal_norm=t.offlocal_norm))
+    return res, arrays

@@ -7,17 +7,19 @@ code path for its memory guard, so the estimate it prints is the one ``archrelax
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Union
 
 import torch
 from torch import nn
 
 from .connectivity import ConvGeometry
 
-__all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "capture_input_spatial", "example_tensor"]
+__all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "capture_input_spatial", "example_tensor",
+           "example_inputs", "ExampleInput"]
 
 TARGETS = ("cnn", "lc", "fc")
 # optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
@@ -47,32 +49,126 @@ def param_count(geom: ConvGeometry, target: str) -> int:
 # one forward pass to learn every conv's input spatial shape
 
 
-def example_tensor(model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None) -> torch.Tensor:
-    """The tensor fed to ``model`` to discover shapes.
+# example_input: a tensor or a shape (one positional argument), a tuple of them (positional arguments), or a
+# dict of them (keyword arguments, or the one argument of a forward(batch) that takes a dict)
+Example = Union[torch.Tensor, Sequence[int]]
+ExampleInput = Union[Example, tuple[Example, ...], Mapping[str, Example], None]
+_FORMS = ("a tensor; a shape such as (1, 3, 32, 32) (or the model's (C, H, W)); a tuple of tensors/shapes, one per "
+          "positional argument of forward(); a dict of tensors/shapes, the keyword arguments of forward() (or "
+          "the dict that a forward(batch) takes); or None for the model's input_shape")
 
-    A tuple is the shape of an input batch, e.g. ``(1, 3, 32, 32)``. A tuple equal in length to the model's
-    ``input_shape`` (C, H, W) gets a batch of 2 prepended (2, so train-mode BatchNorm1d layers accept it).
-    ``None`` uses ``model.input_shape``. Zeros, on the device and dtype of the model's first float parameter.
-    """
-    if isinstance(example_input, torch.Tensor):
-        return example_input
-    declared = getattr(model, "input_shape", None)
-    if example_input is None:
-        if declared is None:
-            raise ValueError(
-                f"example_input is required: {type(model).__name__} has no `input_shape`; pass a tensor or an "
-                "input batch shape such as (1, 3, 32, 32)"
-            )
-        example_input = tuple(declared)
-    try:
-        shape = tuple(int(s) for s in example_input)
-    except TypeError as e:
-        raise ValueError(f"example_input must be a Tensor or a shape tuple of ints, got {example_input!r}") from e
-    if declared is not None and len(shape) == len(tuple(declared)):
+
+def _is_shape(x: Any) -> bool:
+    return isinstance(x, (tuple, list, torch.Size)) and len(x) > 0 and all(
+        isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in x)
+
+
+def _describe(x: Any) -> str:
+    """What was given, briefly: tensors by shape and dtype, containers by their items."""
+    if isinstance(x, torch.Tensor):
+        return f"Tensor{tuple(x.shape)}"
+    if isinstance(x, Mapping):
+        return "{" + ", ".join(f"{k!r}: {_describe(v)}" for k, v in x.items()) + "}"
+    if isinstance(x, (tuple, list)) and x and not all(isinstance(s, int) for s in x):
+        return "(" + ", ".join(_describe(v) for v in x) + ("," if len(x) == 1 else "") + ")"
+    text = repr(x)
+    return f"{type(x).__name__} {text[:60] + '...' if len(text) > 60 else text}"
+
+
+def _bad(example_input: Any, why: str = "") -> ValueError:
+    return ValueError(f"example_input {_describe(example_input)} is not an accepted form{': ' + why if why else ''}; "
+                      f"give {_FORMS}")
+
+
+def _zeros(model: nn.Module, shape: Sequence[int], declared: Any) -> torch.Tensor:
+    """Zeros of ``shape`` on the model's device and dtype; a shape as long as the declared (C, H, W) gets a
+    batch of 2 prepended (2, so train-mode BatchNorm1d layers accept it)."""
+    shape = tuple(int(s) for s in shape)
+    if _is_shape(declared) and len(shape) == len(declared):
         shape = (2, *shape)
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     return torch.zeros(shape, device=ref.device if ref is not None else None,
                        dtype=ref.dtype if ref is not None else None)
+
+
+def _one(model: nn.Module, x: Any, declared: Any, whole: Any) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x
+    if _is_shape(x):
+        return _zeros(model, x, declared)
+    raise _bad(whole, f"{_describe(x)} is neither a tensor nor a shape of ints")
+
+
+def _takes_keywords(model: nn.Module, keys: Sequence[str]) -> bool:
+    """Whether forward() accepts every key as a keyword argument (else a dict is its one batch argument)."""
+    try:
+        params = inspect.signature(model.forward).parameters
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return True
+    named = {n for n, p in params.items() if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                                        inspect.Parameter.KEYWORD_ONLY)}
+    return set(keys) <= named
+
+
+def example_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The positional and keyword arguments of the one forward pass that reveals the layers' input shapes.
+
+    - a tensor, or a shape (a tuple of ints, e.g. ``(1, 3, 32, 32)``): the one positional argument. A shape
+      as long as the model's ``input_shape`` (C, H, W) gets a batch of 2 prepended.
+    - a tuple (or list) of tensors/shapes: one per positional argument, ``model(x, mask)``.
+    - a dict of tensors/shapes: keyword arguments ``model(image=..., mask=...)`` when forward() takes those
+      names, else the one argument of a ``forward(batch)`` that takes a dict. (A tuple holding a dict passes
+      the dict positionally in every case.)
+    - None: ``model.input_shape``, which may itself be a shape, a tuple of shapes or a dict of shapes.
+
+    Shapes become zeros on the device and dtype of the model's first float parameter.
+    """
+    declared = getattr(model, "input_shape", None)
+    if example_input is None:
+        if declared is None:
+            raise ValueError(f"example_input is required: {type(model).__name__} has no `input_shape`; give {_FORMS}")
+        example_input = tuple(declared) if _is_shape(declared) else declared
+    whole = example_input
+    if isinstance(example_input, torch.Tensor) or _is_shape(example_input):
+        return (_one(model, example_input, declared, whole),), {}
+    if isinstance(example_input, Mapping):
+        if not example_input or not all(isinstance(k, str) for k in example_input):
+            raise _bad(whole, "a dict needs string keys and at least one entry")
+        decl = declared if isinstance(declared, Mapping) else {}
+        values = {k: _one(model, v, decl.get(k), whole) for k, v in example_input.items()}
+        return ((), values) if _takes_keywords(model, list(values)) else ((values,), {})
+    if isinstance(example_input, (tuple, list)) and all(isinstance(s, int) for s in example_input):
+        raise _bad(whole, "a shape needs integers >= 0 and at least one of them")
+    if isinstance(example_input, (tuple, list)):
+        decl = (declared if isinstance(declared, (tuple, list)) and not _is_shape(declared) else
+                (declared,) if isinstance(declared, Mapping) else ())
+        args = []
+        for i, x in enumerate(example_input):
+            d = decl[i] if i < len(decl) else None
+            if isinstance(x, Mapping):  # a dict argument, e.g. forward(batch)
+                args.append({k: _one(model, v, (d or {}).get(k) if isinstance(d, Mapping) else None, whole)
+                             for k, v in x.items()})
+            else:
+                args.append(_one(model, x, d, whole))
+        return tuple(args), {}
+    raise _bad(whole)
+
+
+def example_tensor(model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None) -> torch.Tensor:
+    """The one input tensor of a single-input model (see :func:`example_inputs` for every accepted form)."""
+    args, kwargs = example_inputs(model, example_input)
+    if len(args) != 1 or kwargs or not isinstance(args[0], torch.Tensor):
+        raise ValueError(f"example_input {_describe(example_input)} is not one tensor or shape")
+    return args[0]
+
+
+def _fed(args: tuple, kwargs: dict) -> str:
+    """'shape (2, 3, 32, 32)' for one tensor, else the call: '(Tensor(2, 3, 32, 32), mask=Tensor(2, 1, 32, 32))'."""
+    if len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+        return f"shape {tuple(args[0].shape)}"
+    return "(" + ", ".join([_describe(a) for a in args] + [f"{k}={_describe(v)}" for k, v in kwargs.items()]) + ")"
 
 
 @contextlib.contextmanager
@@ -91,14 +187,14 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
 
 
 def capture_input_spatial(
-    model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None, modules: Mapping[str, nn.Module]
+    model: nn.Module, example_input: ExampleInput, modules: Mapping[str, nn.Module]
 ) -> dict[str, tuple[int, ...]]:
     """Input spatial shape of each module in ``modules`` (name -> module), from one forward pass.
 
     The model's buffers and the RNG are restored afterwards. Modules the pass never reached are absent
     from the result. A module called twice with different spatial shapes raises ValueError.
     """
-    x = example_tensor(model, example_input)
+    args, kwargs = example_inputs(model, example_input)
     seen: dict[int, tuple[int, ...]] = {}
     clashes: dict[int, set[tuple[int, ...]]] = {}
     names = {id(m): n for n, m in modules.items()}
@@ -115,10 +211,11 @@ def capture_input_spatial(
     try:
         with _state_preserved(model):
             try:
-                model(x)
-            except RuntimeError as e:  # typically a shape mismatch: say which input caused it
-                raise ValueError(f"the forward pass of example_input (shape {tuple(x.shape)}) through "
-                                 f"{type(model).__name__} failed: {e}; pass an input the model accepts") from e
+                model(*args, **kwargs)
+            except (RuntimeError, TypeError, KeyError, IndexError) as e:  # a shape or signature mismatch: say what was fed
+                raise ValueError(f"the forward pass of example_input ({_fed(args, kwargs)}) through "
+                                 f"{type(model).__name__} failed: {type(e).__name__}: {e}; pass an input the model "
+                                 f"accepts: {_FORMS}") from e
     finally:
         for h in handles:
             h.remove()
@@ -246,7 +343,7 @@ def _conv_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def layer_geometries(
-    model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None, layers: Mapping[str, nn.Module]
+    model: nn.Module, example_input: ExampleInput, layers: Mapping[str, nn.Module]
 ) -> dict[str, ConvGeometry]:
     """ConvGeometry of each layer in ``layers``: relaxed layers report theirs, convs get theirs from one
     forward pass. Convs never reached by the pass raise ValueError."""
@@ -267,7 +364,7 @@ def layer_geometries(
 
 def footprint(
     model: nn.Module,
-    example_input: torch.Tensor | tuple[int, ...] | None = None,
+    example_input: ExampleInput = None,
     to: str | tuple[str, ...] = TARGETS,
     *,
     reference: bool = True,

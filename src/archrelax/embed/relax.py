@@ -18,7 +18,7 @@ from torch import nn
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
 from .dense import DenseConv
-from .footprint import layer_geometries, param_count
+from .footprint import ExampleInput, layer_geometries, param_count
 from .locally_connected import LocallyConnected1d, LocallyConnected2d
 
 __all__ = ["relax", "transfer", "relaxed_layers", "available_memory", "RelaxMemoryError"]
@@ -129,7 +129,7 @@ def _set_submodule(model: nn.Module, path: str, module: nn.Module) -> None:
 def relax(
     model: nn.Module,
     to: str = "lc",
-    example_input: torch.Tensor | tuple[int, ...] | None = None,
+    example_input: ExampleInput = None,
     layers: LayerSelector = None,
     force: bool = False,
 ) -> nn.Module:
@@ -137,8 +137,10 @@ def relax(
     equivalent; with ``to="fc"``, LocallyConnected layers are relaxed further (hierarchical relaxation).
 
     example_input: a tensor, or an input batch shape (a model's ``(C, H, W)`` ``input_shape`` gets a batch
-        dimension; None uses ``model.input_shape``). One forward pass under no_grad reveals input shapes;
-        buffers such as BatchNorm statistics are restored after it. The input model is never changed.
+        dimension; None uses ``model.input_shape``); for a forward() of several inputs, a tuple of those
+        (positional arguments) or a dict of them (keyword arguments, or a forward(batch) taking a dict): see
+        ``footprint.example_inputs``. One forward pass under no_grad reveals input shapes; buffers such as
+        BatchNorm statistics are restored after it. The input model is never changed.
     layers: None (all), names or fnmatch globs of module paths, or a predicate ``(name, module) -> bool``.
     force: skip the memory guard (which fails when the relaxed parameters exceed the available memory).
     """

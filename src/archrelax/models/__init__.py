@@ -3,22 +3,29 @@
 Factories take ``(*, num_classes=10, in_channels=3, input_size=32, **kw)`` and return an ``nn.Module`` whose
 ``input_shape`` attribute is the ``(C, H, W)`` it was built for. ``create_model("pkg.module:factory")``
 imports a user factory without registering it. ``build_architecture(arch)`` rebuilds a model from the
-plain-data record stored in every checkpoint.
+plain-data record stored in every checkpoint. ``check_model_kwargs`` checks options against a factory's
+signature without building anything (``create_model`` runs it first, the spec validation too), so a typo
+is one line naming the key and the factory's parameters, not a traceback from inside the factory.
 """
 from __future__ import annotations
 
+import difflib
 import importlib
 import inspect
+from collections.abc import Mapping
 from typing import Any, Callable
 
 from torch import nn
 
 from ._shapes import pair
 
-__all__ = ["register_model", "create_model", "list_models", "build_architecture", "get_factory"]
+__all__ = ["register_model", "create_model", "list_models", "build_architecture", "get_factory", "check_model_kwargs",
+           "DATA_KEYS"]
 
 Factory = Callable[..., nn.Module]
 _REGISTRY: dict[str, Factory] = {}
+# factory options the trainer passes from the data set, on top of the user's model_kwargs
+DATA_KEYS = ("num_classes", "in_channels", "input_size")
 
 
 def register_model(name: str) -> Callable[[Factory], Factory]:
@@ -85,9 +92,75 @@ def _infer_input_shape(factory: Factory, kwargs: dict[str, Any]) -> tuple[int, i
     return (int(args["in_channels"]), h, w)
 
 
+def _signature(factory: Factory) -> tuple[dict[str, inspect.Parameter], bool] | None:
+    """The keyword parameters of ``factory`` and whether it takes ``**kwargs`` (None: no signature to read)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    params = {n: p for n, p in sig.parameters.items() if p.kind in kinds}
+    return params, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in sig.parameters.values())
+
+
+def check_model_kwargs(name: str, kwargs: Mapping[str, Any], *, data_keys: bool = False) -> None:
+    """Raise ValueError when model ``name``'s factory does not take a key of ``kwargs``, or needs one not given.
+
+    Only the factory's signature is read; nothing is built. A factory with a ``base`` parameter and
+    ``**kwargs`` (the ``fcn``/``lcn`` baselines) forwards the keys it does not take to the factory of its
+    base model: those are checked against that one. A factory with ``**kwargs`` otherwise takes anything.
+    ``data_keys``: also the keys the trainer passes from the data (:data:`DATA_KEYS`).
+    """
+    keys = [*kwargs, *(k for k in DATA_KEYS if data_keys and k not in kwargs)]
+    chain: list[tuple[str, list[str]]] = []  # (factory, its parameters) the keys pass through
+    current, rest = name, keys
+    while True:
+        try:
+            factory = get_factory(current)
+        except ValueError as e:
+            if current == name:
+                raise
+            raise ValueError(f"model {name!r}: base {current!r} is not a model ({e})") from None
+        sig = _signature(factory)
+        if sig is None:
+            return
+        params, var_kw = sig
+        chain.append((current, list(params)))
+        missing = [n for n, p in params.items() if p.default is p.empty and n not in rest]
+        if missing:
+            raise ValueError(f"model {current!r} needs option(s) {', '.join(map(repr, missing))}; give them in "
+                             f"model_kwargs ({_takes(chain)})")
+        rest = [k for k in rest if k not in params]
+        base = kwargs.get("base", params["base"].default) if "base" in params else None
+        if var_kw and isinstance(base, str) and base != current and len(chain) < 4:
+            current = base  # fcn/lcn: the rest goes to the base model's factory (checked even when empty)
+            continue
+        if not rest:
+            return
+        if var_kw:
+            return
+        break
+    every = [p for _, ps in chain for p in ps]
+    close = difflib.get_close_matches(rest[0], every, n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    data = [k for k in rest if k in DATA_KEYS and k not in kwargs]
+    note = f"; the trainer passes {', '.join(DATA_KEYS)} from the data" if data else ""
+    raise ValueError(f"model {name!r} has no option {', '.join(map(repr, rest))}{hint} ({_takes(chain)}{note})")
+
+
+def _takes(chain: list[tuple[str, list[str]]]) -> str:
+    first, *bases = chain
+    text = f"{first[0]} takes: {', '.join(first[1]) or 'nothing'}"
+    return text + "".join(f"; its base {b!r} takes: {', '.join(ps) or 'nothing'}" for b, ps in bases)
+
+
 def create_model(name: str, **kwargs: Any) -> nn.Module:
-    """Build model ``name`` (registered name or ``"pkg.module:factory"``) with factory keyword arguments."""
+    """Build model ``name`` (registered name or ``"pkg.module:factory"``) with factory keyword arguments.
+
+    Unknown or missing keyword arguments raise ValueError naming them and the factory's parameters.
+    """
     factory = get_factory(name)
+    check_model_kwargs(name, kwargs)
     model = factory(**kwargs)
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
@@ -105,12 +178,12 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 _ARCH_KEYS = {"model", "model_kwargs", "relax_chain", "relax_layers"}
 
 
-def build_architecture(arch: dict[str, Any]) -> nn.Module:
+def build_architecture(arch: dict[str, Any], force: bool = False) -> nn.Module:
     """Rebuild a model from its plain-data record.
 
     ``arch = {"model": name, "model_kwargs": {...}, "relax_chain": ["lc", "fc"], "relax_layers": list|None}``:
     the model is created, then relaxed by each step of the chain in order (weights are fresh; load the
-    checkpoint's state dict afterwards).
+    checkpoint's state dict afterwards). ``force`` is passed to ``relax`` (skip its memory guard).
     """
     if not isinstance(arch, dict) or "model" not in arch:
         raise ValueError(f"arch record must be a dict with at least a 'model' key, got {arch!r}")
@@ -128,5 +201,5 @@ def build_architecture(arch: dict[str, Any]) -> nn.Module:
         for step in chain:
             if step not in ("lc", "fc"):
                 raise ValueError(f"arch relax_chain step {step!r} is not 'lc' or 'fc'")
-            model = relax(model, to=step, example_input=example, layers=arch.get("relax_layers"))
+            model = relax(model, to=step, example_input=example, layers=arch.get("relax_layers"), force=force)
     return model

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import time
 from pathlib import Path
 
@@ -22,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--executor", choices=("local", "slurm"), help="where runs execute (default: the spec's)")
     p.add_argument("--workers", type=int, help="local worker processes (default: the spec's)")
     p.add_argument("--out", help="experiment folder (default: experiments/<name>, or the folder given as SPEC)")
+    p.add_argument("--force", action="store_true",
+                   help="replace the spec and plan of an experiment folder that holds a different spec "
+                        "(refused otherwise, listing the keys that differ)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -34,19 +36,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "demo", help="the whole protocol on the offline mnist5k data, in a few minutes on a CPU",
         description="Run the 'demo' preset (CNN, FCN baseline, eFCN and eLCN from five switch times on mnist5k), "
-                    "print its summary and write the report if the report step is available.")
+                    "print its summary and write the report.")
     p.add_argument("--out", default="archrelax-demo", help="experiment folder (default: ./archrelax-demo)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a key of the demo spec")
     p.add_argument("--workers", type=int, help="local worker processes")
+    p.add_argument("--force", action="store_true", help="replace the spec of an existing folder that differs")
     p.set_defaults(func=cmd_demo)
 
 
 def _finish(store, t0: float) -> int:
+    from ..store import FINISHED
     from . import format_summary
 
     rows = store.read_summary()
-    bad = [r for r in rows if r["status"] not in ("done", "diverged")]
+    bad = [r for r in rows if r["status"] not in FINISHED]
     print(format_summary(store))
     print(f"\n{len(rows)} runs in {time.perf_counter() - t0:.0f} s; summary: {store.summary_path}")
     if bad:
@@ -66,7 +70,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if out is None:
         out = spec_path if spec_path is not None and spec_path.is_dir() else Path("experiments") / spec.name
     t0 = time.perf_counter()
-    root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll)
+    root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll,
+                          force=args.force)
     rc = _finish(Store(root), t0)
     if spec.analyses:
         _analyse(root, spec.analyses)
@@ -74,20 +79,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def _analyse(root: Path, names: list[str]) -> None:
-    try:
-        analyse = importlib.import_module("archrelax.analysis").analyse_experiment
-    except (ImportError, AttributeError):
-        print("analyses requested, but archrelax.analysis.analyse_experiment is not available; skipped")
-        return
+    from archrelax.analysis.experiment import analyse_experiment  # lazy (torch), but never optional
+
     print(f"running analyses {names} ...")
-    analyse(root, only=names)
+    analyse_experiment(root, only=names)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from . import Store, format_status
+    from . import Store
+    from .table import status_table
 
-    print(format_status(Store(args.experiment)))
-    return 0
+    text, counts = status_table(Store(args.experiment))
+    print(text)
+    return 1 if counts.get("corrupt") else 0  # an unreadable status.json: named in its row
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -95,15 +99,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     spec = load_spec(preset="demo", overrides=args.overrides)
     t0 = time.perf_counter()
-    root = run_experiment(spec, args.out, workers=args.workers)
+    root = run_experiment(spec, args.out, workers=args.workers, force=args.force)
     rc = _finish(Store(root), t0)
-    try:
-        write_report = importlib.import_module("archrelax.report").write_report
-    except (ImportError, AttributeError):
-        if spec.analyses:
-            _analyse(root, spec.analyses)
-        print("report step not available (archrelax.report.write_report); the summary above is the result")
-        return rc
+    from archrelax.report import write_report
+
     # only the spec's analyses (the demo lists the quick ones), then the report from what is there
     if spec.analyses:
         _analyse(root, spec.analyses)

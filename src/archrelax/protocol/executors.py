@@ -18,7 +18,6 @@ from __future__ import annotations
 import concurrent.futures as cf
 import concurrent.futures.process  # noqa: F401  (BrokenProcessPool)
 import contextlib
-import json
 import multiprocessing as mp
 import os
 import signal
@@ -31,40 +30,34 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from .plan import Run
+from ..store import FINISHED, ExperimentFolder, Run, RunBusyError, RunLock, Status
 from .spec import SlurmOptions
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
-from ..utils import atomic_write_json, atomic_write_text
-from .store import FINISHED, Store
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
 
 
-def _train(config: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+def _train(config: dict[str, Any], out_dir: Path, lock: RunLock) -> dict[str, Any]:
     # imported here: the trainer pulls in torch and the model zoo, not needed to plan or show status
     from ..train import TrainConfig, train
 
-    return train(TrainConfig.from_dict(config), out_dir)
+    return train(TrainConfig.from_dict(config), out_dir, lock=lock)
 
 
-def _init_from(store: Store, run: Run) -> str | None:
+def _init_from(exp: ExperimentFolder, run: Run) -> str | None:
     """Absolute snapshot path for ``config['init_from']`` (None when it cannot be known yet).
 
-    A run folder that already holds a config keeps the path it was started with while that file exists
-    (a re-planned parent with the same training identity has a new folder but the same weights), so the
-    trainer's resume check, which compares configs, still accepts it. When it is gone because the whole
-    experiment folder moved, the saved config is pointed at the same snapshot in the new place.
+    ``snapshot_for`` keeps the file a started run was given while it exists (a re-planned parent with the
+    same training identity has a new folder but the same weights), so the trainer's resume check, which
+    compares configs, still accepts it. When the whole experiment folder moved, the saved config is pointed
+    at the same snapshot in the new place.
     """
-    path = store.snapshot_file(run)
+    path = exp.snapshot_for(run)
     new = None if path is None else str(path)
-    saved = store.run_dir(run.id) / "config.json"
-    if saved.is_file():
-        cfg = json.loads(saved.read_text())
-        old = cfg.get("init_from")
-        if old and Path(old).is_file():
-            return old
-        if old and new and old != new and Path(new).is_file():
-            atomic_write_json(saved, {**cfg, "init_from": new})
+    folder = exp.run(run.id)
+    saved = folder.read_config()
+    if saved is not None and new and saved.get("init_from") not in (None, new) and Path(new).is_file():
+        folder.write_config({**saved, "init_from": new})
     return new
 
 
@@ -73,6 +66,7 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
 
     Never raises for a failing run: the failure is recorded in the run's status.json and returned.
     Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
+    The lock taken here is handed to the trainer (one acquisition path; see archrelax.store.lock).
     On SIGTERM/SIGINT/SIGUSR1 the trainer stops after its current step (checkpoint, status 'interrupted')
     and this returns ``{"status": "interrupted", "signal": N}``, in a worker process or a Slurm job alike.
     """
@@ -81,46 +75,48 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
         try:
             return _run_one(experiment, run_id, stop)
         except Interrupted as e:  # the trainer saved its state and wrote 'interrupted' (or never started)
-            store = Store(experiment)
-            store.write_summary()
+            exp = ExperimentFolder(experiment)
+            exp.write_summary()
             if _in_slurm_job():
                 # What happens next is Slurm's call: a requeued job (scontrol requeue, preemption) starts again
                 # and resumes the run at the saved step; any other ends. So no result: the scheduler follows
                 # the job's state (pending again, or ended) instead of taking the run for finished.
                 raise SystemExit(e.exit_code) from None
-            return {"id": run_id, "status": store.read_status(run_id).get("status"), "error": str(e),
+            return {"id": run_id, "status": exp.run(run_id).read_status().status, "error": str(e),
                     "signal": e.signum}
 
 
 def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any]:
-    store = Store(experiment)
-    run = store.load_plan()[run_id]
-    with store.lock(run_id) as held:
-        if not held:
-            return {"id": run_id, "status": "busy", "error": f"held by {store.holder(run_id)}"}
-        st = store.read_status(run_id)
-        if st.get("status") in FINISHED:
-            return {"id": run_id, "status": st["status"], "error": st.get("error"), "skipped": True}
+    exp = ExperimentFolder(experiment)
+    run = exp.read_plan()[run_id]
+    folder = exp.run(run_id)
+    try:
+        lock = folder.lock().acquire()
+    except RunBusyError as e:
+        return {"id": run_id, "status": "busy", "error": f"held by {e.holder}"}
+    with lock:
+        st = folder.read_status()
+        if st.finished:
+            return {"id": run_id, "status": st.status, "error": st.error, "skipped": True}
         stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
-        config = {**run.config, "init_from": _init_from(store, run)}
+        config = {**run.config, "init_from": _init_from(exp, run)}
         if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
-            parent = store.read_status(run.depends_on) if run.depends_on else {}
+            parent = exp.run(run.depends_on).read_status()
             err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
-                   f"{parent.get('status')!r} at epoch {parent.get('epoch')} before this switch time")
-            store.write_status(run_id, "failed", err)
+                   f"{parent.status!r} at epoch {parent.epoch:g} before this switch time")
+            folder.write_status("failed", error=err)
         else:
             try:
-                _train(config, store.run_dir(run_id))
+                _train(config, folder.path, lock)
             except Exception as e:  # any failure of one run (incl. CUDA OOM) is recorded; the others go on
-                err = f"{type(e).__name__}: {e}"
                 try:
-                    atomic_write_text(store.run_dir(run_id) / "error.log", traceback.format_exc())
-                    store.write_status(run_id, "failed", err)
+                    folder.write_error_log(traceback.format_exc())
+                    folder.write_status("failed", error=f"{type(e).__name__}: {e}")
                 except OSError:  # the disk refuses even the record of the failure (full, read-only):
                     raise e from None  # stop with the error that names the first write refused
-        st = store.read_status(run_id)
-    store.write_summary()
-    return {"id": run_id, "status": st.get("status"), "error": st.get("error")}
+        st = folder.read_status()
+    exp.write_summary()
+    return {"id": run_id, "status": st.status, "error": st.error}
 
 
 # ---- executors ----------------------------------------------------------------------------------------
@@ -440,7 +436,7 @@ def _squeue_states(job_ids: Any) -> dict[str, dict[str, str]]:
 # ---- scheduling ---------------------------------------------------------------------------------------
 
 
-def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
+def execute(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
             log: Callable[[str], None] = print) -> dict[str, str]:
     """Train every unfinished run of ``plan`` on ``executor``; returns id -> final status.
 
@@ -453,12 +449,12 @@ def execute(store: Store, plan: dict[str, Run], executor: Any, *, poll_s: float 
     :class:`archrelax.signals.Interrupted` is raised.
     """
     with StopOnSignals() as stop:
-        return _schedule(store, plan, executor, stop, poll_s=poll_s, log=log)
+        return _schedule(exp, plan, executor, stop, poll_s=poll_s, log=log)
 
 
-def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSignals, *, poll_s: float,
-              log: Callable[[str], None]) -> dict[str, str]:
-    result = {rid: store.read_status(rid).get("status", "pending") for rid in plan}
+def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: StopOnSignals, *,
+              poll_s: float, log: Callable[[str], None]) -> dict[str, str]:
+    result = {rid: exp.run(rid).read_status().status for rid in plan}
     todo = [rid for rid in plan if result[rid] not in FINISHED]
     skipped = len(plan) - len(todo)
     log(f"{len(plan)} runs planned: {skipped} already finished, {len(todo)} to run")
@@ -467,7 +463,7 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
     told_busy: set[str] = set()
     while todo or flying:
         if stop.signum is not None:
-            _stop(store, plan, executor, flying, stop.signum, poll_s=poll_s, log=log)
+            _stop(exp, plan, executor, flying, stop.signum, poll_s=poll_s, log=log)
         for rid, job in list(flying.items()):
             if not job.done():
                 continue
@@ -475,11 +471,11 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
             try:
                 out = job.result()
             except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
-                st = store.read_status(rid)
+                st = exp.run(rid).read_status()
                 if _stopped_since(st, submitted.get(rid, 0.0)):  # a Slurm job that saved its run, then ended
-                    out = {"status": "interrupted", "error": st.get("error")}
+                    out = {"status": "interrupted", "error": st.error}
                 else:
-                    store.write_status(rid, "failed", f"job failed: {type(e).__name__}: {e}")
+                    exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
                     out = {"status": "failed", "error": str(e)}
             if out.get("status") == "busy":
                 todo.append(rid)
@@ -490,53 +486,55 @@ def _schedule(store: Store, plan: dict[str, Run], executor: Any, stop: StopOnSig
         ready = []
         for rid in list(todo):
             run = plan[rid]
-            snap = store.snapshot_file(run)
+            snap = exp.snapshot_for(run)
             if run.depends_on is not None and not (snap is not None and snap.is_file()):
                 parent_busy = run.depends_on in flying or run.depends_on in todo
-                parent_status = store.read_status(run.depends_on).get("status")
-                if not parent_busy and parent_status == "interrupted" and store.holder(run.depends_on) is None:
+                parent = exp.run(run.depends_on)
+                parent_status = parent.read_status().status
+                if not parent_busy and parent_status == "interrupted" and parent.holder() is None:
                     # the parent's job was stopped (scancel, preemption, a signal to its worker): it resumes
                     # on the next `archrelax run`, and so does this run; waiting here would never end
                     todo.remove(rid)
-                    result[rid] = store.read_status(rid).get("status", "pending")
+                    result[rid] = exp.run(rid).read_status().status
                     log(f"  {rid}: not started: its parent {run.depends_on} was interrupted before writing "
                         f"{run.snapshot}; rerun to resume both")
                     continue
                 if parent_busy or (parent_status not in FINISHED + ("failed",)):
                     continue  # parent still training (here or elsewhere): wait for the snapshot
                 # parent ended without this snapshot: run_one records why
-            holder = store.holder(rid)
+            holder = exp.run(rid).holder()
             if holder is not None:
                 if rid not in told_busy:
                     log(f"  {rid}: held by {holder}; waiting for it")
                     told_busy.add(rid)
                 continue
-            if store.read_status(rid).get("status") in FINISHED:  # finished meanwhile by another process
+            now = exp.run(rid).read_status()
+            if now.finished:  # finished meanwhile by another process
                 todo.remove(rid)
-                result[rid] = store.read_status(rid)["status"]
+                result[rid] = now.status
                 continue
             ready.append(rid)
         if ready:
             for rid in ready:
                 todo.remove(rid)
             with executor.batch():
-                jobs = [executor.submit(run_one, str(store.root), rid) for rid in ready]
+                jobs = [executor.submit(run_one, str(exp.root), rid) for rid in ready]
             flying.update(zip(ready, jobs))
             submitted.update((rid, time.time()) for rid in ready)
             continue
         if todo or flying:
             time.sleep(poll_s)
-    store.write_summary(plan)
+    exp.write_summary(plan)
     return result
 
 
-def _stopped_since(status: dict[str, Any], t0: float) -> bool:
+def _stopped_since(status: Status, t0: float) -> bool:
     """Whether a run was marked 'interrupted' (by its trainer, on a signal) after time ``t0``."""
-    if status.get("status") != "interrupted":
+    if status.status != "interrupted" or status.updated is None:
         return False
     try:
-        return datetime.fromisoformat(status["updated"]).timestamp() >= t0 - 1  # 'updated' has whole seconds
-    except (KeyError, TypeError, ValueError):
+        return datetime.fromisoformat(status.updated).timestamp() >= t0 - 1  # 'updated' has whole seconds
+    except ValueError:
         return False
 
 
@@ -547,7 +545,7 @@ def _in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and getattr(spec, "name", "") == "submitit.core._submit"
 
 
-def _stop(store: Store, plan: dict[str, Run], executor: Any, flying: dict[str, Any], signum: int, *,
+def _stop(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, flying: dict[str, Any], signum: int, *,
           poll_s: float, log: Callable[[str], None]) -> None:
     """Stop on a signal (issue 9): forward it to the runs in flight, wait for their checkpoints, mark any run
     still 'running' without a live holder 'interrupted', write the summary, raise Interrupted."""
@@ -562,18 +560,19 @@ def _stop(store: Store, plan: dict[str, Run], executor: Any, flying: dict[str, A
         try:
             out = job.result()
         except Exception as e:  # a job that died, or a cancelled pending Slurm job: its status says the rest
-            out = {"status": store.read_status(rid).get("status"), "error": f"{type(e).__name__}: {e}"}
+            out = {"status": exp.run(rid).read_status().status, "error": f"{type(e).__name__}: {e}"}
         log(f"  {rid}: {out.get('status')}")
     # a job can end before its process does (a broken pool fails every future at once): wait for the run
     # locks, which are held until the trainer has saved its state and released the run
     deadline = time.monotonic() + 120
-    while any(store.holder(rid) is not None for rid in flying) and time.monotonic() < deadline:
+    while any(exp.run(rid).holder() is not None for rid in flying) and time.monotonic() < deadline:
         time.sleep(min(poll_s, 0.5))
     for rid in plan:
-        if store.read_status(rid).get("status") == "running" and store.holder(rid) is None:
-            store.write_status(rid, "interrupted", f"{name} stopped the scheduler before this run could save "
-                               "its state; rerun to resume from its last checkpoint")
-    store.write_summary(plan)
-    n = sum(store.read_status(rid).get("status") == "interrupted" for rid in plan)
+        folder = exp.run(rid)
+        if folder.read_status().status == "running" and folder.holder() is None:
+            folder.write_status("interrupted", error=f"{name} stopped the scheduler before this run could save "
+                                "its state; rerun to resume from its last checkpoint")
+    exp.write_summary(plan)
+    n = sum(exp.run(rid).read_status().status == "interrupted" for rid in plan)
     raise Interrupted(signum, f"stopped by {name}: {n} run(s) interrupted with their state saved; "
-                              f"rerun `archrelax run {store.root}` to resume")
+                              f"rerun `archrelax run {exp.root}` to resume")

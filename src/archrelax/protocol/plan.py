@@ -5,49 +5,29 @@ hierarchical runs (CNN -> eLCN at t_w1 -> eFCN at t_w2) start from the eLCN's sn
 epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's clock, see the trainer's ``global_epoch``); baselines
 (``fcn``/``lcn``) train from scratch.
 
-Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration, with
-``init_from`` replaced by the *training identity* of the parent (its config without the snapshot list) and
-the snapshot epoch. So changing one option changes exactly the ids of the runs it affects; adding a switch
-time re-runs the CNN (it must save one more snapshot) but keeps the ids of the relaxed runs already done.
+Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration except its
+runtime fields (TrainConfig fields marked ``runtime``: progress, checkpointing, the memory guard's override),
+with ``init_from`` replaced by the *training identity* of the parent (its hashed config without the fields
+marked ``identity=False``: the snapshot list) and the snapshot epoch. So changing one option changes exactly
+the ids of the runs it affects; adding a switch time re-runs the CNN (it must save one more snapshot) but
+keeps the ids of the relaxed runs already done; a runtime option changes no id.
 """
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
-from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..utils import format_epoch
+from ..store.plan import Run, plan_from_json, plan_to_json  # the plan.json record is the store's
+from ..store.run import format_epoch
+from ..train.config import NOT_IDENTITY, RUNTIME_FIELDS, TrainConfig
 from .spec import ExperimentSpec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS"]
 
 KINDS = ("cnn", "efcn", "elcn", "hier", "fcn", "lcn")
-# Options that change what is saved or shown, not the training trajectory: left out of a parent's identity.
-_NOT_IDENTITY = ("snapshots", "progress", "tensorboard")
-
-
-@dataclass(frozen=True)
-class Run:
-    """One training run of the plan.
-
-    ``config`` is a TrainConfig as plain data with ``init_from`` left None: the executor fills it with the
-    absolute path of the snapshot run ``depends_on`` saved at its own epoch ``snapshot_epoch``. ``snapshot``
-    is that file's nominal path (relative to the experiment folder); the trainer saves at the nearest whole
-    step, so the file actually used is found by :meth:`Store.snapshot_file`.
-    ``t_w``/``t_w2`` are switch epochs on the CNN's clock (None where they do not apply).
-    """
-
-    id: str
-    kind: str
-    seed: int
-    config: dict[str, Any]
-    depends_on: str | None = None
-    snapshot: str | None = None
-    snapshot_epoch: float | None = None
-    t_w: float | None = None
-    t_w2: float | None = None
-    identity: str = ""  # hash of the training trajectory (config minus _NOT_IDENTITY), for children's ids
 
 
 def _digest(obj: Any) -> str:
@@ -56,12 +36,12 @@ def _digest(obj: Any) -> str:
 
 def _make(prefix: str, kind: str, seed: int, config: dict, parent: Run | None = None, snap_epoch: float | None = None,
           t_w: float | None = None, t_w2: float | None = None) -> Run:
-    keyed = dict(config)
+    keyed = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
     snapshot = None
     if parent is not None:
         keyed["init_from"] = f"{parent.identity}@{format_epoch(snap_epoch)}"
         snapshot = f"runs/{parent.id}/snapshots/epoch_{format_epoch(snap_epoch)}.pt"
-    identity = _digest({k: v for k, v in keyed.items() if k not in _NOT_IDENTITY})
+    identity = _digest({k: v for k, v in keyed.items() if k not in NOT_IDENTITY})
     return Run(id=f"{prefix}-{_digest(keyed)[:8]}", kind=kind, seed=seed, config=config,
                depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w, t_w2=t_w2, identity=identity)
 
@@ -71,17 +51,15 @@ def _tw(t: float) -> str:
 
 
 def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
-    """TrainConfig fields every run shares."""
-    tr = spec.train
-    return {
-        "model": spec.model, "model_kwargs": dict(spec.model_kwargs), "data": spec.data, "data_root": spec.data_root,
-        "train_size": spec.train_size, "test_size": spec.test_size, "data_seed": spec.data_seed,
-        "augment": list(tr.augment), "relax": None, "relax_layers": spec.relax_layers, "init_from": None,
-        "optimizer_state": "reset", "optimizer": tr.optimizer, "lr": tr.lr, "momentum": tr.momentum,
-        "weight_decay": tr.weight_decay, "schedule": tr.schedule, "step_size": tr.step_size, "gamma": tr.gamma,
-        "warmup_epochs": tr.warmup_epochs, "batch_size": tr.batch_size, "eval_times": tr.eval_times,
-        "snapshots": [], "seed": seed, "device": tr.device, "amp": tr.amp, "compile": tr.compile,
-    }
+    """TrainConfig fields every run shares, each read from where the spec holds it (the field's ``spec``
+    metadata: ``train.*`` or a top-level key); the rest is set per run: relaxation, snapshot, stopping rule,
+    optimiser hand-over, snapshots to save, seed."""
+    base: dict[str, Any] = {}
+    for f in dataclasses.fields(TrainConfig):
+        place = f.metadata["spec"]
+        if place in ("train", "top"):
+            base[f.name] = copy.deepcopy(getattr(spec.train if place == "train" else spec, f.name))
+    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [], "seed": seed}
 
 
 def _stop(rule) -> dict[str, Any]:
@@ -133,11 +111,3 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
             run = _make(f"{kind}-s{seed}", kind, seed, cfg)
             plan[run.id] = run
     return plan
-
-
-def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:
-    return {rid: {k: v for k, v in asdict(r).items() if k != "id"} for rid, r in plan.items()}
-
-
-def plan_from_json(data: dict[str, Any]) -> dict[str, Run]:
-    return {rid: Run(id=rid, **fields) for rid, fields in data.items()}

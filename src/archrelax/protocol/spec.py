@@ -2,22 +2,36 @@
 
 A spec is plain data (YAML on disk, nested dataclasses here). ``load_spec`` reads a file or a preset, applies
 ``--set a.b=value`` overrides typed through the dataclasses' annotations, and validates everything before any
-run starts: unknown keys (with the closest valid key suggested), out-of-range values and switch times beyond
-the CNN's training are reported together, each naming the key, the value and what is allowed.
+run starts: unknown keys (with the closest valid key suggested), out-of-range values, switch times beyond
+the CNN's training and model options the model's factory does not take are reported together, each naming
+the key, the value and what is allowed.
+
+The keys that are training settings are not declared here: ``train.*`` is built from the fields of
+:class:`~archrelax.train.TrainConfig` (every field whose metadata says ``spec="train"``), and the top-level
+data/model keys and the ``cnn.*``/``relaxed.*`` stopping rules take their type, check and help from the
+TrainConfig field of the same name. Where an experiment's default differs from TrainConfig's (a bare
+``archrelax train``), it is listed in :data:`EXPERIMENT_DEFAULTS`, and nowhere else.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
-import importlib
+import json
 import math
-import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
+
+from .._typed import NO as _NO
+from .._typed import coerce as _coerce
+from .._typed import conforms
+from .._typed import describe as _describe
+from .._typed import yaml_load
+from ..train.config import TrainConfig, option_name
 
 __all__ = [
     "SpecError",
@@ -27,6 +41,7 @@ __all__ = [
     "RelaxedOptions",
     "HierarchicalOptions",
     "SlurmOptions",
+    "EXPERIMENT_DEFAULTS",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -34,12 +49,33 @@ __all__ = [
     "resolve_times",
     "list_presets",
     "preset_path",
+    "settings_rows",
 ]
 
 PRESET_DIR = Path(__file__).with_name("presets")
 DATA_SOURCES = ("mnist5k", "cifar10", "cifar100", "synthetic[:CxHxW[:K[:NTRAIN[:NTEST]]]]", "imagefolder:PATH")
-# Used only when archrelax.analysis does not (yet) publish its own list.
-_FALLBACK_ANALYSES = ("sharpness", "distance", "ablation", "templates", "interpolation", "memory")
+
+# The one table of experiment defaults that differ from TrainConfig's (those of a bare `archrelax train`).
+# - train.lr, train.batch_size: the protocol's defaults since its first version, kept so that a spec that
+#   leaves them out runs the experiment it always ran, under the same run ids.
+# - train.step_size: null, i.e. required with `schedule: step` (no silent 30-epoch decay in an experiment;
+#   also what keeps the run ids of every existing spec, whose plans hold step_size: null).
+# - cnn.*, relaxed.*: the protocol trains each run to zero training loss, capped (a bare run: 100 epochs).
+# - relaxed.lr, relaxed.eval_times: null means "as train.lr / train.eval_times".
+EXPERIMENT_DEFAULTS: dict[str, Any] = {
+    "train.lr": 0.05,
+    "train.batch_size": 128,
+    "train.step_size": None,
+    "cnn.epochs": None,
+    "cnn.until_zero_loss": True,
+    "cnn.max_epochs": 100.0,
+    "relaxed.epochs": None,
+    "relaxed.until_zero_loss": True,
+    "relaxed.max_epochs": 50.0,
+    "relaxed.lr": None,
+    "relaxed.eval_times": None,
+}
+_CONFIG = {f.name: f for f in dataclasses.fields(TrainConfig)}
 
 
 class SpecError(ValueError):
@@ -51,19 +87,31 @@ class SpecError(ValueError):
         super().__init__(head + "\n  - " + "\n  - ".join(self.problems))
 
 
-def _opt(default: Any, doc: str, check: Any = None) -> Any:
-    """A spec field: default, one-line doc, and ``check(value) -> "what is allowed" | None``."""
+def _opt(default: Any, doc: str, check: Any = None, config: str | None = None) -> Any:
+    """A spec field: default, one-line doc, ``check(value) -> "what is allowed" | None``, and the TrainConfig
+    field it sets (``config``), if any."""
+    meta = {"doc": doc, "check": check, "config": config}
     if isinstance(default, (list, dict)):
-        return field(default_factory=lambda d=default: type(d)(d), metadata={"doc": doc, "check": check})
-    return field(default=default, metadata={"doc": doc, "check": check})
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def _config_default(name: str) -> Any:
+    f = _CONFIG[name]
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def _from_config(name: str, section: str, doc: str | None = None) -> Any:
+    """The spec key ``section.name`` (``name`` at the top level when ``section`` is ""): TrainConfig field
+    ``name``'s check and help, and its default unless :data:`EXPERIMENT_DEFAULTS` lists the key."""
+    f = _CONFIG[name]
+    key = f"{section}.{name}" if section else name
+    default = EXPERIMENT_DEFAULTS[key] if key in EXPERIMENT_DEFAULTS else _config_default(name)
+    return _opt(default, doc or f.metadata["help"], f.metadata["check"], config=name)
 
 
 def _positive(v: Any) -> str | None:
     return None if v is None or v > 0 else "a number > 0"
-
-
-def _nonneg(v: Any) -> str | None:
-    return None if v is None or v >= 0 else "a number >= 0"
 
 
 def _times_text(v: Any) -> str | None:
@@ -75,41 +123,37 @@ def _times_text(v: Any) -> str | None:
     return "'log:N' with an integer N >= 1, or a list of epochs >= 0"
 
 
-def _eval_text(v: Any) -> str | None:
-    """The trainer's eval_times: 'log:N' (N >= 2), 'every', or epochs."""
-    if isinstance(v, str) and (v == "every" or (v.startswith("log:") and v[4:].isdigit() and int(v[4:]) >= 2)):
-        return None
-    return _times_text(v) if isinstance(v, list) else "'log:N' with an integer N >= 2, 'every', or a list of epochs >= 0"
+def _train_options() -> type:
+    """The ``train`` section: every TrainConfig field with ``spec="train"``, typed and checked as there."""
+    hints = typing.get_type_hints(TrainConfig)
+    fields = []
+    for name, f in _CONFIG.items():
+        if f.metadata["spec"] != "train":
+            continue
+        tp, key = hints[name], f"train.{name}"
+        if key in EXPERIMENT_DEFAULTS and EXPERIMENT_DEFAULTS[key] is None and not conforms(None, tp):
+            tp = typing.Optional[tp]
+        fields.append((name, tp, _from_config(name, "train")))
+    cls = dataclasses.make_dataclass("TrainOptions", fields, namespace={
+        "__doc__": "Options shared by every run of the experiment (CNN, relaxed runs, baselines): the TrainConfig "
+                   "fields marked spec='train', with EXPERIMENT_DEFAULTS' train.* defaults."})
+    cls.__module__ = __name__  # picklable (spawned workers) and named where it is defined
+    return cls
 
 
-@dataclass
-class TrainOptions:
-    """Options shared by every run of the experiment (CNN, relaxed runs, baselines)."""
-
-    optimizer: Literal["sgd", "adam", "adamw"] = _opt("sgd", "optimiser")
-    lr: float = _opt(0.05, "learning rate", _positive)
-    momentum: float = _opt(0.9, "SGD momentum", lambda v: None if 0 <= v < 1 else "0 <= momentum < 1")
-    weight_decay: float = _opt(0.0, "weight decay", _nonneg)
-    schedule: Literal["constant", "step", "cosine"] = _opt("constant", "learning-rate schedule")
-    step_size: float | None = _opt(None, "epochs between decays ('step' schedule)", _positive)
-    gamma: float = _opt(0.1, "decay factor ('step' schedule)", lambda v: None if 0 < v <= 1 else "0 < gamma <= 1")
-    warmup_epochs: float = _opt(0.0, "linear warm-up length", _nonneg)
-    batch_size: int = _opt(128, "batch size", lambda v: None if v >= 1 else "an integer >= 1")
-    augment: list[str] = _opt([], "batch augmentations (names the data feed knows)")
-    eval_times: Union[str, list[float]] = _opt("log:20", "when to evaluate: 'log:N', 'every' or epochs", _eval_text)
-    device: str = _opt("auto", "'auto' (cuda > mps > cpu), 'cpu', 'cuda', 'cuda:N'")
-    amp: Literal["bf16"] | None = _opt(None, "mixed precision")
-    compile: bool = _opt(False, "torch.compile the model")
+TrainOptions = _train_options()
 
 
 @dataclass
 class StopRule:
-    """How long a run trains: a fixed ``epochs``, or ``until_zero_loss`` capped at ``max_epochs``."""
+    """How long a run trains: a fixed ``epochs``, or ``until_zero_loss`` capped at ``max_epochs`` (the CNN's
+    defaults; see :class:`RelaxedOptions` for the relaxed runs')."""
 
-    epochs: float | None = _opt(None, "fixed length in epochs (null: use until_zero_loss)", _positive)
-    until_zero_loss: bool = _opt(True, "stop once the train loss is below loss_threshold")
-    max_epochs: float | None = _opt(50.0, "cap when until_zero_loss", _positive)
-    loss_threshold: float | None = _opt(None, "train loss counted as zero (null: 100 % train accuracy)", _positive)
+    epochs: float | None = _from_config("epochs", "cnn", "fixed length in epochs (null: use until_zero_loss)")
+    until_zero_loss: bool = _from_config("until_zero_loss", "cnn")
+    max_epochs: float | None = _from_config("max_epochs", "cnn", "cap when until_zero_loss")
+    loss_threshold: float | None = _from_config("loss_threshold", "cnn",
+                                                "train loss counted as zero (null: 100 % train accuracy)")
 
     def length(self) -> float | None:
         """The longest this rule can train (None when unbounded)."""
@@ -120,10 +164,16 @@ class StopRule:
 class RelaxedOptions(StopRule):
     """Stopping rule and optimiser hand-over of the relaxed runs (eFCN, eLCN, hierarchical) and baselines."""
 
-    optimizer_state: Literal["reset", "carry"] = _opt("reset", "fresh optimiser, or carry the CNN's embedded state")
-    lr: float | None = _opt(None, "learning rate of relaxed runs (null: train.lr)", _positive)
-    eval_times: Union[str, list[float], None] = _opt(None, "evaluations of relaxed runs (null: train.eval_times)",
-                                                     lambda v: None if v is None else _eval_text(v))
+    epochs: float | None = _from_config("epochs", "relaxed", "fixed length in epochs (null: use until_zero_loss)")
+    until_zero_loss: bool = _from_config("until_zero_loss", "relaxed")
+    max_epochs: float | None = _from_config("max_epochs", "relaxed", "cap when until_zero_loss")
+    loss_threshold: float | None = _from_config("loss_threshold", "relaxed",
+                                                "train loss counted as zero (null: 100 % train accuracy)")
+    optimizer_state: Literal["reset", "carry"] = _from_config(
+        "optimizer_state", "relaxed", "fresh optimiser, or carry the CNN's embedded state")
+    lr: float | None = _from_config("lr", "relaxed", "learning rate of relaxed runs (null: train.lr)")
+    eval_times: str | list[float] | None = _from_config("eval_times", "relaxed",
+                                                        "evaluations of relaxed runs (null: train.eval_times)")
 
 
 @dataclass
@@ -157,18 +207,18 @@ class ExperimentSpec:
     """One relaxation experiment: the CNN, its switch times, relaxation targets, baselines and seeds."""
 
     name: str = _opt("experiment", "experiment name (default output folder: experiments/<name>)")
-    model: str = _opt("vanilla_cnn", "registered model name or 'pkg.module:factory'")
-    model_kwargs: dict[str, Any] = _opt({}, "model options, e.g. {width: 64}")
-    data: str = _opt("mnist5k", "data source: " + ", ".join(DATA_SOURCES))
-    data_root: str | None = _opt(None, "where the data lives or is cached")
-    train_size: int | None = _opt(None, "training subset size (null: all)", _positive)
-    test_size: int | None = _opt(None, "test subset size (null: all)", _positive)
-    data_seed: int = _opt(0, "seed of the subset choice")
-    relax_layers: list[str] | None = _opt(None, "layers to relax (names or globs; null: every conv)")
+    model: str = _from_config("model", "")
+    model_kwargs: dict[str, Any] = _from_config("model_kwargs", "", "model options, e.g. {width: 64}; checked against "
+                                                "the factory's parameters before any run starts")
+    data: str = _from_config("data", "", "data source: " + ", ".join(DATA_SOURCES))
+    data_root: str | None = _from_config("data_root", "")
+    train_size: int | None = _from_config("train_size", "")
+    test_size: int | None = _from_config("test_size", "")
+    data_seed: int = _from_config("data_seed", "")
+    relax_layers: list[str] | None = _from_config("relax_layers", "", "layers to relax (names or globs; null: every conv)")
     seeds: list[int] = _opt([0], "training seeds: one CNN (and its relaxed runs) per seed")
     train: TrainOptions = field(default_factory=TrainOptions, metadata={"doc": "options shared by all runs"})
-    cnn: StopRule = field(default_factory=lambda: StopRule(epochs=None, until_zero_loss=True, max_epochs=100.0),
-                          metadata={"doc": "how long the CNN trains"})
+    cnn: StopRule = field(default_factory=StopRule, metadata={"doc": "how long the CNN trains"})
     relaxed: RelaxedOptions = field(default_factory=RelaxedOptions, metadata={"doc": "relaxed runs and baselines"})
     switch_times: Union[str, list[float]] = _opt("log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs", _times_text)
     switch_min: float = _opt(1.0, "smallest non-zero switch time of 'log:N'", _positive)
@@ -225,60 +275,6 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
 
-def _describe(tp: Any) -> str:
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in args)
-    if origin in (Union, types.UnionType):
-        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
-    if origin is list:
-        return f"a list of {_describe(args[0])}" if args else "a list"
-    if origin is dict:
-        return "a mapping"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true/false"}.get(tp, str(tp))
-
-
-_NO = object()
-
-
-def _coerce(value: Any, tp: Any) -> Any:
-    """``value`` converted to ``tp`` if it can be without guessing, else ``_NO``."""
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if tp is Any:
-        return value
-    if origin in (Union, types.UnionType):
-        if value is None:
-            return None if type(None) in args else _NO
-        for a in args:  # str last in our unions' intent: try non-str members first for e.g. "3"
-            if a is not type(None) and a is not str:
-                out = _coerce(value, a)
-                if out is not _NO:
-                    return out
-        return _coerce(value, str) if str in args else _NO
-    if origin is Literal:
-        return value if value in args else _NO
-    if origin is list:
-        if not isinstance(value, list):
-            return _NO
-        out = [_coerce(v, args[0]) if args else v for v in value]
-        return _NO if any(o is _NO for o in out) else out
-    if origin is dict:
-        return dict(value) if isinstance(value, dict) else _NO
-    if tp is bool:
-        return value if isinstance(value, bool) else _NO
-    if tp is int:
-        if isinstance(value, bool):
-            return _NO
-        if isinstance(value, int):
-            return value
-        return int(value) if isinstance(value, float) and value.is_integer() else _NO
-    if tp is float:
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else _NO
-    if tp is str:
-        return value if isinstance(value, str) else _NO
-    return value if isinstance(value, tp) else _NO
-
-
 def _all_keys(cls: type, prefix: str = "") -> list[str]:
     keys = []
     for f in dataclasses.fields(cls):
@@ -325,8 +321,7 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str], base: Any = N
             problems.append(f"'{prefix}{key}' = {value!r} has the wrong type; allowed: {_describe(tp)}")
             continue
         check = fields[key].metadata.get("check")
-        items = out if isinstance(out, list) and typing.get_origin(tp) is list else [out]
-        bad = next((b for b in (check(i) for i in items if i is not None and check) if b), None)
+        bad = check(out) if check is not None and out is not None else None
         if bad:
             problems.append(f"'{prefix}{key}' = {value!r} is out of range; allowed: {bad}")
             continue
@@ -335,27 +330,36 @@ def _build(cls: type, data: Any, prefix: str, problems: list[str], base: Any = N
 
 
 def _available_analyses() -> tuple[str, ...]:
-    try:
-        mod = importlib.import_module("archrelax.analysis")
-    except ImportError:
-        return _FALLBACK_ANALYSES
-    names = getattr(mod, "ANALYSES", None)
-    if names is None and callable(getattr(mod, "list_analyses", None)):
-        names = mod.list_analyses()
-    return tuple(names) if names else _FALLBACK_ANALYSES
+    from archrelax.analysis.registry import analysis_names  # light: imports no torch
+
+    return analysis_names()
 
 
-def _check_model(name: str) -> str | None:
-    if ":" in name:  # user factory 'pkg.module:factory', checked when the run builds it
-        return None
+def _check_model(spec: ExperimentSpec) -> list[str]:
+    """The model is registered (or its 'pkg.module:factory' imports) and its factory takes ``model_kwargs``
+    plus what the trainer adds from the data; read from the factory's signature, nothing is built."""
+    from archrelax.models import check_model_kwargs, get_factory, list_models
+
+    name = spec.model
+    if ":" in name:
+        try:
+            get_factory(name)
+        except (ValueError, TypeError) as e:
+            return [f"'model' = {name!r}: {e}"]
+    elif name not in list_models():
+        names = list_models()
+        close = difflib.get_close_matches(name, names, n=1)
+        return [f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
+                f"(registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"]
     try:
-        names = importlib.import_module("archrelax.models").list_models()
-    except (ImportError, AttributeError):
-        return None
-    if name in names:
-        return None
-    close = difflib.get_close_matches(name, names, n=1)
-    return f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} (registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"
+        check_model_kwargs(name, spec.model_kwargs, data_keys=True)
+    except ValueError as e:
+        return [f"'model_kwargs' = {_show_mapping(spec.model_kwargs)}: {e}"]
+    return []
+
+
+def _show_mapping(d: dict[str, Any]) -> str:
+    return json.dumps(d, default=str)
 
 
 def _show(v: Any) -> str:
@@ -383,9 +387,9 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
     if not (spec.data in ("mnist5k", "cifar10", "cifar100", "synthetic")
             or spec.data.startswith(("imagefolder:", "synthetic:"))):
         problems.append(f"'data' = {spec.data!r} is not a data source; allowed: {', '.join(DATA_SOURCES)}")
-    bad_model = _check_model(spec.model)
-    if bad_model:
-        problems.append(bad_model)
+    problems += _check_model(spec)
+    if spec.train.schedule == "step" and spec.train.step_size is None:
+        problems.append("'train.schedule' = 'step' needs 'train.step_size' (epochs between decays); allowed: a number > 0")
     known = _available_analyses()
     for a in spec.analyses:
         if a not in known:
@@ -441,7 +445,8 @@ def spec_to_dict(spec: ExperimentSpec) -> dict[str, Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.sub=value`` strings to plain spec data (values parsed as YAML; 'fc,lc' is a list).
+    """Apply ``key.sub=value`` strings to plain spec data (values parsed as YAML, numbers in any ordinary notation
+    such as 1e-3; 'fc,lc' is a list).
 
     Typing and range checks happen in :func:`spec_from_dict`, which sees the merged data.
     """
@@ -451,7 +456,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             raise SpecError([f"override {item!r} is not key=value (e.g. train.lr=0.1 or seeds=[0,1,2])"], "--set")
         key, raw = item.split("=", 1)
         key = key.strip()
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml_load(raw) if raw.strip() else None
         parts = key.split(".")
         tp = _type_at(parts)
         if tp is None:
@@ -459,7 +464,7 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
             siblings = _siblings(parts[:-1])
             raise SpecError([_unknown(last, prefix + "." if prefix else "", siblings)], "--set")
         if isinstance(value, str) and "," in value and typing.get_origin(tp) is list:
-            value = [yaml.safe_load(v) for v in value.split(",")]
+            value = [yaml_load(v) for v in value.split(",")]
         node = data
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
@@ -528,7 +533,7 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
         if not src.is_file():
             raise FileNotFoundError(f"spec file {str(src)!r} does not exist")
         try:
-            data = yaml.safe_load(src.read_text(encoding="utf-8")) or {}
+            data = yaml_load(src.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as e:
             raise SpecError([f"not valid YAML: {e}"], str(src)) from e
         if not isinstance(data, dict):
@@ -540,3 +545,50 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
         if overrides and e.args[0].startswith("invalid experiment spec (--set)"):
             raise
         raise SpecError(e.problems, (str(src) if src else "defaults") + (" + --set" if overrides else "")) from None
+
+
+# ---- the settings table of docs/config.md -------------------------------------------------------------
+
+
+def _config_keys() -> dict[str, list[tuple[str, Any]]]:
+    """TrainConfig field -> [(spec key, its default in a spec)], over the whole spec."""
+    out: dict[str, list[tuple[str, Any]]] = {}
+
+    def walk(cls: type, prefix: str, obj: Any) -> None:
+        for f in dataclasses.fields(cls):
+            tp, value = _hints(cls)[f.name], getattr(obj, f.name)
+            if dataclasses.is_dataclass(tp):
+                walk(tp, prefix + f.name + ".", value)
+            elif f.metadata.get("config"):
+                out.setdefault(f.metadata["config"], []).append((prefix + f.name, value))
+
+    walk(ExperimentSpec, "", ExperimentSpec())
+    return out
+
+
+def _cell(v: Any) -> str:
+    return "`" + (v if isinstance(v, str) else json.dumps(v)) + "`"
+
+
+def settings_rows() -> list[dict[str, str]]:
+    """One row per TrainConfig field, as docs/config.md shows it (a test compares the two): the field, its
+    ``archrelax train`` option, its default, its spec key(s), the spec defaults that differ from it
+    (:data:`EXPERIMENT_DEFAULTS`), whether it enters the run id, and its help."""
+    keys = _config_keys()
+    rows = []
+    for name, f in _CONFIG.items():
+        default = _config_default(name)
+        spec_keys = keys.get(name, [])
+        differ = [(k, v) for k, v in spec_keys if v != default or type(v) is not type(default)]
+        run_id = ("no (runtime)" if f.metadata["runtime"] else
+                  "yes, not in identity" if not f.metadata["identity"] else "yes")
+        rows.append({
+            "field": f"`{name}`",
+            "archrelax train": f"`{option_name(f) or name.upper()}`",
+            "default": _cell(default),
+            "spec key": ", ".join(f"`{k}`" for k, _ in spec_keys) or "—",
+            "spec default": "; ".join(f"`{k}`: {_cell(v)}" for k, v in differ),
+            "in run id": run_id,
+            "meaning": f.metadata["help"],
+        })
+    return rows

@@ -1,9 +1,9 @@
 """Plain-text tables of an experiment (``archrelax status``, the end of ``archrelax run`` and ``demo``)."""
 from __future__ import annotations
 
-from .store import Store
+from ..store import ExperimentFolder
 
-__all__ = ["format_status", "format_summary", "render"]
+__all__ = ["format_status", "status_table", "format_summary", "render"]
 
 
 def render(header: list[str], rows: list[list[str]]) -> str:
@@ -16,29 +16,36 @@ def _pct(x: str) -> str:
     return f"{100 * float(x):.1f}%" if x else ""
 
 
-def format_status(store: Store, error_width: int = 100) -> str:
-    """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left
-    'running' by a process that no longer holds its lock."""
-    plan = store.load_plan()
+def format_status(exp: ExperimentFolder, error_width: int = 100) -> str:
+    """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left 'running'
+    by a process that no longer holds its lock; 'corrupt' a run whose status.json cannot be read (the error
+    column names the file). An unreadable plan.json raises StoreError naming it."""
+    return status_table(exp, error_width)[0]
+
+
+def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, dict[str, int]]:
+    """:func:`format_status`'s text, and the number of runs in each state shown."""
+    plan = exp.read_plan()
     rows, counts = [], {}
     for run in plan.values():
-        r = store.summary_row(run)
+        r = exp.summary_row(run)
         status = r["status"]
-        if status == "running" and store.holder(run.id) is None:
+        if status == "running" and exp.run(run.id).holder() is None:
             status = "interrupted"
         counts[status] = counts.get(status, 0) + 1
         tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
-        err = r["error"].replace(f"{store.root}/", "")  # paths inside the experiment, shown relative
-        err = err if len(err) <= error_width else err[: error_width - 3] + "..."
+        err = r["error"].replace(f"{exp.root}/", "")  # paths inside the experiment, shown relative
+        if status != "corrupt":  # the message of a corrupt file is the point of its row: shown whole
+            err = err if len(err) <= error_width else err[: error_width - 3] + "..."
         rows.append([run.id, run.kind, tw, status, r["epochs"], _pct(r["best_test_acc"]), err])
     table = render(["run", "kind", "t_w", "status", "epoch", "best test acc", "error"], rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{table}\n{len(plan)} runs: {tally}"
+    return f"{table}\n{len(plan)} runs: {tally}", counts
 
 
-def format_summary(store: Store) -> str:
+def format_summary(exp: ExperimentFolder) -> str:
     """The headline figures of summary.csv: final and best test accuracy per run."""
     rows = [[r["id"], r["kind"], r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else ""), r["status"], r["epochs"],
              _pct(r["final_train_acc"]), _pct(r["final_test_acc"]), _pct(r["best_test_acc"])]
-            for r in store.read_summary()]
+            for r in exp.read_summary()]
     return render(["run", "kind", "t_w", "status", "epochs", "final train", "final test", "best test"], rows)

@@ -4,16 +4,19 @@ The page is self-contained (inline CSS, no script, no server): figures are PNG f
 beside it, referenced by relative paths, so the folder can be copied or opened straight from disk.
 It renders from files only (spec.yaml, plan.json, summary.csv, runs/*/, analysis/*.json); with
 ``analyse=True`` the analyses are brought up to date first, and a failure there is shown on the page
-instead of stopping the report.
+instead of stopping the report. A page drawn from exactly the same inputs is kept as it is (its key is in
+a meta tag), so rerunning a finished experiment redraws nothing.
 """
 from __future__ import annotations
 
-import os
+import hashlib
+import json
+import re
 import shutil
 import tempfile
 from pathlib import Path
 
-from ..utils import atomic_write_text
+from ..store.atomic import atomic_write_text, umask
 from .html import page
 from .load import Experiment, Run, load_experiment
 from .sections import Ctx, analysis_error, build_all
@@ -22,10 +25,9 @@ __all__ = ["write_report", "load_experiment", "Experiment", "Run"]
 
 
 def _run_analyses(exp_dir: Path) -> str:
-    try:  # lazy: the analyses pull in torch and the models; the report itself needs neither
-        from archrelax.analysis.experiment import analyse_experiment
-    except ImportError as e:
-        return f"not run: archrelax.analysis.experiment.analyse_experiment is unavailable ({e})"
+    # lazy: the analyses pull in torch and the models; the report itself needs neither
+    from archrelax.analysis.experiment import analyse_experiment
+
     try:
         analyse_experiment(exp_dir)
     except Exception as e:  # partial experiments must still get a page; the error is shown on it
@@ -47,6 +49,10 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
     note = _run_analyses(exp_dir) if analyse else "not run (--no-analyse): cached results shown as they are"
     exp = load_experiment(exp_dir)
     out = exp_dir / "report"
+    index = out / "index.html"
+    key = _inputs_key(exp, note)
+    if _up_to_date(index, key):  # a rerun of a finished experiment: same page, nothing redrawn
+        return index
     # built in a fresh folder beside it, then swapped in: a failure half-way (full disk, ...) leaves the
     # previous report whole, and stale figures of sections that are now missing go with the old folder
     try:
@@ -60,8 +66,8 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
         title = f"archrelax report: {exp_dir.resolve().name}"
         n_done = sum(r.status == "done" for r in exp.runs)
         subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
-        atomic_write_text(new / "index.html", page(title, subtitle, sections))
-        new.chmod(0o777 & ~_umask())  # mkdtemp makes it 0700
+        atomic_write_text(new / "index.html", page(title, subtitle, sections, inputs=key))
+        new.chmod(0o777 & ~umask())  # mkdtemp makes it 0700
         old = exp_dir / f".report-old-{new.name.rsplit('-', 1)[-1]}"
         if out.exists():
             out.rename(old)
@@ -73,10 +79,31 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
             raise OSError(e.errno, e.strerror, str(out) + str(e.filename)[len(str(new)):]) from e
         raise
     shutil.rmtree(old, ignore_errors=True)
-    return out / "index.html"
+    return index
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+def _inputs_key(exp: Experiment, note: str) -> str:
+    """A hash of everything the page is drawn from: the experiment as loaded (runs, their statuses, summary
+    rows and metrics, the analysis results, problems, spec), the templates arrays' file, the analysis note,
+    the folder's place, and the report's own code."""
+    h = hashlib.sha256()
+    runs = [[r.id, r.kind, r.seed, r.t_w, r.t_w2, r.status, r.error, r.epoch, r.summary, r.metrics] for r in exp.runs]
+    npz = exp.path / "analysis" / "templates.npz"
+    arrays = [npz.stat().st_size, npz.stat().st_mtime_ns] if npz.is_file() else None
+    h.update(json.dumps([str(exp.path.resolve()), note, exp.spec_text, exp.problems, runs, arrays,
+                         {k: v.to_json() for k, v in sorted(exp.analysis.items())}], sort_keys=True,
+                        default=str).encode())
+    for code in sorted(Path(__file__).parent.glob("*.py")):
+        h.update(code.read_bytes())
+    return h.hexdigest()
+
+
+def _up_to_date(index: Path, key: str) -> bool:
+    """Whether ``index`` was drawn from ``key`` and every figure it shows is still there."""
+    try:
+        html = index.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return False
+    if f'<meta name="archrelax-inputs" content="{key}">' not in html:
+        return False
+    return all((index.parent / src).is_file() for src in re.findall(r'<img src="([^"]+)"', html))

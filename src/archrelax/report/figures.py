@@ -22,7 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
-from archrelax.utils import atomic_write_bytes
+from archrelax.store.atomic import atomic_write_bytes
+from archrelax.store.results import GainRecord
 
 DPI = 110
 CMAP = colormaps["viridis"]
@@ -209,16 +210,12 @@ def heatmap(tw1: Sequence[float], tw2: Sequence[float], acc: np.ndarray, path: P
     return _save(fig, path)
 
 
-def distance_figure(curves: Sequence[Curve], gains: Sequence[dict], path: Path, *, title: str) -> Path:
+def distance_figure(curves: Sequence[Curve], gains: Sequence[GainRecord], path: Path, *, title: str) -> Path:
     """Top: δ(t) (off-local norm ratio) and CNN distance(t) per run, coloured by t_w; bottom: final gain over
     the CNN against each final distance. eLCNs have no off-local weights (δ = 0): their escape shows in the
-    CNN distance, which also counts unshared local weights."""
+    CNN distance, which also counts unshared local weights. A hierarchical run is coloured by its last switch."""
     fig, ax = _figure(2, 2, size=(5.6, 3.6))
-
-    def last_switch(g: dict) -> float | None:  # a hierarchical run is coloured by its eLCN -> eFCN switch
-        return g.get("t_w2") if g.get("kind") == "hier" else g.get("t_w")
-
-    tws = [c.t_w for c in curves if c.t_w is not None] + [t for g in gains if (t := last_switch(g)) is not None]
+    tws = [c.t_w for c in curves if c.t_w is not None] + [g.switch for g in gains if g.switch is not None]
     norm = tw_norm(tws)
     dashes = {"efcn": "-", "elcn": "--", "hier": ":"}
     metrics = (("offlocal_ratio", "δ = off-local weight norm ratio"), ("cnn_distance", "distance to the CNN subspace"))
@@ -243,10 +240,10 @@ def distance_figure(curves: Sequence[Curve], gains: Sequence[dict], path: Path, 
         a.set_title(f"{name}; ● = switch", fontsize=10)
         g_ax = ax[1, j]
         for marker, kind in (("o", "efcn"), ("s", "elcn"), ("^", "hier")):
-            sel = [g for g in gains if g.get("kind") == kind and g.get(f"final_{key}") is not None]
+            sel = [g for g in gains if g.kind == kind and getattr(g, f"final_{key}") is not None]
             if sel:
-                g_ax.scatter([g[f"final_{key}"] for g in sel], [100 * g["gain"] for g in sel],
-                             c=[CMAP(norm(t)) if (t := last_switch(g)) is not None else "0.5" for g in sel],
+                g_ax.scatter([getattr(g, f"final_{key}") for g in sel], [100 * g.gain for g in sel],
+                             c=[CMAP(norm(g.switch)) if g.switch is not None else "0.5" for g in sel],
                              marker=marker, s=40, edgecolors="black", linewidths=0.5, label=REF_NAME[kind])
         g_ax.axhline(0, color="black", lw=1, label="CNN (gain 0)")
         g_ax.set_xlabel(f"final {name.split(' = ')[0]} (relative norm)")

@@ -1,18 +1,19 @@
-"""Read an experiment folder into plain data for the report (files only: no models, no torch).
+"""The report's view of an experiment folder, read through the store (files only: no models, no torch).
 
-Everything here is tolerant of a partial experiment: a missing file gives an empty value, and the
-reasons are collected in ``Experiment.problems`` so the page can say what is missing instead of failing.
+Tolerant of a partial experiment: a missing file gives an empty value, an unreadable one (which the store
+names) is skipped; either way the reason goes to ``Experiment.problems`` so the page says what is missing
+instead of failing.
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from archrelax.utils import read_jsonl
+from archrelax.store import ExperimentFolder, StoreError
+from archrelax.store.plan import Run as PlanRun
+from archrelax.store.results import RESULT_TYPES, AnalysisResult
 
 KINDS = ("cnn", "fcn", "lcn", "efcn", "elcn", "hier")
 
@@ -26,7 +27,7 @@ class Run:
     seed: int | None = None
     t_w: float | None = None  # switch time (epochs on the CNN's clock) for efcn/elcn/hier
     t_w2: float | None = None  # second switch (eLCN -> eFCN) for hier runs
-    status: str = "pending"  # pending|running|done|failed|diverged (pending: planned, no run folder yet)
+    status: str = "pending"  # a state of archrelax.store.STATES, or "corrupt" (unreadable status.json)
     error: str | None = None
     epoch: float | None = None  # last epoch reached (status.json)
     summary: dict[str, Any] = field(default_factory=dict)  # the run's summary.csv row (parsed)
@@ -73,9 +74,9 @@ class Run:
 class Experiment:
     path: Path
     spec_text: str | None
-    plan: dict[str, Any]
+    plan: dict[str, PlanRun]
     runs: list[Run]
-    analysis: dict[str, Any]  # analysis/<name>.json -> parsed JSON
+    analysis: dict[str, AnalysisResult]  # analysis/<name>.json, typed (archrelax.store.results)
     problems: list[str]  # files that were missing or unreadable, in words
 
     def of_kind(self, kind: str, *, done_only: bool = False) -> list[Run]:
@@ -95,81 +96,70 @@ def _number(text: str) -> Any:
     return text
 
 
-def _read_json(path: Path, problems: list[str]) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        return None
-    except (OSError, json.JSONDecodeError) as e:
-        problems.append(f"{path.name}: unreadable ({e})")
-        return None
-
-
-def _plan_runs(plan: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    if not isinstance(plan, dict):
-        return {}
-    runs = plan["runs"] if isinstance(plan.get("runs"), dict) else plan  # a {"runs": {...}} wrapper is accepted
-    return {k: v for k, v in runs.items() if isinstance(v, dict)}
-
-
-
-
 def load_experiment(path: str | Path) -> Experiment:
     """Read spec.yaml, plan.json, summary.csv, runs/*/ and analysis/*.json of an experiment folder."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"experiment folder {str(path)!r} does not exist (expected a folder with "
                                 "spec.yaml, plan.json and runs/, as written by `archrelax run`)")
+    exp = ExperimentFolder(path)
     problems: list[str] = []
-    spec_file = path / "spec.yaml"
-    spec_text = spec_file.read_text(encoding="utf-8") if spec_file.is_file() else None
+    spec_text = exp.read_spec_text()
     if spec_text is None:
         problems.append("spec.yaml is missing")
-    plan = _read_json(path / "plan.json", problems) or {}
-    if not plan:
+    plan: dict[str, PlanRun] = {}
+    try:
+        plan = exp.read_plan()
+    except FileNotFoundError:
         problems.append("plan.json is missing: runs are listed from runs/ only")
-    entries = _plan_runs(plan)
+    except StoreError as e:
+        problems.append(f"{e} (runs are listed from runs/ only)")
 
     summary: dict[str, dict[str, Any]] = {}
-    if (path / "summary.csv").is_file():
-        with open(path / "summary.csv", newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                parsed = {k: _number(v or "") for k, v in row.items() if k}
-                if parsed.get("id") is not None:
-                    summary[str(parsed["id"])] = parsed
+    if exp.summary_path.is_file():
+        for row in exp.read_summary():
+            parsed = {k: _number(v or "") for k, v in row.items() if k}
+            if parsed.get("id") is not None:
+                summary[str(parsed["id"])] = parsed
     else:
         problems.append("summary.csv is missing: finals are read from each run's metrics.jsonl")
 
-    run_dirs = {p.name: p for p in sorted((path / "runs").glob("*")) if p.is_dir()}
-    ids = list(entries) + [i for i in summary if i not in entries] + \
-        [i for i in run_dirs if i not in entries and i not in summary]
+    run_dirs = {p.name for p in sorted(exp.runs_dir.glob("*")) if p.is_dir()}
+    ids = list(plan) + [i for i in summary if i not in plan] + [i for i in sorted(run_dirs) if i not in plan
+                                                                  and i not in summary]
     runs = []
     for rid in ids:
-        row, entry = summary.get(rid, {}), entries.get(rid, {})
-        kind = str(entry.get("kind") or row.get("kind") or "unknown")
-        seed = entry.get("seed", row.get("seed", (entry.get("config") or {}).get("seed")))
-        # plan.json is the source of the switch times (CNN's clock); summary.csv repeats them
-        run = Run(id=rid, kind=kind, seed=seed, summary=row, t_w=_float(entry.get("t_w", row.get("t_w"))),
-                  t_w2=_float(entry.get("t_w2", row.get("t_w2"))))
+        row, entry = summary.get(rid, {}), plan.get(rid)
+        # plan.json is the source of kind, seed and the switch times (CNN's clock); summary.csv repeats them
+        src = vars(entry) if entry is not None else row
+        run = Run(id=rid, kind=str(src.get("kind") or "unknown"), seed=src.get("seed"), summary=row,
+                  t_w=_float(src.get("t_w")), t_w2=_float(src.get("t_w2")))
         if row.get("status"):
             run.status = str(row["status"])
-        d = run_dirs.get(rid)
-        if d is not None:
-            run.path = d
-            st = _read_json(d / "status.json", problems)
-            if isinstance(st, dict):  # status.json is fresher than summary.csv
-                run.status = str(st.get("status", run.status))
-                run.error = st.get("error")
-                run.epoch = _float(st.get("epoch"))
-            if (d / "metrics.jsonl").is_file():
-                run.metrics = read_jsonl(d / "metrics.jsonl")
+        if rid in run_dirs:
+            folder = exp.run(rid)
+            run.path = folder.path
+            try:  # status.json is fresher than summary.csv
+                st = folder.read_status()
+                run.status, run.error, run.epoch = st.status, st.error, st.epoch
+            except StoreError as e:
+                run.status, run.error = "corrupt", str(e)
+                problems.append(str(e))
+            try:
+                run.metrics = folder.read_metrics()
+            except StoreError as e:
+                problems.append(str(e))
         runs.append(run)
 
-    analysis = {}
-    for f in sorted((path / "analysis").glob("*.json")):
-        value = _read_json(f, problems)
-        if value is not None:
-            analysis[f.stem] = value
+    analysis: dict[str, AnalysisResult] = {}
+    for name in RESULT_TYPES:
+        try:
+            res = exp.read_result(name)
+        except StoreError as e:
+            problems.append(f"analysis/{name}.json: unreadable ({e})")
+            continue
+        if res is not None:
+            analysis[name] = res
     return Experiment(path=path, spec_text=spec_text, plan=plan, runs=runs, analysis=analysis, problems=problems)
 
 

@@ -14,6 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
+from archrelax.store import STATES
+from archrelax.store import results as R
+
 from . import figures as F
 from .html import Section, figure, fmt, pre, table
 from .load import Experiment, Run
@@ -39,13 +42,12 @@ class Ctx:
         sec.body.append(figure(f"fig/{path.name}", caption))
 
 
-def _label(r: Run | dict) -> str:
-    kind, t_w, t_w2, seed = ((r.kind, r.t_w, r.t_w2, r.seed) if isinstance(r, Run)
-                             else (r.get("kind"), r.get("t_w"), r.get("t_w2"), r.get("seed")))
-    text = NAME.get(kind, str(kind))
-    if t_w is not None:
-        text += f" t_w={t_w:g}" + (f",{t_w2:g}" if t_w2 is not None else "")
-    return text + (f" s{seed}" if seed is not None else "")
+def _label(r: Run | R.RunTag, seed: bool = True) -> str:
+    """"eFCN t_w=4 s0": a run of the plan or a per-run record of an analysis (both carry these attributes)."""
+    text = NAME.get(r.kind, str(r.kind))
+    if r.t_w is not None:
+        text += f" t_w={r.t_w:g}" + (f",{r.t_w2:g}" if r.t_w2 is not None else "")
+    return text + (f" s{r.seed}" if seed and r.seed is not None else "")
 
 
 def _not_done(exp: Experiment, *kinds: str) -> list[str]:
@@ -58,17 +60,17 @@ def _not_done(exp: Experiment, *kinds: str) -> list[str]:
     return out
 
 
-def _analysis(exp: Experiment, name: str, sec: Section) -> dict | None:
-    """The cached analysis, with its skipped runs added to the section's notes; None (and a note) if absent."""
+def _analysis(exp: Experiment, name: str, sec: Section) -> Any:
+    """The cached analysis result, its skipped runs added to the section's notes; None (and a note) if absent."""
     data = exp.analysis.get(name)
-    if not isinstance(data, dict):
+    if data is None:
         sec.notes.append(f"analysis/{name}.json is missing: run `archrelax analyse {exp.path}` or "
                          "`archrelax report` without --no-analyse")
         return None
-    if data.get("error"):  # the analysis failed as a whole; its file says why
-        sec.notes.append(f"{name} analysis failed: {str(data['error']).strip()[-400:]}")
-    for m in data.get("missing") or []:
-        sec.notes.append(f"{name}: skipped run {m.get('run')}: {m.get('reason')}")
+    if data.error:  # the analysis failed as a whole; its file says why
+        sec.notes.append(f"{name} analysis failed: {data.error.strip()[-400:]}")
+    for m in data.missing:
+        sec.notes.append(f"{name}: skipped run {m.run}: {m.reason}")
     return data
 
 
@@ -90,8 +92,8 @@ def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in exp.runs:
         counts[r.kind][r.status] += 1
-    states = ["done", "running", "pending", "failed", "diverged"]
-    states += sorted({s for c in counts.values() for s in c} - set(states))
+    present = {s for c in counts.values() for s in c}
+    states = [s for s in STATES if s in present] + sorted(present - set(STATES))  # e.g. "corrupt" last
     rows = [[NAME.get(k, k)] + [c.get(s, 0) for s in states] + [sum(c.values())] for k, c in counts.items()]
     if rows:
         sec.body.append(table(["kind"] + states + ["total"], rows))
@@ -188,21 +190,21 @@ def distance(exp: Experiment, ctx: Ctx) -> Section:
                   "δ = ‖off-local weights‖ / ‖all weights‖ (0 on the CNN subspace; always 0 for an eLCN). CNN "
                   "distance = ‖θ − P_CNN θ‖ / ‖θ‖, which also counts local weights that stopped being shared. "
                   "Gain = final test accuracy minus that of the CNN the run branched from.")
-    data = _analysis(exp, "distance", sec)
+    data: R.DistanceResult | None = _analysis(exp, "distance", sec)
     if data is None:
         return sec
-    curves = [F.Curve(kind=c["kind"], seed=c.get("seed"), t_w=c.get("t_w2") if c["kind"] == "hier" else c.get("t_w"),
-                      epoch=c["epoch"], values={k: c.get(k) or [] for k in ("offlocal_ratio", "cnn_distance")})
-              for c in data.get("curves") or [] if c.get("epoch")]
-    gains = [g for g in data.get("gain") or [] if g.get("gain") is not None]
+    curves = [F.Curve(kind=c.kind, seed=c.seed, t_w=c.switch, epoch=c.epoch,
+                      values={"offlocal_ratio": c.offlocal_ratio, "cnn_distance": c.cnn_distance})
+              for c in data.curves if c.epoch]
+    gains = [g for g in data.gain if g.gain is not None]
     if curves or gains:
         ctx.figure(sec, "distance", "δ(t) and CNN distance against epochs per run; gain (% points) against "
                    "each final distance",
                    lambda p: F.distance_figure(curves, gains, p, title="escape from the CNN subspace"))
     if gains:
         sec.body.append(table(["run", "t_w", "seed", "final δ", "final CNN distance", "gain (% points)"],
-                              [[_label(g), g.get("t_w"), g.get("seed"), g["final_offlocal_ratio"],
-                                g.get("final_cnn_distance"), f"{100 * g['gain']:+.2f}"] for g in gains]))
+                              [[_label(g), g.t_w, g.seed, g.final_offlocal_ratio, g.final_cnn_distance,
+                                f"{100 * g.gain:+.2f}"] for g in gains]))
     else:
         sec.notes.append("no finished relaxed run with a final δ yet")
     return sec
@@ -212,50 +214,50 @@ def sharpness(exp: Experiment, ctx: Ctx) -> Section:
     sec = Section("sharpness", "Sharpness: along the CNN and at the end of every run",
                   "Top eigenvalue of the training-loss Hessian (power iteration on Hessian-vector products) "
                   "and a Hutchinson estimate of its trace, on a fixed training subset.")
-    data = _analysis(exp, "sharpness", sec)
+    data: R.SharpnessResult | None = _analysis(exp, "sharpness", sec)
     if data is None:
         return sec
-    pts = [p for p in data.get("points") or [] if p.get("eigenvalues")]
+    pts = [p for p in data.points if p.eigenvalues]
     for p in pts:
-        if p.get("eig_converged") is False:
-            sec.notes.append(f"{_label(p)} at epoch {fmt(p.get('epoch'))}: eigenvalue not converged "
-                             f"(residual {fmt((p.get('eig_residual') or [None])[0])})")
-    along = defaultdict(list)
+        if not p.eig_converged:
+            sec.notes.append(f"{_label(p)} at epoch {fmt(p.epoch)}: eigenvalue not converged "
+                             f"(residual {fmt((p.eig_residual or [None])[0])})")
+    along: dict[float, list[R.SharpnessPoint]] = defaultdict(list)
     for p in pts:
-        if p["kind"] == "cnn":
-            along[float(p["epoch"])].append(p)
+        if p.kind == "cnn":
+            along[p.epoch].append(p)
     if along:
         ep = sorted(along)
-        eig = [float(np.mean([p["eigenvalues"][0] for p in along[e]])) for e in ep]
-        tr = [float(np.mean([p["trace"] for p in along[e]])) for e in ep]
+        eig = [float(np.mean([p.lambda_max for p in along[e]])) for e in ep]
+        tr = [float(np.mean([p.trace for p in along[e]])) for e in ep]
         # seeds' spread when there are several, else the estimator's own standard error
-        err = [float(np.std([p["trace"] for p in along[e]])) if len(along[e]) > 1
-               else float(along[e][0].get("trace_stderr") or 0.0) for e in ep]
+        err = [float(np.std([p.trace for p in along[e]])) if len(along[e]) > 1
+               else float(np.nan_to_num(along[e][0].trace_stderr)) for e in ep]
         switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
         ctx.figure(sec, "sharpness_cnn", "λ_max and Hessian trace (nats) along the CNN's trajectory; "
                    "dotted lines: switch times", lambda p: F.sharpness_along(
                        ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)"))
     else:
         sec.notes.append("no CNN sharpness points (no CNN snapshots analysed yet)")
-    ends = [p for p in pts if p.get("where") == "final"]
-    relaxed: dict[str, dict[float, list]] = defaultdict(lambda: defaultdict(list))
-    refs: dict[str, list] = defaultdict(list)
+    ends = [p for p in pts if p.where == "final"]
+    relaxed: dict[str, dict[float, list[R.SharpnessPoint]]] = defaultdict(lambda: defaultdict(list))
+    refs: dict[str, list[R.SharpnessPoint]] = defaultdict(list)
     for p in ends:
-        if p["kind"] in ("efcn", "elcn") and p.get("t_w") is not None:
-            relaxed[p["kind"]][float(p["t_w"])].append(p)
-        elif p["kind"] in ("cnn", "fcn", "lcn"):
-            refs[p["kind"]].append(p)
+        if p.kind in ("efcn", "elcn") and p.t_w is not None:
+            relaxed[p.kind][p.t_w].append(p)
+        elif p.kind in ("cnn", "fcn", "lcn"):
+            refs[p.kind].append(p)
     if relaxed or refs:
         for key, lab in (("eig", "top Hessian eigenvalue λ_max (nats)"), ("trace", "Hessian trace (nats)")):
-            val = (lambda p: p["eigenvalues"][0]) if key == "eig" else (lambda p: p["trace"])
+            val = (lambda p: p.lambda_max) if key == "eig" else (lambda p: p.trace)
             ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w",
                        lambda path, val=val, lab=lab: F.sharpness_ends(
                            {k: {t: [val(p) for p in v] for t, v in d.items()} for k, d in relaxed.items()},
                            {k: [val(p) for p in v] for k, v in refs.items()}, path,
                            title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab))
         sec.body.append(table(["run", "epoch", "train loss (nats)", "λ_max (nats)", "trace (nats)", "converged"],
-                              [[_label(p), p.get("epoch"), p.get("loss"), p["eigenvalues"][0], p.get("trace"),
-                                p.get("eig_converged")] for p in ends]))
+                              [[_label(p), p.epoch, p.loss, p.lambda_max, p.trace, p.eig_converged]
+                               for p in ends]))
     else:
         sec.notes.append("no end-of-run sharpness points yet")
     return sec
@@ -266,24 +268,24 @@ def ablation(exp: Experiment, ctx: Ctx) -> Section:
                   "Test accuracy of each final relaxed network with both parts, with the local part only (its "
                   "CNN-subspace projection's support) and with the off-local part only; and the relative "
                   "change of the local blocks since the switch.")
-    data = _analysis(exp, "ablation", sec)
+    data: R.AblationResult | None = _analysis(exp, "ablation", sec)
     if data is None:
         return sec
-    runs = [r for r in data.get("runs") or [] if isinstance(r.get("test_acc"), dict)]
+    runs = data.runs
     if not runs:
         sec.notes.append("no finished relaxed run ablated yet")
         return sec
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in sorted(runs, key=lambda r: (r["kind"], r.get("t_w") or 0.0, r.get("t_w2") or 0.0)):
-        groups[_label({**r, "seed": None})].append(r)
+    groups: dict[str, list[R.AblationRecord]] = defaultdict(list)
+    for r in sorted(runs, key=lambda r: (r.kind, r.t_w or 0.0, r.t_w2 or 0.0)):
+        groups[_label(r, seed=False)].append(r)
     parts = ("both", "local", "offlocal")
-    acc = {p: [float(np.mean([r["test_acc"][p] for r in g])) for g in groups.values()] for p in parts}
-    err = {p: [float(np.std([r["test_acc"][p] for r in g])) for g in groups.values()] for p in parts}
+    acc = {p: [float(np.mean([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
+    err = {p: [float(np.std([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
     ctx.figure(sec, "ablation", "test accuracy (%) of both / local-only / off-local-only parts, mean ± std "
                "over seeds", lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final "
                                                        "relaxed networks"))
-    rows = [[_label(r)] + [100 * r["test_acc"][p] for p in parts]
-            + ["; ".join(f"{k}: {v:.3g}" for k, v in (r.get("local_change") or {}).items()) or "—"] for r in runs]
+    rows = [[_label(r)] + [100 * getattr(r.test_acc, p) for p in parts]
+            + ["; ".join(f"{k}: {v:.3g}" for k, v in r.local_change.items()) or "—"] for r in runs]
     sec.body.append(table(["run", "both (%)", "local only (%)", "off-local only (%)",
                            "local-block change since switch (relative)"], rows))
     return sec
@@ -294,30 +296,30 @@ def templates(exp: Experiment, ctx: Ctx) -> Section:
                   "Weights of chosen hidden units of the first relaxed layer to the input, shown as images "
                   "(min-max normalised per unit): off-local weights of eFCNs next to the same units of the "
                   "vanilla FCN.")
-    data = _analysis(exp, "templates", sec)
+    data: R.TemplatesResult | None = _analysis(exp, "templates", sec)
     if data is None:
         return sec
-    npz = exp.path / "analysis" / "templates.npz"
-    entries = data.get("runs") or []
+    npz = exp.path / "analysis" / (data.arrays or "templates.npz")
+    entries = data.runs
     if not entries:
         sec.notes.append("no run with templates yet")
         return sec
     if not npz.is_file():
-        sec.notes.append("analysis/templates.npz is missing")
+        sec.notes.append(f"analysis/{npz.name} is missing")
         return sec
     order = {"efcn": 0, "hier": 1, "elcn": 2, "fcn": 3}
-    entries = sorted(entries, key=lambda e: (order.get(e["kind"], 9), e.get("t_w") or 0.0))
+    entries = sorted(entries, key=lambda e: (order.get(e.kind, 9), e.t_w or 0.0))
     rows = []
     with np.load(npz, allow_pickle=False) as arrays:
         for e in entries:
-            if e.get("key") in arrays.files:
-                rows.append((_label(e), arrays[e["key"]], e.get("units") or []))
+            if e.key in arrays.files:
+                rows.append((_label(e), arrays[e.key], e.units))
             else:
-                sec.notes.append(f"templates.npz has no array {e.get('key')!r} for {_label(e)}")
+                sec.notes.append(f"{npz.name} has no array {e.key!r} for {_label(e)}")
+    layer = data.layer or "?"
     if rows:
-        ctx.figure(sec, "templates", f"unit templates of layer {data.get('layer', '?')} (rows: runs; columns: "
-                   "units)", lambda p: F.template_grid(rows[:8], p, title=f"templates of layer "
-                                                        f"{data.get('layer', '?')}"))
+        ctx.figure(sec, "templates", f"unit templates of layer {layer} (rows: runs; columns: units)",
+                   lambda p: F.template_grid(rows[:8], p, title=f"templates of layer {layer}"))
         if len(rows) > 8:
             sec.notes.append(f"{len(rows) - 8} more template rows not shown")
     return sec
@@ -327,12 +329,13 @@ def interpolation(exp: Experiment, ctx: Ctx) -> Section:
     sec = Section("interpolation", "Interpolation between the embedded CNN and the eFCN",
                   "Loss and accuracy along α from the start point (α = 0) to the end point (α = 1): linear and "
                   "norm-preserving (curvilinear) in weight space, and mixing of softmax outputs.")
-    data = _analysis(exp, "interpolation", sec)
+    data: R.InterpolationResult | None = _analysis(exp, "interpolation", sec)
     if data is None:
         return sec
-    alphas = data.get("alphas") or []
-    curves = [dict(c, label=f"{_label(c)}: {c.get('start', {}).get('label', '?')}→{c.get('end', {}).get('label', '?')}")
-              for c in data.get("curves") or []]
+    alphas = data.alphas
+    curves = [{"label": f"{_label(c)}: {c.start.label}→{c.end.label}", "method": c.method,
+               "train_loss": c.train_loss, "train_acc": c.train_acc, "test_loss": c.test_loss, "test_acc": c.test_acc}
+              for c in data.curves]
     labels = list(dict.fromkeys(c["label"] for c in curves))
     if len(labels) > 10:
         sec.notes.append(f"{len(labels) - 10} more interpolation curves not drawn")
@@ -352,25 +355,20 @@ def _bytes(n: Any) -> str:
 def memory(exp: Experiment, ctx: Ctx) -> Section:
     sec = Section("memory", "Memory: CNN, eLCN and eFCN", "Parameters and optimiser state of the experiment's "
                   "model in each form (1 MiB = 2^20 bytes).")
-    data = _analysis(exp, "memory", sec)
+    data: R.MemoryResult | None = _analysis(exp, "memory", sec)
     if data is None:
         return sec
-    rows = data.get("rows") or []
+    rows = data.rows
     if not rows:
         sec.notes.append("memory.json has no rows")
         return sec
-    opts = list(dict.fromkeys(k for r in rows for k in (r.get("optimizer_bytes") or {})))
-    extra = [k for k in dict.fromkeys(k for r in rows for k in r)
-             if k not in ("form", "params", "param_bytes", "optimizer_bytes")
-             and not any(isinstance(r.get(k), (dict, list)) for r in rows)]
+    opts = list(dict.fromkeys(k for r in rows for k in r.optimizer_bytes))
     names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN as in the paper's code (padding columns kept)"}
-    sec.body.append(f"<p>model: <code>{escape(str(data.get('model', '?')))}</code>, input shape "
-                    f"{escape(str(data.get('input_shape', '?')))}</p>")
-    sec.body.append(table(["form", "parameters", "parameter memory"] + [f"{o} state" for o in opts] + extra,
-                          [[names.get(r.get("form"), r.get("form")), f"{r.get('params', 0):,}",
-                            _bytes(r.get("param_bytes"))]
-                           + [_bytes((r.get("optimizer_bytes") or {}).get(o)) for o in opts]
-                           + [_bytes(r.get(k)) if "bytes" in k else r.get(k) for k in extra] for r in rows]))
+    sec.body.append(f"<p>model: <code>{escape(str(data.model or '?'))}</code>, input shape "
+                    f"{escape(str(data.input_shape or '?'))}</p>")
+    sec.body.append(table(["form", "parameters", "parameter memory"] + [f"{o} state" for o in opts],
+                          [[names.get(r.form, r.form), f"{r.params:,}", _bytes(r.param_bytes)]
+                           + [_bytes(r.optimizer_bytes.get(o)) for o in opts] for r in rows]))
     return sec
 
 

@@ -1,18 +1,23 @@
-"""``archrelax train``: one training run from the command line (a thin layer over ``train``)."""
+"""``archrelax train``: one training run from the command line (a thin layer over ``train``).
+
+The options are built from the fields of :class:`TrainConfig` (type, default, help, spelling, group), so a
+new setting is one new field: how an option parses follows from the field's type (numbers in any ordinary
+notation, Literal choices, on/off flags, comma lists, a JSON object, evaluation/snapshot times).
+"""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import typing
 from pathlib import Path
+from typing import Any, Callable, Literal
 
-from .config import TrainConfig
+from archrelax._typed import parse_float, parse_int
 
-_D = TrainConfig.__dataclass_fields__
+from .config import TrainConfig, option_name
 
-
-def _default(name: str):
-    f = _D[name]
-    return f.default_factory() if callable(f.default_factory) else f.default
+GROUPS = ("data", "relaxation", "optimisation", "length and records", "execution")
 
 
 class _Help(argparse.HelpFormatter):
@@ -29,24 +34,99 @@ class _Help(argparse.HelpFormatter):
         return f"{text} (default: {shown})"
 
 
-def _times(text: str):
+def _arg_type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
+    """``fn`` with its ValueError turned into argparse's 'argument --x: invalid value' message."""
+    def parse(text: str) -> Any:
+        try:
+            return fn(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+
+    parse.__name__ = fn.__name__.lstrip("_")
+    return parse
+
+
+def _times(text: str) -> str | list[float]:
     """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs."""
     if text.startswith("log:") or text == "every":
         return text
     try:
-        return [float(t) for t in text.split(",") if t.strip()]
+        return [parse_float(t) for t in text.split(",") if t.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2")
+        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2") from None
 
 
 def _kwargs(text: str) -> dict:
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
-        raise argparse.ArgumentTypeError(f"{text!r} is not JSON ({e}); e.g. '{{\"width\": 32}}'")
+        raise ValueError(f"{text!r} is not JSON ({e}); e.g. '{{\"width\": 32}}'") from None
     if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"{text!r} must be a JSON object")
+        raise ValueError(f"{text!r} must be a JSON object")
     return value
+
+
+def _names(text: str) -> list[str] | None:
+    """'crop,flip' -> ['crop', 'flip']; '' -> None (the field's default)."""
+    return [t for t in text.split(",") if t.strip()] or None
+
+
+_FORMAT = {list: "; comma-separated", dict: "; a JSON object"}
+
+
+def _base(tp: Any) -> Any:
+    """``X | None`` -> X; other types unchanged."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    return args[0] if len(args) == 1 and type(None) in typing.get_args(tp) else tp
+
+
+def _option(f: dataclasses.Field, tp: Any) -> dict[str, Any]:
+    """argparse keyword arguments for field ``f`` of type ``tp``: how its text parses follows from the type."""
+    args = [a for a in typing.get_args(tp) if a is not type(None)]
+    base = _base(tp)
+    origin = typing.get_origin(base)
+    if base is bool:
+        if f.default is None or f.default is True:
+            return {"action": argparse.BooleanOptionalAction}
+        return {"action": "store_true"}
+    if origin is Literal:
+        return {"choices": list(typing.get_args(base))}
+    if base is int:
+        return {"type": _arg_type(parse_int)}
+    if base is float:
+        return {"type": _arg_type(parse_float)}
+    if origin is dict:
+        return {"type": _arg_type(_kwargs)}
+    if origin is list:
+        return {"type": _arg_type(_names)}
+    if str in args and any(typing.get_origin(a) is list for a in args):  # eval_times, snapshots
+        return {"type": _arg_type(_times)}
+    return {}
+
+
+def _help(text: str, form: str) -> str:
+    """The field's help with how to write the value on the command line, before any '(default: ...)'."""
+    text = text.replace("%", "%%")
+    at = text.find(" (default:")
+    return text + form if at < 0 else text[:at] + form + text[at:]
+
+
+def _default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def add_options(p: argparse.ArgumentParser) -> None:
+    """One option per TrainConfig field (MODEL positional), in field order within the ``GROUPS`` sections."""
+    hints = typing.get_type_hints(TrainConfig)
+    groups: dict[str | None, Any] = {None: p, **{g: p.add_argument_group(g) for g in GROUPS}}
+    for f in dataclasses.fields(TrainConfig):
+        help_text = _help(f.metadata["help"], _FORMAT.get(typing.get_origin(_base(hints[f.name])), ""))
+        flag = option_name(f)
+        if not flag:
+            groups[f.metadata["group"]].add_argument(f.name, help=help_text)
+            continue
+        groups[f.metadata["group"]].add_argument(flag, dest=f.name, default=_default(f), help=help_text,
+                                                 **_option(f, hints[f.name]))
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -54,83 +134,43 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "train", help="train a model (or its relaxed form) into a resumable run folder",
         description="Train MODEL and write OUT/{config.json,status.json,metrics.jsonl,checkpoints/,snapshots/,"
-                    "final.pt}. Rerunning the same command resumes an interrupted run.",
+                    "final.pt}. Rerunning the same command resumes an interrupted run. Every option is a field "
+                    "of archrelax.TrainConfig (docs/config.md).",
         formatter_class=_Help)
-    p.add_argument("model", help="registered model name (vanilla_cnn, alexnet, fcn, lcn, ...) or 'pkg.module:factory'")
-    p.add_argument("--model-kwargs", type=_kwargs, default={}, help="JSON object of model options, e.g. '{\"width\": 32}'; classes, channels and input size come from the data")
+    add_options(p)
     p.add_argument("--out", required=True, help="run folder (created; an existing one is resumed)")
-    g = p.add_argument_group("data")
-    g.add_argument("--data", default=_default("data"),
-                   help="mnist5k | cifar10 | cifar100 | imagefolder:PATH | synthetic")
-    g.add_argument("--data-root", default=None, help="folder holding or receiving the data set")
-    g.add_argument("--train-size", type=int, default=None, help="training subset size (default: all)")
-    g.add_argument("--test-size", type=int, default=None, help="test subset size (default: all)")
-    g.add_argument("--data-seed", type=int, default=_default("data_seed"), help="seed of the subsets")
-    g.add_argument("--augment", default="", help="comma-separated on-device augmentations, e.g. crop,flip")
-    g = p.add_argument_group("relaxation")
-    g.add_argument("--relax", choices=["lc", "fc"], default=None, help="train the eLCN (lc) or eFCN (fc) embedding")
-    g.add_argument("--relax-layers", default=None, help="comma-separated conv names/globs to relax (default: all)")
-    g.add_argument("--from", dest="init_from", default=None, help="snapshot whose weights start this run")
-    g.add_argument("--optimizer-state", choices=["reset", "carry"], default=_default("optimizer_state"),
-                   help="with --from: start the optimiser afresh, or carry its buffers through the embedding")
-    g = p.add_argument_group("optimisation")
-    g.add_argument("--opt", dest="optimizer", choices=["sgd", "adam", "adamw"], default=_default("optimizer"),
-                   help="optimiser")
-    g.add_argument("--lr", type=float, default=_default("lr"), help="learning rate")
-    g.add_argument("--momentum", type=float, default=_default("momentum"), help="SGD momentum")
-    g.add_argument("--weight-decay", type=float, default=_default("weight_decay"), help="weight decay")
-    g.add_argument("--schedule", choices=["constant", "step", "cosine"], default=_default("schedule"),
-                   help="learning-rate schedule")
-    g.add_argument("--step-size", type=float, default=_default("step_size"), help="epochs between 'step' decays")
-    g.add_argument("--gamma", type=float, default=_default("gamma"), help="'step' decay factor")
-    g.add_argument("--warmup-epochs", type=float, default=_default("warmup_epochs"), help="linear warm-up length")
-    g.add_argument("--batch-size", type=int, default=_default("batch_size"), help="batch size")
-    g = p.add_argument_group("length and records")
-    g.add_argument("--epochs", type=float, default=_default("epochs"), help="number of epochs (fractional allowed)")
-    g.add_argument("--until-zero-loss", action="store_true",
-                   help="stop at 100%% train accuracy (or train loss < --loss-threshold); needs --max-epochs")
-    g.add_argument("--max-epochs", type=float, default=None, help="cap of an --until-zero-loss run")
-    g.add_argument("--loss-threshold", type=float, default=None, help="also stop when the train loss is below this")
-    g.add_argument("--eval-times", type=_times, default=_default("eval_times"),
-                   help="evaluations on the full train and test sets: log:N, every, or epochs like 0,1,5")
-    g.add_argument("--snapshots", type=_times, default="",
-                   help="snapshot epochs: log:N or comma-separated epochs like 0,0.5,2 (default: none)")
-    g.add_argument("--seed", type=int, default=_default("seed"), help="seed of initialisation and batch order")
-    g = p.add_argument_group("execution")
-    g.add_argument("--device", default=_default("device"), help="auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps")
-    g.add_argument("--amp", choices=["bf16"], default=None, help="bf16 autocast (GPU)")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
-                   help="progress bar (default: only when stderr is a terminal)")
-    g.add_argument("--tensorboard", action="store_true", help="also log metrics to OUT/tensorboard")
-    g.add_argument("--checkpoint-every-steps", type=int, default=None, help="also checkpoint every N steps (checkpoints are always written at epoch ends)")
-    g.add_argument("--checkpoint-every-s", type=float, default=_default("checkpoint_every_s"),
-                   help="checkpoint at least this often (seconds)")
     p.set_defaults(func=run)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    split = lambda s: [t for t in s.split(",") if t] if s else None  # noqa: E731
-    return TrainConfig(
-        model=args.model, model_kwargs=args.model_kwargs, relax=args.relax, relax_layers=split(args.relax_layers),
-        init_from=args.init_from, optimizer_state=args.optimizer_state, data=args.data, data_root=args.data_root,
-        train_size=args.train_size, test_size=args.test_size, data_seed=args.data_seed,
-        augment=split(args.augment) or [], optimizer=args.optimizer, lr=args.lr, momentum=args.momentum,
-        weight_decay=args.weight_decay, schedule=args.schedule, step_size=args.step_size, gamma=args.gamma,
-        warmup_epochs=args.warmup_epochs, batch_size=args.batch_size,
-        epochs=None if args.until_zero_loss else args.epochs, until_zero_loss=args.until_zero_loss,
-        max_epochs=args.max_epochs, loss_threshold=args.loss_threshold, eval_times=args.eval_times,
-        snapshots=args.snapshots or [], seed=args.seed, device=args.device, amp=args.amp, compile=args.compile,
-        progress=args.progress, tensorboard=args.tensorboard, checkpoint_every_steps=args.checkpoint_every_steps,
-        checkpoint_every_s=args.checkpoint_every_s)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    for f in dataclasses.fields(TrainConfig):  # an empty comma list means the field's default
+        if values[f.name] is None and isinstance(_default(f), list):
+            values[f.name] = _default(f)
+    if values["until_zero_loss"]:
+        values["epochs"] = None  # --max-epochs is the cap
+    for f in dataclasses.fields(TrainConfig):  # range checks, naming the option rather than the field
+        bad = TrainConfig.problem(f.name, values[f.name])
+        if bad:
+            raise ValueError(f"{option_name(f) or f.name.upper()} {_shown(values[f.name])} is not valid; {bad}")
+    return TrainConfig(**values)
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list)) else str(value)
 
 
 def run(args: argparse.Namespace) -> int:
+    from archrelax.models import check_model_kwargs
+
     from .trainer import train
 
-    if args.init_from is not None and not Path(args.init_from).is_file():
-        raise FileNotFoundError(f"--from {args.init_from!r}: no such snapshot file")
-    result = train(config_from_args(args), args.out)
+    cfg = config_from_args(args)
+    if cfg.init_from is not None and not Path(cfg.init_from).is_file():
+        raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
+    # before the run folder is created: a typo in --model-kwargs leaves nothing behind
+    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True)
+    result = train(cfg, args.out)
     m = result["metrics"] or {}
     print(f"{result['status']} at epoch {result['epoch']:g}: train acc {m.get('train_acc', float('nan')):.4f}, "
           f"test acc {m.get('test_acc', float('nan')):.4f} -> {args.out}")

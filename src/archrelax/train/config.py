@@ -1,26 +1,98 @@
-"""TrainConfig: one training run as plain data (JSON beside the run, a plain dict inside every checkpoint)."""
+"""TrainConfig: one training run as plain data (JSON beside the run, a plain dict inside every checkpoint).
+
+Every training setting is declared once, as a field below: its type (Literal types are the choices), its
+default, and in the field's metadata (:func:`setting`) its help text, its command-line spelling, its range
+check, where an experiment spec sets it, and whether it is part of a run's identity. Built from these
+fields: the ``archrelax train`` options (``train/_cli.py``), the spec's ``train.*`` keys and the typing of
+its top-level and ``cnn.*``/``relaxed.*`` keys (``protocol/spec.py``), the shared part of every planned
+run's config and what its run id hashes (``protocol/plan.py``), and the table in ``docs/config.md``
+(checked against these fields by a test).
+
+Two kinds of fields are not part of what a run computes:
+
+- ``runtime=True`` (:data:`RUNTIME_FIELDS`): how a run is watched, how often it saves, whether the memory
+  guard may be overridden; never its numbers. A run may be resumed with other values of these, and they
+  are left out of a planned run's id and identity.
+- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots`` only.
+  Which epochs a run saves does not change its training trajectory, so it is left out of the *training
+  identity* that a child run hashes (an eFCN started from the CNN's epoch-2 snapshot is the same run
+  whatever other snapshots the CNN keeps). But it is not a runtime field: it is part of the run's own id
+  (a CNN asked for one more snapshot is a new run, which must save it), and a run cannot be resumed with
+  other snapshot epochs (those already passed would silently be missing).
+"""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Literal
 
-__all__ = ["TrainConfig", "RUNTIME_FIELDS"]
+from archrelax._typed import conforms, describe, yaml_load
 
-_CHOICES = {
-    "relax": (None, "lc", "fc"),
-    "optimizer_state": ("reset", "carry"),
-    "optimizer": ("sgd", "adam", "adamw"),
-    "schedule": ("constant", "step", "cosine"),
-    "amp": (None, "bf16"),
-}
+__all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "SPEC_PLACES", "setting", "option_name"]
 
-# Fields that change how a run is watched or how often it saves, never its numbers: a run may be resumed
-# with different values of these (e.g. a progress bar on, checkpoints more often).
-RUNTIME_FIELDS = ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s")
+# where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
+# relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
+SPEC_PLACES = ("train", "top", "stop", "relaxed", None)
+Check = Callable[[Any], "str | None"]
+
+
+def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
+            check: Check | None = None, spec: str | None = None, runtime: bool = False,
+            identity: bool = True) -> Any:
+    """A TrainConfig field with its declaration in the metadata.
+
+    help: one line (``--help``, the spec's docs, docs/config.md). flag: the option's spelling when it is not
+    ``--<name-with-dashes>`` ("" for a positional argument). group: its ``--help`` section. check:
+    ``value -> None | "what is allowed"``, for a value already of the field's type (None never checked).
+    spec: see :data:`SPEC_PLACES`. runtime / identity: see the module docstring.
+    """
+    if spec not in SPEC_PLACES:
+        raise ValueError(f"setting spec={spec!r} is not one of {SPEC_PLACES}")
+    meta = {"help": help, "flag": flag, "group": group, "check": check, "spec": spec, "runtime": runtime,
+            "identity": identity and not runtime}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# ---- range checks (the value already has the field's type) ---------------------------------------------
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "a number > 0"
+
+
+def _nonneg(v: Any) -> str | None:
+    return None if v >= 0 else "a number >= 0"
+
+
+def _at_least_one(v: int) -> str | None:
+    return None if v >= 1 else "an integer >= 1"
+
+
+def _times(v: Any, every: bool) -> str | None:
+    """'log:N' (N >= 2), 'every' (evaluations only) or a list of epochs >= 0."""
+    if isinstance(v, list):
+        return None if all(t >= 0 for t in v) else "epochs >= 0"
+    if (every and v == "every") or (v.startswith("log:") and v[4:].isdigit() and int(v[4:]) >= 2):
+        return None
+    return "'log:N' with an integer N >= 2, " + ("'every', " if every else "") + "or a list of epochs >= 0"
+
+
+def _augment(v: str | list[str]) -> str | None:
+    from archrelax.data.feed import parse_augment  # the data feed owns the names
+
+    try:
+        parse_augment(v)
+    except ValueError:
+        return "'flip', 'crop', 'crop:PAD', 'crop:PAD:reflect'"
+    return None
 
 
 @dataclass
@@ -28,72 +100,116 @@ class TrainConfig:
     """Everything that defines one training run. Defaults follow the paper's seed (SGD, constant lr)."""
 
     # model and its relaxation
-    model: str = "vanilla_cnn"  # registry name or "pkg.module:factory"
-    model_kwargs: dict = field(default_factory=dict)  # e.g. {"width": 32}; classes/channels/size come from data
-    relax: str | None = None  # None | "lc" | "fc": train the relaxed (embedded) form of the model
-    relax_layers: list | None = None  # names/globs of the convs to relax (None: all)
-    init_from: str | None = None  # snapshot path; its weights initialise this run (embedded when relax is set)
-    optimizer_state: str = "reset"  # "reset" | "carry" the snapshot's optimiser state (see trainer docs)
+    model: str = setting("vanilla_cnn", "registered model name (vanilla_cnn, alexnet, fcn, lcn, ...) or "
+                         "'pkg.module:factory'", flag="", spec="top")
+    model_kwargs: dict[str, Any] = setting({}, "model options, e.g. {\"width\": 32}; classes, channels and input "
+                                           "size come from the data", spec="top")
+    relax: Literal["lc", "fc"] | None = setting(None, "train the eLCN (lc) or eFCN (fc) embedding of the model",
+                                                group="relaxation")
+    relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
+                                             spec="top")
+    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set)",
+                                    flag="--from", group="relaxation")
+    optimizer_state: Literal["reset", "carry"] = setting(
+        "reset", "with a snapshot to start from: a fresh optimiser, or its buffers carried through the embedding",
+        group="relaxation", spec="relaxed")
     # data
-    data: str = "mnist5k"
-    data_root: str | None = None
-    train_size: int | None = None
-    test_size: int | None = None
-    data_seed: int = 0
-    augment: list = field(default_factory=list)  # passed to BatchFeed, e.g. ["crop", "flip"]
+    data: str = setting("mnist5k", "mnist5k | cifar10 | cifar100 | imagefolder:PATH | "
+                        "synthetic[:CxHxW[:K[:NTRAIN[:NTEST]]]]", group="data", spec="top")
+    data_root: str | None = setting(None, "folder holding or receiving the data set", group="data", spec="top")
+    train_size: int | None = setting(None, "training subset size (default: all)", check=_positive, group="data",
+                                     spec="top")
+    test_size: int | None = setting(None, "test subset size (default: all)", check=_positive, group="data", spec="top")
+    data_seed: int = setting(0, "seed of the subsets", group="data", spec="top")
+    augment: list[str] = setting([], "on-device batch augmentations, e.g. crop,flip", check=_augment, group="data",
+                                 spec="train")
     # optimisation
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9  # SGD momentum; Adam's beta1 stays at its default
-    weight_decay: float = 0.0
-    schedule: str = "constant"
-    step_size: float = 30.0  # epochs between decays of the "step" schedule
-    gamma: float = 0.1  # decay factor of the "step" schedule
-    warmup_epochs: float = 0.0  # linear warm-up from 0 to lr over this many epochs
-    batch_size: int = 250
+    optimizer: Literal["sgd", "adam", "adamw"] = setting("sgd", "optimiser", flag="--opt", group="optimisation",
+                                                         spec="train")
+    lr: float = setting(0.1, "learning rate", check=_positive, group="optimisation", spec="train")
+    momentum: float = setting(0.9, "SGD momentum (Adam's beta1 stays at its default)",
+                              check=lambda v: None if 0 <= v < 1 else "0 <= momentum < 1", group="optimisation",
+                              spec="train")
+    weight_decay: float = setting(0.0, "weight decay", check=_nonneg, group="optimisation", spec="train")
+    schedule: Literal["constant", "step", "cosine"] = setting("constant", "learning-rate schedule",
+                                                              group="optimisation", spec="train")
+    step_size: float | None = setting(30.0, "epochs between decays of the 'step' schedule (required by it)",
+                                      check=_positive, group="optimisation", spec="train")
+    gamma: float = setting(0.1, "decay factor of the 'step' schedule",
+                           check=lambda v: None if 0 < v <= 1 else "0 < gamma <= 1", group="optimisation", spec="train")
+    warmup_epochs: float = setting(0.0, "linear warm-up from 0 to lr over this many epochs", check=_nonneg,
+                                   group="optimisation", spec="train")
+    batch_size: int = setting(250, "batch size", check=_at_least_one, group="optimisation", spec="train")
     # length
-    epochs: float | None = 100.0
-    until_zero_loss: bool = False  # stop at 100 % train accuracy (or train loss < loss_threshold)
-    max_epochs: float | None = None  # the cap of an until-zero-loss run
-    loss_threshold: float | None = None
+    epochs: float | None = setting(100.0, "number of epochs (fractional allowed)", check=_nonneg,
+                                   group="length and records", spec="stop")
+    until_zero_loss: bool = setting(False, "stop at 100 % train accuracy (or train loss < loss_threshold); needs "
+                                    "max_epochs", group="length and records", spec="stop")
+    max_epochs: float | None = setting(None, "cap of an until-zero-loss run", check=_positive,
+                                       group="length and records", spec="stop")
+    loss_threshold: float | None = setting(None, "also stop when the train loss is below this", check=_positive,
+                                           group="length and records", spec="stop")
     # what is recorded
-    eval_times: Any = "log:20"  # "log:N" | "every" | list of epochs
-    snapshots: Any = field(default_factory=list)  # list of epochs | "log:N"
-    seed: int = 0
+    eval_times: str | list[float] = setting("log:20", "evaluations on the full train and test sets: log:N, every, "
+                                            "or epochs like 0,1,5", check=lambda v: _times(v, every=True),
+                                            group="length and records", spec="train")
+    snapshots: str | list[float] = setting([], "snapshot epochs: log:N or epochs like 0,0.5,2",
+                                           check=lambda v: _times(v, every=False), group="length and records",
+                                           identity=False)
+    seed: int = setting(0, "seed of initialisation and batch order", group="length and records")
     # how it runs
-    device: str = "auto"
-    amp: str | None = None  # None | "bf16" (autocast)
-    compile: bool = False
-    progress: bool | None = None  # None: on when stderr is a terminal
-    tensorboard: bool = False
-    checkpoint_every_steps: int | None = None  # extra mid-epoch checkpoints (besides every epoch end)
-    checkpoint_every_s: float | None = 60.0  # ... and at least this often in wall time
+    device: str = setting("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps", group="execution", spec="train")
+    amp: Literal["bf16"] | None = setting(None, "bf16 autocast (GPU)", group="execution", spec="train")
+    compile: bool = setting(False, "torch.compile the model", group="execution", spec="train")
+    progress: bool | None = setting(None, "progress bar (default: only when stderr is a terminal)", group="execution",
+                                    runtime=True)
+    tensorboard: bool = setting(False, "also log metrics to OUT/tensorboard", group="execution", spec="train",
+                                runtime=True)
+    checkpoint_every_steps: int | None = setting(None, "also checkpoint every N steps (checkpoints are always "
+                                                 "written at epoch ends)", check=_at_least_one, group="execution",
+                                                 spec="train", runtime=True)
+    checkpoint_every_s: float | None = setting(60.0, "checkpoint at least this often (seconds)", check=_positive,
+                                               group="execution", spec="train", runtime=True)
+    force_memory: bool = setting(False, "skip relax()'s memory guard, which refuses when the relaxed parameters alone "
+                                 "would exceed the device's free memory (see archrelax footprint); the run may then "
+                                 "fail out of memory", flag="--force", group="execution", spec="train", runtime=True)
 
     def __post_init__(self) -> None:
+        for name, tp in _hints().items():  # a tuple where a list is meant (snapshots=(0, 1)): the same list
+            value = getattr(self, name)
+            if isinstance(value, tuple) and list in (typing.get_origin(tp), *map(typing.get_origin, typing.get_args(tp))):
+                setattr(self, name, list(value))
         self.validate()
 
+    @classmethod
+    def problem(cls, name: str, value: Any) -> str | None:
+        """What is wrong with ``value`` for field ``name`` ('allowed: ...'), or None when it is valid."""
+        f, tp = _fields()[name], _hints()[name]
+        if not conforms(value, tp):
+            return f"allowed: {describe(tp)}"
+        check = f.metadata["check"]
+        bad = check(value) if check is not None and value is not None else None
+        return f"allowed: {bad}" if bad else None
+
     def validate(self) -> None:
-        for name, valid in _CHOICES.items():
-            if getattr(self, name) not in valid:
-                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; choose from {valid}")
+        for name in _fields():
+            bad = self.problem(name, getattr(self, name))
+            if bad:
+                raise ValueError(f"TrainConfig.{name}={getattr(self, name)!r} is not valid; {bad}")
         if self.until_zero_loss:
-            if self.max_epochs is None or self.max_epochs <= 0:
+            if self.max_epochs is None:
                 raise ValueError("TrainConfig.until_zero_loss=True needs max_epochs > 0 (the cap), "
                                  f"got max_epochs={self.max_epochs!r}")
             if self.epochs is not None:
                 raise ValueError(f"TrainConfig.epochs={self.epochs!r} with until_zero_loss=True: set epochs=None "
                                  "(max_epochs is the cap)")
-        elif self.epochs is None or self.epochs < 0:
+        elif self.epochs is None:
             raise ValueError(f"TrainConfig.epochs={self.epochs!r}: give epochs >= 0, or until_zero_loss=True "
                              "with max_epochs")
-        if self.batch_size < 1:
-            raise ValueError(f"TrainConfig.batch_size={self.batch_size!r} must be >= 1")
-        if not self.lr > 0:
-            raise ValueError(f"TrainConfig.lr={self.lr!r} must be > 0")
+        if self.schedule == "step" and self.step_size is None:
+            raise ValueError("TrainConfig.schedule='step' needs step_size (epochs between decays), got None")
         if self.init_from is None and self.optimizer_state == "carry":
             raise ValueError("TrainConfig.optimizer_state='carry' needs init_from (a snapshot to carry from)")
-        for name in ("eval_times", "snapshots"):
-            _check_times(name, getattr(self, name))
 
     @property
     def horizon(self) -> float:
@@ -105,7 +221,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
-        valid = [f.name for f in dataclasses.fields(cls)]
+        valid = list(_fields())
         unknown = sorted(set(d) - set(valid))
         if unknown:
             raise ValueError(f"unknown TrainConfig key(s) {unknown}; valid keys are {valid}")
@@ -120,19 +236,25 @@ class TrainConfig:
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         path = Path(path)
         if path.suffix in (".yaml", ".yml"):
-            import yaml
-
-            return cls.from_dict(yaml.safe_load(path.read_text()) or {})
+            return cls.from_dict(yaml_load(path.read_text()) or {})
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _check_times(name: str, value: Any) -> None:
-    if isinstance(value, str):
-        if value == "every" and name == "eval_times":
-            return
-        if value.startswith("log:") and value[4:].isdigit() and int(value[4:]) >= 2:
-            return
-        valid = "'log:N' (N >= 2)" + (" or 'every'" if name == "eval_times" else "")
-        raise ValueError(f"TrainConfig.{name}={value!r} is not valid; use {valid} or a list of epochs")
-    if not isinstance(value, (list, tuple)) or any(not isinstance(t, (int, float)) or t < 0 for t in value):
-        raise ValueError(f"TrainConfig.{name}={value!r} must be a list of epochs >= 0 or a 'log:N' string")
+@functools.cache
+def _fields() -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+@functools.cache
+def _hints() -> dict[str, Any]:
+    return typing.get_type_hints(TrainConfig)
+
+
+def option_name(f: dataclasses.Field) -> str:
+    """The ``archrelax train`` spelling of a field: ``--lr``, ``--opt``, ``--from``; "" for the positional MODEL."""
+    flag = f.metadata["flag"]
+    return ("--" + f.name.replace("_", "-")) if flag is None else flag
+
+
+RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
+NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["identity"])

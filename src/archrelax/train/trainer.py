@@ -17,13 +17,11 @@ parameter name) for those who want the continuation to be seamless.
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import resource
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +30,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from archrelax.signals import Interrupted, StopOnSignals, signal_name
-from archrelax.utils import (append_line, atomic_torch_save, atomic_write_json, atomic_write_text, format_epoch,
-                             read_jsonl, resolve_device)
+from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
+from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
 from .schedule import lr_at, time_steps
 
-__all__ = ["train", "evaluate", "make_optimizer"]
+__all__ = ["train", "evaluate", "make_optimizer", "read_metrics"]
 
 
 def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -79,31 +77,52 @@ def evaluate(model: nn.Module, feed, amp: str | None = None) -> tuple[float, flo
     return loss.item() / n, correct.item() / n
 
 
-def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, Any]:
+def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLock | None = None) -> dict[str, Any]:
     """Train as ``config`` says, writing the run folder of docs/architecture.md into ``out_dir``.
 
+    Takes the folder's lock first: a second trainer on the same folder raises RunBusyError naming the
+    holder's pid and host (``lock``: the caller already holds it, e.g. the protocol's ``run_one``).
     Resumes from ``out_dir/checkpoints/last.pt`` when present (the saved config must match, apart from
-    ``RUNTIME_FIELDS``); a finished or diverged run is not redone. Returns ``{"status", "error", "epoch",
-    "global_epoch", "step", "metrics"}`` with the last evaluation as ``metrics``.
+    ``RUNTIME_FIELDS``); a finished or diverged run is not redone; a folder with no training state (a start
+    that failed while loading data or building the model) takes the new config. Returns ``{"status",
+    "error", "stop_reason", "epoch", "global_epoch", "step", "metrics", "out_dir"}``, the last evaluation as
+    ``metrics``.
 
     SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
     status ``interrupted``, then :class:`archrelax.signals.Interrupted` is raised (``exit_code`` 128 + the
     signal number). Rerunning resumes at that very step.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    saved = out / "config.json"
-    if saved.exists():
-        _check_same_config(TrainConfig.from_dict(json.loads(saved.read_text())), cfg, saved)
-        status = _read_json(out / "status.json") or {}
-        if status.get("status") in ("done", "diverged"):
-            return _result(out, status)
-    cfg.save(saved)
+    folder = RunFolder(out_dir)
+    folder.path.mkdir(parents=True, exist_ok=True)
+    if lock is not None and not (lock.held and lock.path.resolve() == folder.lock_path.resolve()):
+        raise ValueError(f"train(lock=...) needs the held lock of {str(folder.lock_path)!r}, got {lock.path} "
+                         f"({'held' if lock.held else 'not held'})")
+    own = folder.lock().acquire() if lock is None else None
+    try:
+        try:
+            saved = folder.read_config()
+        except StoreError:  # unreadable: harmless to replace when nothing was trained here
+            if folder.has_training_state():
+                raise
+            saved = None
+        if saved is not None and folder.has_training_state():
+            _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
+            status = folder.read_status()
+            if status.finished:
+                return _result(folder, status)
+        folder.write_config(cfg.to_dict())
+        return _train(cfg, folder)
+    finally:
+        if own is not None:
+            own.release()
+
+
+def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
     run = None
     try:
         with _determinism(resolve_device(cfg.device)), StopOnSignals() as stop:
-            run = _Run(cfg, out)
+            run = _Run(cfg, folder)
             return run.fit(stop)
     except Interrupted:
         raise  # the run saved its state and wrote status 'interrupted' itself
@@ -115,9 +134,8 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, A
         try:
             if run is not None:
                 run.write_status(status, error=error)
-            else:
-                atomic_write_json(out / "status.json", {"status": status, "error": error, "epoch": 0.0,
-                                                        "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+            else:  # failed while setting up: the progress of an earlier attempt is kept
+                folder.write_status(status, error=error)
         except OSError:
             pass  # e.g. the disk is full: the error being raised says so; status.json keeps its last good state
         raise
@@ -129,10 +147,10 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike) -> dict[str, A
 class _Run:
     """State of one run; ``fit`` is the loop. Split from ``train`` so that setup and resume stay readable."""
 
-    def __init__(self, cfg: TrainConfig, out: Path) -> None:
+    def __init__(self, cfg: TrainConfig, folder: RunFolder) -> None:
         from archrelax.data import BatchFeed, load_data
 
-        self.cfg, self.out = cfg, out
+        self.cfg, self.folder, self.out = cfg, folder, folder.path
         self.device = resolve_device(cfg.device)
         self.global_offset = 0.0
         self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
@@ -151,7 +169,7 @@ class _Run:
         self.total = int(round(cfg.horizon * self.spe))
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
         self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
-        self.ckpt_path = out / "checkpoints" / "last.pt"
+        self.ckpt_path = folder.checkpoint_path
         self.fresh = not self.ckpt_path.exists()
         if not self.fresh:
             self._resume(load_checkpoint(self.ckpt_path))  # on the CPU: RNG states must stay there
@@ -182,7 +200,7 @@ class _Run:
             from archrelax.embed.relax import relax
 
             self.model = relax(src, to=cfg.relax, example_input=torch.zeros(1, *src.input_shape, device=self.device),
-                               layers=cfg.relax_layers)
+                               layers=cfg.relax_layers, force=cfg.force_memory)
             self.arch = {**self.arch, "relax_chain": [*self.arch["relax_chain"], cfg.relax],
                          "relax_layers": cfg.relax_layers if cfg.relax_layers is not None else self.arch["relax_layers"]}
         else:
@@ -193,7 +211,7 @@ class _Run:
             self.opt.load_state_dict(self._carried_state(snap))
         torch.manual_seed(cfg.seed)  # the training RNG stream starts the same however the model was made
         self.run_stats = self._zero_stats()
-        _truncate_metrics(self.out / "metrics.jsonl", 0)
+        self.folder.truncate_metrics(0)
         self.t0 = time.perf_counter()
 
     def _source_from_snapshot(self, snap: dict, kw: dict) -> tuple[nn.Module, dict]:
@@ -210,7 +228,7 @@ class _Run:
         if cfg.relax_layers is not None and arch.get("relax_layers") not in (None, cfg.relax_layers):
             raise ValueError(f"relax_layers={cfg.relax_layers!r} differs from the snapshot's {arch['relax_layers']!r}; "
                              "a relaxation chain records a single layer selection")
-        src = build_architecture(arch)
+        src = build_architecture(arch, force=cfg.force_memory)
         src.load_state_dict(snap["model"])
         return src, arch
 
@@ -240,7 +258,7 @@ class _Run:
         from archrelax.models import build_architecture
 
         self.arch = ck["arch"]
-        self.model = build_architecture(self.arch).to(self.device)
+        self.model = build_architecture(self.arch, force=self.cfg.force_memory).to(self.device)
         self.model.load_state_dict(ck["model"])
         self.model.train()
         self.opt = make_optimizer(self.cfg, self.model)
@@ -250,7 +268,7 @@ class _Run:
         self.step, self.n_metrics, self.elapsed = ck["step"], p["n_metrics"], p["elapsed"]
         self.global_offset = ck["global_epoch"] - ck["epoch"]
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
-        _truncate_metrics(self.out / "metrics.jsonl", self.n_metrics)
+        self.folder.truncate_metrics(self.n_metrics)
         self.t0 = time.perf_counter()
         # one line in the log (a Slurm job's stderr, the terminal) saying where the run picked up
         print(f"resuming {self.out} at step {self.step} (epoch {self.step / len(self.feed):g})", file=sys.stderr)
@@ -338,7 +356,7 @@ class _Run:
                     self._record(m)
                 return "zero_loss"
         if self.step in self.snap_steps:
-            self._save(self.out / "snapshots" / f"epoch_{format_epoch(self.step / self.spe)}.pt")
+            self._save(self.folder.snapshot_path(self.step / self.spe))
         if self.step == 0:
             self._checkpoint()
         return None
@@ -372,7 +390,7 @@ class _Run:
 
     def _record(self, m: dict[str, Any]) -> None:
         m = {**m, "wall_time": self._wall(), "peak_mem_bytes": _peak_memory(self.device)}
-        append_line(self.out / "metrics.jsonl", json.dumps(m))
+        self.folder.append_metrics(m)
         self.n_metrics += 1
         if self.writer is not None:
             for k, v in m.items():
@@ -406,16 +424,14 @@ class _Run:
             self.write_status("diverged", error=f"training loss became NaN or infinite by step {self.step} "
                               f"(epoch {self.step / self.spe:g}); checkpoints/last.pt is the last good state")
         else:
-            self._save(self.out / "final.pt", with_optimizer=False)
+            self._save(self.folder.final_path, with_optimizer=False)
             self.write_status("done", reason=reason)
-        return _result(self.out, _read_json(self.out / "status.json"))
+        return _result(self.folder, self.status)
 
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
         epoch = self.step / self.spe if hasattr(self, "spe") else 0.0
-        atomic_write_json(self.out / "status.json", {
-            "status": status, "error": error, "stop_reason": reason, "epoch": epoch,
-            "global_epoch": self.global_offset + epoch, "step": self.step,
-            "updated": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
+                                               global_epoch=self.global_offset + epoch, step=self.step)
 
     def _open_outputs(self) -> None:
         cfg = self.cfg
@@ -501,28 +517,8 @@ def _check_same_config(saved: TrainConfig, new: TrainConfig, path: Path) -> None
                          "use another output folder or delete this one")
 
 
-def read_metrics(path: str | os.PathLike) -> list[dict[str, Any]]:
-    """The metric lines of a run; a torn last line (a crash mid-write) is ignored."""
-    return read_jsonl(path)
-
-
-def _truncate_metrics(path: Path, n: int) -> None:
-    rows = read_metrics(path)
-    if len(rows) != n or (path.exists() and not path.read_text(encoding="utf-8").endswith("\n")):
-        atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows[:n]))
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
-
-
-def _result(out: Path, status: dict | None) -> dict[str, Any]:
-    status = status or {}
-    rows = read_metrics(out / "metrics.jsonl")
-    return {"status": status.get("status"), "error": status.get("error"), "stop_reason": status.get("stop_reason"),
-            "epoch": status.get("epoch"),
-            "global_epoch": status.get("global_epoch"), "step": status.get("step"),
-            "metrics": rows[-1] if rows else None, "out_dir": str(out)}
+def _result(folder: RunFolder, status: Status) -> dict[str, Any]:
+    rows = folder.read_metrics()
+    return {"status": status.status, "error": status.error, "stop_reason": status.stop_reason,
+            "epoch": status.epoch, "global_epoch": status.global_epoch, "step": status.step,
+            "metrics": rows[-1] if rows else None, "out_dir": str(folder.path)}

@@ -1,0 +1,71 @@
+"""AnalysisSettings: the costs of the analyses, read back from the experiment's own spec.yaml.
+
+Light (no torch): ``archrelax analyse --help`` builds its options from these fields, and the spec validates
+its ``analysis_settings`` against them.
+"""
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+from archrelax.store import ExperimentFolder
+from archrelax.store.results import INTERPOLATION_ENDPOINTS, INTERPOLATION_METHODS
+
+__all__ = ["AnalysisSettings", "make_settings", "settings_from_spec"]
+
+
+@dataclasses.dataclass
+class AnalysisSettings:
+    """Costs of the analyses; defaults keep the demo to seconds per model on 2 CPUs."""
+
+    device: str = "auto"
+    seed: int = 0  # picks the data subsets and the random probes
+    batch_size: int = 256
+    sharpness_samples: int = 256  # fixed training subset for the Hessian
+    sharpness_k: int = 1
+    sharpness_tol: float = 1e-3  # relative change of the Rayleigh quotient
+    sharpness_max_iter: int = 20
+    trace_probes: int = 10
+    eval_train_samples: int = 512  # ablation and interpolation
+    eval_test_samples: int = 1000
+    alphas: int = 11
+    interp_methods: tuple[str, ...] = INTERPOLATION_METHODS
+    interp_start: str = "switch"  # "switch" | "cnn_end"
+    interp_end: str = "efcn_end"  # "efcn_end" | "cnn_end" | "switch"
+    interp_max_runs: int | None = None  # None: every finished eFCN
+    template_count: int = 8
+
+    def __post_init__(self) -> None:
+        for name in ("interp_start", "interp_end"):
+            if getattr(self, name) not in INTERPOLATION_ENDPOINTS:
+                raise ValueError(f"{name}={getattr(self, name)!r}; valid endpoints: {list(INTERPOLATION_ENDPOINTS)}")
+        if self.interp_start == self.interp_end:
+            raise ValueError(f"interpolation endpoints are both {self.interp_start!r}; choose two different ones")
+        bad = [m for m in self.interp_methods if m not in INTERPOLATION_METHODS]
+        if bad:
+            raise ValueError(f"unknown interpolation methods {bad}; valid: {list(INTERPOLATION_METHODS)}")
+        self.interp_methods = tuple(self.interp_methods)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+def make_settings(raw: dict[str, Any], where: str = "analysis_settings") -> AnalysisSettings:
+    """``AnalysisSettings(**raw)`` with an error naming unknown keys and the valid ones."""
+    valid = [f.name for f in dataclasses.fields(AnalysisSettings)]
+    bad = sorted(set(raw) - set(valid))
+    if bad:
+        raise ValueError(f"{where}: unknown analysis settings {bad}; valid: {valid}")
+    return AnalysisSettings(**raw)
+
+
+def settings_from_spec(exp_dir: str | Path) -> AnalysisSettings:
+    """The experiment's own analysis settings (``analysis_settings`` in its spec.yaml), else the defaults.
+
+    Reading them here keeps one source: ``archrelax run``, ``analyse`` and ``report`` all compute (and
+    find in the cache) the same analyses for an experiment.
+    """
+    exp = ExperimentFolder(exp_dir)
+    raw = (exp.read_spec() or {}).get("analysis_settings") or {}
+    return make_settings(raw, where=str(exp.spec_path))

@@ -1,0 +1,60 @@
+"""plan.json: the run graph of an experiment, id -> Run, in order (parents first, switch times ascending).
+
+The order on disk is the order of summary.csv, of ``archrelax status`` and of the report.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+__all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest"]
+
+
+@dataclass(frozen=True)
+class Run:
+    """One training run of the plan.
+
+    ``config`` is a TrainConfig as plain data with ``init_from`` left None: the executor fills it with the
+    snapshot that run ``depends_on`` saved at its own epoch ``snapshot_epoch``. ``snapshot`` is that file's
+    nominal path (relative to the experiment folder); the trainer saves at the nearest whole step, so the file
+    actually used is ``ExperimentFolder.snapshot_for(run)``. ``t_w``/``t_w2``: switch epochs on the CNN's clock
+    (None where they do not apply). ``identity``: hash of the training trajectory, for children's ids.
+    """
+
+    id: str
+    kind: str  # cnn | efcn | elcn | hier | fcn | lcn
+    seed: int
+    config: dict[str, Any]
+    depends_on: str | None = None
+    snapshot: str | None = None
+    snapshot_epoch: float | None = None
+    t_w: float | None = None
+    t_w2: float | None = None
+    identity: str = ""
+
+
+def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:
+    return {rid: {k: v for k, v in asdict(r).items() if k != "id"} for rid, r in plan.items()}
+
+
+_FIELDS = tuple(f.name for f in fields(Run) if f.name != "id")
+
+
+def plan_from_json(data: Any, where: str = "plan.json") -> dict[str, Run]:
+    """Typed plan from plain data; a foreign structure raises ValueError naming ``where`` and the entry."""
+    if not isinstance(data, dict):
+        raise ValueError(f"{where!r} must hold a JSON object of run id -> run, found {type(data).__name__}")
+    plan = {}
+    for rid, entry in data.items():
+        if not isinstance(entry, dict) or set(entry) - set(_FIELDS) or not {"kind", "seed", "config"} <= set(entry):
+            raise ValueError(f"{where!r}: entry {rid!r} is not a run record; expected keys {list(_FIELDS)}, found "
+                             f"{sorted(entry) if isinstance(entry, dict) else type(entry).__name__}")
+        plan[rid] = Run(id=rid, **entry)
+    return plan
+
+
+def plan_digest(plan: dict[str, Run]) -> str:
+    """A content hash of the plan (the analyses' cache key uses it, not plan.json's mtime)."""
+    return hashlib.sha256(json.dumps(plan_to_json(plan), sort_keys=True, default=str).encode()).hexdigest()
