@@ -1,5 +1,11 @@
-"""The Slurm path on a real cluster (`.ci/slurm-up` brings a one-node one up): `archrelax run --executor slurm`
-through the scheduler process, end to end, and a job stopped mid-run with `scancel --signal=TERM`.
+"""The Slurm path on a real cluster (`.ci/slurm-up` brings a one-node one up).
+
+Through the scheduler process (`archrelax run --executor slurm`): a run equals a local one and says little
+about sacct; `scancel --signal=TERM` mid-run interrupts and the rerun resumes; `scontrol requeue` and
+Slurm's warning signal (USR2, as `--signal=USR2@N` sends before a time limit) mid-run requeue the job,
+which resumes the run where it stopped, the scheduler waiting for it. Detached (`--detach`): the whole
+graph submitted at once with dependencies, `archrelax status` showing the jobs, a rerun submitting only
+what is missing, and a warned job requeuing itself with no scheduler process at all.
 
 Skipped, with the reason, where `sbatch` is absent or the cluster does not answer. Jobs run as root from
 this filesystem; the spec's `setup` lines give them this checkout's sources and one thread (so their
@@ -7,9 +13,12 @@ numbers equal an in-process run's).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -62,6 +71,7 @@ SPEC = {
     "slurm": {"cluster": "slurm", "timeout_min": 10, "cpus_per_task": 1, "mem_gb": 1, "gpus_per_node": 0,
               "setup": [f"export PYTHONPATH={SRC}", "export OMP_NUM_THREADS=1"]},
 }
+# a CNN long enough (300 steps) to be caught mid-run; its eFCN at t_w = 100 needs a later snapshot
 LONG = {**SPEC, "name": "slurm-long", "cnn": {"epochs": 150, "until_zero_loss": False}, "switch_times": [0, 100],
         "train": {**SPEC["train"], "eval_times": "log:4"}}
 
@@ -71,15 +81,31 @@ def summary(exp: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
 
 
-def local_reference(spec: dict, out: Path) -> Path:
-    """The same spec on the in-process executor, one thread like the jobs."""
+@contextlib.contextmanager
+def _one_thread():
     n = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        run_experiment(spec_from_dict({**spec, "executor": "local"}), out, log=lambda s: None)
+        yield
     finally:
         torch.set_num_threads(n)
+
+
+def _local(spec: dict, out: Path) -> Path:
+    """The same spec on the in-process executor, one thread like the jobs."""
+    with _one_thread():
+        run_experiment(spec_from_dict({**spec, "executor": "local"}), out, log=lambda s: None)
     return out
+
+
+@pytest.fixture(scope="module")
+def tiny_reference(tmp_path_factory) -> Path:
+    return _local(SPEC, tmp_path_factory.mktemp("local") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def long_reference(tmp_path_factory) -> Path:
+    return _local(LONG, tmp_path_factory.mktemp("local") / "long")
 
 
 def write_spec(spec: dict, where: Path) -> Path:
@@ -88,17 +114,79 @@ def write_spec(spec: dict, where: Path) -> Path:
     return path
 
 
-def test_run_on_slurm_equals_local_run_and_says_little(tmp_path):
-    ref = local_reference(SPEC, tmp_path / "local")
+def _cli(*args: str) -> tuple[int, str]:
+    """``archrelax ARGS`` in this process: exit status and stdout."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out), _one_thread():
+        rc = cli_main(list(args))
+    return rc, out.getvalue()
+
+
+def _squeue(job: str) -> tuple[str, str]:
+    """(state, reason) of a job ('' when squeue no longer lists it)."""
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout.strip()
+    return tuple(out.split("|")) if out else ("", "")  # type: ignore[return-value]
+
+
+def _wait(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(poll)
+
+
+def _status(run_dir: Path) -> dict:
+    try:
+        return json.loads((run_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _wait_mid_run(exp: Path, proc: subprocess.Popen | None = None) -> Path:
+    """The CNN's run folder, once its job has trained 20 steps."""
+    def mid_run() -> bool:
+        cnn = next(iter(exp.glob("runs/cnn-*")), None)
+        return (cnn is not None and _status(cnn).get("step", 0) >= 20) or (proc is not None and proc.poll() is not None)
+
+    _wait(mid_run, 300, "the CNN to get going", poll=0.05)
+    assert proc is None or proc.poll() is None, proc.communicate()
+    return next(exp.glob("runs/cnn-*"))
+
+
+def _job_of(run_dir: Path) -> str:
+    """The Slurm job training a run: its job.json (written at submission) names it."""
+    return json.loads((run_dir / "job.json").read_text())["job_id"]
+
+
+def _release_when_requeued(job: str) -> None:
+    """Once the requeued job is PENDING again, release it (Slurm holds a requeued job for 2 minutes:
+    Reason=BeginTime; `StartTime=now` is refused while it is still COMPLETING)."""
+    _wait(lambda: _squeue(job)[0] == "PENDING", 120, f"job {job} to be pending again")
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
+
+
+def _resume_lines(exp: Path, run_dir: Path) -> list[str]:
+    return [line for p in (exp / "slurm").glob("*_log.err") for line in p.read_text().splitlines()
+            if line.startswith(f"resuming {run_dir} at step ")]
+
+
+# ---- through the scheduler process -------------------------------------------------------------------------
+
+
+def test_run_on_slurm_equals_local_run_and_says_little(tmp_path, tiny_reference):
     exp = tmp_path / "slurm"
     r = subprocess.run([*CLI, "run", str(write_spec(SPEC, tmp_path)), "--executor", "slurm", "--out", str(exp),
                         "--poll", "0.2"], env=ENV, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
-    assert summary(exp) == summary(ref)
-    # every run went through a Slurm job (submitit's logs name the job environment)
+    assert summary(exp) == summary(tiny_reference)
+    # every run went through a Slurm job (submitit's logs name the job environment), recorded in job.json
     logs = sorted((exp / "slurm").glob("*_log.out"))
     assert len(logs) == 4, [p.name for p in logs]
     assert all("JobEnvironment(job_id=" in p.read_text() for p in logs)
+    jobs = {_job_of(d) for d in exp.glob("runs/*")}
+    assert {f"{j}_0_log.out" for j in jobs} == {p.name for p in logs}
+    # Slurm warns each job 90 s before its time limit, with the signal the jobs requeue themselves on
+    assert all("#SBATCH --signal=USR2@90" in p.read_text() for p in (exp / "slurm").glob("*.sh"))
     # accounting is off here: submitit alone printed 3 lines ("Bypassing sacct error", twice, and sacct's
     # own complaint) at every poll, 18 lines for this experiment; now one line says where states come from
     out = r.stdout + r.stderr
@@ -106,78 +194,144 @@ def test_run_on_slurm_equals_local_run_and_says_little(tmp_path):
     assert sum("sacct" in line for line in out.splitlines()) <= 1, out
 
 
-def _wait_mid_run(exp: Path, proc: subprocess.Popen) -> Path:
-    """The CNN's status.json, once its job has trained 20 steps."""
-    deadline = time.monotonic() + 300
-    cnn = None
-    while time.monotonic() < deadline and proc.poll() is None:
-        cnn = next(iter(exp.glob("runs/cnn-*/status.json")), None)
-        try:
-            if cnn is not None and json.loads(cnn.read_text()).get("step", 0) >= 20:
-                return cnn
-        except json.JSONDecodeError:
-            pass
-        time.sleep(0.05)
-    raise AssertionError(f"the CNN did not get going: {proc.poll()} {cnn}")
-
-
-def _job_of(run_dir: Path) -> str:
-    """The Slurm job id of the process training a run (its lock names the pid; its environment the job)."""
-    pid = json.loads((run_dir / ".lock").read_text())["pid"]
-    env = dict(kv.split("=", 1) for kv in Path(f"/proc/{pid}/environ").read_text().split("\0") if "=" in kv)
-    return env["SLURM_JOB_ID"]
-
-
-def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, capfd):
-    ref = local_reference(LONG, tmp_path / "local")
+def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, long_reference, capfd):
     spec = write_spec(LONG, tmp_path)
     exp = tmp_path / "slurm"
     proc = subprocess.Popen([*CLI, "run", str(spec), "--executor", "slurm", "--out", str(exp), "--poll", "0.2"],
                             env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cnn = _wait_mid_run(exp, proc)
-    job = _job_of(cnn.parent)
-    subprocess.run(["scancel", "--signal=TERM", job], check=True, timeout=60)  # as Slurm warns a job
+    subprocess.run(["scancel", "--signal=TERM", _job_of(cnn)], check=True, timeout=60)  # as Slurm warns a job
     out, err = proc.communicate(timeout=300)  # before: waited forever for a job that had ended
     assert proc.returncode == 1, out + err  # not every run finished
-    st = json.loads(cnn.read_text())
+    st = _status(cnn)
     assert st["status"] == "interrupted" and "SIGTERM" in st["error"], st
     assert "not started: its parent" in out  # the eFCN at t_w = 100 needs a snapshot the CNN has not written
     stopped = st["step"]
 
-    # resumed here (resuming on Slurm is the requeue test's): at the step where the job stopped
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    # resumed here (resuming on Slurm is the requeue tests'): at the step where the job stopped
+    with _one_thread():
         assert cli_main(["run", str(exp), "--executor", "local"]) == 0
-    finally:
-        torch.set_num_threads(n)
-    assert f"resuming {cnn.parent} at step {stopped} " in capfd.readouterr().err
-    assert summary(exp) == summary(ref)
+    assert f"resuming {cnn} at step {stopped} " in capfd.readouterr().err
+    assert summary(exp) == summary(long_reference)
 
 
-def test_scontrol_requeue_mid_run_resumes_in_the_requeued_job(tmp_path):
-    """Slurm requeues the job (as at preemption): SIGTERM, then the job is pending again. The run saves its
-    state and leaves no result, so the scheduler waits for the requeued job, which resumes the run at the
-    saved step; the experiment ends as an uninterrupted one."""
-    ref = local_reference(LONG, tmp_path / "local")
+@pytest.mark.parametrize("how", ["scontrol requeue", "USR2"])
+def test_requeued_job_resumes_and_the_scheduler_waits_for_it(tmp_path, long_reference, how):
+    """Slurm requeues the job (`scontrol requeue`: SIGTERM to the job, then pending again, as at a
+    preemption), or warns it (USR2, as before a time limit: the job checkpoints and requeues itself through
+    submitit). Either way the run saves its state and leaves no result, the scheduler waits for the requeued
+    job instead of taking the run for ended, and that job resumes the run at the saved step."""
     exp = tmp_path / "slurm"
     proc = subprocess.Popen([*CLI, "run", str(write_spec(LONG, tmp_path)), "--executor", "slurm", "--out", str(exp),
                              "--poll", "0.2"], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     cnn = _wait_mid_run(exp, proc)
-    job = _job_of(cnn.parent)
-    subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-    deadline = time.monotonic() + 120
-    while _squeue_state(job) != "PENDING":  # Slurm holds a requeued job for 2 minutes: release it now
-        assert time.monotonic() < deadline, _squeue_state(job)
-        time.sleep(0.2)
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True, timeout=60)
+    job = _job_of(cnn)
+    cmd = ["scontrol", "requeue", job] if how == "scontrol requeue" else ["scancel", "--signal=USR2", job]
+    subprocess.run(cmd, check=True, timeout=60)
+    _release_when_requeued(job)
+    stopped = _status(cnn)["step"]
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-2000:] + err[-3000:]
-    assert summary(exp) == summary(ref)
-    stopped = [line for p in (exp / "slurm").glob("*_log.err") for line in p.read_text().splitlines()
-               if line.startswith(f"resuming {cnn.parent} at step ")]
-    assert len(stopped) == 1, stopped  # the requeued job picked up where the first stopped
+    assert summary(exp) == summary(long_reference)
+    assert _resume_lines(exp, cnn) == [f"resuming {cnn} at step {stopped} (epoch {stopped / 2:g})"]  # 0 steps redone
+    assert _job_of(cnn) == job  # the same job, requeued: no second submission
 
 
-def _squeue_state(job: str) -> str:
-    return subprocess.run(["squeue", "-h", "-j", job, "-o", "%T"], capture_output=True, text=True).stdout.strip()
+# ---- detached ----------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def blocked_node():
+    """A job taking every CPU of the node, so that submitted jobs stay queued until ``release()``."""
+    cpus = subprocess.run(["sinfo", "-h", "-o", "%c"], capture_output=True, text=True).stdout.split()[0]
+    r = subprocess.run(["sbatch", "--parsable", "-c", cpus.rstrip("+"), "--mem=100M", "-J", "archrelax-blocker",
+                        "-o", "/dev/null", "--wrap", "sleep 600"], capture_output=True, text=True, check=True)
+    blocker = r.stdout.strip().split(";")[0]
+    _wait(lambda: _squeue(blocker)[0] == "RUNNING", 60, "the blocker to start")
+    yield lambda: subprocess.run(["scancel", blocker], check=True)
+    subprocess.run(["scancel", blocker])
+
+
+def _table(exp: Path) -> dict[str, list[str]]:
+    """`archrelax status` as run id -> cells (job column included)."""
+    rc, out = _cli("status", str(exp))
+    assert rc == 0, out
+    lines = out.splitlines()
+    starts = [i for i, c in enumerate(lines[1]) if c == "-" and (i == 0 or lines[1][i - 1] == " ")]
+    cells = lambda line: [line[a:b].strip() for a, b in zip(starts, starts[1:] + [None])]
+    header = cells(lines[0])
+    return {c[0]: dict(zip(header, c)) for c in map(cells, lines[2:-1])}
+
+
+def _wait_done(exp: Path, timeout: float = 300) -> None:
+    """Poll the store (no process follows a detached run) until summary.csv, which each job rewrites as it
+    ends, shows every run finished."""
+    def done() -> bool:
+        try:
+            return all(r["status"] in ("done", "diverged") for r in summary(exp))
+        except FileNotFoundError:
+            return False
+
+    _wait(done, timeout, "every run to finish", poll=0.2)
+
+
+def test_detached_run_status_and_rerun_submit_only_what_is_missing(tmp_path, tiny_reference, blocked_node):
+    spec = write_spec(SPEC, tmp_path)
+    exp = tmp_path / "slurm"
+    rc, out = _cli("run", str(spec), "--out", str(exp), "--detach")
+    assert rc == 0, out
+    jobs = {d.name: _job_of(d) for d in exp.glob("runs/*")}
+    assert len(jobs) == 4 and out.count("submitted: slurm ") == 4, out
+
+    # queued: the CNN and the FCN wait for the node, the eFCNs for the CNN's job (afterok)
+    _wait(lambda: all(_squeue(j)[1] not in ("", "None") for j in jobs.values()), 30, "Slurm to say why jobs wait")
+    table = _table(exp)
+    cnn = next(r for r in table if r.startswith("cnn-"))
+    for rid, row in table.items():
+        why = "Dependency" if rid.startswith("efcn-") else "Resources|Priority"
+        assert row["status"] == "pending" and re.fullmatch(rf"slurm {jobs[rid]} PENDING \(({why})\)", row["job"]), row
+    assert all(json.loads((exp / "runs" / r / "job.json").read_text())["dependency"] == f"afterok:{jobs[cnn]}"
+               for r in table if r.startswith("efcn-"))
+
+    # a rerun while everything is queued submits nothing: every run has a live job
+    rc, out = _cli("run", str(exp), "--executor", "slurm", "--detach")
+    assert rc == 0 and "submitted: slurm" not in out and out.count("has its job: slurm ") == 4, out
+
+    # one job lost (cancelled): the rerun submits exactly that run again, still waiting for the CNN's job
+    lost = next(r for r in table if r.startswith("efcn-"))
+    subprocess.run(["scancel", jobs[lost]], check=True)
+    _wait(lambda: not _squeue(jobs[lost])[0] or _squeue(jobs[lost])[0] == "CANCELLED", 30, "the cancellation")
+    rc, out = _cli("run", str(exp), "--executor", "slurm", "--detach")
+    assert rc == 0 and out.count("submitted: slurm ") == 1 and out.count("has its job: slurm ") == 3, out
+    new = _job_of(exp / "runs" / lost)
+    assert new != jobs[lost] and f"  {lost}: submitted: slurm {new} (afterok:{jobs[cnn]})" in out
+
+    blocked_node()  # the node frees up; nothing follows the jobs but the store
+    _wait_done(exp)
+    assert summary(exp) == summary(tiny_reference)
+    rc, out = _cli("run", str(exp), "--executor", "slurm", "--detach")  # finished runs get no job
+    assert rc == 0 and "submitted" not in out.replace("submitted;", ""), out
+    assert "job" not in _table(exp)[cnn]  # finished: the job column goes
+
+
+def test_detached_job_warned_by_slurm_requeues_itself_and_resumes(tmp_path, long_reference):
+    """USR2 (what `--signal=USR2@signal_delay_s` sends before the time limit) to the CNN's job of a detached
+    run: the run checkpoints at the step it is at, the job requeues itself (submitit's checkpoint/requeue
+    protocol) and, released, resumes the run there: no scheduler process takes part."""
+    exp = tmp_path / "slurm"
+    rc, out = _cli("run", str(write_spec(LONG, tmp_path)), "--out", str(exp), "--detach")
+    assert rc == 0, out
+    cnn = _wait_mid_run(exp)
+    job = _job_of(cnn)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    _wait(lambda: _squeue(job)[0] == "PENDING", 120, f"job {job} to be pending again")
+    st = _status(cnn)
+    assert st["status"] == "interrupted", st
+    assert st["error"] == (f"interrupted by SIGUSR2 at step {st['step']} (epoch {st['epoch']:g}); checkpoint written; "
+                           f"Slurm job {job} requeued itself and resumes here")
+    assert _table(exp)[cnn.name]["job"] == f"slurm {job} PENDING (BeginTime)"
+    _release_when_requeued(job)
+    _wait_done(exp)
+    assert summary(exp) == summary(long_reference)
+    assert _resume_lines(exp, cnn) == [f"resuming {cnn} at step {st['step']} (epoch {st['step'] / 2:g})"]
+    assert _job_of(cnn) == job

@@ -6,8 +6,9 @@ and ``batch()`` (a context manager grouping submissions; a Slurm job array under
 - :class:`InProcessExecutor`: runs each job at submission, in this process, one after another.
 - :class:`ProcessExecutor`: ``N`` worker processes (spawned); with GPUs, worker ``i`` sees only GPU
   ``i % n_gpus`` through CUDA_VISIBLE_DEVICES.
-- :func:`submitit_executor`: submitit.AutoExecutor with the spec's Slurm options (``cluster: local`` uses
-  submitit's LocalExecutor, which is how the tests drive this path).
+- :func:`archrelax.protocol.slurm.submitit_executor`: submitit.AutoExecutor with the spec's Slurm options
+  (``cluster: local`` uses submitit's LocalExecutor); jobs are :class:`RunJob` (checkpointable: a job warned
+  by Slurm requeues itself and resumes its run).
 
 :func:`execute` schedules a plan on any of them: a run is submitted as soon as the snapshot it starts from
 exists (snapshots are written atomically, so existence means complete), so relaxed runs can start while
@@ -21,7 +22,6 @@ import contextlib
 import multiprocessing as mp
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from ..store import FINISHED, ExperimentFolder, Run, RunBusyError, RunLock, Status
-from .spec import SlurmOptions
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
 
-__all__ = ["InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute"]
+__all__ = ["InProcessExecutor", "ProcessExecutor", "run_one", "RunJob", "execute"]
 
 
 def _train(config: dict[str, Any], out_dir: Path, lock: RunLock) -> dict[str, Any]:
@@ -68,22 +67,91 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
     Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
     The lock taken here is handed to the trainer (one acquisition path; see archrelax.store.lock).
     On SIGTERM/SIGINT/SIGUSR1 the trainer stops after its current step (checkpoint, status 'interrupted')
-    and this returns ``{"status": "interrupted", "signal": N}``, in a worker process or a Slurm job alike.
+    and this returns ``{"status": "interrupted", "signal": N}``; inside a Slurm job it leaves no result
+    instead (the job exits), and on Slurm's warning signal (submitit's USR2: time limit near, preemption) the
+    job requeues itself first (see :class:`RunJob`).
     """
+    warning = _slurm_warning_signal()
     # signals (issue 9): recorded from here on, so one arriving before training starts stops it too
-    with StopOnSignals() as stop:
+    with StopOnSignals(STOP_SIGNALS + warning) as stop:
         try:
             return _run_one(experiment, run_id, stop)
         except Interrupted as e:  # the trainer saved its state and wrote 'interrupted' (or never started)
             exp = ExperimentFolder(experiment)
             exp.write_summary()
-            if _in_slurm_job():
-                # What happens next is Slurm's call: a requeued job (scontrol requeue, preemption) starts again
-                # and resumes the run at the saved step; any other ends. So no result: the scheduler follows
-                # the job's state (pending again, or ended) instead of taking the run for finished.
-                raise SystemExit(e.exit_code) from None
-            return {"id": run_id, "status": exp.run(run_id).read_status().status, "error": str(e),
-                    "signal": e.signum}
+            if not _in_slurm_job():
+                return {"id": run_id, "status": exp.run(run_id).read_status().status, "error": str(e),
+                        "signal": e.signum}
+            stopped = e
+    # Inside a Slurm job, what happens next is Slurm's call: a requeued job (scontrol requeue, preemption)
+    # starts again and resumes the run at the saved step; any other ends. So no result: the scheduler, if
+    # any, follows the job's state (pending again, or ended) instead of taking the run for finished.
+    if stopped.signum in warning:
+        _requeue(stopped.signum, experiment, run_id)  # submitit's handler, back since the block ended
+    raise SystemExit(stopped.exit_code)
+
+
+class RunJob:
+    """``run_one(experiment, run_id)`` as a submitit *checkpointable* job (the protocol of
+    ``submitit.helpers.Checkpointable``, without importing submitit here).
+
+    On Slurm's warning signal (``--signal=USR2@signal_delay_s`` before the time limit, or a preemption
+    notice; submitit's ``SUBMITIT_PREEMPT_SIGNAL``) the trainer stops after its current step and saves its
+    checkpoint (``run_one``); submitit's handler then calls :meth:`checkpoint`, which returns this very job:
+    the run's state is in its own folder, so the requeued job simply runs ``run_one`` again, which resumes
+    the run at the saved step. submitit requeues the job (``scontrol requeue``) and exits; no scheduler
+    process takes part. Requeues after a time limit are capped by ``slurm.max_num_timeout``.
+    """
+
+    def __init__(self, experiment: str, run_id: str):
+        self.experiment, self.run_id = str(experiment), run_id
+
+    def __call__(self) -> dict[str, Any]:
+        return run_one(self.experiment, self.run_id)
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> Any:
+        from submitit.helpers import DelayedSubmission
+
+        return DelayedSubmission(self, *args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"RunJob({self.experiment!r}, {self.run_id!r})"
+
+
+def _slurm_warning_signal() -> tuple[int, ...]:
+    """The signal Slurm warns this submitit job with (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise),
+    as a 1-tuple inside a Slurm job; () elsewhere."""
+    if not _in_slurm_job():
+        return ()
+    sig = getattr(signal, "SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2"), None)
+    return (sig,) if sig is not None else ()
+
+
+def _requeue(signum: int, experiment: str, run_id: str) -> None:
+    """Hand Slurm's warning to submitit's handler, now that the run's state is saved: it calls
+    ``RunJob.checkpoint``, dumps the job, requeues it and exits. It raises instead when it will not requeue
+    (too many time-outs: ``slurm.max_num_timeout``); the job then ends with that error, and the run stays
+    'interrupted' for the next ``archrelax run``. Either way the run's status says which."""
+    handler = signal.getsignal(signum)
+    if not callable(handler):
+        return
+    folder = ExperimentFolder(experiment).run(run_id)
+    st = folder.read_status()
+    if st.status != "interrupted":  # stopped before training started: nothing to say in the run's status
+        handler(signum, None)
+        return
+    from submitit import JobEnvironment
+
+    where = f"interrupted by {signal_name(signum)} at step {st.step} (epoch {st.epoch:g}); checkpoint written"
+    job = JobEnvironment().job_id
+    try:
+        handler(signum, None)
+    except SystemExit:
+        folder.write_status("interrupted", error=f"{where}; Slurm job {job} requeued itself and resumes here")
+        raise
+    except Exception as e:
+        folder.write_status("interrupted", error=f"{where}; Slurm job {job} not requeued ({e}): rerun to resume")
+        raise
 
 
 def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any]:
@@ -279,160 +347,6 @@ class ProcessExecutor:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def submitit_executor(options: SlurmOptions, folder: str | os.PathLike, name: str = "archrelax") -> Any:
-    """submitit.AutoExecutor configured from the spec's ``slurm`` section (``timeout_min`` always explicit:
-    submitit's local executor would otherwise kill jobs after its short default), wrapped in
-    :class:`SubmititExecutor` (quiet job states without accounting, signal forwarding)."""
-    import submitit
-
-    ex = submitit.AutoExecutor(folder=str(folder), cluster=options.cluster)
-    extra = dict(options.additional)
-    for key in ("account", "qos", "constraint"):
-        if getattr(options, key) is not None:
-            extra[key] = getattr(options, key)
-    params: dict[str, Any] = dict(
-        name=name, timeout_min=options.timeout_min, gpus_per_node=options.gpus_per_node,
-        cpus_per_task=options.cpus_per_task, mem_gb=options.mem_gb,
-        slurm_array_parallelism=options.array_parallelism,
-    )
-    if options.partition is not None:
-        params["slurm_partition"] = options.partition
-    if extra:
-        params["slurm_additional_parameters"] = extra
-    if options.setup:
-        params["slurm_setup"] = list(options.setup)
-    ex.update_parameters(**params)
-    return SubmititExecutor(ex)
-
-
-class SubmititExecutor:
-    """A submitit executor (attributes pass through) with what the scheduler needs on a real cluster:
-
-    - job states from ``squeue`` where ``sacct`` fails (clusters without accounting): submitit alone logs a
-      "Bypassing sacct error" warning (three terminal lines) at every poll, and never sees a job that ended
-      without a result (cancelled, killed for memory) end, so the scheduler would wait forever;
-    - :meth:`interrupt`: a stop signal forwarded to the running jobs (``scancel --signal``), pending ones
-      cancelled (their runs stay pending).
-    """
-
-    def __init__(self, ex: Any):
-        self._ex = ex
-        self._batch: list[Any] | None = None
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._ex, name)
-
-    def submit(self, fn: Callable, *args: Any) -> Any:
-        job = self._ex.submit(fn, *args)
-        if self._batch is None:
-            _watch_quietly(job)
-        else:
-            self._batch.append(job)  # a placeholder until the batch (job array) is submitted
-        return job
-
-    @contextlib.contextmanager
-    def batch(self) -> Iterator[None]:
-        self._batch = []
-        try:
-            with self._ex.batch():
-                yield
-        finally:
-            jobs, self._batch = self._batch, None
-        for job in jobs:
-            _watch_quietly(job)
-
-    def interrupt(self, signum: int, jobs: list[Any]) -> None:
-        if self._ex.cluster == "local":  # submitit's local controller forwards SIGTERM to its task
-            for job in jobs:
-                with contextlib.suppress(ProcessLookupError, ValueError):
-                    os.kill(int(job.job_id), signal.SIGTERM)
-            return
-        states = _squeue_states([job.job_id for job in jobs])
-        for job in jobs:
-            # `scancel --signal` on a pending job blocks, retrying, until the job starts: cancel those instead
-            if states.get(job.job_id, {}).get("State") == "PENDING":
-                cmd = ["scancel", "--state=PENDING", job.job_id]
-            else:
-                cmd = ["scancel", f"--signal={signal_name(signum).removeprefix('SIG')}", job.job_id]
-            with contextlib.suppress(subprocess.TimeoutExpired, OSError):
-                subprocess.run(cmd, capture_output=True, timeout=30)
-
-    def shutdown(self) -> None:
-        pass
-
-
-_WATCHER: Any = None
-
-
-def _watch_quietly(job: Any) -> None:
-    """Give a Slurm job the :func:`_squeue_watcher` (local jobs keep theirs)."""
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    if isinstance(getattr(job, "watcher", None), SlurmInfoWatcher):
-        job.watcher = _squeue_watcher()
-
-
-def _squeue_watcher() -> Any:
-    """One per process, like submitit's own: sacct while it works, else squeue (one line said once)."""
-    global _WATCHER
-    if _WATCHER is not None:
-        return _WATCHER
-    from submitit.slurm.slurm import SlurmInfoWatcher
-
-    class SqueueWatcher(SlurmInfoWatcher):
-        sacct = True
-
-        def update(self) -> None:  # submitit's update, with the fallback and without a warning per call
-            command = self._make_command()
-            if command is None:
-                return
-            self._num_calls += 1
-            info = None
-            if self.sacct:
-                proc = subprocess.run(command, capture_output=True)
-                if proc.returncode == 0:
-                    info = self.read_info(proc.stdout)
-                else:
-                    self.sacct = False
-                    why = proc.stderr.decode(errors="replace").strip().splitlines()
-                    print(f"archrelax: sacct is not usable here ({why[0] if why else f'exit {proc.returncode}'}); "
-                          "job states are read from squeue", file=sys.stderr)
-            if info is None:
-                info = _squeue_states(self._registered - self._finished)
-            self._info_dict.update(info)
-            self._last_status_check = time.time()
-            for job_id in self._registered - self._finished:
-                if self.is_done(job_id, mode="cache"):
-                    self._finished.add(job_id)
-
-    _WATCHER = SqueueWatcher(delay_s=30)
-    return _WATCHER
-
-
-def _squeue_states(job_ids: Any) -> dict[str, dict[str, str]]:
-    """``{job_id: {"JobID", "State"}}`` from squeue (array tasks one by one). A job squeue no longer knows
-    ended long ago (Slurm forgets finished jobs after MinJobAge): state "GONE", which counts as finished,
-    so the caller reads its result or learns it has none. Empty when squeue itself fails."""
-    job_ids = sorted(set(job_ids))
-    if not job_ids:
-        return {}
-    mains = sorted({j.split("_")[0] for j in job_ids})
-    try:
-        proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T", "-j", ",".join(mains)],
-                              capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return {}
-    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:
-        return {}  # slurmctld unreachable: keep what is known
-    states = {}
-    for line in proc.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
-        states[jid] = {"JobID": jid, "State": state}
-    for jid in job_ids:
-        states.setdefault(jid, {"JobID": jid, "State": "GONE"})
-    return states
-
-
 # ---- scheduling ---------------------------------------------------------------------------------------
 
 
@@ -461,6 +375,11 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
     flying: dict[str, Any] = {}
     submitted: dict[str, float] = {}
     told_busy: set[str] = set()
+    if hasattr(executor, "adopt"):  # Slurm: runs whose job (a detached one, a dead scheduler's) is still live
+        for rid, job in executor.adopt({rid: exp.run(rid).read_job() for rid in todo}).items():
+            todo.remove(rid)
+            flying[rid] = job
+            log(f"  {rid}: following its live job {job.job_id} (submitted earlier)")
     while todo or flying:
         if stop.signum is not None:
             _stop(exp, plan, executor, flying, stop.signum, poll_s=poll_s, log=log)
@@ -518,8 +437,11 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
             for rid in ready:
                 todo.remove(rid)
             with executor.batch():
-                jobs = [executor.submit(run_one, str(exp.root), rid) for rid in ready]
+                jobs = [executor.submit(RunJob(str(exp.root), rid)) for rid in ready]
             flying.update(zip(ready, jobs))
+            for rid, job in zip(ready, jobs):  # which job owns the run, for `status` and for reruns
+                if hasattr(executor, "record") and (rec := executor.record(job)) is not None:
+                    exp.run(rid).write_job(rec)
             submitted.update((rid, time.time()) for rid in ready)
             continue
         if todo or flying:
