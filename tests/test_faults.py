@@ -1,24 +1,38 @@
 """The table of faults and bad inputs (issue 9): one test per row, each asserting the outcome.
 
-| fault / bad input                                       | outcome asserted                                        |
-|---------------------------------------------------------|---------------------------------------------------------|
-| SIGTERM / SIGINT / SIGUSR1 to `archrelax train`          | rc 128+N, status 'interrupted', checkpoint at the step   |
-|   mid-epoch, then rerun                                 | where it stopped, rerun starts there (0 steps redone),   |
-|                                                         | metrics and weights equal an uninterrupted run           |
-| SIGINT to `archrelax run` (in-process)                  | rc 130, running run 'interrupted' (not 'failed'), rerun  |
-|                                                         | gives the uninterrupted summary                          |
-| SIGTERM to `archrelax run --workers 2` (whole group)     | rc 143, runs 'interrupted', no process left, rerun equal |
-| kill -9 of `archrelax run --workers 2`                  | workers and resource tracker gone within seconds; the    |
-|                                                         | run in flight saved its state ('interrupted')            |
-| `archrelax run` with a data path that does not exist     | rc 2, one line naming the path, nothing created          |
-| a data set with one class (`run` and `load_data`)       | error naming the source and the class, nothing trained   |
-| zip member with a bad CRC (stored)                      | ValueError naming the archive and the member             |
-| corrupt deflated zip member                             | ValueError naming the archive and the member             |
-| read-only output for train / run / analyse / report     | one line naming the path, rc 1, nothing written          |
-| full disk for train / run / analyse / report            | one line naming the path, rc 1, no partial file          |
+"before": the code this work started from (71b6fde), run on this machine; "after": what the row asserts.
+Rows marked [slurm] are in tests/test_slurm.py (a real one-node cluster; they skip without one); rows
+marked [area] call the check that lives beside the code concerned (test_config, test_train, test_relax).
 
-Read-only and full disks are real mounts (a read-only tmpfs, a read-only bind mount, a tiny tmpfs): root
-ignores file permissions, so chmod would prove nothing. Those rows skip where mounting is not permitted.
+| case | before | after (asserted) |
+|---|---|---|
+| SIGTERM to `archrelax train` mid-epoch, then rerun | rc -15 (143 in a shell), status left `running`, resumes from the last periodic checkpoint (30 steps lost of 130) | rc 143, `interrupted` at the step reached, checkpoint at that step; rerun starts there (0 steps redone), metrics and weights equal an uninterrupted run |
+| SIGINT to `archrelax train` | rc 130, `failed: KeyboardInterrupt`, 30 steps lost | as SIGTERM, rc 130 |
+| SIGUSR1 to `archrelax train` | rc -10 (138 in a shell), `running`, 30 steps lost | as SIGTERM, rc 138 |
+| a second signal while the state is saved; nested handlers | — | ignored; handlers nest, inherit a stop, are restored |
+| SIGINT to `archrelax run` (in-process) | rc 130, the CNN `failed: KeyboardInterrupt` | rc 130, the CNN `interrupted`, one message line; rerun equals an uninterrupted run |
+| SIGTERM to `archrelax run --workers 2` (the whole group) | rc -15; both workers (787 MB, 492 MB) and the resource tracker left under PID 1, the orphan training on | rc 143, runs `interrupted`, no process left; rerun equals an uninterrupted run |
+| kill -9 of `archrelax run --workers 2` | workers (745 MB, 456 MB) and tracker (12 MB) left under PID 1, blocked forever | every process gone within seconds; the CNN `interrupted by SIGHUP` with its checkpoint |
+| `archrelax run --detach` without a Slurm cluster (local executor, `slurm.cluster: local`) | rc 2: "unrecognized arguments: --detach" | rc 2, one line saying why, nothing created |
+| `archrelax run` with a data path that does not exist | rc 1, experiment folder created, every run `failed` | rc 2, one line naming the path, nothing created |
+| a data set with one class | trained to 100 % "accuracy", rc 0 | rc 2, one line naming source and class, nothing created; load_data refuses it |
+| zip member with a bad CRC (stored) | loaded silently | ValueError naming archive and member |
+| corrupt deflated zip member | zlib.error traceback naming no file | ValueError naming archive and member |
+| read-only output: train / run / analyse / report | tracebacks of 15 / 15 / 21 / 24 lines | one line naming the path, rc 1, nothing written |
+| full disk: train / run / analyse / report | 59 lines (status left `running`) / 80 / 19 / 17 lines, 3 stray figures | one line naming the path, rc 1, no partial file, no file left open |
+| `lr: 1e-3` in a spec, `--set train.lr=1e-3` [area] | rc 2: "'train.lr' = '1e-3' has the wrong type; allowed: a number" | read as 0.001 (a float) both ways |
+| typo in `archrelax train --model-kwargs` [area] | rc 1, 22-line TypeError traceback, run folder left behind | rc 2, one line naming the key, the closest parameter and the factory's parameters; nothing created |
+| typo in a spec's model_kwargs, `archrelax run` [area] | rc 1, folder created, all 4 runs `failed` (TypeError) | rc 2, one line, nothing created |
+| memory guard override: `archrelax train --force` [area] | rc 2: "unrecognized arguments: --force" | refused without it, trained with it, also on resume |
+| `relax()` of a model taking several tensors [area] | ValueError "only one element tensors can be converted to Python scalars" | relaxed exactly (eLCN and eFCN) from a tuple of tensors |
+| `relax()` of a model taking a dict [area] | ValueError "invalid literal for int() with base 10: 'image'" | relaxed exactly from a dict of tensors |
+| a run through Slurm, accounting disabled [slurm] | 18 lines of sacct warnings for 4 runs | at most 1 line; summary equals a local run |
+| `scancel --signal=TERM` to a job mid-run [slurm] | the scheduler never returned (killed at 100 s), the CNN left `running` | scheduler returns (rc 1), run `interrupted`; rerun resumes at that step, equals a local run |
+| `scontrol requeue` of a job mid-run [slurm] | SIGTERM ignored by submitit ("Bypassing signal SIGTERM"): trains on until killed after KillWait, losing the steps since its last checkpoint | the job saves its run and leaves no result; the scheduler waits; the requeued job resumes at that step (one resume line), equals a local run |
+| USR2 (Slurm's time-limit warning, `scancel --signal=USR2`) mid-run, with the scheduler [slurm] | CNN `failed: UncompletedJobError: Job not requeued because: timed-out and not checkpointable`, its dependants `failed`, rc 1 | the run checkpoints, the job requeues itself; the scheduler waits; resumes at that step (one resume line), equals a local run |
+| USR2 to a job of a detached run [slurm] | (no detached mode) | requeues itself, status says so and `archrelax status` shows `PENDING (BeginTime)`; resumes at that step with no process following; equals a local run |
+| `archrelax run --executor slurm --detach`, `archrelax status` while queued [slurm] | rc 2: "unrecognized arguments: --detach" | 4 jobs submitted at once (eFCNs afterok on the CNN's job), job.json per run; status shows `slurm 125_1 PENDING (Dependency)` beside `pending`; finishes like a local run |
+| rerun `--detach` with every job queued, then with one cancelled, then finished [slurm] | (no detached mode) | 0 submissions; exactly 1 (afterok on the CNN's live job); 0 |
 """
 from __future__ import annotations
 
@@ -47,16 +61,20 @@ from archrelax.protocol import run_experiment, spec_from_dict
 from archrelax.signals import STOP_SIGNALS, Interrupted, StopOnSignals
 from archrelax.train import load_checkpoint, read_metrics
 
+import test_config as config_tests  # modules, not functions: pytest collects nothing twice
+import test_relax as relax_tests
+import test_train as train_tests
+
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CLI = [sys.executable, "-m", "archrelax.cli"]
 VOLATILE = ("wall_time", "peak_mem_bytes")
 
-# `archrelax train`: 10 steps per epoch, 20 epochs; status.json is rewritten at every checkpoint (3 steps)
+# `archrelax train`: 10 steps per epoch, 10 epochs; status.json is rewritten at every checkpoint (3 steps)
 TRAIN_ARGS = ["vanilla_cnn", "--model-kwargs", '{"width": 8}', "--data", "synthetic:1x28x28:10:200:100",
-              "--batch-size", "20", "--epochs", "20", "--eval-times", "every", "--device", "cpu"]
-TOTAL_STEPS = 200
+              "--batch-size", "20", "--epochs", "10", "--eval-times", "every", "--device", "cpu"]
+TOTAL_STEPS = 100
 
 # `archrelax run`: a CNN long enough to be caught mid-run (2 steps per epoch), eFCNs and the FCN baseline
 SPEC = {
@@ -65,7 +83,7 @@ SPEC = {
     "model_kwargs": {"width": 2},
     "data": "synthetic:1x28x28:2:40:20",
     "train": {"batch_size": 20, "lr": 0.05, "eval_times": "log:4", "device": "cpu"},
-    "cnn": {"epochs": 150, "until_zero_loss": False},
+    "cnn": {"epochs": 60, "until_zero_loss": False},
     "relaxed": {"epochs": 1, "until_zero_loss": False},
     "switch_times": [0, 1],
     "targets": ["fc"],
@@ -330,6 +348,18 @@ def _zip(path: Path, compression: int, classes=("a", "b"), corrupt: str | None =
     return path
 
 
+@pytest.mark.parametrize("extra, what", [
+    (["--executor", "local"], "executor 'local'"),
+    (["--executor", "slurm", "--set", "slurm.cluster=local"], "slurm.cluster 'local'"),
+], ids=["local executor", "local submitit cluster"])
+def test_detach_without_a_slurm_cluster_is_refused_before_anything(tmp_path, spec_file, extra, what):
+    r = _cli("run", str(spec_file), "--out", str(tmp_path / "exp"), "--detach", *extra)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"archrelax run: error: --detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+        "a detached run leaves no process behind to run local jobs"]
+    assert not (tmp_path / "exp").exists()
+
+
 def test_one_class_data_set_is_refused(tmp_path):
     one = _zip(tmp_path / "one.zip", zipfile.ZIP_STORED, classes=("cat",))
     with pytest.raises(ValueError, match=r"only class 'cat' found; classification needs at least 2 classes"):
@@ -483,3 +513,37 @@ def test_analyse_and_report_on_full_disk(tmp_path, mounts, small_experiment, com
     _no_partial_files(exp)
     new = sorted(set(p.relative_to(exp) for p in exp.rglob("*")) - set(before))
     assert all(p.is_dir() for p in (exp / n for n in new)), new  # at most empty folders, no file
+
+
+# ---- bad inputs of other areas: the check lives beside the code, the row is here ----------------------------
+
+
+def test_lr_1e_3_in_a_spec_and_in_set(tmp_path):
+    config_tests.check_notation(tmp_path, "1e-3", "train.lr", 0.001)
+
+
+def test_typo_in_train_model_kwargs(tmp_path, capsys):
+    config_tests.check_bad_input(
+        tmp_path, capsys, ["train", "vanilla_cnn", "--model-kwargs", '{"widht": 32}', *config_tests.D, "--out", "OUT"],
+        2, "model 'vanilla_cnn' has no option 'widht'; did you mean 'width'? (vanilla_cnn takes: width, num_classes, "
+           "in_channels, input_size)")
+
+
+def test_typo_in_run_model_kwargs(tmp_path, capsys):
+    config_tests.check_bad_input(
+        tmp_path, capsys, ["run", "SPEC", "--set", "model_kwargs.widht=2", "--out", "OUT"],
+        2, "'model_kwargs' = {\"width\": 2, \"widht\": 2}: model 'vanilla_cnn' has no option 'widht'")
+
+
+def test_force_overrides_the_memory_guard(tmp_path, capsys, monkeypatch):
+    train_tests.check_force_overrides_the_memory_guard(tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+def test_relax_a_model_of_several_tensors(to):
+    relax_tests.check_several_inputs(to, *relax_tests.SEVERAL_TENSORS)
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+def test_relax_a_model_taking_a_dict(to):
+    relax_tests.check_several_inputs(to, *relax_tests.DICT_OF_TENSORS)

@@ -22,6 +22,7 @@ import re
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,8 +72,8 @@ SPEC = {
     "slurm": {"cluster": "slurm", "timeout_min": 10, "cpus_per_task": 1, "mem_gb": 1, "gpus_per_node": 0,
               "setup": [f"export PYTHONPATH={SRC}", "export OMP_NUM_THREADS=1"]},
 }
-# a CNN long enough (300 steps) to be caught mid-run; its eFCN at t_w = 100 needs a later snapshot
-LONG = {**SPEC, "name": "slurm-long", "cnn": {"epochs": 150, "until_zero_loss": False}, "switch_times": [0, 100],
+# a CNN long enough (160 steps) to be caught mid-run; its eFCN at t_w = 60 needs a later snapshot
+LONG = {**SPEC, "name": "slurm-long", "cnn": {"epochs": 80, "until_zero_loss": False}, "switch_times": [0, 60],
         "train": {**SPEC["train"], "eval_times": "log:4"}}
 
 
@@ -126,6 +127,11 @@ def _squeue(job: str) -> tuple[str, str]:
     """(state, reason) of a job ('' when squeue no longer lists it)."""
     out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T|%r"], capture_output=True, text=True).stdout.strip()
     return tuple(out.split("|")) if out else ("", "")  # type: ignore[return-value]
+
+
+def _squeue_count() -> int:
+    """How many jobs (array tasks one by one) the cluster holds."""
+    return len(subprocess.run(["squeue", "-h", "-r", "-o", "%i"], capture_output=True, text=True).stdout.split())
 
 
 def _wait(predicate, timeout: float, what: str, poll: float = 0.1) -> None:
@@ -205,7 +211,7 @@ def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, l
     assert proc.returncode == 1, out + err  # not every run finished
     st = _status(cnn)
     assert st["status"] == "interrupted" and "SIGTERM" in st["error"], st
-    assert "not started: its parent" in out  # the eFCN at t_w = 100 needs a snapshot the CNN has not written
+    assert "not started: its parent" in out  # the eFCN at t_w = 60 needs a snapshot the CNN has not written
     stopped = st["step"]
 
     # resumed here (resuming on Slurm is the requeue tests'): at the step where the job stopped
@@ -306,8 +312,20 @@ def test_detached_run_status_and_rerun_submit_only_what_is_missing(tmp_path, tin
     new = _job_of(exp / "runs" / lost)
     assert new != jobs[lost] and f"  {lost}: submitted: slurm {new} (afterok:{jobs[cnn]})" in out
 
-    blocked_node()  # the node frees up; nothing follows the jobs but the store
-    _wait_done(exp)
+    # a scheduler started on the folder now follows the live jobs instead of submitting a second one each
+    proc = subprocess.Popen([*CLI, "run", str(exp), "--executor", "slurm", "--poll", "0.2"],
+                            env={**ENV, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True)
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
+    _wait(lambda: sum("following its live job" in ln for ln in lines) == 4 or proc.poll() is not None, 120,
+          "the scheduler to take up the jobs")
+    blocked_node()  # the node frees up
+    assert proc.wait(timeout=300) == 0
+    reader.join(10)
+    assert sum("following its live job" in ln for ln in lines) == 4, lines
+    assert {d.name: _job_of(d) for d in exp.glob("runs/*")} == {**jobs, lost: new}  # no job submitted
     assert summary(exp) == summary(tiny_reference)
     rc, out = _cli("run", str(exp), "--executor", "slurm", "--detach")  # finished runs get no job
     assert rc == 0 and "submitted" not in out.replace("submitted;", ""), out

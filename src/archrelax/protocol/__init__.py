@@ -69,9 +69,11 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     ``detach`` (Slurm only): submit every unfinished run at once, with job dependencies, and return without
     waiting (:func:`archrelax.protocol.slurm.submit_detached`); a rerun submits only what is missing.
     """
-    if detach and (executor or spec.executor) != "slurm":
-        raise ValueError(f"--detach needs the slurm executor (--executor slurm), not {executor or spec.executor!r}: "
-                         "a detached run leaves no process behind to train local runs")
+    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
+        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
+                else f"slurm.cluster {spec.slurm.cluster!r}")
+        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+                         "a detached run leaves no process behind to run local jobs")
     exp = ExperimentFolder(out_dir)
     plan = make_plan(spec)
     todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
