@@ -72,9 +72,9 @@ SPEC = {
     "slurm": {"cluster": "slurm", "timeout_min": 10, "cpus_per_task": 1, "mem_gb": 1, "gpus_per_node": 0,
               "setup": [f"export PYTHONPATH={SRC}", "export OMP_NUM_THREADS=1"]},
 }
-# a CNN long enough (160 steps) to be caught mid-run; its eFCN at t_w = 60 needs a later snapshot
-LONG = {**SPEC, "name": "slurm-long", "cnn": {"epochs": 80, "until_zero_loss": False}, "switch_times": [0, 60],
-        "train": {**SPEC["train"], "eval_times": "log:4"}}
+# a CNN long enough (160 steps) to be caught mid-run, and its eFCN at t_w = 60, which needs a later snapshot
+LONG = {**SPEC, "name": "slurm-long", "cnn": {"epochs": 80, "until_zero_loss": False}, "switch_times": [60],
+        "baselines": [], "train": {**SPEC["train"], "eval_times": "log:4"}}
 
 
 def summary(exp: Path) -> list[dict]:

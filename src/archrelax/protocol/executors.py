@@ -387,11 +387,14 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
             if not job.done():
                 continue
             del flying[rid]
+            st = exp.run(rid).read_status()
+            stopped = _stopped_since(st, submitted.get(rid, 0.0))  # a Slurm job that saved its run, then ended
             try:
+                if stopped and _no_result_file(job):  # no result is coming: do not wait for one (submitit: 15 s)
+                    raise RuntimeError("the job ended without a result")
                 out = job.result()
             except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
-                st = exp.run(rid).read_status()
-                if _stopped_since(st, submitted.get(rid, 0.0)):  # a Slurm job that saved its run, then ended
+                if stopped:
                     out = {"status": "interrupted", "error": st.error}
                 else:
                     exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
@@ -458,6 +461,12 @@ def _stopped_since(status: Status, t0: float) -> bool:
         return datetime.fromisoformat(status.updated).timestamp() >= t0 - 1  # 'updated' has whole seconds
     except ValueError:
         return False
+
+
+def _no_result_file(job: Any) -> bool:
+    """A submitit job whose result file is absent (other executors' jobs always have their result)."""
+    paths = getattr(job, "paths", None)
+    return paths is not None and not paths.result_pickle.exists()
 
 
 def _in_slurm_job() -> bool:
