@@ -183,7 +183,9 @@ def build_architecture(arch: dict[str, Any], force: bool = False) -> nn.Module:
 
     ``arch = {"model": name, "model_kwargs": {...}, "relax_chain": ["lc", "fc"], "relax_layers": list|None}``:
     the model is created, then relaxed by each step of the chain in order (weights are fresh; load the
-    checkpoint's state dict afterwards). ``force`` is passed to ``relax`` (skip its memory guard).
+    checkpoint's state dict afterwards). Steps are target strings (``archrelax.embed.targets``): "lc", "fc",
+    "wide:5", "wide:5x3", "wide:full", "tiled:2", "tiled:2x3". ``force`` is passed to ``relax`` (skip its
+    memory guard).
     """
     if not isinstance(arch, dict) or "model" not in arch:
         raise ValueError(f"arch record must be a dict with at least a 'model' key, got {arch!r}")
@@ -197,9 +199,13 @@ def build_architecture(arch: dict[str, Any], force: bool = False) -> nn.Module:
 
         from archrelax.embed.relax import relax
 
+        from archrelax.embed.targets import parse_target
+
         example = torch.zeros(1, *model.input_shape)
         for step in chain:
-            if step not in ("lc", "fc"):
-                raise ValueError(f"arch relax_chain step {step!r} is not 'lc' or 'fc'")
-            model = relax(model, to=step, example_input=example, layers=arch.get("relax_layers"), force=force)
+            try:
+                target = parse_target(step)
+            except ValueError as e:
+                raise ValueError(f"arch relax_chain step {step!r} is not a valid target: {e}") from None
+            model = relax(model, to=target, example_input=example, layers=arch.get("relax_layers"), force=force)
     return model

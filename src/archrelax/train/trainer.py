@@ -379,10 +379,10 @@ class _Run:
         m = {"epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
              "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         if self.relaxed:
-            from archrelax.embed.subspace import cnn_distance, offlocal_ratio
+            from archrelax.embed.subspace import subspace_distances
 
-            m["offlocal_ratio"] = float(offlocal_ratio(self.model))
-            m["cnn_distance"] = float(cnn_distance(self.model))
+            d = subspace_distances(self.model)  # one pass: δ, off-sharing and CNN distance
+            m.update(offlocal_ratio=d.offlocal_ratio, offsharing_ratio=d.offsharing_ratio, cnn_distance=d.cnn_distance)
         m["lr"] = self._lr()  # the rate of the next update
         if record:
             self._record(m)
