@@ -198,6 +198,10 @@ class SlurmOptions:
     mem_gb: float = _opt(32.0, "memory per job (GB)", _positive)
     timeout_min: int = _opt(720, "time limit per job (minutes)", lambda v: None if v >= 1 else "an integer >= 1")
     array_parallelism: int = _opt(64, "max simultaneous jobs of one array", lambda v: None if v >= 1 else "an integer >= 1")
+    signal_delay_s: int = _opt(90, "seconds before the time limit that Slurm warns a job (USR2): the run "
+                               "checkpoints and the job requeues itself", lambda v: None if v >= 1 else "an integer >= 1")
+    max_num_timeout: int = _opt(3, "requeues after a time limit (a preemption notice always requeues)",
+                                lambda v: None if v >= 0 else "an integer >= 0")
     setup: list[str] = _opt([], "shell lines run before each job (module load ..., source venv)")
     additional: dict[str, Any] = _opt({}, "further sbatch options, e.g. {exclude: node[1-3]}")
 

@@ -9,6 +9,7 @@ t = 0 shows); accuracies in %, losses in nats; relaxed runs are coloured by thei
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
+from archrelax.store.atomic import atomic_write_bytes
 from archrelax.store.results import GainRecord
 
 DPI = 110
@@ -53,8 +55,10 @@ def _figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (5.6,
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    # rendered in memory, then written atomically: a full disk leaves no truncated PNG behind
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

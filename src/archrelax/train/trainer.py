@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archrelax.signals import Interrupted, StopOnSignals, signal_name
 from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
 from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
@@ -86,6 +87,10 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
     that failed while loading data or building the model) takes the new config. Returns ``{"status",
     "error", "stop_reason", "epoch", "global_epoch", "step", "metrics", "out_dir"}``, the last evaluation as
     ``metrics``.
+
+    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
+    status ``interrupted``, then :class:`archrelax.signals.Interrupted` is raised (``exit_code`` 128 + the
+    signal number). Rerunning resumes at that very step.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     folder = RunFolder(out_dir)
@@ -116,15 +121,23 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
 def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
     run = None
     try:
-        with _determinism(resolve_device(cfg.device)):
+        with _determinism(resolve_device(cfg.device)), StopOnSignals() as stop:
             run = _Run(cfg, folder)
-            return run.fit()
-    except BaseException as e:  # record why, then let it propagate (KeyboardInterrupt included)
+            return run.fit(stop)
+    except Interrupted:
+        raise  # the run saved its state and wrote status 'interrupted' itself
+    except BaseException as e:  # record why, then let it propagate
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if run is not None:
-            run.write_status("failed", error=error)
-        else:  # failed while setting up: the progress of an earlier attempt is kept
-            folder.write_status("failed", error=error)
+        # a KeyboardInterrupt outside the signal-handling block (another thread's run) ends the run unfinished,
+        # not broken: 'interrupted', resumable from its last checkpoint
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            if run is not None:
+                run.write_status(status, error=error)
+            else:  # failed while setting up: the progress of an earlier attempt is kept
+                folder.write_status(status, error=error)
+        except OSError:
+            pass  # e.g. the disk is full: the error being raised says so; status.json keeps its last good state
         raise
     finally:
         if run is not None:
@@ -257,19 +270,23 @@ class _Run:
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
         self.folder.truncate_metrics(self.n_metrics)
         self.t0 = time.perf_counter()
+        # one line in the log (a Slurm job's stderr, the terminal) saying where the run picked up
+        print(f"resuming {self.out} at step {self.step} (epoch {self.step / len(self.feed):g})", file=sys.stderr)
 
     def _zero_stats(self) -> dict:
         z = torch.zeros((), device=self.device)
         return {"loss": z.clone(), "correct": z.clone(), "n": 0}
 
     # ---- the loop ----------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self, signals: StopOnSignals | None = None) -> dict[str, Any]:
         cfg = self.cfg
+        self.signals = signals
         self._open_outputs()
         if self.fresh:  # evaluation, snapshot and checkpoint of the initialisation
             stop = self._at_step(check=False)
             if stop:
                 return self._finish(stop)
+        self._stop_if_signalled(checkpointed=True)  # a resumed run's checkpoint is at this very step
         last_ckpt = time.perf_counter()
         while self.step < self.total:
             e, b = divmod(self.step, self.spe)
@@ -303,9 +320,24 @@ class _Run:
                 if due:
                     self._checkpoint()
                     last_ckpt = now
+                self._stop_if_signalled(checkpointed=due)
                 if self.step >= self.total:
                     break
         return self._finish("max_epochs" if cfg.until_zero_loss else "epochs")
+
+    def _stop_if_signalled(self, checkpointed: bool) -> None:
+        """Between two steps: on a stop signal (see archrelax.signals), save the state of this very step,
+        mark the run 'interrupted' and raise Interrupted; a rerun resumes here, redoing no step. At the last
+        step the run just finishes."""
+        signum = self.signals.signum if self.signals is not None else None
+        if signum is None or self.step >= self.total:
+            return
+        if not checkpointed:
+            self._save(self.ckpt_path)
+        msg = (f"interrupted by {signal_name(signum)} at step {self.step} (epoch {self.step / self.spe:g}); "
+               "checkpoint written, rerun to resume")
+        self.write_status("interrupted", error=msg)
+        raise Interrupted(signum, msg)
 
     def _at_step(self, check: bool) -> str | None:
         """Divergence check, scheduled evaluation, until-zero-loss test, snapshot. Returns a stop reason."""
