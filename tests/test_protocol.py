@@ -117,7 +117,7 @@ def test_changing_one_option_changes_only_the_runs_it_affects():
     ({"train": {"batch_size": "big"}}, ["'train.batch_size' = 'big' has the wrong type", "an integer"]),
     ({"cnn": {"epochs": 4, "until_zero_loss": False}, "switch_times": [0, 2, 5]},
      ["'switch_times' = [0, 2, 5]", "[5] after the end of CNN training", "epoch 4", "times in [0, 4]"]),
-    ({"targets": ["fc", "cnn"]}, ["'targets'", "one of 'fc', 'lc', 'lc>fc'"]),
+    ({"targets": ["fc", "cnm"]}, ["'targets'", "'fc' (eFCN), 'lc' (eLCN), 'lc>fc'", "'wide:full'", "(not 'cnm')"]),
     ({"baselines": ["mlp"]}, ["'baselines'", "'fcn', 'lcn'"]),
     ({"switch_times": "log:x"}, ["'switch_times' = 'log:x' is out of range", "'log:N'"]),
     ({"analyses": ["sharpnes"]}, ["unknown analysis 'sharpnes'", "did you mean 'sharpness'"]),

@@ -23,10 +23,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["SoftSchedule", "soft_lambda", "SCHEDULES"]
+__all__ = ["SoftSchedule", "soft_lambda", "SCHEDULES", "FORMS"]
 
 SCHEDULES = ("const", "linear", "exp", "step")
-_FORMS = "'const', 'linear:E' (0 at epoch E), 'exp:H' (half-life H epochs), 'step:E' (0 from epoch E)"
+FORMS = _FORMS = "'const', 'linear:E' (0 at epoch E), 'exp:H' (half-life H epochs), 'step:E' (0 from epoch E)"
 
 
 @dataclass(frozen=True)
