@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from archrelax.store import ExperimentFolder, Run, RunFolder, StoreError
+from archrelax.store.plan import RELAXED_KINDS
 from archrelax.store.results import Missing
 from archrelax.utils import resolve_device
 
 from .settings import AnalysisSettings
 
 __all__ = ["Context", "RELAXED_KINDS", "weight_files", "final_files", "metrics_files", "cnn_checkpoint"]
-
-RELAXED_KINDS = ("efcn", "elcn", "hier")
 
 
 class Context:

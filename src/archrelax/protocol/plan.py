@@ -21,21 +21,12 @@ import hashlib
 import json
 from typing import Any
 
-from ..store.plan import Run, plan_from_json, plan_to_json  # the plan.json record is the store's
+from ..store.plan import KINDS, RELAXED_KINDS, Run, plan_from_json, plan_to_json  # the plan.json record is the store's
 from ..store.run import format_epoch
 from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConfig
 from .spec import ExperimentSpec, parse_target_spec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS", "RELAXED_KINDS"]
-
-# The kinds of runs, in plan order. cnn: the CNN; efcn / elcn / wide / tiled: one relaxation of the whole model
-# from a CNN snapshot (sharing and locality released, sharing released, locality released, sharing released in
-# tiles); cont: the CNN itself continued from its snapshot with the relaxed runs' settings (the lattice's
-# bottom corner); soft: a relaxation trained with the penalty λ(t)·‖θ − Pθ‖² (the spec's `soft` section);
-# hier: CNN -> eLCN -> eFCN (the 'lc>fc' grid); path: any other step of a relaxation path; fcn / lcn: baselines.
-KINDS = ("cnn", "efcn", "elcn", "hier", "cont", "wide", "tiled", "soft", "path", "fcn", "lcn")
-RELAXED_KINDS = ("efcn", "elcn", "hier", "wide", "tiled", "soft", "path")  # runs with relaxed layers
-
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

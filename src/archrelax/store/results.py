@@ -52,15 +52,15 @@ class RunTag:
     """The keys every per-run record carries: which run, of which kind, seed and switch times."""
 
     run: str  # run id
-    kind: str  # cnn | efcn | elcn | hier | fcn | lcn
+    kind: str  # one of archrelax.store.plan.KINDS
     seed: int | None = None
     t_w: float | None = None  # switch epoch on the CNN's clock (relaxed runs)
-    t_w2: float | None = None  # second switch, eLCN -> eFCN (hierarchical runs)
+    t_w2: float | None = None  # the run's own switch from another relaxed run (hierarchical runs, path steps)
 
     @property
     def switch(self) -> float | None:
-        """The time this run left its parent on the CNN's clock: t_w2 for hierarchical runs, else t_w."""
-        return self.t_w2 if self.kind == "hier" else self.t_w
+        """The time this run left its parent on the CNN's clock: t_w2 when set (hier, path steps), else t_w."""
+        return self.t_w2 if self.t_w2 is not None else self.t_w
 
 
 @dataclass(kw_only=True)
