@@ -156,9 +156,11 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
     """The run graph of ``spec``: id -> Run, parents before children: the CNN, its relaxed runs by kind
     (efcn, elcn, hier, then cont, wide, tiled, soft, path), then the baselines; per seed."""
     plan: dict[str, Run] = {}
+    from ..train.soft import SoftSchedule
+
     relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state,
-               "soft_lambda": spec.relaxed.soft_lambda, "soft_schedule": spec.relaxed.soft_schedule,
-               "soft_toward": spec.relaxed.soft_toward}
+               "soft_lambda": spec.relaxed.soft_lambda, "soft_schedule": SoftSchedule.parse(spec.relaxed.soft_schedule).spec,
+               "soft_toward": spec.relaxed.soft_toward}  # canonical spelling: 'exp:1e-1' and 'exp:0.1' are one run
     paths = spec.path_list()
     for seed in spec.seeds:
         base = _common(spec, seed)

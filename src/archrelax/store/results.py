@@ -237,7 +237,9 @@ class InterpolationResult(AnalysisResult):
 # ---- memory ---------------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class MemoryRow:
-    form: Literal["cnn", "lc", "fc", "fc_ref"]  # fc_ref: the reference code's eFCN with zero-padding columns
+    # "cnn", "lc", "fc", "fc_ref" (the reference code's eFCN with zero-padding columns), or another lattice target
+    # of the plan ("wide:full", "tiled:2", ...: archrelax.embed.targets); version 1 files hold the first four only
+    form: str
     params: int
     param_bytes: int
     optimizer_bytes: dict[str, int]  # optimiser name -> bytes of its state
