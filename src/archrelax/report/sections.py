@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from archrelax.store import STATES
+from archrelax.store import STATES, RunFolder, StoreError
 from archrelax.store import results as R
 from archrelax.store.plan import LATTICE_KINDS
 
@@ -414,8 +414,16 @@ def analysis_error(exc: BaseException) -> str:
 
 
 def _config(exp: Experiment, r: Run) -> dict[str, Any]:
+    """The run's config: the plan's, else (a run folder plan.json does not list) its config.json, else {}."""
     entry = exp.plan.get(r.id)
-    return dict(entry.config) if entry is not None else {}
+    if entry is not None:
+        return dict(entry.config)
+    if r.path is not None:
+        try:
+            return RunFolder(r.path).read_config() or {}
+        except StoreError:
+            return {}
+    return {}
 
 
 def _soft_label(cfg: dict[str, Any]) -> str:
@@ -429,15 +437,15 @@ def _corner(exp: Experiment, r: Run) -> tuple[tuple, str, str | None] | None:
     if r.kind not in LATTICE_KINDS:
         return None
     cfg = _config(exp, r)
-    relax = cfg.get("relax") or {"elcn": "lc", "efcn": "fc"}.get(r.kind)
+    relax = cfg.get("relax") or {"elcn": "lc", "efcn": "fc", "cont": "cnn"}.get(r.kind)  # None: target unknown
     soft = float(cfg.get("soft_lambda") or 0) > 0
     if r.kind == "soft":
-        return (5, str(relax), _soft_label(cfg)), f"soft {relax}: {_soft_label(cfg)}", relax
+        return (5, str(relax), _soft_label(cfg)), f"soft {relax or ''}: {_soft_label(cfg)}", relax
     key, label, form = {
         "cont": ((0, ""), "CNN continued", "cnn"),
-        "wide": ((1, str(relax)), f"locality released ({relax})", relax),
+        "wide": ((1, str(relax)), f"locality released ({relax or 'wide'})", relax),
         "elcn": ((2, ""), "sharing released (eLCN)", "lc"),
-        "tiled": ((3, str(relax)), f"sharing released in tiles ({relax})", relax),
+        "tiled": ((3, str(relax)), f"sharing released in tiles ({relax or 'tiled'})", relax),
         "efcn": ((4, ""), "both released (eFCN)", "fc"),
     }[r.kind]
     return ((*key, _soft_label(cfg)), f"{label}, soft {_soft_label(cfg)}", form) if soft else (key, label, form)
@@ -486,7 +494,9 @@ def lattice(exp: Experiment, ctx: Ctx) -> Section:
     else:
         mem_rows = {row.form: row.param_bytes for row in data.rows}
         for label in labels:
-            if forms[label] not in mem_rows:
+            if forms[label] is None:
+                sec.notes.append(f"memory: the target of {label} is unknown (its config is not in plan.json)")
+            elif forms[label] not in mem_rows:
                 sec.notes.append(f"memory: {forms[label]!r} ({label}) not in analysis/memory.json; rerun the memory "
                                  "analysis")
     memory = {label: mem_rows.get(forms[label]) for label in labels}
