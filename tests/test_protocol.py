@@ -73,10 +73,11 @@ def test_preset_plan_graph_and_ids(preset):
     switch = spec.switch_list()
     assert kinds.count("cnn") == len(spec.seeds)
     assert 0.0 in switch and max(switch) <= spec.cnn.length()
-    if "fc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "efcn") == switch
-    if "lc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "elcn") == switch
+    for seed in spec.seeds:  # every seed has its runs at every switch time
+        if "fc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed) == switch
+        if "lc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed) == switch
     for b in spec.baselines:
         (base,) = [r for r in plan.values() if r.kind == b]
         assert base.depends_on is None and base.config["model"] == b
