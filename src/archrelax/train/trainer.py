@@ -349,6 +349,15 @@ class _Run:
 
             add_penalty_grad_(self.model, self.cfg.soft_toward, lam)
 
+    def _soft_metrics(self, m: dict[str, Any]) -> None:
+        """Soft runs' rows also hold λ(t) of the next update and the ‖θ − Pθ‖² it multiplies."""
+        if self.cfg.soft_lambda > 0:
+            from archrelax.embed.penalty import constraint_penalty
+
+            m["soft_lambda"] = self._soft_lambda()
+            with torch.no_grad():
+                m["soft_penalty"] = float(constraint_penalty(self.model, self.cfg.soft_toward))
+
     def _lr(self) -> float:
         c = self.cfg
         return lr_at(self.step, self.spe, lr=c.lr, schedule=c.schedule, warmup_epochs=c.warmup_epochs,
@@ -371,13 +380,9 @@ class _Run:
 
             m["offlocal_ratio"] = float(offlocal_ratio(self.model))
             m["cnn_distance"] = float(cnn_distance(self.model))
-        if self.cfg.soft_lambda > 0:  # λ(t) of the next update, and the ‖θ − Pθ‖² it multiplies
-            from archrelax.embed.penalty import constraint_penalty
-
-            m["soft_lambda"] = self._soft_lambda()
-            with torch.no_grad():
-                m["soft_penalty"] = float(constraint_penalty(self.model, self.cfg.soft_toward))
         m["lr"] = self._lr()  # the rate of the next update
+
+        self._soft_metrics(m)
         if record:
             self._record(m)
         return m
