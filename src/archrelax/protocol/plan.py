@@ -1,32 +1,38 @@
 """The plan: an experiment spec turned into a graph of runs, each a full TrainConfig plus where it starts from.
 
-Per seed: one CNN (saving snapshots at every switch time); from each snapshot an eFCN and/or eLCN run;
-hierarchical runs (CNN -> eLCN at t_w1 -> eFCN at t_w2) start from the eLCN's snapshot taken at its own
-epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's clock, see the trainer's ``global_epoch``); baselines
-(``fcn``/``lcn``) train from scratch.
+Per seed: one CNN (saving snapshots at every switch time); from each snapshot a run per target (eFCN, eLCN,
+wide, tiled, the CNN continued) and per soft (λ, schedule); hierarchical runs (CNN -> eLCN at t_w1 -> eFCN
+at t_w2) start from the eLCN's snapshot taken at its own epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's
+clock, see the trainer's ``global_epoch``), and so does every later step of a relaxation path from the
+previous step's run; baselines (``fcn``/``lcn``) train from scratch. Relaxed runs form a tree of switches
+rooted at the CNN: a run reached in several ways (a target, the grid, a path) is one run, which saves every
+snapshot its children need, so the grid written as paths is the same plan.
 
 Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration except its
 runtime fields (TrainConfig fields marked ``runtime``: progress, checkpointing, the memory guard's override),
 with ``init_from`` replaced by the *training identity* of the parent (its hashed config without the fields
 marked ``identity=False``: the snapshot list) and the snapshot epoch. So changing one option changes exactly
 the ids of the runs it affects; adding a switch time re-runs the CNN (it must save one more snapshot) but
-keeps the ids of the relaxed runs already done; a runtime option changes no id.
+keeps the ids of the relaxed runs already done; a runtime option changes no id; settings added after ids
+existed (TrainConfig fields marked ``omit_default``: the soft release) enter the hash only when set.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
 from ..store.plan import KINDS, RELAXED_KINDS, Run, plan_from_json, plan_to_json  # the plan.json record is the store's
 from ..store.run import format_epoch
 from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConfig
+from ..train.soft import SoftSchedule
 from .spec import ExperimentSpec, parse_target_spec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS", "RELAXED_KINDS"]
+
 
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
@@ -85,8 +91,8 @@ def _tag(text: str) -> str:
 @dataclass
 class _Node:
     """A relaxed run before it has an id: ``to`` (None: the CNN continued) on ``layers`` (None: the spec's
-    relax_layers) at ``at`` (CNN's clock), from ``parent`` (None: the CNN); ``soft``: (λ, schedule, toward,
-    ) of a soft run; ``snaps``: epochs of its own clock its children start from."""
+    relax_layers) at ``at`` (CNN's clock), from ``parent`` (None: the CNN); ``soft``: (λ, schedule, toward) of
+    a run of the spec's soft section; ``snaps``: the epochs of its own clock that its children start from."""
 
     parent: "_Node | None"
     at: float
@@ -156,8 +162,6 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
     """The run graph of ``spec``: id -> Run, parents before children: the CNN, its relaxed runs by kind
     (efcn, elcn, hier, then cont, wide, tiled, soft, path), then the baselines; per seed."""
     plan: dict[str, Run] = {}
-    from ..train.soft import SoftSchedule
-
     relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state,
                "soft_lambda": spec.relaxed.soft_lambda, "soft_schedule": SoftSchedule.parse(spec.relaxed.soft_schedule).spec,
                "soft_toward": spec.relaxed.soft_toward}  # canonical spelling: 'exp:1e-1' and 'exp:0.1' are one run

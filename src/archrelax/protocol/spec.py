@@ -215,11 +215,6 @@ def _targets(v: list[str]) -> str | None:
     return f"{TARGET_KINDS}, or a lattice target: {TARGET_FORMS} (not {', '.join(map(repr, bad))})"
 
 
-def _soft_target(v: str) -> str | None:
-    bad = _target_problem(v)
-    return None if bad is None else bad
-
-
 def _lambdas(v: list[float]) -> str | None:
     return None if all(x > 0 for x in v) else "numbers > 0 (λ = 0 is the hard relaxation: a target)"
 
@@ -241,7 +236,7 @@ class SoftOptions:
     the penalty λ(t)·‖θ − Pθ‖² toward ``toward``, one run per (λ in ``lambdas``, schedule in ``schedules``)."""
 
     target: str = _opt("fc", "the relaxation the soft runs train (a lattice target: fc, lc, wide:K, tiled:T, ...)",
-                       _soft_target)
+                       _target_problem)
     toward: Literal["cnn", "local", "shared"] = _opt("cnn", "subspace the penalty pulls toward")
     lambdas: list[float] = _opt([], "λ(0) values (> 0); with SGD keep relaxed lr·λ < 1 + momentum", _lambdas)
     schedules: list[str] = _opt([], "λ(t) schedules: const, linear:E, exp:H, step:E (epochs after the switch)",
@@ -352,11 +347,10 @@ def parse_target_spec(to: str) -> str:
 
 
 def _moves_up(a: str, b: str) -> bool:
-    """Whether a layer relaxed to ``a`` can be relaxed further to ``b`` (the lattice's moves)."""
-    from archrelax.embed.targets import parse_target
+    """Whether a layer relaxed to ``a`` can be relaxed further to ``b`` (the lattice's moves, targets.NEXT)."""
+    from archrelax.embed.targets import NEXT, parse_target
 
-    ka, kb = parse_target(a).kind, parse_target(b).kind
-    return kb in {"tiled": ("lc", "fc"), "lc": ("fc",), "wide": ("fc",), "fc": ()}[ka]
+    return parse_target(b).kind in NEXT[parse_target(a).kind]
 
 
 @dataclass
