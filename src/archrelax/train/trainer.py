@@ -381,7 +381,6 @@ class _Run:
             m["offlocal_ratio"] = float(offlocal_ratio(self.model))
             m["cnn_distance"] = float(cnn_distance(self.model))
         m["lr"] = self._lr()  # the rate of the next update
-
         self._soft_metrics(m)
         if record:
             self._record(m)
