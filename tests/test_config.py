@@ -77,7 +77,8 @@ def test_cli_options_are_the_fields_with_their_defaults():
         if action.option_strings:
             assert action.default == default(name), name
     # Literal types are the choices, for argparse and for TrainConfig alike
-    assert actions["optimizer"].choices == ["sgd", "adam", "adamw"] and actions["relax"].choices == ["lc", "fc"]
+    assert actions["optimizer"].choices == ["sgd", "adam", "adamw"] and actions["soft_toward"].choices == [
+        "cnn", "local", "shared"]
     # a bare command is TrainConfig's defaults (epochs: 100, lr 0.1, batch 250 ...)
     assert config_from_args(p.parse_args(["vanilla_cnn", "--out", "x"])) == TrainConfig()
 

@@ -36,6 +36,7 @@ from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
 from .schedule import lr_at, time_steps
+from .soft import soft_lambda
 
 __all__ = ["train", "evaluate", "make_optimizer", "read_metrics"]
 
@@ -198,17 +199,21 @@ class _Run:
         src = src.to(self.device)
         if cfg.relax is not None:
             from archrelax.embed.relax import relax
+            from archrelax.models import add_relax_step
 
             self.model = relax(src, to=cfg.relax, example_input=torch.zeros(1, *src.input_shape, device=self.device),
                                layers=cfg.relax_layers, force=cfg.force_memory)
-            self.arch = {**self.arch, "relax_chain": [*self.arch["relax_chain"], cfg.relax],
-                         "relax_layers": cfg.relax_layers if cfg.relax_layers is not None else self.arch["relax_layers"]}
+            self.arch = add_relax_step(self.arch, cfg.relax, cfg.relax_layers)
         else:
             self.model = src
+        if cfg.soft_lambda > 0 and not _has_relaxed(self.model):
+            raise ValueError(f"soft_lambda={cfg.soft_lambda:g} but the model has no relaxed layer for the penalty to act "
+                             "on; set relax (e.g. 'fc'), or start from a relaxed snapshot")
         self.model.train()
         self.opt = make_optimizer(cfg, self.model)
         if snap is not None and cfg.optimizer_state == "carry":
-            self.opt.load_state_dict(self._carried_state(snap))
+            self.opt.load_state_dict(self._carried_state(snap, src))
+        del src
         torch.manual_seed(cfg.seed)  # the training RNG stream starts the same however the model was made
         self.run_stats = self._zero_stats()
         self.folder.truncate_metrics(0)
@@ -225,15 +230,15 @@ class _Run:
         if bad:
             raise ValueError(f"init_from {cfg.init_from!r} was built with other model/data settings "
                              f"{{key: (this run, snapshot)}} = {bad}")
-        if cfg.relax_layers is not None and arch.get("relax_layers") not in (None, cfg.relax_layers):
-            raise ValueError(f"relax_layers={cfg.relax_layers!r} differs from the snapshot's {arch['relax_layers']!r}; "
-                             "a relaxation chain records a single layer selection")
+        # a relaxation may select other layers than the snapshot's chain did (a path: features.0 at t1,
+        # features.3 at t2): the arch record keeps one selection per step (models.relax_steps)
         src = build_architecture(arch, force=cfg.force_memory)
         src.load_state_dict(snap["model"])
         return src, arch
 
-    def _carried_state(self, snap: dict) -> dict:
-        """The snapshot's optimiser state re-keyed by parameter name and embedded into this model's shapes."""
+    def _carried_state(self, snap: dict, source: nn.Module) -> dict:
+        """The snapshot's optimiser state re-keyed by parameter name and embedded into this model's shapes
+        (through the same move up the lattice that ``relax`` made from ``source``, the snapshot's model)."""
         from archrelax.embed.relax import transfer
 
         cfg, snap_opt = self.cfg, snap.get("optimizer")
@@ -247,7 +252,7 @@ class _Run:
         keys = {k for s in by_name.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0}
         mapped = {k: {n: s[k].to(self.device) for n, s in by_name.items() if k in s} for k in keys}
         if cfg.relax is not None:
-            mapped = {k: transfer(tensors, self.model) for k, tensors in mapped.items()}
+            mapped = {k: transfer(tensors, self.model, source=source) for k, tensors in mapped.items()}
         state = {}
         for i, (name, _) in enumerate(self.model.named_parameters()):
             if name in by_name:
@@ -301,6 +306,7 @@ class _Run:
                     loss = F.cross_entropy(out.float(), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self._add_soft_grad()
                 self.opt.step()
                 # running epoch statistics stay on the device: no sync per step
                 s = self.run_stats
@@ -361,6 +367,29 @@ class _Run:
             self._checkpoint()
         return None
 
+    def _soft_lambda(self) -> float:
+        """λ(t) of the soft release at this step: a pure function of the step (resume needs no state)."""
+        c = self.cfg
+        return soft_lambda(c.soft_schedule, self.step / self.spe, lam=c.soft_lambda) if c.soft_lambda > 0 else 0.0
+
+    def _add_soft_grad(self) -> None:
+        """Soft release: λ(t)·2(θ − Pθ) added to the relaxed layers' gradients in place (the fused form of
+        λ(t)·‖θ − Pθ‖², one pass over the weights). λ(t) = 0 adds nothing, so λ = 0 is the hard relaxation."""
+        lam = self._soft_lambda()
+        if lam > 0:
+            from archrelax.embed.penalty import add_penalty_grad_
+
+            add_penalty_grad_(self.model, self.cfg.soft_toward, lam)
+
+    def _soft_metrics(self, m: dict[str, Any]) -> None:
+        """Soft runs' rows also hold λ(t) of the next update and the ‖θ − Pθ‖² it multiplies."""
+        if self.cfg.soft_lambda > 0:
+            from archrelax.embed.penalty import constraint_penalty
+
+            m["soft_lambda"] = self._soft_lambda()
+            with torch.no_grad():
+                m["soft_penalty"] = float(constraint_penalty(self.model, self.cfg.soft_toward))
+
     def _lr(self) -> float:
         c = self.cfg
         return lr_at(self.step, self.spe, lr=c.lr, schedule=c.schedule, warmup_epochs=c.warmup_epochs,
@@ -384,6 +413,7 @@ class _Run:
             d = subspace_distances(self.model)  # one pass: δ, off-sharing and CNN distance
             m.update(offlocal_ratio=d.offlocal_ratio, offsharing_ratio=d.offsharing_ratio, cnn_distance=d.cnn_distance)
         m["lr"] = self._lr()  # the rate of the next update
+        self._soft_metrics(m)
         if record:
             self._record(m)
         return m
