@@ -33,6 +33,19 @@ def test_submitit_executor_takes_its_limits_from_the_spec(tmp_path):
     assert ex.parameters["timeout_min"] == 10
 
 
+def test_slurm_options_reach_submitit(tmp_path):
+    """The warning delay (sbatch --signal=USR2@N), the cap on requeues after a time limit, and a dependency
+    (afterok, cancelled when it cannot be met) are what submitit submits with."""
+    options = spec_from_dict({**SPEC, "slurm": {"cluster": "slurm", "timeout_min": 10, "signal_delay_s": 40,
+                                                "max_num_timeout": 1, "additional": {"exclude": "n1"}}}).slurm
+    ex = submitit_executor(options, tmp_path / "slurm", dependency="12_0")
+    assert ex.cluster == "slurm" and ex._ex._executor.max_num_timeout == 1
+    assert ex.parameters["signal_delay_s"] == 40
+    assert ex.parameters["additional_parameters"] == {"exclude": "n1", "dependency": "afterok:12_0",
+                                                      "kill-on-invalid-dep": "yes"}
+    assert "dependency" not in submitit_executor(options, tmp_path / "slurm").parameters["additional_parameters"]
+
+
 def test_submitit_local_runs_an_experiment_end_to_end(tmp_path):
     exp = tmp_path / "exp"
     logs: list[str] = []

@@ -73,10 +73,11 @@ def test_preset_plan_graph_and_ids(preset):
     switch = spec.switch_list()
     assert kinds.count("cnn") == len(spec.seeds)
     assert 0.0 in switch and max(switch) <= spec.cnn.length()
-    if "fc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "efcn") == switch
-    if "lc" in spec.targets:
-        assert sorted(r.t_w for r in plan.values() if r.kind == "elcn") == switch
+    for seed in spec.seeds:  # every seed has its runs at every switch time
+        if "fc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed) == switch
+        if "lc" in spec.targets:
+            assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed) == switch
     for b in spec.baselines:
         (base,) = [r for r in plan.values() if r.kind == b]
         assert base.depends_on is None and base.config["model"] == b
@@ -117,7 +118,7 @@ def test_changing_one_option_changes_only_the_runs_it_affects():
     ({"train": {"batch_size": "big"}}, ["'train.batch_size' = 'big' has the wrong type", "an integer"]),
     ({"cnn": {"epochs": 4, "until_zero_loss": False}, "switch_times": [0, 2, 5]},
      ["'switch_times' = [0, 2, 5]", "[5] after the end of CNN training", "epoch 4", "times in [0, 4]"]),
-    ({"targets": ["fc", "cnn"]}, ["'targets'", "one of 'fc', 'lc', 'lc>fc'"]),
+    ({"targets": ["fc", "cnm"]}, ["'targets'", "'fc' (eFCN), 'lc' (eLCN), 'lc>fc'", "'wide:full'", "(not 'cnm')"]),
     ({"baselines": ["mlp"]}, ["'baselines'", "'fcn', 'lcn'"]),
     ({"switch_times": "log:x"}, ["'switch_times' = 'log:x' is out of range", "'log:N'"]),
     ({"analyses": ["sharpnes"]}, ["unknown analysis 'sharpnes'", "did you mean 'sharpness'"]),

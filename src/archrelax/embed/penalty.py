@@ -16,7 +16,8 @@
 
 Because P is an orthogonal projection the gradient is 2(θ − Pθ). Nothing dense is built: everything goes
 through the index map (eFCN, cnn/local: a (P, Q) mask of the connections and a gather of the P·T local
-entries; eFCN, shared: window-adds over one output dim at a time sum each orbit and spread the means back).
+entries; eFCN, shared: window-adds of whole weight rows sum every orbit in one streaming pass over the weight,
+a second pass applies the means).
 The eFCN paths stream the weight in large chunks and run as custom autograd Functions whose backward writes
 2·g·(θ − Pθ) in one pass; the small layers use plain differentiable ops.
 
@@ -280,11 +281,18 @@ def _plain_dense(weight: Tensor, layer: DenseConv, toward: str) -> Tensor:
 #
 # Orbit of an entry (o, p, c, q): the entries with the same (o, c) and the same relative offset q − p·s per dim.
 # Per dim, with positions reversed (a(p) = (o − 1 − p)·s), entry q of position p has the orbit label
-# v = q + a(p) in [0, n + (o − 1)·s): the labels of one position are a window of the label axis. So the orbit
-# sums are window-adds, one spatial dim at a time: over the output columns pw (each add covers every other
-# index), then over the output rows ph on the much smaller result; spreading the means back is the same
-# windows read the other way. Python loops over one output dim at a time (≤ o_h + o_w whole-tensor ops),
-# never over positions.
+# v = q + a(p) in [0, n + (o − 1)·s): the labels of one position are a window of the label axis, so orbit sums
+# are window-adds and spreading the means back is the same windows read the other way.
+#
+# Layout, chosen from measurements (benchmarks/bench_lattice.py): the weight is read in its own order, one
+# output row ph at a time, into a buffer laid out like that row, (C_out, o_w, C_in, V_h, n_w): row ph's window
+# on it, rows a_h(ph) .. a_h(ph) + n_h, is contiguous over (n_h, n_w) like the weight, so each add is one long
+# vectorised op; only then are the o_w columns folded onto the label axis V_w, on a buffer ~o_h/2 times smaller
+# than the weight. Output channels go in chunks that keep the buffer in the L2 cache, so the weight is read from
+# memory once per pass. (Adds per output column or per position instead run over n_w-long pieces: 2-3x slower.)
+
+_SHARED_CHUNK = 1 << 20  # elements of the row buffer per chunk of output channels (4 MiB: L3-resident; measured
+# fastest from 2^19 to 2^20, smaller chunks pay more per-op overhead than they gain in cache hits)
 
 
 def _shared_dims(layer: DenseConv) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
@@ -294,79 +302,106 @@ def _shared_dims(layer: DenseConv) -> tuple[tuple[int, int, int], tuple[int, int
     return ((1, 1, 1), dims[0]) if g.dim == 1 else (dims[0], dims[1])
 
 
-def _orbit_means(weight: Tensor, layer: DenseConv) -> Tensor:
-    """The orbit means spread over rows: ``(C_out, o_h, C_in, n_h, V_w)`` in the weight's dtype, where
-    ``[o, ph, c, qh, vw]`` is the mean of the orbit of every entry (o, (ph, pw), c, (qh, vw − a_w(pw))).
-
-    Each mean is ``ref + mean(entry − ref)``, ``ref`` one member of the orbit: float32 window-adds, yet exactly
-    the entry when all members are equal (right after an embedding)."""
-    g = layer.geometry
-    (oh, nh, sh), (ow, nw, sw) = _shared_dims(layer)
-    Co, Ci = g.out_channels, g.in_channels
-    Vh, Vw = nh + (oh - 1) * sh, nw + (ow - 1) * sw
-    w6 = weight.view(Co, oh, ow, Ci, nh, nw)
-    dev = weight.device
-
-    def member(o: int, n: int, s: int, V: int) -> tuple[Tensor, Tensor]:
-        """Per label v: a position p and input q with q + a(p) = v (q clamped where a label has no member)."""
-        v = torch.arange(V, device=dev)
-        k = torch.minimum(v // s, torch.tensor(o - 1, device=dev))  # k = o − 1 − p
-        return o - 1 - k, (v - k * s).clamp(max=n - 1)
-
-    ph, qh = member(oh, nh, sh, Vh)
-    pw, qw = member(ow, nw, sw, Vw)
-    ref = w6[:, ph[:, None], pw[None, :], :, qh[:, None], qw[None, :]].permute(2, 3, 0, 1)  # (C_out, C_in, V_h, V_w)
-    ref_rows = _spread_rows(ref, oh, nh, sh)  # (C_out, o_h, C_in, n_h, V_w)
-    s1 = torch.zeros(Co, oh, Ci, nh, Vw, dtype=weight.dtype, device=dev)
-    n_w = torch.zeros(Vw, dtype=torch.long, device=dev)
-    for pw_, win in _shared_windows(layer):
-        s1[..., win] += w6[:, :, pw_]
-        s1[..., win] -= ref_rows[..., win]
-        n_w[win] += 1
-    sums = torch.zeros(Co, Ci, Vh, Vw, dtype=weight.dtype, device=dev)
-    n_h = torch.zeros(Vh, dtype=torch.long, device=dev)
-    for ph_ in range(oh):
-        a = (oh - 1 - ph_) * sh
-        sums[:, :, a : a + nh] += s1[:, ph_]
-        n_h[a : a + nh] += 1
-    counts = (n_h[:, None] * n_w).clamp(min=1).to(weight.dtype)
-    return _spread_rows(ref + sums / counts, oh, nh, sh)
-
-
-def _spread_rows(x: Tensor, oh: int, nh: int, sh: int) -> Tensor:
-    """``(C_out, C_in, V_h, V_w)`` -> ``(C_out, o_h, C_in, n_h, V_w)``: row ph reads labels a_h(ph) + qh."""
-    return torch.stack([x[:, :, (oh - 1 - ph) * sh : (oh - 1 - ph) * sh + nh] for ph in range(oh)], 1)
-
-
-def _shared_windows(layer: DenseConv):
-    """(pw, window of the label axis V_w) of every output column."""
-    (_, _, _), (ow, nw, sw) = _shared_dims(layer)
-    return [(pw, slice((ow - 1 - pw) * sw, (ow - 1 - pw) * sw + nw)) for pw in range(ow)]
-
-
 def _w6(weight: Tensor, layer: DenseConv) -> Tensor:
+    """The eFCN weight ``(C_out·P, C_in·Q)`` as ``(C_out, o_h, o_w, C_in, n_h, n_w)`` (a view)."""
     g = layer.geometry
     (oh, nh, _), (ow, nw, _) = _shared_dims(layer)
     return weight.view(g.out_channels, oh, ow, g.in_channels, nh, nw)
 
 
+def _shared_chunks(layer: DenseConv) -> list[tuple[int, int]]:
+    """Chunks of output channels whose row buffer ``(c, o_w, C_in, V_h, n_w)`` fits :data:`_SHARED_CHUNK`."""
+    g = layer.geometry
+    (oh, nh, sh), (ow, nw, _) = _shared_dims(layer)
+    return _row_chunks(g.out_channels, ow * g.in_channels * (nh + (oh - 1) * sh) * nw, _SHARED_CHUNK)
+
+
+def _row_rows(layer: DenseConv) -> list[tuple[int, slice]]:
+    """(ph, its rows a_h(ph) .. a_h(ph) + n_h on the label axis V_h) of every output row."""
+    (oh, nh, sh), _ = _shared_dims(layer)
+    return [(ph, slice((oh - 1 - ph) * sh, (oh - 1 - ph) * sh + nh)) for ph in range(oh)]
+
+
+def _spread_cols(x: Tensor, layer: DenseConv) -> Tensor:
+    """Per-label ``(c, C_in, V_h, V_w)`` -> row buffer ``(c, o_w, C_in, V_h, n_w)``: column pw reads labels
+    a_w(pw) .. a_w(pw) + n_w."""
+    _, (ow, nw, sw) = _shared_dims(layer)
+    return torch.stack([x[..., (ow - 1 - pw) * sw : (ow - 1 - pw) * sw + nw] for pw in range(ow)], 1)
+
+
+def _orbit_means(weight: Tensor, layer: DenseConv) -> Tensor:
+    """``(C_out, C_in, V_h, V_w)``: the mean of every orbit (label), in the weight's dtype.
+
+    One streaming pass: the orbit sums (adds of whole weight rows, then of buffer columns) and, on the way, a
+    reference member of every orbit (the first one met: the new rows / columns of each window, copied), with
+    no gather from the weight. Exact on the subspace: where all members of an orbit are equal, the computed
+    mean S/n carries rounding error of at most (o_h + o_w)·ε/2 relative (two-level summation), and it is
+    snapped to the member itself when within (o_h + o_w + 2)·ε of it. Elsewhere that moves a mean by less than
+    its own rounding bound. The snap adds a constant (detached), so the gradient is the plain mean's (the
+    double-backward path differentiates these same plain ops)."""
+    g = layer.geometry
+    (oh, nh, sh), (ow, nw, sw) = _shared_dims(layer)
+    Co, Ci = g.out_channels, g.in_channels
+    Vh, Vw = nh + (oh - 1) * sh, nw + (ow - 1) * sw
+    w6 = _w6(weight, layer)
+    dev = weight.device
+    sums = torch.zeros(Co, Ci, Vh, Vw, dtype=weight.dtype, device=dev)
+    ref = torch.zeros_like(sums)  # labels no window covers (dead) stay 0, as do their sums
+    for a, b in _shared_chunks(layer):
+        rows = torch.zeros(b - a, ow, Ci, Vh, nw, dtype=weight.dtype, device=dev)  # (c, o_w, C_in, V_h, n_w)
+        ref_rows = torch.zeros_like(rows)
+        met = Vh  # label rows >= met have been met (windows start lower and lower)
+        for p, r in _row_rows(layer):  # whole rows of the weight per add
+            w = w6[a:b, p]  # (c, o_w, C_in, n_h, n_w)
+            rows[..., r, :].add_(w)
+            new = min(met, r.stop) - r.start
+            if new > 0:
+                ref_rows[..., r.start : r.start + new, :].copy_(w[..., :new, :])
+            met = min(met, r.start)
+        met = Vw
+        for p in range(ow):  # then over output columns, on the small buffer (in-place on views: no copy back)
+            c0 = (ow - 1 - p) * sw
+            sums[a:b, :, :, c0 : c0 + nw].add_(rows[:, p])
+            new = min(met, c0 + nw) - c0
+            if new > 0:
+                ref[a:b, :, :, c0 : c0 + new].copy_(ref_rows[:, p, ..., :new])
+            met = min(met, c0)
+    n_h = torch.zeros(Vh, dtype=torch.long, device=dev)
+    n_w = torch.zeros(Vw, dtype=torch.long, device=dev)
+    for p in range(oh):
+        n_h[(oh - 1 - p) * sh : (oh - 1 - p) * sh + nh] += 1
+    for p in range(ow):
+        n_w[(ow - 1 - p) * sw : (ow - 1 - p) * sw + nw] += 1
+    means = sums / (n_h[:, None] * n_w).clamp(min=1).to(weight.dtype)
+    with torch.no_grad():
+        d = ref - means  # exact when the two are this close (Sterbenz), so means + d is ref exactly
+        tol = (oh + ow + 2) * torch.finfo(weight.dtype).eps
+        d = torch.where(d.abs() <= tol * ref.abs(), d, torch.zeros((), dtype=d.dtype, device=dev))
+    return means + d
+
+
 def _shared_pass(weight: Tensor, layer: DenseConv, means: Tensor, *, value: bool = True, out: Tensor | None = None,
                  scale: float = 1.0, accumulate: bool = False) -> Tensor | None:
-    """One pass over an eFCN weight, one output column at a time: Σ (θ − mean of its orbit)² (float64) if
-    ``value``; ``out`` = (or += with ``accumulate``) ``scale · (θ − means)`` if given."""
+    """One pass over an eFCN weight, one output row at a time: Σ (θ − mean of its orbit)² (float64) if
+    ``value``; ``out`` = (or += with ``accumulate``) ``scale · (θ − means)`` if given. θ − mean goes through a
+    reused row-sized buffer (one chunk of channels: cache-resident), so the weight and ``out`` are each read
+    (and ``out`` written) once."""
     w6 = _w6(weight, layer)
-    o6 = None if out is None else out.view(w6.shape)
-    neg = None if out is None else means * -scale
+    o6 = None if out is None else _w6(out, layer)
     total = torch.zeros((), dtype=torch.float64, device=weight.device)
-    for pw, win in _shared_windows(layer):
-        if value:
-            r = w6[:, :, pw] - means[..., win]  # (C_out, o_h, C_in, n_h, n_w)
-            total += torch.dot(r.view(-1), r.view(-1)).double()
-        if o6 is not None:
-            if accumulate:
-                o6[:, :, pw].add_(w6[:, :, pw], alpha=scale).add_(neg[..., win])
-            else:  # scale·θ − scale·mean, one fused op per output column
-                torch.add(neg[..., win], w6[:, :, pw], alpha=scale, out=o6[:, :, pw])
+    for a, b in _shared_chunks(layer):
+        m_cols = _spread_cols(means[a:b], layer)  # (c, o_w, C_in, V_h, n_w)
+        buf = None
+        for p, r in _row_rows(layer):
+            w = w6[a:b, p]  # (c, o_w, C_in, n_h, n_w)
+            buf = torch.sub(w, m_cols[..., r, :], out=torch.empty_like(w) if buf is None else buf)
+            if value:
+                total += torch.dot(buf.view(-1), buf.view(-1)).double()
+            if o6 is not None:
+                if accumulate:
+                    o6[a:b, p].add_(buf, alpha=scale)
+                else:
+                    torch.mul(buf, scale, out=o6[a:b, p])
     return total if value else None
 
 
@@ -398,7 +433,13 @@ def _shared_plain(weight: Tensor, layer: DenseConv) -> Tensor:
     """The shared penalty in plain differentiable ops (for double backward)."""
     means = _orbit_means(weight, layer)
     w6 = _w6(weight, layer)
-    return sum(_sumsq(w6[:, :, pw] - means[..., win]) for pw, win in _shared_windows(layer))
+    total = None
+    for a, b in _shared_chunks(layer):
+        m_cols = _spread_cols(means[a:b], layer)
+        for p, r in _row_rows(layer):
+            term = _sumsq(w6[a:b, p] - m_cols[..., r, :])
+            total = term if total is None else total + term
+    return total
 
 
 # ---- the fused form for trainers -----------------------------------------------------------------------------

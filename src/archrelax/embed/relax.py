@@ -23,7 +23,7 @@ from .connectivity import ConvGeometry
 from .dense import DenseConv
 from .footprint import ExampleInput, layer_geometries, param_count
 from .locally_connected import LocallyConnected1d, LocallyConnected2d, LocallyConnectedNd
-from .targets import TARGET_FORMS, RelaxTarget, parse_target
+from .targets import NEXT, TARGET_FORMS, RelaxTarget, parse_target
 from .tiled import TiledConv1d, TiledConv2d, TiledConvNd, tile_layout
 from .wide import WideConv1d, WideConv2d, WideConvNd, wide_layout
 
@@ -33,8 +33,8 @@ TARGETS = ("lc", "fc", "wide", "tiled")  # kinds; their string forms are in TARG
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 _LC = (LocallyConnected1d, LocallyConnected2d)
 # relaxed layer class -> the target kinds it moves to (up the lattice); a conv moves to every kind
-_NEXT: dict[type, tuple[str, ...]] = {TiledConvNd: ("lc", "fc"), LocallyConnectedNd: ("fc",), WideConvNd: ("fc",),
-                                      DenseConv: ()}
+_NEXT: dict[type, tuple[str, ...]] = {TiledConvNd: NEXT["tiled"], LocallyConnectedNd: NEXT["lc"], WideConvNd: NEXT["wide"],
+                                      DenseConv: NEXT["fc"]}
 _NAMES = {"lc": "locally-connected (eLCN) layers", "wide": "wide convs", "tiled": "tiled convs"}
 
 

@@ -25,9 +25,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS"]
+__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS", "NEXT"]
 
 KINDS = ("lc", "fc", "wide", "tiled")
+# the moves up the lattice: a layer relaxed to kind k can be relaxed further to NEXT[k] (a conv to any kind)
+NEXT: dict[str, tuple[str, ...]] = {"tiled": ("lc", "fc"), "lc": ("fc",), "wide": ("fc",), "fc": ()}
 TARGET_FORMS = "'lc', 'fc', 'wide:K' (e.g. 'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3')"
 
 Size = int | tuple[int, ...]

@@ -16,17 +16,26 @@ spec string            SoftSchedule           λ(t)
 λ = 0 (or ``"step:0"``) is the hard relaxation. A very large λ with ``"step:E"`` keeps the run on the
 constrained subspace until E, then releases it at once: the hard switch at E is its limit. (With SGD the
 penalty's curvature is 2λ, so a "very large" λ means lr·λ close to 1/2, not beyond 1: see
-:mod:`archrelax.embed.penalty`.)
+:mod:`archrelax.embed.penalty`; TrainConfig refuses lr·λ >= 1 + momentum.)
+
+What a very large λ does to an eFCN, precisely (SGD without momentum, lr·λ = 1/2, toward "cnn"; the trainer
+adds the penalty's gradient before the step, so each update is θ' = Pθ − lr·g): the run stays on the CNN
+subspace up to one step's off-subspace excursion (its ``cnn_distance`` stays at the size of one step, while the
+hard eFCN's grows), it computes a CNN's function (its projection's loss is its own), and its CNN part moves as
+the CNN trained by SGD with each tap's step divided by its tie count — gradient descent on the embedded
+parameters, projected. That preconditioning is not undone: a tied entry receives 1/ties of its tap's CNN
+update, so the conv layers learn ~positions times slower than in the CNN continued from the same snapshot,
+whose trajectory (and loss) it does not follow. ``tests/test_soft_train.py`` checks all three.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
 
-__all__ = ["SoftSchedule", "soft_lambda", "SCHEDULES"]
+__all__ = ["SoftSchedule", "soft_lambda", "SCHEDULES", "FORMS"]
 
 SCHEDULES = ("const", "linear", "exp", "step")
-_FORMS = "'const', 'linear:E' (0 at epoch E), 'exp:H' (half-life H epochs), 'step:E' (0 from epoch E)"
+FORMS = _FORMS = "'const', 'linear:E' (0 at epoch E), 'exp:H' (half-life H epochs), 'step:E' (0 from epoch E)"
 
 
 @dataclass(frozen=True)
