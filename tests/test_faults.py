@@ -46,6 +46,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import threading
 import time
 import zipfile
@@ -217,6 +218,29 @@ def test_signal_handlers_nest_inherit_and_are_restored():
     t.start()
     t.join()
     assert seen == [None] and {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_signal_after_the_stop_unwound_is_ignored_by_the_command_line():
+    """A second signal that lands after the trainer's block has exited (an impatient Ctrl-C while the
+    process prints its message and exits) must not turn exit status 128 + N into a death by signal or a
+    KeyboardInterrupt traceback; a library caller gets its previous handlers back."""
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from archrelax.signals import Interrupted, StopOnSignals, exit_after_stop
+        exit_after_stop(sys.argv[1] == "cli")
+        try:
+            with StopOnSignals() as stop:
+                stop.signum = signal.SIGINT
+                stop.check("stopping")
+        except Interrupted as e:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            sys.exit(e.exit_code)
+    """)
+    cli = subprocess.run([sys.executable, "-c", code, "cli"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert (cli.returncode, cli.stderr) == (130, "")
+    lib = subprocess.run([sys.executable, "-c", code, "lib"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert lib.returncode != 130 and "KeyboardInterrupt" in lib.stderr  # Python's own handler is back
 
 
 # ---- signals: `archrelax run` ----------------------------------------------------------------------------

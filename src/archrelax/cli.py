@@ -6,7 +6,7 @@ import importlib
 import os
 import sys
 
-from .signals import Interrupted
+from .signals import Interrupted, exit_after_stop
 
 # (module, ...) each providing ``register(subparsers)``; order is the order of ``--help``.
 _COMMAND_MODULES = (
@@ -42,6 +42,7 @@ def _os_error(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    exit_after_stop(True)  # this process ends after a clean stop: a second signal then is ignored, not fatal
     try:
         rc = args.func(args)
     except Interrupted as e:  # stopped cleanly on SIGTERM/SIGINT/SIGUSR1: state saved, status 'interrupted'
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:  # read-only folder, full disk, ...: one line naming the path (writes are atomic)
         print(f"archrelax {args.command}: error: {_os_error(e)}", file=sys.stderr)
         return 1
+    finally:
+        exit_after_stop(False)  # in-process callers (tests, scripts) get the library's behaviour back
     return int(rc or 0)
 
 

@@ -13,7 +13,9 @@ in the main thread (Python delivers signals there; elsewhere ``signal.signal`` r
 handlers come back when the block ends, e.g. submitit's own handlers inside a Slurm job.
 
 A second signal while stopping is recorded and ignored: the checkpoint being written is at most seconds
-away, and every write is atomic anyway. ``kill -9`` still stops the process at once (a rerun then resumes
+away, and every write is atomic anyway. A process that ends after a clean stop (the ``archrelax`` command,
+see :func:`exit_after_stop`) keeps ignoring them once the outermost block has unwound, so an impatient
+second Ctrl-C cannot turn the clean exit status into a traceback or a death by signal. ``kill -9`` still stops the process at once (a rerun then resumes
 from the last periodic checkpoint).
 """
 from __future__ import annotations
@@ -22,12 +24,24 @@ import signal
 import threading
 from types import FrameType
 
-__all__ = ["STOP_SIGNALS", "Interrupted", "StopOnSignals", "request_stop", "signal_name"]
+__all__ = ["STOP_SIGNALS", "Interrupted", "StopOnSignals", "exit_after_stop", "request_stop", "signal_name"]
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
     getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
 
 _active: list["StopOnSignals"] = []  # innermost last
+_exit_after_stop = False
+
+
+def exit_after_stop(on: bool = True) -> None:
+    """Declare that this process ends once a clean stop has unwound (the command line does).
+
+    From then on, when the outermost :class:`StopOnSignals` block exits with :class:`Interrupted`, the stop
+    signals stay ignored instead of getting their previous handlers back. Library callers (a notebook that
+    catches ``Interrupted`` and goes on) never call this, so their Ctrl-C works again after a stop.
+    """
+    global _exit_after_stop
+    _exit_after_stop = bool(on)
 
 
 def signal_name(signum: int) -> str:
@@ -85,10 +99,12 @@ class StopOnSignals:
         _active.append(self)
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, *exc: object) -> None:
         _active.remove(self)
+        stopping = (_exit_after_stop and not _active and exc_type is not None
+                    and issubclass(exc_type, Interrupted))
         for s, handler in self._previous.items():
-            signal.signal(s, handler)  # type: ignore[arg-type]
+            signal.signal(s, signal.SIG_IGN if stopping else handler)  # type: ignore[arg-type]
         self._previous.clear()
 
     def check(self, message: str = "") -> None:
