@@ -12,7 +12,10 @@ keeps a large GPU busy) in one call:
 - ``LocallyConnected1d/2d``: the eLCN kernel itself on the same side-by-side layout with ``groups = R·groups``
   (an eLCN of several groups is exactly several eLCNs: one batched GEMM per class over ``R·groups·n_c``);
 - dropout (torch's dropout family): member by member, each drawing from its own RNG state (``rng``), so every
-  member draws exactly what a run of its own would (same op, same generator state, same shape).
+  member draws exactly what a run of its own would (same op, same generator state, same shape);
+- the other relaxed layers (the lattice's ``WideConv``, ``TiledConv``, any ``RelaxedConv``): member by member in
+  both modes, each member's slice through the layer's own ``forward`` (a parameter-free copy of the layer
+  given the member's weights for the call), so they are exact but not batched.
 
 or *member by member* (the default elsewhere): each member's slice through the very op its own layer calls
 (``F.linear``, ``F.conv2d``, the eLCN kernel), on views from ``unbind`` (whose backward stacks the gradients in
@@ -39,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from archrelax.embed.base import RelaxedConv
 from archrelax.embed.dense import DenseConv
 from archrelax.embed.locally_connected import LocallyConnectedNd, _LocallyConnectedFn
 
@@ -46,7 +50,8 @@ from .checkpoint import rng_state, set_rng_state
 
 __all__ = ["NotStackable", "Members", "stack_models", "check_stacked", "SUPPORTED"]
 
-SUPPORTED = ("DenseConv", "LocallyConnected1d/2d", "nn.Conv1d/2d", "nn.Linear", "dropout (nn.Dropout, Dropout1d/2d/3d)",
+SUPPORTED = ("DenseConv", "LocallyConnected1d/2d", "other relaxed layers (WideConv, TiledConv: member by member)",
+             "nn.Conv1d/2d", "nn.Linear", "dropout (nn.Dropout, Dropout1d/2d/3d)",
              "parameter-free modules that treat samples independently (activations, pooling, flatten, ...)")
 
 
@@ -183,6 +188,33 @@ class StackedLocallyConnected(_Stacked):
         return _member_major(out, R)
 
 
+class StackedRelaxed(_Stacked):
+    """R relaxed layers of a kind without a batched form (WideConv, TiledConv, ...): member by member in both modes,
+    each slice through the layer's own ``forward``, on a copy of the layer that holds no parameters (``inner``)
+    and is given the member's ``weight`` and ``bias`` for the call."""
+
+    def __init__(self, members: Members, layer: RelaxedConv, weight: Tensor, bias: Tensor | None):
+        super().__init__(members, weight, bias)
+        memo = {id(p): None for p in layer.parameters(recurse=False)}
+        inner = copy.deepcopy(layer, memo)
+        for name in ("weight", "bias"):
+            inner._parameters.pop(name, None)
+        self.inner = inner
+
+    def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+        inner = self.inner
+        inner.weight, inner.bias = w, b  # plain attributes: the layer's forward reads self.weight / self.bias
+        try:
+            return inner(x)
+        finally:
+            inner.weight = inner.bias = None
+
+    def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
+        ws = self.weight.unbind(0)
+        bs = self.bias.unbind(0) if self.bias is not None else (None,) * R
+        return torch.cat([self._member(xr, w, b) for xr, w, b in zip(x.split(B), ws, bs)])
+
+
 class StackedRandom(nn.Module):
     """A random parameter-free leaf (dropout) applied member by member, each with its own RNG state, in training
     mode; in eval mode (no draws) on the merged batch."""
@@ -216,11 +248,13 @@ _MIXING = (nn.modules.batchnorm._BatchNorm, nn.modules.instancenorm._InstanceNor
 
 
 def _leaf_kind(path: str, m: nn.Module) -> str:
-    """'dense', 'linear', 'conv', 'lc', 'random', 'free' (left as it is); NotStackable otherwise."""
+    """'dense', 'linear', 'conv', 'lc', 'relaxed', 'random', 'free' (left as it is); NotStackable otherwise."""
     if isinstance(m, DenseConv):
         return "dense"
     if isinstance(m, LocallyConnectedNd):
         return "lc"
+    if isinstance(m, RelaxedConv):
+        return "relaxed"
     if type(m) in (nn.Conv1d, nn.Conv2d):
         return "conv"
     if isinstance(m, nn.Linear):
@@ -283,8 +317,9 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
         elif any(n not in mod._non_persistent_buffers_set for n, _ in mod.named_buffers(recurse=False)):
             raise NotStackable(f"module {path or '<root>'!r} ({type(mod).__name__}) holds persistent buffers")
     for path, kind in kinds.items():
-        if kind in ("dense", "lc"):
-            geoms = {m.get_submodule(path).geometry for m in models}
+        if kind in ("dense", "lc", "relaxed"):
+            geoms = {(m.get_submodule(path).geometry, repr(getattr(m.get_submodule(path), "target", None)))
+                     for m in models}
             if len(geoms) > 1:
                 raise NotStackable(f"relaxed layer {path!r} has different geometries across the models: {geoms}")
     device = next(ref.parameters()).device if sig else torch.device("cpu")
@@ -310,6 +345,8 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
             new = StackedLinear(members, w, b, None)
         elif kind == "conv":
             new = StackedConv(members, mod, w, b)
+        elif kind == "relaxed":
+            new = StackedRelaxed(members, mod, w, b)
         else:
             new = StackedLocallyConnected(members, mod, w, b)
         _set(net, path, new)
