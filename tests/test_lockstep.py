@@ -93,7 +93,7 @@ def _members(name: str, kw: dict, to: str | None, n: int = 3) -> list[nn.Module]
 
 @pytest.mark.parametrize("name,kw", [("vanilla_cnn", dict(width=4, input_size=28, in_channels=1)),
                                      ("alexnet", dict(width=2, dropout=0.5))])
-@pytest.mark.parametrize("to", [None, "lc", "fc"])
+@pytest.mark.parametrize("to", [None, "lc", "fc", "wide:full", "tiled:2"])
 @pytest.mark.parametrize("batched", [True, False])
 def test_stacked_forward_and_gradients_are_each_members_own(name, kw, to, batched):
     import copy
@@ -292,7 +292,8 @@ def test_members_at_different_steps_train_as_separate_stacks(cnns, tmp_path, mon
     with pytest.raises(KeyboardInterrupt):
         train_lockstep(configs[:1], [tmp_path / "ls0"])
     monkeypatch.setattr(ls._Lockstep, "_step", step)
-    assert json.loads((tmp_path / "ls0" / "status.json").read_text())["status"] == "failed"
+    # as the trainer: a KeyboardInterrupt that bypassed the signal handling leaves the run resumable
+    assert json.loads((tmp_path / "ls0" / "status.json").read_text())["status"] == "interrupted"
     assert load_checkpoint(tmp_path / "ls0" / "checkpoints" / "last.pt")["step"] == 3
     notes: list[str] = []
     out = train_lockstep(configs, [tmp_path / "ls0", tmp_path / "ls1"], log=notes.append)  # steps 3 and 0
@@ -366,3 +367,99 @@ def test_bf16_autocast_lockstep_runs_and_tracks_separate_runs(cnns, tmp_path):
     for a, b in zip(sep, ls):  # same bf16 GEMMs member by member: equal up to bf16 rounding of sums
         assert b["status"] == "done"
         assert b["metrics"]["train_loss"] == pytest.approx(a["metrics"]["train_loss"], rel=1e-2)
+
+
+# ---- the lattice and the soft release (issue 10) in lockstep ------------------------------------------------
+
+
+@pytest.mark.parametrize("to", ["wide:full", "tiled:2", "fc@features.0"])
+def test_lattice_members_equal_separate_runs(cnns, tmp_path, to):
+    """Wide and tiled layers stack member by member (their own forward); a path step relaxing one layer stacks
+    its eFCN layer beside the remaining convs."""
+    to, _, layer = to.partition("@")
+    extra = {"relax_layers": [layer]} if layer else {}
+    configs = [cfg(relax=to, seed=s, init_from=snap(cnns, s, t), **extra) for s, t in ((0, 1), (0, 2), (1, 1))]
+    for i, c in enumerate(configs):
+        train(c, tmp_path / f"sep{i}")
+    notes: list[str] = []
+    out = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(3)], log=notes.append)
+    assert notes == [] and [r["status"] for r in out] == ["done"] * 3  # one stack, no fallback
+    for i in range(3):
+        rows = read_metrics(tmp_path / f"ls{i}" / "metrics.jsonl")
+        assert_rows_close(read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl"), rows)
+        assert "offsharing_ratio" in rows[-1]
+        a, b = (load_checkpoint(tmp_path / f"{k}{i}" / "final.pt") for k in ("sep", "ls"))
+        assert a["arch"] == b["arch"]
+        model_from_checkpoint(tmp_path / f"ls{i}" / "final.pt")
+
+
+@pytest.mark.parametrize("to,toward,schedule,batched", [("fc", "cnn", "exp:1", False), ("fc", "local", "const", True),
+                                                        ("lc", "shared", "linear:2", False)])
+def test_soft_release_members_equal_separate_runs(cnns, tmp_path, to, toward, schedule, batched):
+    """The penalty's gradient λ(t)·2(θ − Pθ) goes into each member's slice of the stacked gradient, λ(t) from the
+    member's own step: metrics (soft_lambda, soft_penalty included) and weights equal separate soft runs."""
+    soft = dict(soft_lambda=4.0, soft_toward=toward, soft_schedule=schedule)
+    configs = [cfg(relax=to, seed=s, init_from=snap(cnns, s, t), **soft) for s, t in ((0, 1), (0, 2), (1, 2))]
+    for i, c in enumerate(configs):
+        train(c, tmp_path / f"sep{i}")
+    hard = train(cfg(relax=to, init_from=snap(cnns, 0, 1)), tmp_path / "hard")
+    notes: list[str] = []
+    out = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(3)], log=notes.append, batched=batched)
+    assert notes == [] and [r["status"] for r in out] == ["done"] * 3  # trained in lockstep, not by the fallback
+    for i in range(3):
+        sep = read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl")
+        assert_rows_close(sep, read_metrics(tmp_path / f"ls{i}" / "metrics.jsonl"))
+        assert {"soft_lambda", "soft_penalty"} <= sep[-1].keys()
+        a, b = (load_checkpoint(tmp_path / f"{k}{i}" / "final.pt") for k in ("sep", "ls"))
+        for k in a["model"]:
+            torch.testing.assert_close(b["model"][k], a["model"][k], rtol=1e-4, atol=1e-6)
+    # the penalty changes the training: a test that ignored it would fail
+    assert out[0]["metrics"]["train_loss"] != pytest.approx(hard["metrics"]["train_loss"], rel=1e-3)
+
+
+# ---- signals ----------------------------------------------------------------------------------------------
+
+
+def test_a_signal_stops_the_group_every_member_checkpointed_and_interrupted(cnns, tmp_path, monkeypatch):
+    """SIGTERM mid-run: the stack's members save their state at the step reached and are 'interrupted'; members of
+    a stack not started yet are 'interrupted' as they are; Interrupted (exit code 143) is raised; a rerun resumes
+    them all, and the metrics equal uninterrupted runs."""
+    import archrelax.train.lockstep as ls
+    from archrelax.signals import Interrupted
+
+    configs = [cfg(relax="fc", init_from=snap(cnns, s, t), epochs=3) for s, t in ((0, 0), (0, 1), (1, 2))]
+    for i, c in enumerate(configs):
+        train(c, tmp_path / f"sep{i}")
+    runs = [tmp_path / f"ls{i}" for i in range(3)]
+    step, calls = ls._Lockstep._step, []
+
+    def signalled_at(n: int):
+        def patched(self, *a, **kw):
+            calls.append(1)
+            if len(calls) == n:  # a real signal to this process, while the stack trains its n-th step
+                os.kill(os.getpid(), signal.SIGTERM)
+            return step(self, *a, **kw)
+        return patched
+
+    monkeypatch.setattr(ls._Lockstep, "_step", signalled_at(3))
+    with pytest.raises(Interrupted) as e:
+        train_lockstep(configs[:1], runs[:1])
+    assert e.value.exit_code == 143
+    st = json.loads((runs[0] / "status.json").read_text())
+    assert st["status"] == "interrupted" and st["step"] == 3, st
+    assert st["error"] == "interrupted by SIGTERM at step 3 (epoch 0.75); checkpoint written, rerun to resume"
+    assert load_checkpoint(runs[0] / "checkpoints" / "last.pt")["step"] == 3  # 0 steps to redo
+
+    calls.clear()  # the group: run 0 at step 3 (its own stack, first), runs 1 and 2 fresh (a second stack)
+    monkeypatch.setattr(ls._Lockstep, "_step", signalled_at(2))
+    with pytest.raises(Interrupted):
+        train_lockstep(configs, runs)
+    states = [json.loads((r / "status.json").read_text()) for r in runs]
+    assert [s["status"] for s in states] == ["interrupted"] * 3, states
+    assert states[0]["step"] == 5 and load_checkpoint(runs[0] / "checkpoints" / "last.pt")["step"] == 5
+    assert all("stack had not started" in s["error"] and s["step"] == 0 for s in states[1:]), states
+
+    monkeypatch.setattr(ls._Lockstep, "_step", step)
+    assert [r["status"] for r in train_lockstep(configs, runs)] == ["done"] * 3
+    for i in range(3):
+        assert_rows_close(read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl"), read_metrics(runs[i] / "metrics.jsonl"))

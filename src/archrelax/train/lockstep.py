@@ -16,7 +16,15 @@ the trainer's formats, so that the run store, ``model_from_checkpoint``, the ana
   cross-entropy of its rows, and the stacked loss their sum, so each member's gradient is its own;
 - evaluations (due at the same steps for all: they share the schedule) run the stacked model on the evaluation
   batches, each member's loss and accuracy summed exactly as ``evaluate`` does;
-- dropout draws member by member from each member's own RNG state, saved in its checkpoints as ``rng``.
+- dropout draws member by member from each member's own RNG state, saved in its checkpoints as ``rng``;
+- the soft release (``soft_lambda > 0``) adds each member's λ(t)·2(θ − Pθ) to its slice of the stacked
+  gradient after backward, with the trainer's ``add_penalty_grad_`` on the member's model (λ(t) from the
+  member's own step), as a run of its own does.
+
+Signals (SIGTERM, SIGINT, SIGUSR1; archrelax.signals): after the current step every member still training
+writes its checkpoint and is marked ``interrupted`` (the trainer's ``_stop_if_signalled``, member by member),
+members set up but not yet trained (another stack, another wave) are marked ``interrupted`` as they are, and
+:class:`~archrelax.signals.Interrupted` is raised; a rerun resumes each at its step.
 
 Members stop independently (until-zero-loss, the cap, divergence) through the trainer's ``_at_step`` and
 ``_finish``: a finished member is written as done (or diverged) and dropped from the stack, parameter by
@@ -45,6 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archrelax.signals import Interrupted, StopOnSignals, signal_name
 from archrelax.store import RunFolder, RunLock
 
 from .checkpoint import rng_state, set_rng_state
@@ -123,11 +132,18 @@ def _failure(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
 
 
+def _ended(e: BaseException) -> str:
+    """The state a run stopped by ``e`` is left in, as the trainer decides: a KeyboardInterrupt that bypassed the
+    signal handling (another thread's run) leaves it unfinished, not broken ('interrupted', resumable from its last
+    checkpoint); anything else 'failed'."""
+    return "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+
+
 class _Lockstep:
     """Members at the same step with parameters of one shape, trained on one stack (module docstring)."""
 
     def __init__(self, members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]],
-                 batched: bool | None):
+                 batched: bool | None, stop: StopOnSignals | None = None):
         self.members, self.shared, self.results = list(members), shared, results
         m0 = members[0]
         self.cfg, self.device = m0.cfg, m0.device
@@ -146,7 +162,7 @@ class _Lockstep:
         self._take_optimizer_states()
         self._eval: tuple[int, list] | None = None
         for m in members:
-            m.stack = self
+            m.stack, m.signals = self, stop
 
     # ---- optimiser state: stacked from the members' (resume, carry), sliced back for their checkpoints --------
     def _take_optimizer_states(self) -> None:
@@ -223,12 +239,15 @@ class _Lockstep:
                         done.append(m)
             if done:
                 self._drop(done)
+            self._stop_if_signalled(saved={id(m) for m in self.members})  # each at its checkpoint's step
             self._loop()
+        except Interrupted:
+            raise  # every member saved its state and wrote 'interrupted' (_stop_if_signalled)
         except BaseException as e:
             tb = traceback.format_exc()
             for m in self.members:  # the ones still training: recorded as failed, like the trainer does
                 try:
-                    m.write_status("failed", error=_failure(e))
+                    m.write_status(_ended(e), error=_failure(e))
                 finally:
                     self.results[id(m)] = {**_result(m.folder, m.status), "traceback": tb}
             if not isinstance(e, Exception):
@@ -285,10 +304,11 @@ class _Lockstep:
             losses = F.cross_entropy(out.float(), Y, reduction="none").view(R, B).mean(1)  # (R,): each member's loss
         self.opt.zero_grad(set_to_none=True)
         losses.sum().backward()  # member r's parameters get the gradient of its own loss only
+        self._add_soft_grads()
         self.opt.step()
         correct = (out.argmax(1) == Y).view(R, B).sum(1)
         now = time.perf_counter()
-        done = []
+        done, saved = [], set()
         for r, m in enumerate(ms):
             m.rng = self.held.rng[r]
             m._account(losses[r], correct[r], B, lr)
@@ -301,9 +321,52 @@ class _Lockstep:
             if due:
                 m._checkpoint()
                 last[id(m)] = now
+                saved.add(id(m))
         if done:
             self._drop(done)
+        self._stop_if_signalled(saved)
         return bool(done)
+
+    def _add_soft_grads(self) -> None:
+        """Soft release: each member's λ(t)·2(θ − Pθ) added to its slice of the stacked gradients, by the trainer's
+        ``add_penalty_grad_`` on the member's model, whose ``.grad`` are pointed at those slices for the call."""
+        if self.cfg.soft_lambda <= 0:
+            return
+        from archrelax.embed.penalty import add_penalty_grad_
+        from archrelax.embed.relax import relaxed_layers
+
+        stacked = dict(self.net.named_parameters())
+        for path, layer in relaxed_layers(self.members[0].model).items():
+            for n, _ in layer.named_parameters(recurse=False):
+                p = stacked[f"{path}.{n}" if path else n]
+                if p.grad is None and p.requires_grad:  # the penalty creates a gradient the loss did not (trainer
+                    p.grad = torch.zeros_like(p)        # too); only the relaxed layers' parameters, as there
+        for r, m in enumerate(self.members):
+            lam = m._soft_lambda()  # λ(t) at the member's own step (the trainer's, before the update)
+            if lam <= 0:
+                continue
+            for name, p in m.params.items():
+                p.grad = stacked[name].grad[r]
+            try:
+                add_penalty_grad_(m.model, m.cfg.soft_toward, lam)  # in place, into the stack's gradients
+            finally:
+                for p in m.params.values():
+                    p.grad = None
+
+    def _stop_if_signalled(self, saved: set[int]) -> None:
+        """On a stop signal: every member saves its state at this step (unless ``saved`` says it just did) and is
+        marked 'interrupted' (the trainer's own rule, member by member), then Interrupted is raised. At the last
+        step the members just finish."""
+        first = None
+        for m in list(self.members):
+            try:
+                m._stop_if_signalled(checkpointed=id(m) in saved)
+            except Interrupted as e:
+                first = first or e
+        if first is not None:
+            n = len(self.members)
+            raise Interrupted(first.signum, f"lockstep: {n} run(s) interrupted by {signal_name(first.signum)} at step "
+                                            f"{self.members[0].step}; checkpoints written, rerun to resume")
 
     def _end(self, m: _Member, result: dict[str, Any]) -> None:
         self.results[id(m)] = result
@@ -373,7 +436,8 @@ def _stacked(values: list[Any]) -> Any:
 # schedule) is trained by the ordinary trainer until the loop here learns it: set to anything but its default,
 # train_lockstep trains those runs one after another with ``train`` and says so, rather than silently ignore it.
 KNOWN_FIELDS = frozenset((
-    "model", "model_kwargs", "relax", "relax_layers", "init_from", "optimizer_state", "data", "data_root",
+    "model", "model_kwargs", "relax", "relax_layers", "init_from", "optimizer_state", "soft_lambda", "soft_schedule",
+    "soft_toward", "data", "data_root",
     "train_size", "test_size", "data_seed", "augment", "optimizer", "lr", "momentum", "weight_decay", "schedule",
     "step_size", "gamma", "warmup_epochs", "batch_size", "epochs", "until_zero_loss", "max_epochs", "loss_threshold",
     "eval_times", "snapshots", "seed", "device", "amp", "compile", "progress", "tensorboard", "checkpoint_every_steps",
@@ -416,13 +480,15 @@ def _memory_chunks(members: list[_Member]) -> list[list[_Member]]:
     return [members[i : i + n] for i in range(0, len(members), n)]
 
 
-def _solo(m: _Member, results: dict[int, dict[str, Any]]) -> None:
+def _solo(m: _Member, results: dict[int, dict[str, Any]], stop: StopOnSignals | None) -> None:
     """The ordinary loop for one member (a model the stacking does not support)."""
     set_rng_state(m.rng, m.device)
     try:
-        results[id(m)] = m.fit()
+        results[id(m)] = m.fit(stop)
+    except Interrupted:
+        raise  # saved and marked 'interrupted' by the trainer's loop
     except BaseException as e:
-        m.write_status("failed", error=_failure(e))
+        m.write_status(_ended(e), error=_failure(e))
         results[id(m)] = {**_result(m.folder, m.status), "traceback": traceback.format_exc()}
         if not isinstance(e, Exception):
             raise
@@ -432,7 +498,7 @@ def _solo(m: _Member, results: dict[int, dict[str, Any]]) -> None:
 
 
 def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]],
-                log: Callable[[str], None], batched: bool | None) -> None:
+                log: Callable[[str], None], batched: bool | None, stop: StopOnSignals | None) -> None:
     parts: dict[Any, list[_Member]] = {}
     for m in members:  # same step and parameter shapes: one stack
         sig = (m.step, tuple((n, tuple(p.shape)) for n, p in m.model.named_parameters()))
@@ -443,11 +509,11 @@ def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict
     for part in parts.values():
         for chunk in _memory_chunks(part):
             try:
-                stack = _Lockstep(chunk, shared, results, batched)
+                stack = _Lockstep(chunk, shared, results, batched, stop)
             except NotStackable as e:
                 log(f"lockstep: {e}; training these {len(chunk)} runs one after another instead")
                 for m in chunk:
-                    _solo(m, results)
+                    _solo(m, results, stop)
                 continue
             stack.fit()
 
@@ -470,6 +536,11 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
     the others go on. ``log``: where notes go (default: ``warnings.warn``). ``batched``: the stacked layers run
     batched (one call for all members) or member by member (``archrelax.train.stacked``); default: the
     environment's ``ARCHRELAX_LOCKSTEP_BATCHED`` (1 or 0) if set, else batched on CUDA only.
+
+    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the group after the current step, as ``train`` stops
+    a run: every member in training writes its checkpoint and is marked ``interrupted``, members not yet
+    trained are marked ``interrupted`` as they are, then :class:`archrelax.signals.Interrupted` is raised
+    (``exit_code`` 128 + the signal number). Rerunning (by lockstep or by ``train``) resumes each at its step.
     """
     log = log or _warn
     if batched is None and os.environ.get("ARCHRELAX_LOCKSTEP_BATCHED", "") in ("0", "1"):
@@ -505,13 +576,15 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
             else:
                 todo.append(i)
         unknown = _unknown_settings(cfgs[0]) if todo else []
-        if unknown:
-            log(f"lockstep: these runs set {unknown}, which the lockstep loop does not implement; trained one after "
-                "another by the ordinary trainer instead")
-            for i in todo:
-                results[i] = _ordinary(cfgs[i], folders[i], held[i])
-        elif todo:
-            _train_group(cfgs, folders, todo, results, log, batched)
+        with StopOnSignals() as stop:
+            if unknown:
+                log(f"lockstep: these runs set {unknown}, which the lockstep loop does not implement; trained one "
+                    "after another by the ordinary trainer instead")
+                for i in todo:
+                    stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
+                    results[i] = _ordinary(cfgs[i], folders[i], held[i])
+            elif todo:
+                _train_group(cfgs, folders, todo, results, log, batched, stop)
         return [results[i] for i in range(len(cfgs))]
     finally:
         for lock in own:
@@ -529,7 +602,8 @@ def _ordinary(cfg: TrainConfig, folder: RunFolder, lock: RunLock) -> dict[str, A
 
 
 def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[int],
-                 results: dict[int, dict[str, Any]], log: Callable[[str], None], batched: bool | None) -> None:
+                 results: dict[int, dict[str, Any]], log: Callable[[str], None], batched: bool | None,
+                 stop: StopOnSignals) -> None:
     from archrelax.utils import resolve_device
 
     device = resolve_device(cfgs[todo[0]].device)
@@ -539,7 +613,7 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
         except Exception as e:  # the data: every run fails the same way, each recorded
             tb = traceback.format_exc()
             for i in todo:
-                results[i] = {**_result(folders[i], folders[i].write_status("failed", error=_failure(e))),
+                results[i] = {**_result(folders[i], folders[i].write_status(_ended(e), error=_failure(e))),
                               "traceback": tb}
             return
         pending, first = list(todo), True
@@ -558,7 +632,7 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
                         log(f"lockstep: {len(pending)} runs do not fit the device's memory together; training "
                             f"{len(wave)} first")
                         break
-                    results[i] = {**_result(folders[i], folders[i].write_status("failed", error=_failure(e))),
+                    results[i] = {**_result(folders[i], folders[i].write_status(_ended(e), error=_failure(e))),
                                   "traceback": traceback.format_exc()}
                     pending.remove(i)
                     if not isinstance(e, Exception):
@@ -566,6 +640,14 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
                     continue
                 pending.remove(i)
             by_member: dict[int, dict[str, Any]] = {}
-            _train_wave([m for _, m in wave], shared, by_member, log, batched)
+            try:
+                _train_wave([m for _, m in wave], shared, by_member, log, batched, stop)
+            except Interrupted as e:
+                for _, m in wave:  # set up (status 'running') but not trained yet: resumable as they are
+                    if id(m) not in by_member and m.folder.read_status().status == "running":
+                        m.write_status("interrupted", error=f"{e.message or e}: this run's stack had not started; "
+                                                            "rerun to resume")
+                    m.close()
+                raise
             for i, m in wave:
                 results[i] = by_member[id(m)]
