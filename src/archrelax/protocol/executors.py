@@ -630,8 +630,7 @@ def _job_outcomes(exp: ExperimentFolder, ids: Key, job: Any, t0: float) -> list[
     try:
         if stopped and _no_result_file(job):  # no result is coming: do not wait for one (submitit: 15 s)
             raise RuntimeError("the job ended without a result")
-        out = job.result()
-        return out if isinstance(out, list) else [out]
+        return _per_run(exp, ids, job.result())
     except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
         outs = []
         for rid, st in zip(ids, statuses):
@@ -641,6 +640,23 @@ def _job_outcomes(exp: ExperimentFolder, ids: Key, job: Any, t0: float) -> list[
                 exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
                 outs.append({"status": "failed", "error": str(e)})
         return outs
+
+
+def _per_run(exp: ExperimentFolder, ids: Key, out: Any) -> list[dict[str, Any]]:
+    """A job's result (run_one's dict or run_group's list) as one dict per run of ``ids``, matched by run id: an
+    adopted group job (a rerun following it) may be followed for only some of its members (the others had
+    finished), and its result lists them all. A run the result does not name reads its status."""
+    outs = out if isinstance(out, list) else [out]
+    by_id = {o.get("id"): o for o in outs if isinstance(o, dict)}
+    if len(ids) == 1 and len(outs) == 1 and None in by_id:  # a result without an id: the one run's
+        return outs
+    per_run = []
+    for rid in ids:
+        if rid not in by_id:
+            st = exp.run(rid).read_status()
+            by_id[rid] = {"id": rid, "status": st.status, "error": st.error}
+        per_run.append(by_id[rid])
+    return per_run
 
 
 def _stopped_since(status: Status, t0: float) -> bool:
@@ -680,8 +696,7 @@ def _stop(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, flying: di
         while not job.done():
             time.sleep(min(poll_s, 0.5))
         try:
-            outs = job.result()
-            outs = outs if isinstance(outs, list) else [outs]
+            outs = _per_run(exp, ids, job.result())
         except Exception as e:  # a job that died, or a cancelled pending Slurm job: its status says the rest
             outs = [{"status": exp.run(rid).read_status().status, "error": f"{type(e).__name__}: {e}"} for rid in ids]
         for rid, out in zip(ids, outs):
