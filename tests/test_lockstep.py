@@ -463,3 +463,74 @@ def test_a_signal_stops_the_group_every_member_checkpointed_and_interrupted(cnns
     assert [r["status"] for r in train_lockstep(configs, runs)] == ["done"] * 3
     for i in range(3):
         assert_rows_close(read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl"), read_metrics(runs[i] / "metrics.jsonl"))
+
+
+# ---- signals to `archrelax run` with lockstep: a real signal to a subprocess ------------------------------------
+
+RUN_SPEC = {  # 2 steps per epoch; two eFCNs (t_w = 0, 1) long enough (240 steps) to be caught mid-run, as one group
+    "name": "lockstep-signals", "model": "vanilla_cnn", "model_kwargs": {"width": 2},
+    "data": "synthetic:1x28x28:2:40:20",
+    "train": {"batch_size": 20, "lr": 0.05, "eval_times": "log:4", "device": "cpu", "checkpoint_every_steps": 7},
+    "cnn": {"epochs": 2, "until_zero_loss": False}, "relaxed": {"epochs": 120, "until_zero_loss": False},
+    "switch_times": [0, 1], "targets": ["fc"], "baselines": [],
+}
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def run_reference(tmp_path_factory) -> Path:
+    """RUN_SPEC trained without lockstep, uninterrupted, in this process (one thread, as the subprocesses)."""
+    from archrelax.protocol import run_experiment, spec_from_dict
+
+    exp = tmp_path_factory.mktemp("ref") / "exp"
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        run_experiment(spec_from_dict(RUN_SPEC), exp, log=lambda s: None)
+    finally:
+        torch.set_num_threads(n)
+    return exp
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+def test_signal_to_a_lockstep_run_interrupts_every_member_and_rerun_resumes_exactly(run_reference, tmp_path, sig):
+    import yaml
+
+    from archrelax.store import ExperimentFolder
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**RUN_SPEC, "lockstep": True}))
+    exp = tmp_path / "exp"
+    cli = [sys.executable, "-m", "archrelax.cli", "run", str(spec), "--out", str(exp), "--poll", "0.1"]
+    proc = subprocess.Popen(cli, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+
+    def step(run: Path) -> int:
+        try:
+            return json.loads((run / "status.json").read_text()).get("step", 0)
+        except (FileNotFoundError, json.JSONDecodeError):
+            return 0
+
+    deadline = time.monotonic() + 180
+    while not (len(runs := sorted(exp.glob("runs/efcn-*"))) == 2 and min(map(step, runs)) >= 14):
+        assert proc.poll() is None, f"ended before the signal: {proc.communicate()}"
+        assert time.monotonic() < deadline, "timed out waiting for the group to train"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, out[-2000:] + err[-3000:]
+    assert "lockstep: 2 efcn runs in one process" in out, out
+    stopped = {}
+    for run in runs:  # every member: checkpointed at the step reached, 'interrupted' (not failed)
+        st = ExperimentFolder(exp).run(run.name).read_status()
+        assert st.status == "interrupted" and st.error.startswith(f"interrupted by {sig.name} at step {st.step} "), st
+        assert 14 <= st.step < 240 and load_checkpoint(run / "checkpoints" / "last.pt")["step"] == st.step
+        stopped[run] = st.step
+    again = subprocess.run(cli[:4] + [str(exp)], env=ENV, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-3000:]
+    for run, s in stopped.items():  # resumed at the very step it stopped: no step redone
+        assert f"resuming {run} at step {s} (epoch {s / 2:g})" in again.stderr, again.stderr[-3000:]
+    for run in runs:  # and the metrics of an uninterrupted run without lockstep
+        assert_rows_close(read_metrics(run_reference / "runs" / run.name / "metrics.jsonl"),
+                          read_metrics(run / "metrics.jsonl"))
