@@ -534,3 +534,26 @@ def test_signal_to_a_lockstep_run_interrupts_every_member_and_rerun_resumes_exac
     for run in runs:  # and the metrics of an uninterrupted run without lockstep
         assert_rows_close(read_metrics(run_reference / "runs" / run.name / "metrics.jsonl"),
                           read_metrics(run / "metrics.jsonl"))
+
+
+def test_second_step_of_a_relaxation_path_equals_separate_runs(cnns, tmp_path):
+    """A path's second step: from snapshots of a partly relaxed model (features.0 an eFCN), features.3 to tiled:2;
+    the members stack eFCN, tiled and conv layers side by side, and equal separate runs."""
+    firsts = []
+    for s in (0, 1):  # the path's first step, from each seed's CNN, snapshot at its epoch 1
+        train(cfg(relax="fc", relax_layers=["features.0"], seed=s, init_from=snap(cnns, s, 1), snapshots=[1]),
+              tmp_path / f"step1-{s}")
+        firsts.append(str(tmp_path / f"step1-{s}" / "snapshots" / "epoch_1.pt"))
+    configs = [cfg(relax="tiled:2", relax_layers=["features.3"], seed=s, init_from=firsts[s]) for s in (0, 1)]
+    sep = [train(c, tmp_path / f"sep{i}") for i, c in enumerate(configs)]
+    notes: list[str] = []
+    out = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(2)], log=notes.append)
+    assert notes == [] and [r["status"] for r in out] == ["done"] * 2
+    for i in range(2):
+        assert_rows_close(read_metrics(tmp_path / f"sep{i}" / "metrics.jsonl"),
+                          read_metrics(tmp_path / f"ls{i}" / "metrics.jsonl"))
+        a, b = (load_checkpoint(tmp_path / f"{k}{i}" / "final.pt") for k in ("sep", "ls"))
+        assert a["arch"] == b["arch"] and len(a["arch"]["relax_chain"]) == 2, a["arch"]
+        kinds = {type(m).__name__ for m in model_from_checkpoint(tmp_path / f"ls{i}" / "final.pt").modules()}
+        assert {"DenseConv", "TiledConv2d", "Conv2d"} <= kinds, kinds
+    assert sep[0]["metrics"]["train_loss"] != sep[1]["metrics"]["train_loss"]
