@@ -281,6 +281,48 @@ def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):
                 assert g[k] == w[k], (g["id"], k)
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lockstep_gives_the_same_summary_and_ordinary_runs(tiny_experiment, tmp_path, workers, monkeypatch):
+    if workers == 2:  # the GPU's batched layers, in spawned workers (they inherit the environment)
+        monkeypatch.setenv("ARCHRELAX_LOCKSTEP_BATCHED", "1")
+    exp = tmp_path / "lockstep"
+    logs: list[str] = []
+    run_experiment(spec_from_dict({**TINY, "lockstep": True}), exp, workers=workers, poll_s=0.1, log=logs.append)
+    plan = Store(exp).read_plan()
+    efcn = [rid for rid, r in plan.items() if r.kind == "efcn"]
+    assert any(ln.startswith("lockstep: true with a cpu executor") for ln in logs), logs  # noted, and used anyway
+    assert f"  lockstep: 2 efcn runs in one process: {', '.join(efcn)}" in logs, logs
+    got, want = _rows(exp / "summary.csv"), _rows(tiny_experiment / "summary.csv")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    for g, w in zip(got, want):  # lockstep computes each run's own numbers: equal to float tolerance
+        for k in w:
+            if k.startswith(("final_", "best_")) and w[k]:
+                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-5), (g["id"], k)
+            else:
+                assert g[k] == w[k], (g["id"], k)
+    for rid in efcn:  # ordinary run folders
+        folder = Store(exp).run(rid)
+        assert folder.read_status().status == "done" and folder.final_path.is_file() and folder.holder() is None
+    # lockstep is a runtime key: the same experiment without it is accepted, with nothing left to train
+    logs.clear()
+    run_experiment(spec_from_dict(TINY), exp, log=logs.append)
+    assert logs == ["4 runs planned: 4 already finished, 0 to run"]
+
+
+def test_lockstep_groups_wait_for_runs_whose_snapshot_is_coming():
+    from archrelax.protocol.executors import lockstep_groups
+
+    spec = spec_from_dict({**TINY, "seeds": [0, 1], "targets": ["fc", "lc"]})
+    plan = make_plan(spec)
+    by = lambda kind, seed=None: [r for r, x in plan.items() if x.kind == kind and seed in (None, x.seed)]  # noqa: E731
+    groups, held = lockstep_groups(plan, list(plan))
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, [by("cnn"), by("efcn"), by("elcn"), by("fcn")]))
+    # seed 0's relaxed runs are ready, seed 1's CNN still trains: they wait to be one group with seed 1's
+    ready = by("efcn", 0) + by("elcn", 0) + by("fcn")
+    groups, held = lockstep_groups(plan, ready, waiting=by("efcn", 1))
+    assert sorted(held) == sorted(by("efcn", 0)) and sorted(map(sorted, groups)) == sorted([by("elcn", 0), by("fcn")])
+
+
 def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
     tiny = ["data=synthetic:1x28x28:2:40:20", "train_size=null", "model_kwargs.width=2", "train.batch_size=20",
             "train.eval_times=every", "cnn.epochs=1", "relaxed.epochs=0.5", "switch_times=[0,1]", "analyses=[]"]

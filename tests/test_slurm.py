@@ -353,3 +353,52 @@ def test_detached_job_warned_by_slurm_requeues_itself_and_resumes(tmp_path, long
     assert summary(exp) == summary(long_reference)
     assert _resume_lines(exp, cnn) == [f"resuming {cnn} at step {st['step']} (epoch {st['step'] / 2:g})"]
     assert _job_of(cnn) == job
+
+
+# ---- a lockstep group as one Slurm job -----------------------------------------------------------------------
+
+# the CNN, then its two eFCNs (t_w = 0, 1; 160 steps each) as one lockstep group: one job, both members' job.json
+GROUP = {**SPEC, "name": "slurm-group", "relaxed": {"epochs": 80, "until_zero_loss": False}, "baselines": [],
+         "lockstep": True, "train": {**SPEC["train"], "eval_times": "log:4", "checkpoint_every_steps": 5}}
+
+
+@pytest.fixture(scope="module")
+def group_reference(tmp_path_factory) -> Path:
+    return _local({**GROUP, "lockstep": False}, tmp_path_factory.mktemp("local") / "group")
+
+
+def test_detached_lockstep_group_warned_by_slurm_requeues_itself_and_resumes_every_member(tmp_path, group_reference):
+    """A detached lockstep group is one job (GroupJob) recorded in each member's job.json. USR2 to it mid-run:
+    every member checkpoints at its step and is 'interrupted', the job requeues itself, and, released, resumes
+    every member there (one resume line each); the runs end as runs trained without lockstep (to 1e-5)."""
+    exp = tmp_path / "slurm"
+    rc, out = _cli("run", str(write_spec(GROUP, tmp_path)), "--out", str(exp), "--detach")
+    assert rc == 0, out
+    members = sorted(exp.glob("runs/efcn-*"))
+    assert len(members) == 2 and out.count("lockstep with 1 other run(s)") == 2, out
+    job = _job_of(members[0])
+    assert _job_of(members[1]) == job  # one job for the group
+    _wait(lambda: all(_status(m).get("status") == "running" and _status(m).get("step", 0) >= 20 for m in members),
+          300, "the group to get going", poll=0.05)
+    subprocess.run(["scancel", "--signal=USR2", job], check=True, timeout=60)
+    _wait(lambda: _squeue(job)[0] == "PENDING", 120, f"job {job} to be pending again")
+    stopped = {}
+    for m in members:
+        st = _status(m)
+        assert st["status"] == "interrupted", st
+        assert st["error"] == (f"interrupted by SIGUSR2 at step {st['step']} (epoch {st['epoch']:g}); checkpoint "
+                               f"written; Slurm job {job} requeued itself and resumes here")
+        stopped[m] = st["step"]
+    _release_when_requeued(job)
+    _wait_done(exp)
+    for m, step in stopped.items():  # 0 steps redone
+        assert _resume_lines(exp, m) == [f"resuming {m} at step {step} (epoch {step / 2:g})"]
+        assert _job_of(m) == job  # the same job, requeued
+    got, want = summary(exp), summary(group_reference)
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    for g, w in zip(got, want):  # lockstep computes each run's own numbers, to float tolerance
+        for k in w:
+            if k.startswith(("final_", "best_")) and w[k]:
+                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-5), (g["id"], k)
+            else:
+                assert g[k] == w[k], (g["id"], k)

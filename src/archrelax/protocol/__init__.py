@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from ..store import FINISHED, SUMMARY_COLUMNS, ExperimentFolder
 from ..store import ExperimentFolder as Store
-from .executors import InProcessExecutor, ProcessExecutor, RunJob, execute, run_one
+from .executors import GroupJob, InProcessExecutor, ProcessExecutor, RunJob, execute, run_group, run_one
 from .plan import KINDS, Run, make_plan
 from .slurm import SubmititExecutor, job_states, submit_detached, submitit_executor
 from .spec import ExperimentSpec, SpecError, list_presets, load_spec, preset_path, spec_from_dict, spec_to_dict
@@ -22,8 +22,8 @@ from .table import format_status, format_summary
 __all__ = [
     "ExperimentSpec", "SpecError", "load_spec", "spec_from_dict", "list_presets", "preset_path",
     "Run", "make_plan", "KINDS", "Store", "ExperimentFolder", "SUMMARY_COLUMNS", "FINISHED",
-    "InProcessExecutor", "ProcessExecutor", "SubmititExecutor", "submitit_executor", "run_one", "RunJob", "execute",
-    "submit_detached", "job_states",
+    "InProcessExecutor", "ProcessExecutor", "SubmititExecutor", "submitit_executor", "run_one", "run_group",
+    "RunJob", "GroupJob", "execute", "submit_detached", "job_states",
     "run_experiment", "format_status", "format_summary",
 ]
 
@@ -38,6 +38,19 @@ def make_executor(spec: ExperimentSpec, exp: ExperimentFolder, executor: str | N
     if kind == "slurm":
         return submitit_executor(spec.slurm, exp.root / "slurm", name=spec.name)
     raise ValueError(f"executor {kind!r} is not known; choose 'local' or 'slurm'")
+
+
+def lockstep_device(spec: ExperimentSpec, executor: str | None = None) -> str:
+    """The device type the runs will train on ("cuda", "cpu", "mps"): for Slurm, "cuda" when jobs get GPUs and
+    ``train.device`` allows them; locally, what ``train.device`` resolves to here."""
+    device = spec.train.device
+    if device != "auto":
+        return device.split(":")[0]
+    if (executor or spec.executor) == "slurm":
+        return "cuda" if spec.slurm.gpus_per_node > 0 else "cpu"
+    from ..utils import default_device
+
+    return default_device().type
 
 
 def check_inputs(plan: dict[str, Run]) -> None:
@@ -61,13 +74,15 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     """Plan ``spec`` into ``out_dir`` and train every unfinished run; returns the experiment folder.
 
     Rerunning is safe and cheap: finished runs are skipped, interrupted ones resume from their checkpoint.
-    A folder holding a different spec (other than in executor, workers, slurm, analyses and
+    A folder holding a different spec (other than in executor, workers, lockstep, slurm, analyses and
     analysis_settings) is refused with the differing keys (SpecMismatchError), nothing written; with
     ``force=True`` its spec and plan are replaced, and only the runs whose configuration changed are
     trained (run ids hash configs).
 
     ``detach`` (Slurm only): submit every unfinished run at once, with job dependencies, and return without
     waiting (:func:`archrelax.protocol.slurm.submit_detached`); a rerun submits only what is missing.
+    ``spec.lockstep``: runs that can share a process are trained together, one job per group
+    (:func:`archrelax.protocol.executors.execute`; detached: groups within the runs waiting for one job).
     """
     if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
         what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
@@ -85,13 +100,18 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     if not todo:  # nothing to train: no executor (worker processes, Slurm folders) is started
         log(f"{len(plan)} runs planned: {len(plan)} already finished, 0 to run")
         return exp.root
+    if spec.lockstep:
+        where = lockstep_device(spec, executor)
+        if where != "cuda":
+            log(f"lockstep: true with a {where} executor: runs are grouped as on a GPU (same results to float "
+                "tolerance); on CPU this shares data and batches but is no faster (docs/protocol.md)")
     if detach:
         log(f"{len(plan)} runs planned: {len(plan) - len(todo)} already finished; submitting the rest to Slurm")
-        submit_detached(exp, plan, spec.slurm, name=spec.name, log=log)
+        submit_detached(exp, plan, spec.slurm, name=spec.name, log=log, lockstep=spec.lockstep)
         return exp.root
     ex = make_executor(spec, exp, executor, workers)
     try:
-        execute(exp, plan, ex, poll_s=poll_s, log=log)
+        execute(exp, plan, ex, poll_s=poll_s, log=log, lockstep=spec.lockstep)
     finally:
         if hasattr(ex, "shutdown"):
             ex.shutdown()

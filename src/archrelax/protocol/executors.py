@@ -13,6 +13,14 @@ and ``batch()`` (a context manager grouping submissions; a Slurm job array under
 :func:`execute` schedules a plan on any of them: a run is submitted as soon as the snapshot it starts from
 exists (snapshots are written atomically, so existence means complete), so relaxed runs can start while
 their CNN is still training wherever there is more than one worker.
+
+Lockstep (``lockstep=True``, the spec's ``lockstep: true``): ready runs of one kind whose configs agree apart from
+seed, start snapshot and snapshot list (``archrelax.train.config.lockstep_key``) are submitted together as one
+job, :class:`GroupJob` (:func:`run_group`), which holds every member's lock and trains them with
+``archrelax.train.lockstep.train_lockstep``. So that a group is whole, a ready run is held back while a run of
+its group still waits for its snapshot (its parent is still training); a group of one is an ordinary
+:class:`RunJob`. A group is one job everywhere: one entry in flight, one job record written into every
+member's folder, one signal (every member checkpointed and marked 'interrupted'), one requeue on Slurm.
 """
 from __future__ import annotations
 
@@ -28,12 +36,13 @@ import time
 import traceback
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 from ..store import FINISHED, ExperimentFolder, Run, RunBusyError, RunLock, Status
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
 
-__all__ = ["InProcessExecutor", "ProcessExecutor", "run_one", "RunJob", "execute"]
+__all__ = ["InProcessExecutor", "ProcessExecutor", "run_one", "run_group", "RunJob", "GroupJob", "execute",
+           "lockstep_groups"]
 
 
 def _train(config: dict[str, Any], out_dir: Path, lock: RunLock) -> dict[str, Any]:
@@ -71,23 +80,49 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
     instead (the job exits), and on Slurm's warning signal (submitit's USR2: time limit near, preemption) the
     job requeues itself first (see :class:`RunJob`).
     """
+    return _stoppable(experiment, [run_id], lambda stop: _run_one(experiment, run_id, stop), group=False)
+
+
+def run_group(experiment: str, run_ids: list[str]) -> list[dict[str, Any]]:
+    """Train runs of an experiment folder together, in lockstep (one job: picklable for submitit, like run_one).
+
+    Takes every member's lock (a member held by another live process comes back ``"busy"`` and is not
+    trained here), skips finished ones, records a missing snapshot as run_one does, and hands the held locks
+    to ``train_lockstep``; each member's failure is recorded in its own status.json and error.log, and the
+    others go on. Returns one ``run_one``-style result per id, in order; ``"notes"`` (lockstep's remarks, e.g.
+    a fallback to separate training) ride on the first. Signals as for :func:`run_one`: every member in
+    training is checkpointed at the step reached and marked 'interrupted' (``train_lockstep``), each result
+    then carries ``"signal"``; inside a Slurm job no result, and Slurm's warning requeues the whole group
+    (:class:`GroupJob`).
+    """
+    ids = list(run_ids)
+    return _stoppable(experiment, ids, lambda stop: _run_group(experiment, ids, stop), group=True)
+
+
+def _stoppable(experiment: str, run_ids: list[str], body: Callable[[StopOnSignals], Any], *, group: bool) -> Any:
+    """``body(stop)`` with the stop signals recorded (issue 9), and what a stop means for a job: a result
+    naming the signal, or, inside a Slurm job, no result (after a requeue on Slurm's warning)."""
     warning = _slurm_warning_signal()
     # signals (issue 9): recorded from here on, so one arriving before training starts stops it too
     with StopOnSignals(STOP_SIGNALS + warning) as stop:
         try:
-            return _run_one(experiment, run_id, stop)
+            return body(stop)
         except Interrupted as e:  # the trainer saved its state and wrote 'interrupted' (or never started)
             exp = ExperimentFolder(experiment)
             exp.write_summary()
             if not _in_slurm_job():
-                return {"id": run_id, "status": exp.run(run_id).read_status().status, "error": str(e),
-                        "signal": e.signum}
+                outs = []
+                for rid in run_ids:
+                    st = exp.run(rid).read_status()
+                    error = st.error if group and st.status == "interrupted" and st.error else str(e)
+                    outs.append({"id": rid, "status": st.status, "error": error, "signal": e.signum})
+                return outs if group else outs[0]
             stopped = e
     # Inside a Slurm job, what happens next is Slurm's call: a requeued job (scontrol requeue, preemption)
     # starts again and resumes the run at the saved step; any other ends. So no result: the scheduler, if
     # any, follows the job's state (pending again, or ended) instead of taking the run for finished.
     if stopped.signum in warning:
-        _requeue(stopped.signum, experiment, run_id)  # submitit's handler, back since the block ended
+        _requeue(stopped.signum, experiment, run_ids)  # submitit's handler, back since the block ended
     raise SystemExit(stopped.exit_code)
 
 
@@ -106,6 +141,10 @@ class RunJob:
     def __init__(self, experiment: str, run_id: str):
         self.experiment, self.run_id = str(experiment), run_id
 
+    @property
+    def run_ids(self) -> list[str]:
+        return [self.run_id]
+
     def __call__(self) -> dict[str, Any]:
         return run_one(self.experiment, self.run_id)
 
@@ -118,6 +157,25 @@ class RunJob:
         return f"RunJob({self.experiment!r}, {self.run_id!r})"
 
 
+class GroupJob(RunJob):
+    """``run_group(experiment, run_ids)`` (a lockstep group) as a submitit checkpointable job: like
+    :class:`RunJob`, a Slurm-warned group stops after its current step with every member checkpointed and
+    'interrupted', and :meth:`checkpoint` requeues this very job, which resumes every member at its step."""
+
+    def __init__(self, experiment: str, run_ids: list[str]):
+        self.experiment, self.group = str(experiment), list(run_ids)
+
+    @property
+    def run_ids(self) -> list[str]:
+        return list(self.group)
+
+    def __call__(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return run_group(self.experiment, self.group)
+
+    def __repr__(self) -> str:
+        return f"GroupJob({self.experiment!r}, {self.group!r})"
+
+
 def _slurm_warning_signal() -> tuple[int, ...]:
     """The signal Slurm warns this submitit job with (USR2 unless SUBMITIT_PREEMPT_SIGNAL says otherwise),
     as a 1-tuple inside a Slurm job; () elsewhere."""
@@ -127,31 +185,62 @@ def _slurm_warning_signal() -> tuple[int, ...]:
     return (sig,) if sig is not None else ()
 
 
-def _requeue(signum: int, experiment: str, run_id: str) -> None:
-    """Hand Slurm's warning to submitit's handler, now that the run's state is saved: it calls
-    ``RunJob.checkpoint``, dumps the job, requeues it and exits. It raises instead when it will not requeue
-    (too many time-outs: ``slurm.max_num_timeout``); the job then ends with that error, and the run stays
-    'interrupted' for the next ``archrelax run``. Either way the run's status says which."""
+def _requeue(signum: int, experiment: str, run_ids: list[str]) -> None:
+    """Hand Slurm's warning to submitit's handler, now that the runs' state is saved: it calls the job's
+    ``checkpoint`` (:class:`RunJob`, :class:`GroupJob`), dumps the job, requeues it and exits. It raises
+    instead when it will not requeue (too many time-outs: ``slurm.max_num_timeout``); the job then ends with
+    that error, and the runs stay 'interrupted' for the next ``archrelax run``. Either way each interrupted
+    run's status says which."""
     handler = signal.getsignal(signum)
     if not callable(handler):
         return
-    folder = ExperimentFolder(experiment).run(run_id)
-    st = folder.read_status()
-    if st.status != "interrupted":  # stopped before training started: nothing to say in the run's status
+    exp = ExperimentFolder(experiment)
+    stopped = [(f, st) for f in map(exp.run, run_ids) if (st := f.read_status()).status == "interrupted"]
+    if not stopped:  # stopped before training started: nothing to say in the runs' status
         handler(signum, None)
         return
     from submitit import JobEnvironment
 
-    where = f"interrupted by {signal_name(signum)} at step {st.step} (epoch {st.epoch:g}); checkpoint written"
+    where = {f.path: f"interrupted by {signal_name(signum)} at step {st.step} (epoch {st.epoch:g}); checkpoint "
+                     "written" for f, st in stopped}
     job = JobEnvironment().job_id
     try:
         handler(signum, None)
     except SystemExit:
-        folder.write_status("interrupted", error=f"{where}; Slurm job {job} requeued itself and resumes here")
+        for f, _ in stopped:
+            f.write_status("interrupted", error=f"{where[f.path]}; Slurm job {job} requeued itself and resumes here")
         raise
     except Exception as e:
-        folder.write_status("interrupted", error=f"{where}; Slurm job {job} not requeued ({e}): rerun to resume")
+        for f, _ in stopped:
+            f.write_status("interrupted", error=f"{where[f.path]}; Slurm job {job} not requeued ({e}): rerun to resume")
         raise
+
+
+def _config(exp: ExperimentFolder, run: Run) -> dict[str, Any] | None:
+    """The run's config with its snapshot as ``init_from``; None after recording ``failed`` in its status when the
+    parent ended without writing that snapshot."""
+    config = {**run.config, "init_from": _init_from(exp, run)}
+    if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
+        parent = exp.run(run.depends_on).read_status()
+        err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
+               f"{parent.status!r} at epoch {parent.epoch:g} before this switch time")
+        exp.run(run.id).write_status("failed", error=err)
+        return None
+    return config
+
+
+def _record_failure(folder: Any, e: Exception, tb: str) -> None:
+    """A run's failure into its error.log and status.json."""
+    try:
+        folder.write_error_log(tb)
+        folder.write_status("failed", error=f"{type(e).__name__}: {e}")
+    except OSError:  # the disk refuses even the record of the failure (full, read-only):
+        raise e from None  # stop with the error that names the first write refused
+
+
+def _outcome(run_id: str, folder: Any) -> dict[str, Any]:
+    st = folder.read_status()
+    return {"id": run_id, "status": st.status, "error": st.error}
 
 
 def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any]:
@@ -167,24 +256,66 @@ def _run_one(experiment: str, run_id: str, stop: StopOnSignals) -> dict[str, Any
         if st.finished:
             return {"id": run_id, "status": st.status, "error": st.error, "skipped": True}
         stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
-        config = {**run.config, "init_from": _init_from(exp, run)}
-        if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
-            parent = exp.run(run.depends_on).read_status()
-            err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
-                   f"{parent.status!r} at epoch {parent.epoch:g} before this switch time")
-            folder.write_status("failed", error=err)
-        else:
+        config = _config(exp, run)
+        if config is not None:
             try:
                 _train(config, folder.path, lock)
             except Exception as e:  # any failure of one run (incl. CUDA OOM) is recorded; the others go on
-                try:
-                    folder.write_error_log(traceback.format_exc())
-                    folder.write_status("failed", error=f"{type(e).__name__}: {e}")
-                except OSError:  # the disk refuses even the record of the failure (full, read-only):
-                    raise e from None  # stop with the error that names the first write refused
-        st = folder.read_status()
+                _record_failure(folder, e, traceback.format_exc())
+        out = _outcome(run_id, folder)
     exp.write_summary()
-    return {"id": run_id, "status": st.status, "error": st.error}
+    return out
+
+
+def _run_group(experiment: str, run_ids: list[str], stop: StopOnSignals) -> list[dict[str, Any]]:
+    from ..train.lockstep import train_lockstep  # torch, only where a group trains
+
+    exp = ExperimentFolder(experiment)
+    plan = exp.read_plan()
+    out: dict[str, dict[str, Any]] = {}
+    locks: list[RunLock] = []
+    members: list[tuple[str, Any, RunLock, dict[str, Any]]] = []
+    notes: list[str] = []
+    try:
+        for rid in run_ids:
+            folder = exp.run(rid)
+            try:
+                lock = folder.lock().acquire()
+            except RunBusyError as e:
+                out[rid] = {"id": rid, "status": "busy", "error": f"held by {e.holder}"}
+                continue
+            locks.append(lock)
+            st = folder.read_status()
+            if st.finished:
+                out[rid] = {"id": rid, "status": st.status, "error": st.error, "skipped": True}
+                continue
+            config = _config(exp, plan[rid])
+            if config is None:
+                out[rid] = _outcome(rid, folder)
+                continue
+            members.append((rid, folder, lock, config))
+        stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
+        if members:
+            try:
+                results = train_lockstep([c for *_, c in members], [f.path for _, f, *_ in members],
+                                         locks=[lk for _, _, lk, _ in members], log=notes.append)
+                for (_, folder, *_), res in zip(members, results):
+                    if res.get("traceback"):
+                        folder.write_error_log(res["traceback"])
+            except Exception as e:  # the group as a whole could not start: every member recorded, as run_one does
+                tb = traceback.format_exc()
+                for _, folder, *_ in members:
+                    _record_failure(folder, e, tb)
+            for rid, folder, *_ in members:
+                out[rid] = _outcome(rid, folder)
+    finally:
+        for lock in locks:
+            lock.release()
+    exp.write_summary()
+    results = [out[rid] for rid in run_ids]
+    if notes and results:
+        results[0]["notes"] = notes
+    return results
 
 
 # ---- executors ----------------------------------------------------------------------------------------
@@ -350,67 +481,95 @@ class ProcessExecutor:
 # ---- scheduling ---------------------------------------------------------------------------------------
 
 
+def lockstep_groups(plan: dict[str, Run], ready: list[str], waiting: Iterable[str] = ()
+                    ) -> tuple[list[list[str]], list[str]]:
+    """``(groups, held)``: the ``ready`` runs grouped by (kind, ``lockstep_key`` of their config), in plan order, and
+    the ready runs held back because a run of their group is ``waiting`` for its snapshot."""
+    from ..train.config import lockstep_key  # plain data, no torch
+
+    key = lambda rid: (plan[rid].kind, lockstep_key(plan[rid].config))  # noqa: E731
+    incomplete = {key(rid) for rid in waiting}
+    groups: dict[Any, list[str]] = {}
+    held = []
+    for rid in ready:
+        k = key(rid)
+        if k in incomplete:
+            held.append(rid)
+        else:
+            groups.setdefault(k, []).append(rid)
+    return list(groups.values()), held
+
+
+def make_job(experiment: str, run_ids: list[str]) -> RunJob:
+    """The job that trains ``run_ids``: a :class:`RunJob` for one run, a :class:`GroupJob` for a lockstep group."""
+    return RunJob(experiment, run_ids[0]) if len(run_ids) == 1 else GroupJob(experiment, run_ids)
+
+
 def execute(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, *, poll_s: float = 2.0,
-            log: Callable[[str], None] = print) -> dict[str, str]:
+            log: Callable[[str], None] = print, lockstep: bool = False) -> dict[str, str]:
     """Train every unfinished run of ``plan`` on ``executor``; returns id -> final status.
 
     Runs start as soon as their snapshot exists; a run whose parent ended without writing the snapshot is
     marked failed with the reason; a run held by another live process is waited for (its lock), not
-    trained twice. Failures never stop the other runs.
+    trained twice. Failures never stop the other runs. ``lockstep``: runs that can share a process are
+    submitted together, one :class:`GroupJob` per group (module docstring).
 
     SIGTERM, SIGINT or SIGUSR1 stop the whole schedule (see :func:`_stop`): nothing more starts, the signal
-    goes on to the runs in flight, which checkpoint and end 'interrupted', then
+    goes on to the jobs in flight, whose runs checkpoint and end 'interrupted', then
     :class:`archrelax.signals.Interrupted` is raised.
     """
     with StopOnSignals() as stop:
-        return _schedule(exp, plan, executor, stop, poll_s=poll_s, log=log)
+        return _schedule(exp, plan, executor, stop, poll_s=poll_s, log=log, lockstep=lockstep)
+
+
+Key = tuple[str, ...]  # the runs one job trains (one run, or a lockstep group)
 
 
 def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: StopOnSignals, *,
-              poll_s: float, log: Callable[[str], None]) -> dict[str, str]:
+              poll_s: float, log: Callable[[str], None], lockstep: bool = False) -> dict[str, str]:
     result = {rid: exp.run(rid).read_status().status for rid in plan}
     todo = [rid for rid in plan if result[rid] not in FINISHED]
     skipped = len(plan) - len(todo)
     log(f"{len(plan)} runs planned: {skipped} already finished, {len(todo)} to run")
-    flying: dict[str, Any] = {}
-    submitted: dict[str, float] = {}
+    flying: dict[Key, Any] = {}  # the runs of a job -> the job
+    submitted: dict[Key, float] = {}
     told_busy: set[str] = set()
     if hasattr(executor, "adopt"):  # Slurm: runs whose job (a detached one, a dead scheduler's) is still live
+        adopted: dict[str, list[str]] = {}  # a group's job is recorded in each member's folder: one entry
+        jobs_by_id: dict[str, Any] = {}
         for rid, job in executor.adopt({rid: exp.run(rid).read_job() for rid in todo}).items():
-            todo.remove(rid)
-            flying[rid] = job
-            log(f"  {rid}: following its live job {job.job_id} (submitted earlier)")
+            adopted.setdefault(str(job.job_id), []).append(rid)
+            jobs_by_id.setdefault(str(job.job_id), job)
+        for job_id, rids in adopted.items():
+            for rid in rids:
+                todo.remove(rid)
+            flying[tuple(rids)] = jobs_by_id[job_id]
+            log(f"  {', '.join(rids)}: following {'their' if len(rids) > 1 else 'its'} live job {job_id} "
+                "(submitted earlier)")
     while todo or flying:
         if stop.signum is not None:
             _stop(exp, plan, executor, flying, stop.signum, poll_s=poll_s, log=log)
-        for rid, job in list(flying.items()):
+        for ids, job in list(flying.items()):
             if not job.done():
                 continue
-            del flying[rid]
-            st = exp.run(rid).read_status()
-            stopped = _stopped_since(st, submitted.get(rid, 0.0))  # a Slurm job that saved its run, then ended
-            try:
-                if stopped and _no_result_file(job):  # no result is coming: do not wait for one (submitit: 15 s)
-                    raise RuntimeError("the job ended without a result")
-                out = job.result()
-            except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
-                if stopped:
-                    out = {"status": "interrupted", "error": st.error}
-                else:
-                    exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
-                    out = {"status": "failed", "error": str(e)}
-            if out.get("status") == "busy":
-                todo.append(rid)
-                continue
-            result[rid] = out.get("status")
-            msg = f" ({out.get('error')})" if out.get("error") else ""
-            log(f"  {rid}: {result[rid]}{msg}")
-        ready = []
+            del flying[ids]
+            outs = _job_outcomes(exp, ids, job, submitted.get(ids, 0.0))
+            for note in outs[0].get("notes", ()):
+                log(f"  {note}")
+            for rid, out in zip(ids, outs):
+                if out.get("status") == "busy":
+                    todo.append(rid)
+                    continue
+                result[rid] = out.get("status")
+                msg = f" ({out.get('error')})" if out.get("error") else ""
+                log(f"  {rid}: {result[rid]}{msg}")
+        in_flight = {rid for ids in flying for rid in ids}
+        ready, waiting = [], []
         for rid in list(todo):
             run = plan[rid]
             snap = exp.snapshot_for(run)
             if run.depends_on is not None and not (snap is not None and snap.is_file()):
-                parent_busy = run.depends_on in flying or run.depends_on in todo
+                parent_busy = run.depends_on in in_flight or run.depends_on in todo
                 parent = exp.run(run.depends_on)
                 parent_status = parent.read_status().status
                 if not parent_busy and parent_status == "interrupted" and parent.holder() is None:
@@ -422,6 +581,7 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
                         f"{run.snapshot}; rerun to resume both")
                     continue
                 if parent_busy or (parent_status not in FINISHED + ("failed",)):
+                    waiting.append(rid)
                     continue  # parent still training (here or elsewhere): wait for the snapshot
                 # parent ended without this snapshot: run_one records why
             holder = exp.run(rid).holder()
@@ -436,21 +596,67 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
                 result[rid] = now.status
                 continue
             ready.append(rid)
-        if ready:
-            for rid in ready:
-                todo.remove(rid)
+        groups = [[rid] for rid in ready]
+        if lockstep and ready:
+            groups, _held = lockstep_groups(plan, ready, waiting)
+        if groups:
+            for g in groups:
+                for rid in g:
+                    todo.remove(rid)
+                if len(g) > 1:
+                    log(f"  lockstep: {len(g)} {plan[g[0]].kind} runs in one process: {', '.join(g)}")
             with executor.batch():
-                jobs = [executor.submit(RunJob(str(exp.root), rid)) for rid in ready]
-            flying.update(zip(ready, jobs))
-            for rid, job in zip(ready, jobs):  # which job owns the run, for `status` and for reruns
+                jobs = [executor.submit(make_job(str(exp.root), g)) for g in groups]
+            for g, job in zip(groups, jobs):
+                flying[tuple(g)] = job
+                submitted[tuple(g)] = time.time()
+                # which job owns the runs, for `status` and for reruns: every member of a group names it
                 if hasattr(executor, "record") and (rec := executor.record(job)) is not None:
-                    exp.run(rid).write_job(rec)
-            submitted.update((rid, time.time()) for rid in ready)
+                    for rid in g:
+                        exp.run(rid).write_job(rec)
             continue
         if todo or flying:
             time.sleep(poll_s)
     exp.write_summary(plan)
     return result
+
+
+def _job_outcomes(exp: ExperimentFolder, ids: Key, job: Any, t0: float) -> list[dict[str, Any]]:
+    """One result per run of a finished job (a run_one dict, or run_group's list). A job that died is
+    recorded as each run's failure, unless its runs were saved and marked 'interrupted' since ``t0`` (a Slurm
+    job stopped by a signal exits without a result): then they are taken as interrupted, at once."""
+    statuses = [exp.run(rid).read_status() for rid in ids]
+    stopped = any(_stopped_since(st, t0) for st in statuses)  # a Slurm job that saved its runs, then ended
+    try:
+        if stopped and _no_result_file(job):  # no result is coming: do not wait for one (submitit: 15 s)
+            raise RuntimeError("the job ended without a result")
+        return _per_run(exp, ids, job.result())
+    except Exception as e:  # the job itself died (worker killed, Slurm timeout, ...)
+        outs = []
+        for rid, st in zip(ids, statuses):
+            if stopped:  # each run as its job left it: interrupted, or finished before the signal
+                outs.append({"status": st.status, "error": st.error})
+            else:
+                exp.run(rid).write_status("failed", error=f"job failed: {type(e).__name__}: {e}")
+                outs.append({"status": "failed", "error": str(e)})
+        return outs
+
+
+def _per_run(exp: ExperimentFolder, ids: Key, out: Any) -> list[dict[str, Any]]:
+    """A job's result (run_one's dict or run_group's list) as one dict per run of ``ids``, matched by run id: an
+    adopted group job (a rerun following it) may be followed for only some of its members (the others had
+    finished), and its result lists them all. A run the result does not name reads its status."""
+    outs = out if isinstance(out, list) else [out]
+    by_id = {o.get("id"): o for o in outs if isinstance(o, dict)}
+    if len(ids) == 1 and len(outs) == 1 and None in by_id:  # a result without an id: the one run's
+        return outs
+    per_run = []
+    for rid in ids:
+        if rid not in by_id:
+            st = exp.run(rid).read_status()
+            by_id[rid] = {"id": rid, "status": st.status, "error": st.error}
+        per_run.append(by_id[rid])
+    return per_run
 
 
 def _stopped_since(status: Status, t0: float) -> bool:
@@ -476,27 +682,30 @@ def _in_slurm_job() -> bool:
     return os.environ.get("SUBMITIT_EXECUTOR") == "slurm" and getattr(spec, "name", "") == "submitit.core._submit"
 
 
-def _stop(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, flying: dict[str, Any], signum: int, *,
+def _stop(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, flying: dict[Key, Any], signum: int, *,
           poll_s: float, log: Callable[[str], None]) -> None:
-    """Stop on a signal (issue 9): forward it to the runs in flight, wait for their checkpoints, mark any run
+    """Stop on a signal (issue 9): forward it to the jobs in flight, wait for their checkpoints, mark any run
     still 'running' without a live holder 'interrupted', write the summary, raise Interrupted."""
     name = signal_name(signum)
-    pending = [rid for rid, job in flying.items() if not job.done()]
-    log(f"{name}: stopping; {len(pending)} run(s) in flight stop after their current step, nothing more starts")
+    pending = [ids for ids, job in flying.items() if not job.done()]
+    n_runs = sum(len(ids) for ids in pending)
+    log(f"{name}: stopping; {n_runs} run(s) in flight stop after their current step, nothing more starts")
     if pending and hasattr(executor, "interrupt"):
-        executor.interrupt(signum, [flying[rid] for rid in pending])
-    for rid, job in flying.items():
+        executor.interrupt(signum, [flying[ids] for ids in pending])
+    for ids, job in flying.items():
         while not job.done():
             time.sleep(min(poll_s, 0.5))
         try:
-            out = job.result()
+            outs = _per_run(exp, ids, job.result())
         except Exception as e:  # a job that died, or a cancelled pending Slurm job: its status says the rest
-            out = {"status": exp.run(rid).read_status().status, "error": f"{type(e).__name__}: {e}"}
-        log(f"  {rid}: {out.get('status')}")
+            outs = [{"status": exp.run(rid).read_status().status, "error": f"{type(e).__name__}: {e}"} for rid in ids]
+        for rid, out in zip(ids, outs):
+            log(f"  {rid}: {out.get('status')}")
     # a job can end before its process does (a broken pool fails every future at once): wait for the run
     # locks, which are held until the trainer has saved its state and released the run
+    runs = [rid for ids in flying for rid in ids]
     deadline = time.monotonic() + 120
-    while any(exp.run(rid).holder() is not None for rid in flying) and time.monotonic() < deadline:
+    while any(exp.run(rid).holder() is not None for rid in runs) and time.monotonic() < deadline:
         time.sleep(min(poll_s, 0.5))
     for rid in plan:
         folder = exp.run(rid)

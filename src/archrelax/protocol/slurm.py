@@ -25,7 +25,7 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..signals import signal_name
 from ..store import ExperimentFolder, JobRecord, Run
-from .executors import RunJob
+from .executors import lockstep_groups, make_job
 from .spec import SlurmOptions
 
 __all__ = ["JobState", "LIVE_STATES", "squeue_states", "job_states", "submitit_executor", "SubmititExecutor",
@@ -299,7 +299,7 @@ def _squeue_info(job_ids: Iterable[str]) -> dict[str, dict[str, str]]:
 
 
 def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmOptions, *, name: str = "archrelax",
-                    log: Callable[[str], None] = print) -> dict[str, str]:
+                    log: Callable[[str], None] = print, lockstep: bool = False) -> dict[str, str]:
     """Submit every unfinished run of ``plan`` that has no live job, and return; id -> what was done.
 
     Runs that start from scratch (CNNs, baselines) and runs whose snapshot already exists go in one job
@@ -315,6 +315,12 @@ def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmO
     left to it, a finished run gets none, and a run held by a live process (a local ``archrelax run``) is
     left to that process, with its dependants not submitted (said in the log). The job states come from one
     ``squeue`` call; when it fails nothing is submitted (a second job for a run could not be ruled out).
+
+    ``lockstep``: among the runs of one array (those waiting for the same job, or for none), the runs that can
+    share a process (``executors.lockstep_groups``) go as one :class:`~archrelax.protocol.executors.GroupJob`,
+    recorded in every member's job.json; so the relaxed runs of one kind from one CNN (all its switch times)
+    train together once the CNN's job completed. Runs waiting for different jobs (other seeds' CNNs) are not
+    grouped: a detached group would have to wait for all of its parents.
     """
     if options.cluster != "slurm":
         raise ValueError(f"--detach needs a Slurm cluster (slurm.cluster: slurm), not {options.cluster!r}: "
@@ -363,13 +369,17 @@ def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmO
             break
         for dep, rids in groups.items():
             ex = submitit_executor(options, exp.root / "slurm", name=name, dependency=dep)
+            units = lockstep_groups(plan, rids)[0] if lockstep else [[rid] for rid in rids]
             with ex.batch():
-                jobs = [ex.submit(RunJob(str(exp.root), rid)) for rid in rids]
-            for rid, job in zip(rids, jobs):
+                jobs = [ex.submit(make_job(str(exp.root), unit)) for unit in units]
+            for unit, job in zip(units, jobs):
                 rec = ex.record(job)
-                folders[rid].write_job(rec)
-                job_of[rid] = rec.job_id
-                outcome[rid] = f"submitted: slurm {rec.job_id}" + (f" ({DEPENDENCY}:{dep})" if dep else "")
+                notes = ([f"{DEPENDENCY}:{dep}"] if dep else []) + (
+                    [f"lockstep with {len(unit) - 1} other run(s)"] if len(unit) > 1 else [])
+                for rid in unit:  # a group's job is every member's job
+                    folders[rid].write_job(rec)
+                    job_of[rid] = rec.job_id
+                    outcome[rid] = f"submitted: slurm {rec.job_id}" + (f" ({'; '.join(notes)})" if notes else "")
         todo = [rid for rid in todo if rid not in outcome]
     for rid in plan:
         log(f"  {rid}: {outcome[rid]}")

@@ -407,6 +407,8 @@ class ExperimentSpec:
                                              "e.g. {sharpness_max_iter: 10, trace_probes: 4}")
     executor: Literal["local", "slurm"] = _opt("local", "where runs execute")
     workers: int = _opt(1, "local worker processes (one per GPU when there are GPUs)", lambda v: None if v >= 1 else "an integer >= 1")
+    lockstep: bool = _opt(False, "train the runs that can share a process (one kind, configs equal apart from seed and "
+                          "start snapshot) in one process on stacked weights, on the same batches (docs/protocol.md)")
     slurm: SlurmOptions = field(default_factory=SlurmOptions, metadata={"doc": "Slurm resources"})
 
     def switch_list(self) -> list[float]:

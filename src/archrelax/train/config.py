@@ -38,8 +38,8 @@ from typing import Any, Callable, Literal
 
 from archrelax._typed import conforms, describe, yaml_load
 
-__all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "setting", "option_name",
-           "soft_problem"]
+__all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
+           "setting", "option_name", "soft_problem", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -322,3 +322,16 @@ RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["identity"])
 OMIT_DEFAULT = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
                 for f in dataclasses.fields(TrainConfig) if f.metadata["omit_default"]}  # name -> default
+
+
+# Fields in which runs trained in lockstep (archrelax.train.lockstep) may differ: where each starts, its batch order
+# and initialisation, which epochs it saves; besides the runtime fields. Everything else fixes the shared loop.
+LOCKSTEP_FREE = ("init_from", "seed", "snapshots")
+
+
+def lockstep_key(config: "TrainConfig | dict[str, Any]") -> str:
+    """Runs with equal keys can be trained in lockstep: their configs agree outside :data:`LOCKSTEP_FREE` and the
+    runtime fields (plain data in, so the scheduler can group runs without importing torch)."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return json.dumps({k: v for k, v in d.items() if k not in LOCKSTEP_FREE and k not in RUNTIME_FIELDS},
+                      sort_keys=True)

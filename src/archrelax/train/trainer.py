@@ -59,6 +59,20 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return cls(params, **kw)
 
 
+def make_feeds(cfg: TrainConfig, data, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """A run's shuffled training feed (seeded by ``cfg.seed``) and its evaluation feeds ``{"train", "test"}`` over
+    ``data`` (a DataSplits; images already on ``device`` are not copied)."""
+    from archrelax.data import BatchFeed
+
+    feed_kw = dict(mean=data.mean, std=data.std, device=device)
+    feed = BatchFeed(data.train.images, data.train.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                     augment=tuple(cfg.augment), **feed_kw)
+    eval_bs = max(cfg.batch_size, 500)
+    eval_feeds = {split: BatchFeed(s.images, s.labels, eval_bs, shuffle=False, **feed_kw)
+                  for split, s in (("train", data.train), ("test", data.test))}
+    return feed, eval_feeds
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, feed, amp: str | None = None) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of ``model`` over every batch of ``feed`` (eval mode, restored after)."""
@@ -101,22 +115,29 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
                          f"({'held' if lock.held else 'not held'})")
     own = folder.lock().acquire() if lock is None else None
     try:
-        try:
-            saved = folder.read_config()
-        except StoreError:  # unreadable: harmless to replace when nothing was trained here
-            if folder.has_training_state():
-                raise
-            saved = None
-        if saved is not None and folder.has_training_state():
-            _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
-            status = folder.read_status()
-            if status.finished:
-                return _result(folder, status)
-        folder.write_config(cfg.to_dict())
-        return _train(cfg, folder)
+        finished = prepare_folder(cfg, folder)
+        return finished if finished is not None else _train(cfg, folder)
     finally:
         if own is not None:
             own.release()
+
+
+def prepare_folder(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any] | None:
+    """Before training into ``folder`` (whose lock the caller holds): refuse a different config in a folder that
+    trained, return the result of a finished run (not redone), else write config.json and return None."""
+    try:
+        saved = folder.read_config()
+    except StoreError:  # unreadable: harmless to replace when nothing was trained here
+        if folder.has_training_state():
+            raise
+        saved = None
+    if saved is not None and folder.has_training_state():
+        _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
+        status = folder.read_status()
+        if status.finished:
+            return _result(folder, status)
+    folder.write_config(cfg.to_dict())
+    return None
 
 
 def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
@@ -149,23 +170,13 @@ class _Run:
     """State of one run; ``fit`` is the loop. Split from ``train`` so that setup and resume stay readable."""
 
     def __init__(self, cfg: TrainConfig, folder: RunFolder) -> None:
-        from archrelax.data import BatchFeed, load_data
-
         self.cfg, self.folder, self.out = cfg, folder, folder.path
         self.device = resolve_device(cfg.device)
         self.global_offset = 0.0
         self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
         self.writer = self.bar = None
         self.write_status("running")
-        data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
-                         seed=cfg.data_seed)
-        self.data = data
-        feed_kw = dict(mean=data.mean, std=data.std, device=self.device)
-        self.feed = BatchFeed(data.train.images, data.train.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                              augment=tuple(cfg.augment), **feed_kw)
-        eval_bs = max(cfg.batch_size, 500)
-        self.eval_feeds = {split: BatchFeed(s.images, s.labels, eval_bs, shuffle=False, **feed_kw)
-                           for split, s in (("train", data.train), ("test", data.test))}
+        self._setup_data()
         self.spe = len(self.feed)  # steps per epoch
         self.total = int(round(cfg.horizon * self.spe))
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
@@ -181,6 +192,15 @@ class _Run:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
     # ---- setup -------------------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        """``self.data``, the shuffled training feed ``self.feed`` and the evaluation feeds (train, test)."""
+        from archrelax.data import load_data
+
+        cfg = self.cfg
+        self.data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
+                              seed=cfg.data_seed)
+        self.feed, self.eval_feeds = make_feeds(cfg, self.data, self.device)
+
     def _fresh(self) -> None:
         from archrelax.models import create_model
 
@@ -308,17 +328,9 @@ class _Run:
                 loss.backward()
                 self._add_soft_grad()
                 self.opt.step()
-                # running epoch statistics stay on the device: no sync per step
-                s = self.run_stats
-                s["loss"] += loss.detach() * y.shape[0]
-                s["correct"] += (out.argmax(1) == y).sum()
-                s["n"] += y.shape[0]
-                self.step += 1
-                self._tick(lr)
+                self._account(loss, (out.argmax(1) == y).sum(), y.shape[0], lr)
                 now = time.perf_counter()
-                due = (self.step % self.spe == 0
-                       or (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
-                       or (cfg.checkpoint_every_s is not None and now - last_ckpt >= cfg.checkpoint_every_s))
+                due = self._checkpoint_due(now, last_ckpt)
                 # the divergence check syncs with the device, so not every step; always before a checkpoint
                 stop = self._at_step(check=due or self.step % 25 == 0)
                 if stop:
@@ -330,6 +342,21 @@ class _Run:
                 if self.step >= self.total:
                     break
         return self._finish("max_epochs" if cfg.until_zero_loss else "epochs")
+
+    def _account(self, loss: torch.Tensor, correct: torch.Tensor, n: int, lr: float) -> None:
+        """One update done: running epoch statistics (kept on the device: no sync per step), step, progress."""
+        s = self.run_stats
+        s["loss"] += loss.detach() * n
+        s["correct"] += correct
+        s["n"] += n
+        self.step += 1
+        self._tick(lr)
+
+    def _checkpoint_due(self, now: float, last_ckpt: float) -> bool:
+        cfg = self.cfg
+        return (self.step % self.spe == 0
+                or bool(cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
+                or (cfg.checkpoint_every_s is not None and now - last_ckpt >= cfg.checkpoint_every_s))
 
     def _stop_if_signalled(self, checkpointed: bool) -> None:
         """Between two steps: on a stop signal (see archrelax.signals), save the state of this very step,
@@ -400,10 +427,15 @@ class _Run:
         s, thr = self.run_stats, self.cfg.loss_threshold
         return s["correct"].item() >= 0.99 * s["n"] or (thr is not None and s["loss"].item() / s["n"] < 10 * thr)
 
-    def _evaluate(self, record: bool = True) -> dict[str, Any]:
+    def _losses(self) -> tuple[float, float, float, float]:
+        """Loss and accuracy on the full train and test sets: (train_loss, train_acc, test_loss, test_acc)."""
         amp = self.cfg.amp
         train_loss, train_acc = evaluate(self.forward, self.eval_feeds["train"], amp)
         test_loss, test_acc = evaluate(self.forward, self.eval_feeds["test"], amp)
+        return train_loss, train_acc, test_loss, test_acc
+
+    def _evaluate(self, record: bool = True) -> dict[str, Any]:
+        train_loss, train_acc, test_loss, test_acc = self._losses()
         epoch = self.step / self.spe
         m = {"epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
              "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
@@ -463,7 +495,7 @@ class _Run:
         self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
                                                global_epoch=self.global_offset + epoch, step=self.step)
 
-    def _open_outputs(self) -> None:
+    def _open_outputs(self, bar: bool = True) -> None:
         cfg = self.cfg
         if cfg.tensorboard:
             try:
@@ -473,7 +505,7 @@ class _Run:
                                    "pip install 'archrelax[tensorboard]'") from e
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-        if show:
+        if show and bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)
