@@ -196,13 +196,14 @@ class DenseConv(RelaxedConv):
             q_of = torch.full((P, K), Q, dtype=torch.long, device=w.device)  # ascending per row; Q: empty
             q_of[pq[:, 0], rank] = pq[:, 1]
             valid = q_of < Q
-            # gathered as (C_out/g, P, C_in/g, K), the gathered axis last (several times faster than into any other
-            # layout), then transposed to (g, C_out/g, C_in/g, P, K) for the matmuls below
-            index = q_of.clamp(max=Q - 1).view(1, P, 1, K).expand(cog, P, cig, K)
+            # gathered straight into (g, C_out/g, C_in/g, P, K), the layout of the matmuls below, from a transposed
+            # view: the gathered axis stays last (contiguous rows of Q), and no transposed copy follows (measured
+            # on layer 2 of VanillaCNN: half the time of gathering as (C_out/g, P, C_in/g, K) and transposing)
+            index = q_of.clamp(max=Q - 1).view(1, 1, P, K).expand(cog, cig, P, K)
             blocks6 = w.view(G, cog, P, G, cig, Q)
             vals = w.new_empty(G, cog, cig, P, K)
             for gi in range(G):  # in-group blocks
-                vals[gi] = torch.gather(blocks6[gi, :, :, gi], 3, index).transpose(1, 2)
+                torch.gather(blocks6[gi, :, :, gi].transpose(1, 2), 3, index, out=vals[gi])
             vals = vals.view(G * cog * cig, P * K)
             # φ restricted to the slots is the (P·K, T) matrix A: A[(p, k), t] = 1 where tap t of p reads slot k
             # (several taps of one p may read one input under reflect / replicate / circular padding). So
