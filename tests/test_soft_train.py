@@ -14,21 +14,9 @@ from archrelax.embed import DenseConv, relax, relaxed_layers, to_cnn
 from archrelax.models import build_architecture
 from archrelax.train import TrainConfig, load_checkpoint, model_from_checkpoint, read_metrics, train
 from archrelax.train.soft import soft_lambda
-
-DATA = "synthetic:1x28x28:10:200:100"  # as in test_train.py: a width-8 VanillaCNN's eFCN stays small
-VOLATILE = ("wall_time", "peak_mem_bytes")
+from test_train import DATA, cfg, stable  # the trainer tests' small config (a width-8 VanillaCNN's eFCN stays small)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def cfg(**kw) -> TrainConfig:
-    base = dict(model="vanilla_cnn", model_kwargs={"width": 8}, data=DATA, batch_size=50, epochs=2, lr=0.05,
-                eval_times="every", device="cpu", progress=False, checkpoint_every_s=None)
-    return TrainConfig(**{**base, **kw})
-
-
-def stable(rows: list[dict]) -> list[dict]:
-    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
 
 
 @pytest.fixture(scope="module")
