@@ -10,6 +10,10 @@ import numpy as np
 
 EVAL = np.unique(np.round(np.concatenate([[0.0], np.geomspace(0.1, 40.0, 14)]), 3))
 TWS = (0.0, 1.0, 4.0, 16.0)
+LATTICE_TWS = (1.0, 4.0)
+# the lattice's runs (kind, target, soft λ): the CNN continued, locality released, sharing released in tiles, a
+# soft eFCN; beside the eFCN and eLCN runs above, they are the corners at each switch time
+LATTICE = (("cont", None, 0.0), ("wide", "wide:full", 0.0), ("tiled", "tiled:2", 0.0), ("soft", "fc", 10.0))
 
 
 def _cnn(t: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -29,19 +33,22 @@ def _relaxed(t: np.ndarray, t_w: float, seed: int, kind: str) -> tuple[np.ndarra
 
 
 def _run_folder(d: Path, kind: str, seed: int, t_w: float | None, t_w2: float | None, status: str,
-                error: str | None = None) -> dict:
+                error: str | None = None, offsharing: bool = True) -> dict:
     d.mkdir(parents=True)
     start = t_w2 if kind == "hier" else t_w
     t = EVAL if start is None else np.concatenate([[start], EVAL[EVAL > start]])
     if status == "failed":
         t = t[:3]
-    if kind in ("cnn", "fcn", "lcn"):
+    if kind in ("cnn", "fcn", "lcn", "cont"):
         loss, acc = _cnn(t, seed)
-        if kind != "cnn":
+        if kind in ("fcn", "lcn"):
             acc = 0.1 + (acc - 0.1) * (0.75 if kind == "fcn" else 0.9)
         delta = None
     else:
-        loss, acc, delta = _relaxed(t, start, seed, "efcn" if kind == "hier" else kind)
+        loss, acc, delta = _relaxed(t, start, seed, "efcn" if kind in ("hier", "soft", "wide", "tiled") else kind)
+    # δ and the distance to the CNN of each kind: a wide conv releases locality only (off-sharing 0), a tiled
+    # conv sharing only (δ 0), a soft run less of both; off-sharing² = cnn_distance² − δ² (zero padding)
+    scale = {"wide": (1.0, 1.0), "tiled": (0.0, 1.5), "soft": (0.2, 0.4)}.get(kind, (1.0, 2.0))
     lines = []
     for i, e in enumerate(t):
         rec = {"epoch": float(e - (start or 0.0)), "global_epoch": float(e), "step": int(round((e - (start or 0.0)) * 20)),
@@ -49,8 +56,13 @@ def _run_folder(d: Path, kind: str, seed: int, t_w: float | None, t_w2: float | 
                "train_acc": float(min(1.0, acc[i] + 0.3)), "test_loss": float(loss[i] + 0.8),
                "test_acc": float(acc[i]), "lr": 0.1, "wall_time": float(e), "peak_mem_bytes": 1000}
         if delta is not None:
-            rec["offlocal_ratio"] = float(delta[i])
-            rec["cnn_distance"] = float(2 * delta[i])
+            rec["offlocal_ratio"] = float(scale[0] * delta[i])
+            rec["cnn_distance"] = float(scale[1] * delta[i])
+            if offsharing:  # as the trainer records it (a stand-in from the identity above)
+                rec["offsharing_ratio"] = float(np.sqrt(max(scale[1] ** 2 - scale[0] ** 2, 0.0)) * delta[i])
+        if kind == "soft":
+            rec["soft_lambda"] = float(10.0 * 2 ** (-(e - start) / 0.5))
+            rec["soft_penalty"] = float(scale[1] * delta[i])
         lines.append(json.dumps(rec))
     (d / "metrics.jsonl").write_text("\n".join(lines) + "\n" + ('{"epoch": 99, "trunc' if status == "running" else ""))
     (d / "status.json").write_text(json.dumps({"status": status, "error": error, "epoch": float(t[-1]),
@@ -77,6 +89,13 @@ def plan_entries(seeds: int = 2) -> dict[str, dict]:
         add(f"fcn-s{s}", "fcn", s)
         for t in TWS:
             add(f"efcn-t{t:g}-s{s}", "efcn", s, f"cnn-s{s}", t, t_w=t)
+        for kind, target, lam in LATTICE:
+            for t in LATTICE_TWS:
+                add(f"{kind}-t{t:g}-s{s}", kind, s, f"cnn-s{s}", t, t_w=t)
+                plan[f"{kind}-t{t:g}-s{s}"]["config"] |= {"relax": target, "soft_lambda": lam, "soft_schedule":
+                                                          "exp:0.5" if lam else "const", "soft_toward": "cnn"}
+        for t in TWS:  # the hard relaxations: their targets, for the lattice's labels
+            plan[f"efcn-t{t:g}-s{s}"]["config"] |= {"relax": "fc", "soft_lambda": 0.0}
     add("lcn-s0", "lcn", 0)
     for t in (1.0, 4.0):
         add(f"elcn-t{t:g}-s0", "elcn", 0, "cnn-s0", t, t_w=t)
@@ -103,7 +122,8 @@ def make_experiment(root: Path, *, partial: bool = False) -> Path:
             status, error = "failed", "Traceback (most recent call last):\n  ...\nRuntimeError: loss is NaN at step 40"
         if partial and rid == "efcn-t4-s1":
             status = "running"
-        rows.append(_run_folder(exp / "runs" / rid, e["kind"], e["seed"], t_w, t_w2, status, error))
+        rows.append(_run_folder(exp / "runs" / rid, e["kind"], e["seed"], t_w, t_w2, status, error,
+                                offsharing=not partial))
     with open(exp / "summary.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -173,7 +193,11 @@ def _analyses(exp: Path, done: list[dict], partial: bool) -> None:
                              {"form": "lc", "params": 3_600_000, "param_bytes": 14_400_000,
                               "optimizer_bytes": {"sgd": 14_400_000, "adam": 28_800_000}},
                              {"form": "fc", "params": 60_000_000, "param_bytes": 240_000_000,
-                              "optimizer_bytes": {"sgd": 240_000_000, "adam": 480_000_000}}]})
+                              "optimizer_bytes": {"sgd": 240_000_000, "adam": 480_000_000}},
+                             {"form": "wide:full", "params": 1_200_000, "param_bytes": 4_800_000,
+                              "optimizer_bytes": {"sgd": 4_800_000, "adam": 9_600_000}},
+                             {"form": "tiled:2", "params": 480_000, "param_bytes": 1_920_000,
+                              "optimizer_bytes": {"sgd": 1_920_000, "adam": 3_840_000}}]})
     if partial:  # templates and interpolation not computed yet
         return
     rng = np.random.default_rng(0)
@@ -205,8 +229,9 @@ def _analyses(exp: Path, done: list[dict], partial: bool) -> None:
     dump("interpolation", {"alphas": alphas, "curves": ic})
 
 
-EXPECTED_SECTIONS = ("claims", "overview", "curves-efcn", "final-efcn", "final-elcn", "hierarchical", "distance", "sharpness",
-                     "ablation", "templates", "interpolation", "memory", "runs", "spec")
+EXPECTED_SECTIONS = ("claims", "overview", "curves-efcn", "final-efcn", "final-elcn", "hierarchical", "distance",
+                     "sharpness", "ablation", "templates", "interpolation", "memory", "runs", "spec", "lattice", "soft",
+                     "lattice-distance")
 
 
 def parse_report(html: str) -> dict[str, dict]:

@@ -145,6 +145,27 @@ def test_failed_unreadable_and_partly_corrupt_inputs_become_reasons(tmp_path):
         evaluate_claims(tmp_path)
 
 
+def test_lattice_runs_do_not_enter_the_claims(tmp_path):
+    # the claims compare CNN, eFCN, eLCN, FCN and LCN (and hier): runs of the lattice's kinds (the CNN continued,
+    # wide, tiled, soft, relaxation paths) in the same experiment change no verdict, statistic or reason, even
+    # when each of them would break a claim (a jump at the switch, a loss that ends above its start, chance)
+    from claims_synth import SynthRun
+
+    plain = evaluate_claims(Synth().write(tmp_path / "plain"))
+    s = Synth().build()
+    for seed in s.seeds:
+        for t in s.tws:
+            for kind in ("cont", "wide", "tiled", "soft"):
+                s._add(SynthRun(f"{kind}-tw{t:g}-s{seed}", kind, seed, t, s.relaxed_epochs, 5.0, 9.0, 0.1, 0.05,
+                                0.9, t_w=t, parent=f"cnn-s{seed}", snapshot_epoch=t, snapshots=(1.0,)))
+        s._add(SynthRun(f"path-tw1-2-s{seed}", "path", seed, 2.0, s.relaxed_epochs, 5.0, 9.0, 0.1, 0.05, 0.9,
+                        t_w=1.0, t_w2=2.0, parent=f"wide-tw1-s{seed}", snapshot_epoch=1.0))
+    root = s.write(tmp_path / "lattice")
+    assert {r.kind for r in ExperimentFolder(root).read_plan().values()} >= {"cont", "wide", "tiled", "soft", "path"}
+    key = lambda c: (c.number, c.verdict, c.statistic, c.n_seeds, c.reason)  # noqa: E731
+    assert [key(c) for c in evaluate_claims(root)] == [key(c) for c in plain]
+
+
 def test_report_synth_experiment_gets_verdicts(tmp_path):
     from report_synth import make_experiment
 

@@ -119,7 +119,7 @@ def test_changing_one_option_changes_only_the_runs_it_affects():
     ({"train": {"batch_size": "big"}}, ["'train.batch_size' = 'big' has the wrong type", "an integer"]),
     ({"cnn": {"epochs": 4, "until_zero_loss": False}, "switch_times": [0, 2, 5]},
      ["'switch_times' = [0, 2, 5]", "[5] after the end of CNN training", "epoch 4", "times in [0, 4]"]),
-    ({"targets": ["fc", "cnn"]}, ["'targets'", "one of 'fc', 'lc', 'lc>fc'"]),
+    ({"targets": ["fc", "cnm"]}, ["'targets'", "'fc' (eFCN), 'lc' (eLCN), 'lc>fc'", "'wide:full'", "(not 'cnm')"]),
     ({"baselines": ["mlp"]}, ["'baselines'", "'fcn', 'lcn'"]),
     ({"switch_times": "log:x"}, ["'switch_times' = 'log:x' is out of range", "'log:N'"]),
     ({"analyses": ["sharpnes"]}, ["unknown analysis 'sharpnes'", "did you mean 'sharpness'"]),
@@ -280,6 +280,48 @@ def test_worker_processes_give_the_same_summary(tiny_experiment, tmp_path):
                 assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-4), (g["id"], k)
             else:
                 assert g[k] == w[k], (g["id"], k)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_lockstep_gives_the_same_summary_and_ordinary_runs(tiny_experiment, tmp_path, workers, monkeypatch):
+    if workers == 2:  # the GPU's batched layers, in spawned workers (they inherit the environment)
+        monkeypatch.setenv("ARCHRELAX_LOCKSTEP_BATCHED", "1")
+    exp = tmp_path / "lockstep"
+    logs: list[str] = []
+    run_experiment(spec_from_dict({**TINY, "lockstep": True}), exp, workers=workers, poll_s=0.1, log=logs.append)
+    plan = Store(exp).read_plan()
+    efcn = [rid for rid, r in plan.items() if r.kind == "efcn"]
+    assert any(ln.startswith("lockstep: true with a cpu executor") for ln in logs), logs  # noted, and used anyway
+    assert f"  lockstep: 2 efcn runs in one process: {', '.join(efcn)}" in logs, logs
+    got, want = _rows(exp / "summary.csv"), _rows(tiny_experiment / "summary.csv")
+    assert [r["id"] for r in got] == [r["id"] for r in want]
+    for g, w in zip(got, want):  # lockstep computes each run's own numbers: equal to float tolerance
+        for k in w:
+            if k.startswith(("final_", "best_")) and w[k]:
+                assert float(g[k]) == pytest.approx(float(w[k]), rel=1e-5), (g["id"], k)
+            else:
+                assert g[k] == w[k], (g["id"], k)
+    for rid in efcn:  # ordinary run folders
+        folder = Store(exp).run(rid)
+        assert folder.read_status().status == "done" and folder.final_path.is_file() and folder.holder() is None
+    # lockstep is a runtime key: the same experiment without it is accepted, with nothing left to train
+    logs.clear()
+    run_experiment(spec_from_dict(TINY), exp, log=logs.append)
+    assert logs == ["4 runs planned: 4 already finished, 0 to run"]
+
+
+def test_lockstep_groups_wait_for_runs_whose_snapshot_is_coming():
+    from archrelax.protocol.executors import lockstep_groups
+
+    spec = spec_from_dict({**TINY, "seeds": [0, 1], "targets": ["fc", "lc"]})
+    plan = make_plan(spec)
+    by = lambda kind, seed=None: [r for r, x in plan.items() if x.kind == kind and seed in (None, x.seed)]  # noqa: E731
+    groups, held = lockstep_groups(plan, list(plan))
+    assert sorted(map(sorted, groups)) == sorted(map(sorted, [by("cnn"), by("efcn"), by("elcn"), by("fcn")]))
+    # seed 0's relaxed runs are ready, seed 1's CNN still trains: they wait to be one group with seed 1's
+    ready = by("efcn", 0) + by("elcn", 0) + by("fcn")
+    groups, held = lockstep_groups(plan, ready, waiting=by("efcn", 1))
+    assert sorted(held) == sorted(by("efcn", 0)) and sorted(map(sorted, groups)) == sorted([by("elcn", 0), by("fcn")])
 
 
 def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):

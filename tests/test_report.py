@@ -13,8 +13,9 @@ from archrelax.cli import main as cli_main
 from archrelax.report import load_experiment, write_report
 from report_synth import EXPECTED_SECTIONS, make_experiment, parse_report
 
-FIGURES = {"claims": 0, "overview": 0, "curves-efcn": 1, "curves-elcn": 1, "final-efcn": 1, "final-elcn": 1, "hierarchical": 1,
-           "distance": 1, "sharpness": 3, "ablation": 1, "templates": 1, "interpolation": 1, "memory": 0}
+FIGURES = {"claims": 0, "overview": 0, "curves-efcn": 1, "curves-elcn": 1, "final-efcn": 1, "final-elcn": 1,
+           "hierarchical": 1, "distance": 1, "sharpness": 3, "ablation": 1, "templates": 1, "interpolation": 1,
+           "memory": 0, "lattice": 1, "soft": 1, "lattice-distance": 1}
 
 
 @pytest.fixture(scope="module")

@@ -406,6 +406,22 @@ def test_status_command_names_a_corrupt_plan_or_status_file(tmp_path, capsys):
     assert json.loads((exp / "plan.json").read_text()) == plan
 
 
+def test_job_record_round_trips_and_a_corrupt_one_is_named(tmp_path):
+    from archrelax.store import JobRecord, RunFolder, StoreError
+
+    run = RunFolder(tmp_path / "run")
+    assert run.read_job() is None
+    rec = JobRecord.now("123_4", folder="/exp/slurm", dependency="afterok:122_0")
+    run.write_job(rec)
+    assert run.read_job() == rec and rec.host == socket.gethostname() and rec.submitted
+    assert not run.has_training_state()  # a queued job is no training
+    for bad in ('{"job_id": 123}', '{"job_id": "1", "dependency": 5}', '["1"]', '{"job_id": "1'):
+        run.job_path.write_text(bad)
+        with pytest.raises(StoreError) as e:
+            run.read_job()
+        assert e.value.path == str(run.job_path) and str(run.job_path) in str(e.value)
+
+
 # ---- analysis registry and the non-square input -----------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ import importlib
 import os
 import sys
 
+from .signals import Interrupted, exit_after_stop
+
 # (module, ...) each providing ``register(subparsers)``; order is the order of ``--help``.
 _COMMAND_MODULES = (
     "archrelax.protocol._cli",  # run, status, demo
@@ -29,11 +31,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _os_error(e: OSError) -> str:
+    """'No space left on device: /exp/runs/x/metrics.jsonl' (the path, when the error knows it)."""
+    what = e.strerror or str(e)
+    if e.filename is None:
+        return what
+    return f"{what}: {e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    exit_after_stop(True)  # this process ends after a clean stop: a second signal then is ignored, not fatal
     try:
         rc = args.func(args)
+    except Interrupted as e:  # stopped cleanly on SIGTERM/SIGINT/SIGUSR1: state saved, status 'interrupted'
+        print(f"archrelax {args.command}: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
@@ -46,6 +60,11 @@ def main(argv: list[str] | None = None) -> int:
         # user-facing errors: the message names the bad value and what is valid
         print(f"archrelax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # read-only folder, full disk, ...: one line naming the path (writes are atomic)
+        print(f"archrelax {args.command}: error: {_os_error(e)}", file=sys.stderr)
+        return 1
+    finally:
+        exit_after_stop(False)  # in-process callers (tests, scripts) get the library's behaviour back
     return int(rc or 0)
 
 

@@ -16,14 +16,13 @@ import torch
 from torch import nn
 
 from archrelax.store import ExperimentFolder, Run, RunFolder, StoreError
+from archrelax.store.plan import RELAXED_KINDS
 from archrelax.store.results import Missing
 from archrelax.utils import resolve_device
 
 from .settings import AnalysisSettings
 
 __all__ = ["Context", "RELAXED_KINDS", "weight_files", "final_files", "metrics_files", "cnn_checkpoint"]
-
-RELAXED_KINDS = ("efcn", "elcn", "hier")
 
 
 class Context:
@@ -110,14 +109,16 @@ class Context:
         from archrelax.embed.relax import relax
         from archrelax.train.checkpoint import load_checkpoint, model_from_checkpoint
 
+        from archrelax.models import relax_steps
+
         ckpt = load_checkpoint(path)
         model = model_from_checkpoint(ckpt)
-        src, dst = list(ckpt["arch"].get("relax_chain") or []), list(like_arch.get("relax_chain") or [])
+        src, dst = relax_steps(ckpt["arch"]), relax_steps(like_arch)
         if dst[: len(src)] != src:
             raise ValueError(f"cannot embed {str(path)!r} (relax chain {src}) into relax chain {dst}")
         example = torch.zeros(1, *model.input_shape)
-        for step in dst[len(src):]:
-            model = relax(model, to=step, example_input=example, layers=like_arch.get("relax_layers"))
+        for step, layers in dst[len(src):]:
+            model = relax(model, to=step, example_input=example, layers=layers)
         a, b = model.state_dict(), like.state_dict()
         if a.keys() != b.keys() or any(a[k].shape != b[k].shape for k in a):
             raise ValueError(f"{str(path)!r} embedded does not match the relaxed run's parameters")

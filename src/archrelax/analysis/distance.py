@@ -97,7 +97,7 @@ def run(ctx: Context) -> R.DistanceResult:
         recs = rows(r)
         if recs is None:
             continue
-        curve = distance_curve(recs, epoch_offset=(r.t_w2 if r.kind == "hier" else r.t_w) or 0.0)
+        curve = distance_curve(recs, epoch_offset=r.switch or 0.0)
         if curve.epoch:
             res.curves.append(R.DistanceRecord(**ctx.tag(r), **dataclasses.asdict(curve)))
         elif r.kind in RELAXED_KINDS:

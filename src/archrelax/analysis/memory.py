@@ -15,13 +15,15 @@ from .registry import register_analysis
 __all__ = ["memory_table"]
 
 
-def memory_table(model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None = None) -> dict[str, Any]:
+def memory_table(model: nn.Module, example_input: torch.Tensor | tuple[int, ...] | None = None,
+                 targets: tuple[str, ...] = ("cnn", "lc", "fc")) -> dict[str, Any]:
     """``{"rows": [{"form", "params", "param_bytes", "optimizer_bytes": {opt: bytes}}], "footprint": {...}}``.
 
-    Forms: "cnn", "lc" (eLCN), "fc" (eFCN) and "fc_ref" (the reference code's eFCN, padding columns kept).
-    Nothing relaxed is allocated; the model is left as it was (footprint restores buffers and RNG).
+    Forms: ``targets`` ("cnn", "lc" (eLCN), "fc" (eFCN), and lattice strings such as "wide:full", "tiled:2"),
+    plus "fc_ref" (the reference code's eFCN, padding columns kept) with "fc". Nothing relaxed is allocated;
+    the model is left as it was (footprint restores buffers and RNG).
     """
-    fp = footprint(model, example_input, to=("cnn", "lc", "fc"))
+    fp = footprint(model, example_input, to=targets)
     rows = [{"form": t, "params": fp.total_params(t), "param_bytes": fp.total_bytes(t),
              "optimizer_bytes": {o: fp.optimizer_bytes(t, o) for o in OPTIMIZER_STATE}} for t in fp.targets]
     return {"rows": rows, "footprint": fp.to_dict()}
@@ -45,9 +47,16 @@ def cnn_arch(ctx: Context, ref) -> dict[str, Any]:
     return {"model": ctx.config(ref).get("model", "vanilla_cnn"), "model_kwargs": kw}
 
 
+def plan_targets(ctx: Context) -> tuple[str, ...]:
+    """"cnn", "lc", "fc" and every other lattice target the plan's runs relax to ("wide:full", "tiled:2"), in order."""
+    extra = [r.config.get("relax") for r in ctx.plan.values()]
+    return ("cnn", "lc", "fc") + tuple(dict.fromkeys(t for t in extra if t and t not in ("lc", "fc")))
+
+
 @register_analysis("memory", inputs=cnn_checkpoint, statuses=False)
 def run(ctx: Context) -> MemoryResult:
-    """Parameter and optimiser bytes of the experiment's CNN as CNN, eLCN and eFCN (nothing relaxed is built)."""
+    """Parameter and optimiser bytes of the experiment's CNN as CNN, eLCN, eFCN and every other lattice target of
+    the plan (nothing relaxed is built)."""
     from archrelax.models import build_architecture
 
     ref = next(iter(ctx.of_kind("cnn")), None)
@@ -55,7 +64,7 @@ def run(ctx: Context) -> MemoryResult:
         return MemoryResult(missing=[Missing(run="-", reason="no CNN run in the plan")])
     arch = cnn_arch(ctx, ref)
     model = build_architecture({**arch, "relax_chain": []})
-    table = memory_table(model, tuple(model.input_shape))
+    table = memory_table(model, tuple(model.input_shape), targets=plan_targets(ctx))
     return MemoryResult(model=arch["model"], model_kwargs=arch.get("model_kwargs"),
                         input_shape=list(model.input_shape), rows=[MemoryRow(**r) for r in table["rows"]],
                         footprint=table["footprint"])

@@ -12,9 +12,9 @@ from pathlib import Path
 from .cache import cached, default_cache_dir
 from .feed import BatchFeed, parse_augment
 from .splits import DataSplits, ImageSet, channel_stats, stratified_subset
-from .sources import default_data_root, resolve
+from .sources import MIN_CLASSES, check, check_classes, default_data_root, resolve
 
-__all__ = ["load_data", "DataSplits", "ImageSet", "BatchFeed", "parse_augment", "default_cache_dir", "default_data_root"]
+__all__ = ["load_data", "check_data", "DataSplits", "ImageSet", "BatchFeed", "parse_augment", "default_cache_dir", "default_data_root"]
 
 
 def _download_allowed(download: bool | None) -> bool:
@@ -49,6 +49,7 @@ def load_data(
     else:
         rec = cached(name, key, lambda: _with_stats(decode()), Path(cache_dir) if cache_dir is not None else None)
     classes = list(rec["classes"])
+    check_classes(source, classes)
     splits = {}
     for split, size, offset in (("train", train_size, 0), ("test", test_size, 1)):
         images, labels = rec[f"{split}_images"], rec[f"{split}_labels"]
@@ -59,11 +60,22 @@ def load_data(
             idx = stratified_subset(labels, size, seed * 2 + offset, len(classes))
             images, labels = images.index_select(0, idx), labels.index_select(0, idx)  # faster than [idx]
         splits[split] = ImageSet(images, labels)
+    if train_size is not None and splits["train"].labels.unique().numel() < MIN_CLASSES:
+        raise ValueError(f"data {source!r}: train_size={train_size} keeps a single class of {len(classes)}; "
+                         f"classification needs at least {MIN_CLASSES}: use a larger train_size")
     if train_size is None and "train_mean" in rec:
         mean, std = rec["train_mean"], rec["train_std"]  # computed once at decode time
     else:
         mean, std = channel_stats(splits["train"].images)
     return DataSplits(splits["train"], splits["test"], classes, mean, std, name=source)
+
+
+def check_data(source: str, root: str | os.PathLike | None = None, *, download: bool | None = None) -> None:
+    """Raise the error ``load_data(source, root)`` would raise for a missing, unreadable or malformed source,
+    without decoding it: cheap enough to check every data set of an experiment before any run starts."""
+    if not isinstance(source, str):
+        raise TypeError(f"data source must be a string, got {type(source).__name__}")
+    check(source, root, _download_allowed(download))
 
 
 def _with_stats(rec: dict) -> dict:

@@ -174,6 +174,35 @@ def decode_synthetic(c: int, h: int, w: int, k: int, n_train: int, n_test: int) 
 
 # --------------------------------------------------------------------------------------------- dispatch
 
+MIN_CLASSES = 2  # one class trains to a meaningless 100 % "accuracy"
+
+
+def check_classes(source: str, classes: list[str]) -> None:
+    if len(classes) < MIN_CLASSES:
+        found = f"only class {classes[0]!r}" if classes else "no class"
+        raise ValueError(f"data {source!r}: {found} found; classification needs at least {MIN_CLASSES} classes")
+
+
+def check(source: str, root: str | os.PathLike | None, download: bool) -> None:
+    """What ``resolve`` + decode would reject, found without decoding an image (for a check before runs
+    start): unknown source, missing or unreadable files, a zip without train/ and test/, fewer than 2
+    classes. A cifar data set missing where downloads are allowed passes (the run downloads it)."""
+    kind, _, options = source.partition(":")
+    if kind in ("cifar10", "cifar100") and not options:
+        base = Path(root).expanduser() if root is not None else default_data_root()
+        base, files = _cifar_files(kind, base)
+        if download or all(f.is_file() for f in files):
+            return
+    name, key, _ = resolve(source, root, download=False)
+    if kind == "synthetic":
+        check_classes(source, [f"class{k}" for k in range(parse_synthetic(options)[3])])  # as decode_synthetic names them
+    elif kind == "imagefolder":
+        from .imagefolder import list_classes
+
+        check_classes(source, list_classes(Path(key["path"])))
+
+
+
 
 Decoder = Callable[[], dict[str, Any]]
 

@@ -4,19 +4,23 @@ from __future__ import annotations
 import argparse
 import json
 
-_TO = {"fc": ("cnn", "fc"), "lc": ("cnn", "lc"), "all": ("cnn", "lc", "fc")}
+# presets of --to; any other value is a target ("lc", "fc", "wide:K", "wide:full", "tiled:T"), shown beside the CNN
+_TO = {"all": ("cnn", "lc", "fc"), "lattice": ("cnn", "tiled:2", "lc", "wide:full", "fc")}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the ``archrelax`` parser."""
     p = subparsers.add_parser(
         "footprint",
-        help="parameter and optimiser memory of a model as CNN / eLCN / eFCN",
+        help="parameter and optimiser memory of a model as CNN / eLCN / eFCN / lattice targets",
         description="Print per-layer and total parameter counts and bytes of MODEL as a CNN and relaxed to "
-        "eLCN / eFCN, with SGD-momentum and Adam state estimates. Nothing relaxed is allocated.",
+        "eLCN / eFCN (or any lattice target: tiled:T, wide:K, wide:full), with SGD-momentum and Adam state "
+        "estimates. Nothing relaxed is allocated.",
     )
     p.add_argument("model", metavar="MODEL", help="registered model name (see list_models()) or 'pkg.module:factory'")
-    p.add_argument("--to", choices=sorted(_TO), default="all", help="relaxation targets to show (default: all)")
+    p.add_argument("--to", nargs="+", default=["all"], metavar="TARGET",
+                   help="relaxation targets to show beside the CNN: 'all' (lc fc), 'lattice' (tiled:2 lc wide:full "
+                   "fc), or targets such as lc fc tiled:2 tiled:2x3 wide:7 wide:full (default: all)")
     p.add_argument("--num-classes", type=int, default=None, help="number of classes (default: the factory's)")
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the factory's)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
@@ -40,7 +44,12 @@ def _footprint(args: argparse.Namespace) -> int:
             raise ValueError(f"--input-size {args.input_size}: give N or H W")
         kw["input_size"] = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size)
     model = create_model(args.model, **kw)
-    fp = footprint(model, None, to=_TO[args.to])
+    targets = ["cnn"]
+    for t in args.to:
+        for u in _TO.get(t, (t,)):
+            if u not in targets:
+                targets.append(u)
+    fp = footprint(model, None, to=tuple(targets))
     if args.json:
         print(json.dumps(fp.to_dict(), indent=2))
     else:

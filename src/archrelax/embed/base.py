@@ -12,10 +12,17 @@ of tied entries) under zero padding; with reflect/replicate/circular padding two
 read the same input and then it is solved with a pseudo-inverse. A *dead* tap (one that reads padding at
 every position) never influences the output, so its conv weight is unidentifiable: projection returns 0
 for it, and ``project(embed(w))`` equals ``w`` everywhere else.
+
+Where θ sits relative to the two nested subspaces, CNN = range(φ) ⊂ local (entries inside the conv's
+connectivity): :meth:`RelaxedConv.subspace_sq_norms` gives the squared norms of θ, of its off-local part,
+of its local part's distance to the CNN subspace (off-sharing) and of θ − P_CNN θ. P_CNN = φ(φᵀφ)⁺φᵀ is an
+orthogonal projection with range in the local subspace, so θ − P_CNN θ splits into the off-local part and
+θ_local − P_CNN θ_local, which are orthogonal: cnn² = offlocal² + offsharing².
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -23,7 +30,34 @@ from torch import Tensor, nn
 
 from .connectivity import ConvGeometry, index_map, tap_gram
 
-__all__ = ["RelaxedConv"]
+__all__ = ["RelaxedConv", "SubspaceSqNorms", "sq_norm"]
+
+
+def sq_norm(t: Tensor) -> float:
+    """Σ t² as a Python float, accumulated in float64 from float32 (or the tensor's own dtype) partial sums of
+    4096-element rows: no full-size float64 copy, relative error ~1e-7, and exactly 0.0 for a zero tensor."""
+    t = t.detach().reshape(-1)
+    n = t.numel() - t.numel() % 4096
+    total = float(t[n:].double().square().sum())
+    if n:
+        # per-row norms (one fused pass, no temporary), squared in float64; sqrt then square is 1 ulp
+        total += float(torch.linalg.vector_norm(t[:n].view(-1, 4096), dim=1).double().square().sum())
+    return total
+
+
+@dataclass(frozen=True)
+class SubspaceSqNorms:
+    """Squared norms (float64 sums) of one relaxed layer's parameters θ = (weight, bias), see module docstring.
+
+    ``total``: ‖θ‖²; ``offlocal``: ‖θ_off-local‖² (weight entries outside the conv's connectivity);
+    ``offsharing``: ‖θ_local − P_CNN θ‖² (how far the local weights and the biases are from being shared);
+    ``cnn``: ‖θ − P_CNN θ‖² = offlocal + offsharing (up to rounding).
+    """
+
+    total: float
+    offlocal: float
+    offsharing: float
+    cnn: float
 
 
 class RelaxedConv(nn.Module):
@@ -84,7 +118,10 @@ class RelaxedConv(nn.Module):
     def project_weight(self, weight: Tensor | None = None) -> Tensor:
         """Conv weight ``(C_out, C_in/g, *kernel)`` nearest (least squares) to ``weight`` (default: own)."""
         weight = self.weight if weight is None else weight
-        adj = self.adjoint_weight(weight)  # (C_out, C_in/g, T)
+        return self._solve_gram(self.adjoint_weight(weight)).reshape(self.geometry.conv_weight_shape)
+
+    def _solve_gram(self, adj: Tensor) -> Tensor:
+        """(φᵀφ)⁺ on the tap axis: ``adj`` ``(..., T)`` -> ``(..., T)``."""
         gram = self.tap_gram().cpu().to(torch.float64)  # (T, T), small; float64 on CPU (MPS has none)
         diag = gram.diagonal()
         if torch.equal(gram, torch.diag(diag)):
@@ -94,7 +131,7 @@ class RelaxedConv(nn.Module):
         else:
             pinv = torch.linalg.pinv(gram)  # symmetric, shared by all channel pairs
             out = adj @ pinv.to(adj)
-        return out.reshape(self.geometry.conv_weight_shape)
+        return out
 
     def project_bias(self, bias: Tensor | None = None) -> Tensor | None:
         """Conv bias ``(C_out,)`` nearest to ``bias`` (default: own): the mean over positions."""
@@ -107,6 +144,48 @@ class RelaxedConv(nn.Module):
         """Nearest CNN parameters ``(conv_weight, conv_bias | None)`` (detached)."""
         with torch.no_grad():
             return self.project_weight().detach(), (None if self.bias is None else self.project_bias().detach())
+
+    def nearest_cnn(self) -> tuple[Tensor, Tensor | None]:
+        """:meth:`project` refined by one step, ``r + project(θ − φ(r))``, so that it is exact on the CNN subspace:
+        a mean of n tied copies (sum, then times 1/n) is often an ulp off, but the residual θ − φ(r) = φ(w − r)
+        is computed exactly, and adding its projection restores the last bits. So ``to_cnn(relax(cnn))``
+        returns the CNN's weights bit for bit, and the CNN distance of an embedded CNN reads exactly 0."""
+        with torch.no_grad():
+            w, b = self.project()
+            w = w + self.project_weight(self.weight - self.embed_weight(w))
+            if b is not None:
+                b = b + self.project_bias(self.bias - self.embed_bias(b))
+        return w.detach(), (None if b is None else b.detach())
+
+    def subspace_sq_norms(self) -> SubspaceSqNorms:
+        """Squared norms of θ and of its parts relative to the local and the CNN subspaces (see
+        :class:`SubspaceSqNorms`). This default is built from the interface only (``local_mask``,
+        ``embed_weight``, ``project_weight`` through :meth:`nearest_cnn`), so it holds for every subclass; it
+        makes a few weight-sized temporaries. Subclasses may override it with a faster computation of the same
+        values (DenseConv, LocallyConnectedNd do). Off-local entries are summed on their own (not total −
+        local), so a θ with no off-local part reads exactly 0."""
+        with torch.no_grad():
+            w, mask = self.weight.detach(), self.local_mask()
+            cw, cb = self.nearest_cnn()
+            diff = self.embed_weight(cw).sub_(w)  # P_CNN θ − θ
+            offlocal = sq_norm(w.masked_fill(mask, 0))
+            cnn = sq_norm(diff)
+            offsharing = sq_norm(diff.masked_fill_(~mask, 0))
+            total = sq_norm(w)
+        return self._with_bias(total, offlocal, offsharing, cnn, cb)
+
+    def _with_bias(self, total: float, offlocal: float, offsharing: float, cnn: float,
+                   conv_bias: Tensor | None = None) -> SubspaceSqNorms:
+        """Adds the bias (all local: its off-sharing is its deviation from the shared, refined mean)."""
+        if self.bias is None:
+            return SubspaceSqNorms(total, offlocal, offsharing, cnn)
+        with torch.no_grad():
+            b = self.bias.detach()
+            if conv_bias is None:
+                r = self.project_bias(b)
+                conv_bias = r + self.project_bias(b - self.embed_bias(r))
+            dev = sq_norm(self.embed_bias(conv_bias) - b)
+            return SubspaceSqNorms(total + sq_norm(b), offlocal, offsharing + dev, cnn + dev)
 
     def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "RelaxedConv":
         """Set own parameters to φ(conv parameters), in place (no gradient)."""

@@ -21,15 +21,33 @@ from .connectivity import ConvGeometry
 __all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "capture_input_spatial", "example_tensor",
            "example_inputs", "ExampleInput"]
 
-TARGETS = ("cnn", "lc", "fc")
+TARGETS = ("cnn", "lc", "fc")  # plus the lattice's string forms "wide:K", "wide:full", "tiled:T" (see targets.py)
 # optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
 OPTIMIZER_STATE = {"sgd": 1, "adam": 2}
 _LABELS = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN(ref)"}
 
 
+def _check_target(target: str) -> str:
+    """``target`` itself if it is a footprint target: one of TARGETS, "fc_ref", or a wide/tiled string form."""
+    if target in TARGETS or target == "fc_ref":
+        return target
+    from .targets import parse_target
+
+    try:
+        kind = parse_target(target).kind if isinstance(target, str) else None
+    except ValueError:
+        kind = None
+    if kind not in ("wide", "tiled"):
+        raise ValueError(f"footprint target {target!r} is not one of {TARGETS} or a lattice form 'wide:K' (e.g. "
+                         "'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3')")
+    return target
+
+
 def param_count(geom: ConvGeometry, target: str) -> int:
-    """Parameters of one conv layer as ``target``: "cnn", "lc" (eLCN), "fc" (eFCN, padding folded in) or
-    "fc_ref" (the reference code's eFCN, which keeps a column for every zero-padded input element)."""
+    """Parameters of one conv layer as ``target``: "cnn", "lc" (eLCN), "fc" (eFCN, padding folded in),
+    "fc_ref" (the reference code's eFCN, which keeps a column for every zero-padded input element),
+    "wide:K" / "wide:full" (a conv weight with the wide kernel, shared bias) or "tiled:T" (one conv weight
+    and bias per tile, T clamped to the layer's output size)."""
     c_out, p = geom.out_channels, geom.P
     conv = math.prod(geom.conv_weight_shape)
     if target == "cnn":
@@ -42,7 +60,18 @@ def param_count(geom: ConvGeometry, target: str) -> int:
     if target == "fc_ref":
         padded = math.prod(n + b + a for n, (b, a) in zip(geom.in_spatial, geom.padding))
         return c_out * p * geom.in_channels * padded + bias
-    raise ValueError(f"footprint target {target!r} is not one of {TARGETS + ('fc_ref',)}")
+    from .targets import parse_target
+
+    t = parse_target(_check_target(target))
+    if t.kind == "wide":
+        from .wide import wide_layout
+
+        wide, _ = wide_layout(geom, t.kernel_size, check_padding=False)  # a count, so any padding mode
+        return math.prod(wide.conv_weight_shape) + (c_out if geom.bias else 0)
+    from .tiled import tile_layout
+
+    n_tiles = math.prod(tile_layout(geom, t.tile))
+    return n_tiles * (conv + (c_out if geom.bias else 0))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -310,7 +339,7 @@ class Footprint:
         def shape(c: int, s: tuple[int, ...]) -> str:
             return "x".join(str(v) for v in (c, *s))
 
-        head = ["layer", "in -> out"] + [f"{_LABELS[t]} {col}" for t in self.targets for col in ("params", "bytes")]
+        head = ["layer", "in -> out"] + [f"{_LABELS.get(t, t)} {col}" for t in self.targets for col in ("params", "bytes")]
         rows = [[ly.name, f"{shape(ly.geometry.in_channels, ly.geometry.in_spatial)} -> "
                  f"{shape(ly.geometry.out_channels, ly.geometry.out_spatial)}"]
                 + [v for t in self.targets for v in (_human_count(ly.params[t]), _human_bytes(ly.bytes(t)))]
@@ -369,17 +398,25 @@ def footprint(
     *,
     reference: bool = True,
 ) -> Footprint:
-    """Parameter counts and bytes of ``model``'s conv layers as CNN / eLCN / eFCN, per layer and in total.
+    """Parameter counts and bytes of ``model``'s conv layers as CNN / eLCN / eFCN / points of the lattice between
+    them, per layer and in total.
 
-    ``to``: a target or a tuple of them among "cnn", "lc", "fc". With "fc" and ``reference=True`` the
+    ``to``: a target or a tuple of them among "cnn", "lc", "fc", "wide:K", "wide:full", "tiled:T" (K, T: an
+    int or "AxB" per dim). With "fc" and ``reference=True`` the
     reference code's eFCN (with padding columns) is added as "fc_ref" for comparison. The model is not
     changed (one forward pass with buffers and RNG restored). Conv3d / ConvTranspose layers count as
     "other" parameters.
     """
     targets = (to,) if isinstance(to, str) else tuple(to)
-    bad = [t for t in targets if t not in TARGETS]
-    if bad or not targets:
-        raise ValueError(f"footprint to={to!r}: each target must be one of {TARGETS}")
+    if not targets:
+        raise ValueError(f"footprint to={to!r}: give at least one target")
+    for t in targets:
+        if t == "fc_ref":
+            raise ValueError("footprint: 'fc_ref' is added by reference=True with 'fc'; do not ask for it in to=")
+        try:
+            _check_target(t)
+        except ValueError as e:
+            raise ValueError(f"footprint to={to!r}: {e}") from None
     if "fc" in targets and reference:
         targets = targets + ("fc_ref",)
     layers = _conv_layers(model)

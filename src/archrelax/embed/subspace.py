@@ -1,71 +1,80 @@
-"""Where a relaxed model sits relative to the CNN subspace: δ, the distance to it, the way back, ablations.
+"""Where a relaxed model sits relative to the CNN subspace: δ, the off-sharing ratio, the distance to it, the way
+back, ablations.
 
-All four work on any model: non-relaxed parameters count in ‖θ‖ and are left alone. Each relaxed layer
-provides ``local_mask()`` (entries inside the conv's connectivity), ``project()`` (nearest CNN parameters)
-and ``embed_weight/embed_bias`` (the map φ back), so nothing here depends on a layer's internal layout.
-Pure functions: the input model is never changed; results are Python floats or new models.
+All work on any model: non-relaxed parameters count in ‖θ‖ and are left alone. Each relaxed layer
+provides ``local_mask()`` (entries inside the conv's connectivity), ``nearest_cnn()`` (nearest CNN parameters),
+``embed_weight/embed_bias`` (the map φ back) and ``subspace_sq_norms()`` (its part of the three distances,
+computed without full-size temporaries by the eFCN and eLCN layers), so nothing here depends on a layer's
+internal layout. Pure functions: the input model is never changed; results are Python floats or new models.
 """
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .base import RelaxedConv
+from .base import sq_norm
 from .connectivity import ConvGeometry
 from .relax import relaxed_layers
 
-__all__ = ["offlocal_ratio", "cnn_distance", "to_cnn", "ablate"]
+__all__ = ["SubspaceDistances", "subspace_distances", "offlocal_ratio", "offsharing_ratio", "cnn_distance", "to_cnn",
+           "ablate"]
 
 
-def _sq(t: torch.Tensor) -> float:
-    # float64 accumulation: δ must read exactly 0 when the off-local part is zero, and stay accurate on
-    # eFCN layers with ~1e8 entries
-    return float(torch.linalg.vector_norm(t.detach(), dtype=torch.float64) ** 2)
+@dataclass(frozen=True)
+class SubspaceDistances:
+    """Where θ (all parameters of a model) sits, each as a fraction of ‖θ‖₂ (0.0 for a model with no relaxed
+    layer or no parameters).
 
+    ``offlocal_ratio`` δ = ‖θ_off-local‖ / ‖θ‖ (weight entries outside each relaxed layer's conv connectivity);
+    ``offsharing_ratio`` = ‖θ_local − P_CNN θ‖ / ‖θ‖ (how far the local weights and the biases are from
+    being shared); ``cnn_distance`` = ‖θ − P_CNN θ‖ / ‖θ‖, the distance to the CNN subspace. P_CNN θ re-embeds
+    each relaxed layer's nearest conv parameters; other parameters are unchanged by it. cnn_distance² =
+    offlocal_ratio² + offsharing_ratio² (P_CNN is an orthogonal projection onto a part of the local subspace).
+    """
 
-def _total_sq(model: nn.Module) -> float:
-    return sum(_sq(p) for p in model.parameters())
-
-
-def _nearest_cnn(layer: RelaxedConv) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``layer.project()`` refined by one step, ``r + project(θ − φ(r))``, so that it is exact on the CNN
-    subspace: a mean of n tied copies (sum, then times 1/n) is often an ulp off, but the residual
-    θ − φ(r) = φ(w − r) is computed exactly, and adding its projection restores the last bits. Without
-    this, to_cnn(relax(cnn)) would not return the CNN's weights bit for bit, nor cnn_distance read 0."""
-    w, b = layer.project()
-    w = w + layer.project_weight(layer.weight - layer.embed_weight(w))
-    if b is not None:
-        b = b + layer.project_bias(layer.bias - layer.embed_bias(b))
-    return w.detach(), (None if b is None else b.detach())
+    offlocal_ratio: float
+    offsharing_ratio: float
+    cnn_distance: float
 
 
 @torch.no_grad()
+def subspace_distances(model: nn.Module) -> SubspaceDistances:
+    """δ, the off-sharing ratio and the CNN distance of ``model`` in one pass over its parameters (see
+    :class:`SubspaceDistances`); each relaxed layer computes its part with ``subspace_sq_norms()``."""
+    layers = relaxed_layers(model).values()
+    own = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    total = sum(sq_norm(p) for p in model.parameters() if id(p) not in own)
+    off = share = dist = 0.0
+    for layer in layers:
+        n = layer.subspace_sq_norms()
+        total, off, share, dist = total + n.total, off + n.offlocal, share + n.offsharing, dist + n.cnn
+    if total <= 0:
+        return SubspaceDistances(0.0, 0.0, 0.0)
+    return SubspaceDistances((off / total) ** 0.5, (share / total) ** 0.5, (dist / total) ** 0.5)
+
+
 def offlocal_ratio(model: nn.Module) -> float:
     """δ = ‖θ_off-local‖₂ / ‖θ‖₂, θ = all parameters of ``model`` (0.0 for a model with no relaxed layer).
 
     Off-local entries are the relaxed layers' weight entries outside their conv's connectivity.
     """
-    off = sum(_sq(layer.weight.masked_fill(layer.local_mask(), 0)) for layer in relaxed_layers(model).values())
-    total = _total_sq(model)
-    return (off / total) ** 0.5 if total > 0 else 0.0
+    return subspace_distances(model).offlocal_ratio
 
 
-@torch.no_grad()
+def offsharing_ratio(model: nn.Module) -> float:
+    """‖θ_local − P_CNN θ‖₂ / ‖θ‖₂: how far the local weights (and biases) are from being shared."""
+    return subspace_distances(model).offsharing_ratio
+
+
 def cnn_distance(model: nn.Module) -> float:
     """‖θ − P_CNN θ‖₂ / ‖θ‖₂: distance to the exact CNN subspace (unshared local weights count too).
 
-    P_CNN θ re-embeds each relaxed layer's projection, ``φ(project())``; other parameters are unchanged by it.
+    P_CNN θ re-embeds each relaxed layer's projection, ``φ(nearest_cnn())``; other parameters are unchanged by it.
     """
-    dist = 0.0
-    for layer in relaxed_layers(model).values():
-        cw, cb = _nearest_cnn(layer)
-        dist += _sq(layer.embed_weight(cw).sub_(layer.weight))  # in place: one weight-sized temporary
-        if layer.bias is not None:
-            dist += _sq(layer.bias - layer.embed_bias(cb))
-    total = _total_sq(model)
-    return (dist / total) ** 0.5 if total > 0 else 0.0
+    return subspace_distances(model).cnn_distance
 
 
 @torch.no_grad()
@@ -90,7 +99,7 @@ def to_cnn(model: nn.Module, like: nn.Module) -> nn.Module:
             raise ValueError(f"to_cnn: like.{path} has geometry {mine}, but the relaxed layer came from {geom}")
         prefix = f"{path}." if path else ""
         state = {k: v for k, v in state.items() if not k.startswith(prefix)}  # drop the layer's own buffers too
-        cw, cb = _nearest_cnn(layer)
+        cw, cb = layer.nearest_cnn()
         state[prefix + "weight"] = cw
         if cb is not None:
             state[prefix + "bias"] = cb

@@ -20,7 +20,7 @@ from torch import nn
 from ._shapes import pair
 
 __all__ = ["register_model", "create_model", "list_models", "build_architecture", "get_factory", "check_model_kwargs",
-           "DATA_KEYS"]
+           "DATA_KEYS", "relax_steps", "add_relax_step"]
 
 Factory = Callable[..., nn.Module]
 _REGISTRY: dict[str, Factory] = {}
@@ -175,31 +175,73 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     return model
 
 
-_ARCH_KEYS = {"model", "model_kwargs", "relax_chain", "relax_layers"}
+_ARCH_KEYS = {"model", "model_kwargs", "relax_chain", "relax_layers", "relax_chain_layers"}
+
+
+def relax_steps(arch: dict[str, Any]) -> list[tuple[str, list[str] | None]]:
+    """The relaxation chain of an arch record as ``[(target string, layers)]``, in order.
+
+    ``relax_layers`` is the layer selection of every step; a chain whose steps relaxed different layers
+    (a relaxation path: ``features.0`` at t1, ``features.3`` at t2) records one selection per step in
+    ``relax_chain_layers`` instead (same length as ``relax_chain``), which then takes precedence.
+    """
+    chain = list(arch.get("relax_chain") or [])
+    per_step = arch.get("relax_chain_layers")
+    if per_step is None:
+        return [(step, arch.get("relax_layers")) for step in chain]
+    if not isinstance(per_step, list) or len(per_step) != len(chain):
+        raise ValueError(f"arch relax_chain_layers {per_step!r} must be a list with one layer selection (list or "
+                         f"null) per step of relax_chain {chain!r}")
+    return list(zip(chain, per_step))
+
+
+def add_relax_step(arch: dict[str, Any], target: str, layers: list[str] | None) -> dict[str, Any]:
+    """``arch`` with one more relaxation step (``target`` on ``layers``; None: every layer it can move).
+
+    While every step has the same selection the record keeps its original form (``relax_layers``, no
+    ``relax_chain_layers``), so the arch records of ordinary runs are what they always were.
+    """
+    steps = relax_steps(arch) + [(target, None if layers is None else list(layers))]
+    out = {k: v for k, v in arch.items() if k not in ("relax_chain", "relax_layers", "relax_chain_layers")}
+    selections = [sel for _, sel in steps]
+    out["relax_chain"] = [t for t, _ in steps]
+    if all(sel == selections[0] for sel in selections):
+        out["relax_layers"] = selections[0]
+    else:
+        out["relax_layers"] = None
+        out["relax_chain_layers"] = selections
+    return out
 
 
 def build_architecture(arch: dict[str, Any], force: bool = False) -> nn.Module:
     """Rebuild a model from its plain-data record.
 
-    ``arch = {"model": name, "model_kwargs": {...}, "relax_chain": ["lc", "fc"], "relax_layers": list|None}``:
-    the model is created, then relaxed by each step of the chain in order (weights are fresh; load the
-    checkpoint's state dict afterwards). ``force`` is passed to ``relax`` (skip its memory guard).
+    ``arch = {"model": name, "model_kwargs": {...}, "relax_chain": ["lc", "fc"], "relax_layers": list|None}``
+    (and ``"relax_chain_layers"``: one selection per step, when the steps relaxed different layers; see
+    :func:`relax_steps`): the model is created, then relaxed by each step of the chain in order (weights are
+    fresh; load the checkpoint's state dict afterwards). Steps are target strings (``archrelax.embed.targets``):
+    "lc", "fc", "wide:5", "wide:5x3", "wide:full", "tiled:2", "tiled:2x3". ``force`` is passed to ``relax``
+    (skip its memory guard).
     """
     if not isinstance(arch, dict) or "model" not in arch:
         raise ValueError(f"arch record must be a dict with at least a 'model' key, got {arch!r}")
     unknown = set(arch) - _ARCH_KEYS
     if unknown:
         raise ValueError(f"arch record has unknown keys {sorted(unknown)}; valid keys: {sorted(_ARCH_KEYS)}")
+    steps = relax_steps(arch)
     model = create_model(arch["model"], **dict(arch.get("model_kwargs") or {}))
-    chain = list(arch.get("relax_chain") or [])
-    if chain:
+    if steps:
         import torch
 
         from archrelax.embed.relax import relax
 
+        from archrelax.embed.targets import parse_target
+
         example = torch.zeros(1, *model.input_shape)
-        for step in chain:
-            if step not in ("lc", "fc"):
-                raise ValueError(f"arch relax_chain step {step!r} is not 'lc' or 'fc'")
-            model = relax(model, to=step, example_input=example, layers=arch.get("relax_layers"), force=force)
+        for step, layers in steps:
+            try:
+                target = parse_target(step)
+            except ValueError as e:
+                raise ValueError(f"arch relax_chain step {step!r} is not a valid target: {e}") from None
+            model = relax(model, to=target, example_input=example, layers=layers, force=force)
     return model

@@ -13,15 +13,17 @@ from typing import Any, Callable
 
 from ..store import FINISHED, SUMMARY_COLUMNS, ExperimentFolder
 from ..store import ExperimentFolder as Store
-from .executors import InProcessExecutor, ProcessExecutor, execute, run_one, submitit_executor
+from .executors import GroupJob, InProcessExecutor, ProcessExecutor, RunJob, execute, run_group, run_one
 from .plan import KINDS, Run, make_plan
+from .slurm import SubmititExecutor, job_states, submit_detached, submitit_executor
 from .spec import ExperimentSpec, SpecError, list_presets, load_spec, preset_path, spec_from_dict, spec_to_dict
 from .table import format_status, format_summary
 
 __all__ = [
     "ExperimentSpec", "SpecError", "load_spec", "spec_from_dict", "list_presets", "preset_path",
     "Run", "make_plan", "KINDS", "Store", "ExperimentFolder", "SUMMARY_COLUMNS", "FINISHED",
-    "InProcessExecutor", "ProcessExecutor", "submitit_executor", "run_one", "execute",
+    "InProcessExecutor", "ProcessExecutor", "SubmititExecutor", "submitit_executor", "run_one", "run_group",
+    "RunJob", "GroupJob", "execute", "submit_detached", "job_states",
     "run_experiment", "format_status", "format_summary",
 ]
 
@@ -38,35 +40,78 @@ def make_executor(spec: ExperimentSpec, exp: ExperimentFolder, executor: str | N
     raise ValueError(f"executor {kind!r} is not known; choose 'local' or 'slurm'")
 
 
+def lockstep_device(spec: ExperimentSpec, executor: str | None = None) -> str:
+    """The device type the runs will train on ("cuda", "cpu", "mps"): for Slurm, "cuda" when jobs get GPUs and
+    ``train.device`` allows them; locally, what ``train.device`` resolves to here."""
+    device = spec.train.device
+    if device != "auto":
+        return device.split(":")[0]
+    if (executor or spec.executor) == "slurm":
+        return "cuda" if spec.slurm.gpus_per_node > 0 else "cpu"
+    from ..utils import default_device
+
+    return default_device().type
+
+
+def check_inputs(plan: dict[str, Run]) -> None:
+    """Fail before anything is written or trained when an input every run needs is bad (issue 9): today
+    each data source (missing path, unreadable zip, one class, ...), checked without decoding it. (The
+    model factory's arguments are checked when the spec is parsed.)"""
+    from ..data import check_data
+
+    for source, root in dict.fromkeys((r.config["data"], r.config.get("data_root")) for r in plan.values()):
+        check_data(source, root)
+
+
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
     """A spec as plain data with every default filled in, so that two spellings of one spec compare equal."""
     return spec_to_dict(spec_from_dict(data, "spec.yaml"))
 
 
 def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str | None = None,
-                   workers: int | None = None, poll_s: float = 2.0, force: bool = False,
+                   workers: int | None = None, poll_s: float = 2.0, force: bool = False, detach: bool = False,
                    log: Callable[[str], None] = print) -> Path:
     """Plan ``spec`` into ``out_dir`` and train every unfinished run; returns the experiment folder.
 
     Rerunning is safe and cheap: finished runs are skipped, interrupted ones resume from their checkpoint.
-    A folder holding a different spec (other than in executor, workers, slurm, analyses and
+    A folder holding a different spec (other than in executor, workers, lockstep, slurm, analyses and
     analysis_settings) is refused with the differing keys (SpecMismatchError), nothing written; with
     ``force=True`` its spec and plan are replaced, and only the runs whose configuration changed are
     trained (run ids hash configs).
+
+    ``detach`` (Slurm only): submit every unfinished run at once, with job dependencies, and return without
+    waiting (:func:`archrelax.protocol.slurm.submit_detached`); a rerun submits only what is missing.
+    ``spec.lockstep``: runs that can share a process are trained together, one job per group
+    (:func:`archrelax.protocol.executors.execute`; detached: groups within the runs waiting for one job).
     """
+    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
+        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
+                else f"slurm.cluster {spec.slurm.cluster!r}")
+        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+                         "a detached run leaves no process behind to run local jobs")
     exp = ExperimentFolder(out_dir)
-    exp.root.mkdir(parents=True, exist_ok=True)
     plan = make_plan(spec)
+    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
+    check_inputs({rid: plan[rid] for rid in todo})  # before anything is written: a bad data path creates nothing
+    exp.root.mkdir(parents=True, exist_ok=True)
     exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised)
     exp.write_plan(plan)
     exp.write_summary(plan)
-    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
     if not todo:  # nothing to train: no executor (worker processes, Slurm folders) is started
         log(f"{len(plan)} runs planned: {len(plan)} already finished, 0 to run")
         return exp.root
+    if spec.lockstep:
+        where = lockstep_device(spec, executor)
+        if where != "cuda":
+            log(f"lockstep: true with a {where} executor: runs are grouped as on a GPU (same results to float "
+                "tolerance); on CPU this shares data and batches but is no faster (docs/protocol.md)")
+    if detach:
+        log(f"{len(plan)} runs planned: {len(plan) - len(todo)} already finished; submitting the rest to Slurm")
+        submit_detached(exp, plan, spec.slurm, name=spec.name, log=log, lockstep=spec.lockstep)
+        return exp.root
     ex = make_executor(spec, exp, executor, workers)
     try:
-        execute(exp, plan, ex, poll_s=poll_s, log=log)
+        execute(exp, plan, ex, poll_s=poll_s, log=log, lockstep=spec.lockstep)
     finally:
         if hasattr(ex, "shutdown"):
             ex.shutdown()

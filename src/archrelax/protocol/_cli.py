@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true",
                    help="replace the spec and plan of an experiment folder that holds a different spec "
                         "(refused otherwise, listing the keys that differ)")
+    p.add_argument("--detach", action="store_true",
+                   help="with --executor slurm: submit every unfinished run at once (relaxed runs wait for their "
+                        "CNN's job: afterok) and return; follow with `archrelax status`, rerun to submit what is "
+                        "missing (never a second job for a run whose job is queued or running)")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -71,7 +75,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         out = spec_path if spec_path is not None and spec_path.is_dir() else Path("experiments") / spec.name
     t0 = time.perf_counter()
     root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll,
-                          force=args.force)
+                          force=args.force, detach=args.detach)
+    if args.detach:
+        print(f"submitted; follow with `archrelax status {root}`, rerun `archrelax run {root} --executor slurm "
+              "--detach` to submit what is missing"
+              + (f"; analyses {spec.analyses}: `archrelax analyse {root}` once the runs are done" if spec.analyses else ""))
+        return 0
     rc = _finish(Store(root), t0)
     if spec.analyses:
         _analyse(root, spec.analyses)

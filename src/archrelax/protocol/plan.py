@@ -1,16 +1,20 @@
 """The plan: an experiment spec turned into a graph of runs, each a full TrainConfig plus where it starts from.
 
-Per seed: one CNN (saving snapshots at every switch time); from each snapshot an eFCN and/or eLCN run;
-hierarchical runs (CNN -> eLCN at t_w1 -> eFCN at t_w2) start from the eLCN's snapshot taken at its own
-epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's clock, see the trainer's ``global_epoch``); baselines
-(``fcn``/``lcn``) train from scratch.
+Per seed: one CNN (saving snapshots at every switch time); from each snapshot a run per target (eFCN, eLCN,
+wide, tiled, the CNN continued) and per soft (λ, schedule); hierarchical runs (CNN -> eLCN at t_w1 -> eFCN
+at t_w2) start from the eLCN's snapshot taken at its own epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's
+clock, see the trainer's ``global_epoch``), and so does every later step of a relaxation path from the
+previous step's run; baselines (``fcn``/``lcn``) train from scratch. Relaxed runs form a tree of switches
+rooted at the CNN: a run reached in several ways (a target, the grid, a path) is one run, which saves every
+snapshot its children need, so the grid written as paths is the same plan.
 
 Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration except its
 runtime fields (TrainConfig fields marked ``runtime``: progress, checkpointing, the memory guard's override),
 with ``init_from`` replaced by the *training identity* of the parent (its hashed config without the fields
 marked ``identity=False``: the snapshot list) and the snapshot epoch. So changing one option changes exactly
 the ids of the runs it affects; adding a switch time re-runs the CNN (it must save one more snapshot) but
-keeps the ids of the relaxed runs already done; a runtime option changes no id.
+keeps the ids of the relaxed runs already done; a runtime option changes no id; settings added after ids
+existed (TrainConfig fields marked ``omit_default``: the soft release) enter the hash only when set.
 """
 from __future__ import annotations
 
@@ -18,16 +22,16 @@ import copy
 import dataclasses
 import hashlib
 import json
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..store.plan import Run, plan_from_json, plan_to_json  # the plan.json record is the store's
+from ..store.plan import KINDS, RELAXED_KINDS, Run, plan_from_json, plan_to_json  # the plan.json record is the store's
 from ..store.run import format_epoch
-from ..train.config import NOT_IDENTITY, RUNTIME_FIELDS, TrainConfig
-from .spec import ExperimentSpec
+from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConfig
+from ..train.soft import SoftSchedule
+from .spec import ExperimentSpec, parse_target_spec
 
-__all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS"]
-
-KINDS = ("cnn", "efcn", "elcn", "hier", "fcn", "lcn")
+__all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS", "RELAXED_KINDS"]
 
 
 def _digest(obj: Any) -> str:
@@ -36,7 +40,9 @@ def _digest(obj: Any) -> str:
 
 def _make(prefix: str, kind: str, seed: int, config: dict, parent: Run | None = None, snap_epoch: float | None = None,
           t_w: float | None = None, t_w2: float | None = None) -> Run:
-    keyed = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS}
+    # settings added after run ids existed enter the hash only when set, so older plans keep their ids
+    keyed = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS
+             and not (k in OMIT_DEFAULT and v == OMIT_DEFAULT[k])}
     snapshot = None
     if parent is not None:
         keyed["init_from"] = f"{parent.identity}@{format_epoch(snap_epoch)}"
@@ -53,13 +59,17 @@ def _tw(t: float) -> str:
 def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
     """TrainConfig fields every run shares, each read from where the spec holds it (the field's ``spec``
     metadata: ``train.*`` or a top-level key); the rest is set per run: relaxation, snapshot, stopping rule,
-    optimiser hand-over, snapshots to save, seed."""
+    optimiser hand-over, soft release, snapshots to save, seed."""
     base: dict[str, Any] = {}
     for f in dataclasses.fields(TrainConfig):
         place = f.metadata["spec"]
         if place in ("train", "top"):
             base[f.name] = copy.deepcopy(getattr(spec.train if place == "train" else spec, f.name))
-    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [], "seed": seed}
+    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [], "seed": seed,
+            **SOFT_OFF}
+
+
+SOFT_OFF = {"soft_lambda": 0.0, "soft_schedule": "const", "soft_toward": "cnn"}
 
 
 def _stop(rule) -> dict[str, Any]:
@@ -73,41 +83,122 @@ def _snap_epoch(t: float) -> float:
     return float(format_epoch(t))
 
 
-def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
-    """The run graph of ``spec``: id -> Run, parents before children (CNNs, then relaxed runs, then baselines)."""
-    plan: dict[str, Run] = {}
+def _tag(text: str) -> str:
+    """A target or schedule string as a run-id part: 'wide:5x3' -> 'wide-5x3', 'exp:0.5' -> 'exp0.5'."""
+    return text.replace(":", "-") if text.startswith(("wide", "tiled")) else text.replace(":", "")
+
+
+@dataclass
+class _Node:
+    """A relaxed run before it has an id: ``to`` (None: the CNN continued) on ``layers`` (None: the spec's
+    relax_layers) at ``at`` (CNN's clock), from ``parent`` (None: the CNN); ``soft``: (λ, schedule, toward) of
+    a run of the spec's soft section; ``snaps``: the epochs of its own clock that its children start from."""
+
+    parent: "_Node | None"
+    at: float
+    to: str | None
+    layers: tuple[str, ...] | None = None
+    soft: tuple[float, str, str] | None = None
+    name: str | None = None  # the first path that made it (its id prefix), for kind "path"
+    snaps: set[float] = field(default_factory=set)
+    run: Run | None = None
+
+    @property
+    def chain(self) -> list["_Node"]:
+        return ([] if self.parent is None else self.parent.chain) + [self]
+
+    def kind_and_prefix(self) -> tuple[str, str]:
+        chain = self.chain
+        times = "-".join(_tw(n.at) for n in chain)
+        whole = all(n.layers is None for n in chain)
+        if self.soft is not None:
+            lam, sched, toward = self.soft
+            parts = ["soft"] + ([_tag(self.to)] if self.to != "fc" else []) + ([toward] if toward != "cnn" else [])
+            return "soft", "-".join(parts + [_tag(sched), f"lam{lam:g}", times])
+        if len(chain) == 1 and whole:
+            if self.to is None:
+                return "cont", f"cont-{times}"
+            kind = {"fc": "efcn", "lc": "elcn"}.get(self.to)
+            if kind is not None:
+                return kind, f"{kind}-{times}"
+            return self.to.split(":")[0], f"{_tag(self.to)}-{times}"
+        if len(chain) == 2 and whole and (chain[0].to, self.to) == ("lc", "fc"):
+            return "hier", f"hier-{times}"
+        return "path", f"path-{self.name}-{times}"
+
+
+def _nodes(spec: ExperimentSpec) -> list[_Node]:
+    """Every relaxed run of one seed as a node of the tree of switches rooted at the CNN; a run reached in
+    several ways (a target, the grid, a path) is one node, saving the snapshots all its children need."""
+    table: dict[tuple, _Node] = {}
+
+    def node(parent: _Node | None, at: float, to: str | None, layers=None, soft=None, name=None) -> _Node:
+        key = (None if parent is None else id(parent), at, to, layers, soft)
+        if key not in table:
+            table[key] = _Node(parent, at, to, layers, soft, name)
+        if parent is not None:
+            parent.snaps.add(_snap_epoch(at - parent.at))
+        return table[key]
+
     switch = spec.switch_list()
-    grid = spec.grid()
-    relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state}
+    for target in spec.targets:
+        if target == "lc>fc":
+            continue
+        for t in switch:
+            node(None, t, None if target == "cnn" else parse_target_spec(target))
+    for a, b in spec.grid():
+        node(node(None, a, "lc"), b, "fc")
+    for lam, sched in spec.soft.grid():
+        for t in switch:
+            node(None, t, parse_target_spec(spec.soft.target), soft=(lam, sched, spec.soft.toward))
+    for p in spec.path_list():
+        parent = None
+        for st in p.steps:
+            parent = node(parent, st.at, st.to, st.layers, name=p.name)
+    return list(table.values())
+
+
+def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
+    """The run graph of ``spec``: id -> Run, parents before children: the CNN, its relaxed runs by kind
+    (efcn, elcn, hier, then cont, wide, tiled, soft, path), then the baselines; per seed."""
+    plan: dict[str, Run] = {}
+    relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state,
+               "soft_lambda": spec.relaxed.soft_lambda, "soft_schedule": SoftSchedule.parse(spec.relaxed.soft_schedule).spec,
+               "soft_toward": spec.relaxed.soft_toward}  # canonical spelling: 'exp:1e-1' and 'exp:0.1' are one run
+    paths = spec.path_list()
     for seed in spec.seeds:
         base = _common(spec, seed)
         lr = {"lr": spec.relaxed.lr} if spec.relaxed.lr is not None else {}
         if spec.relaxed.eval_times is not None:  # relaxed runs are the expensive ones: may evaluate less often
             lr["eval_times"] = spec.relaxed.eval_times
-        cnn_snaps = sorted(set(switch) | {a for a, _ in grid} | ({0.0} if grid else set()))
+        nodes = _nodes(spec)
+        roots = {n.at for n in nodes if n.parent is None}
+        # the CNN saves a snapshot at every switch time (and, with a grid or paths, at 0)
+        cnn_snaps = sorted(set(spec.switch_list()) | roots | ({0.0} if spec.grid() or paths else set()))
         cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps})
         plan[cnn.id] = cnn
-        lc_times = sorted({t for t in switch if "lc" in spec.targets} | {a for a, _ in grid})
-        fc_times = switch if "fc" in spec.targets else []
-        elcn: dict[float, Run] = {}
-        for t in lc_times:
-            snaps = sorted({_snap_epoch(b - a) for a, b in grid if a == t})
-            cfg = {**base, **relaxed, **lr, "relax": "lc", "snapshots": snaps}
-            elcn[t] = _make(f"elcn-{_tw(t)}-s{seed}", "elcn", seed, cfg, cnn, t, t_w=t)
-        for t in fc_times:
-            cfg = {**base, **relaxed, **lr, "relax": "fc"}
-            run = _make(f"efcn-{_tw(t)}-s{seed}", "efcn", seed, cfg, cnn, t, t_w=t)
-            plan[run.id] = run
-        for t in lc_times:
-            plan[elcn[t].id] = elcn[t]
-        for a, b in grid:
-            cfg = {**base, **relaxed, **lr, "relax": "fc"}
-            run = _make(f"hier-{_tw(a)}-{_tw(b)}-s{seed}", "hier", seed, cfg, elcn[a], _snap_epoch(b - a), t_w=a, t_w2=b)
-            plan[run.id] = run
+        order = {k: i for i, k in enumerate(KINDS)}
+        labelled = [(n, *n.kind_and_prefix()) for n in nodes]
+        labelled.sort(key=lambda x: (order[x[1]], [n.at for n in x[0].chain]))  # stable: paths keep their order
+        for n, kind, prefix in labelled:
+            cfg = {**base, **relaxed, **lr, "relax": n.to}
+            if n.snaps:
+                cfg["snapshots"] = sorted(n.snaps)
+            if n.layers is not None:
+                cfg["relax_layers"] = list(n.layers)
+            if n.to is None:  # the CNN continued: nothing for a penalty to act on
+                cfg.update(SOFT_OFF)
+            if n.soft is not None:
+                cfg.update(soft_lambda=n.soft[0], soft_schedule=n.soft[1], soft_toward=n.soft[2])
+            parent = cnn if n.parent is None else n.parent.run
+            snap = n.at if n.parent is None else _snap_epoch(n.at - n.parent.at)
+            t_w2 = n.at if n.parent is not None else None
+            n.run = _make(f"{prefix}-s{seed}", kind, seed, cfg, parent, snap, t_w=n.chain[0].at, t_w2=t_w2)
+            plan[n.run.id] = n.run
         for kind in spec.baselines:
             layers = {"layers": spec.relax_layers} if spec.relax_layers is not None else {}
             cfg = {**base, **relaxed, **lr, "model": kind, "optimizer_state": "reset", "relax_layers": None,
-                   "model_kwargs": {"base": spec.model, **layers, **spec.model_kwargs}}
+                   "model_kwargs": {"base": spec.model, **layers, **spec.model_kwargs}, **SOFT_OFF}
             run = _make(f"{kind}-s{seed}", kind, seed, cfg)
             plan[run.id] = run
     return plan

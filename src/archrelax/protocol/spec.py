@@ -19,6 +19,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ from .._typed import coerce as _coerce
 from .._typed import conforms
 from .._typed import describe as _describe
 from .._typed import yaml_load
-from ..train.config import TrainConfig, option_name
+from ..train.config import TrainConfig, option_name, soft_problem
 
 __all__ = [
     "SpecError",
@@ -40,6 +41,9 @@ __all__ = [
     "StopRule",
     "RelaxedOptions",
     "HierarchicalOptions",
+    "SoftOptions",
+    "PathStep",
+    "RelaxPath",
     "SlurmOptions",
     "EXPERIMENT_DEFAULTS",
     "load_spec",
@@ -174,6 +178,10 @@ class RelaxedOptions(StopRule):
     lr: float | None = _from_config("lr", "relaxed", "learning rate of relaxed runs (null: train.lr)")
     eval_times: str | list[float] | None = _from_config("eval_times", "relaxed",
                                                         "evaluations of relaxed runs (null: train.eval_times)")
+    soft_lambda: float = _from_config("soft_lambda", "relaxed", "soft release of every relaxed run: λ(0) of the "
+                                      "penalty toward soft_toward (0: off, the hard relaxation; see also 'soft')")
+    soft_schedule: str = _from_config("soft_schedule", "relaxed")
+    soft_toward: Literal["cnn", "local", "shared"] = _from_config("soft_toward", "relaxed")
 
 
 @dataclass
@@ -182,6 +190,167 @@ class HierarchicalOptions:
 
     t_w1: list[float] | None = _opt(None, "eLCN switch times (null: the switch times)")
     t_w2: list[float] | None = _opt(None, "eFCN switch times on the CNN's clock (null: the switch times)")
+
+
+TARGET_KINDS = "'fc' (eFCN), 'lc' (eLCN), 'lc>fc' (the hierarchical grid), 'cnn' (the CNN continued from its snapshot)"
+
+
+def _target_problem(t: str) -> str | None:
+    """None if ``t`` is a relaxation target string (lc, fc, wide:K, wide:full, tiled:T), else what is valid."""
+    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its strings
+
+    try:
+        parse_target(t)
+    except ValueError:
+        return TARGET_FORMS
+    return None
+
+
+def _targets(v: list[str]) -> str | None:
+    bad = [t for t in v if t not in ("lc>fc", "cnn") and _target_problem(t) is not None]
+    if not bad:
+        return None
+    from archrelax.embed.targets import TARGET_FORMS
+
+    return f"{TARGET_KINDS}, or a lattice target: {TARGET_FORMS} (not {', '.join(map(repr, bad))})"
+
+
+def _lambdas(v: list[float]) -> str | None:
+    return None if all(x > 0 for x in v) else "numbers > 0 (λ = 0 is the hard relaxation: a target)"
+
+
+def _schedules(v: list[str]) -> str | None:
+    from archrelax.train.soft import FORMS, SoftSchedule
+
+    for x in v:
+        try:
+            SoftSchedule.parse(x)
+        except ValueError:
+            return f"schedules {FORMS} (not {x!r})"
+    return None
+
+
+@dataclass
+class SoftOptions:
+    """Soft-release runs beside the hard ones: from every switch time, the relaxation ``target`` trained with
+    the penalty λ(t)·‖θ − Pθ‖² toward ``toward``, one run per (λ in ``lambdas``, schedule in ``schedules``)."""
+
+    target: str = _opt("fc", "the relaxation the soft runs train (a lattice target: fc, lc, wide:K, tiled:T, ...)",
+                       _target_problem)
+    toward: Literal["cnn", "local", "shared"] = _opt("cnn", "subspace the penalty pulls toward")
+    lambdas: list[float] = _opt([], "λ(0) values (> 0); with SGD keep relaxed lr·λ < 1 + momentum", _lambdas)
+    schedules: list[str] = _opt([], "λ(t) schedules: const, linear:E, exp:H, step:E (epochs after the switch)",
+                                _schedules)
+
+    def grid(self) -> list[tuple[float, str]]:
+        """(λ, canonical schedule) of every soft run per switch time."""
+        from archrelax.train.soft import SoftSchedule
+
+        return [(float(lam), SoftSchedule.parse(s).spec) for lam in self.lambdas for s in self.schedules]
+
+
+@dataclass(frozen=True)
+class PathStep:
+    """One switch of a relaxation path: at ``at`` (epochs on the CNN's clock) relax ``layers`` (names/globs;
+    None: the spec's ``relax_layers``, i.e. every conv by default) to ``to``."""
+
+    at: float
+    to: str
+    layers: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class RelaxPath:
+    """A named sequence of switches, each from the previous step's run (the first from the CNN)."""
+
+    name: str
+    steps: tuple[PathStep, ...]
+
+
+_PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
+
+
+def parse_paths(data: Any, problems: list[str]) -> list[RelaxPath]:
+    """The spec's ``paths`` as typed paths; every problem (one line each, naming the path and step) is
+    appended to ``problems`` and that path is left out."""
+    out: list[RelaxPath] = []
+    if not data:
+        return out
+    names: set[str] = set()
+    for i, entry in enumerate(data):
+        where = f"'paths[{i}]'"
+        if not isinstance(entry, dict) or set(entry) - {"name", "steps"} or "steps" not in entry:
+            problems.append(f"{where} = {entry!r} must be a mapping {{name: ..., steps: [...]}}; allowed keys: "
+                            "name, steps")
+            continue
+        name = entry.get("name", f"path{i}")
+        if not isinstance(name, str) or not _PATH_NAME.match(name):
+            problems.append(f"{where}.name = {name!r} must be a word of letters, digits and _ . + - (it is part of "
+                            "run ids)")
+            continue
+        if name in names:
+            problems.append(f"{where}.name = {name!r} repeats another path's name; allowed: distinct names")
+            continue
+        names.add(name)
+        where = f"'paths[{i}]' ({name})"
+        steps = entry["steps"]
+        if not isinstance(steps, list) or not steps:
+            problems.append(f"{where}.steps = {steps!r} must be a non-empty list of {{at, to, layers}}")
+            continue
+        parsed, ok = [], True
+        for j, st in enumerate(steps):
+            at_ = f"{where}.steps[{j}]"
+            if not isinstance(st, dict) or set(st) - {"at", "to", "layers"} or not {"at", "to"} <= set(st):
+                problems.append(f"{at_} = {st!r} must be a mapping {{at: epoch, to: target, layers: [names] "
+                                "(optional)}}")
+                ok = False
+                continue
+            at, to, layers = _coerce(st["at"], float), st["to"], st.get("layers")
+            if at is _NO or at < 0:
+                problems.append(f"{at_}.at = {st['at']!r} must be an epoch >= 0 (on the CNN's clock)")
+                ok = False
+            if not isinstance(to, str) or _target_problem(to) is not None:
+                from archrelax.embed.targets import TARGET_FORMS
+
+                problems.append(f"{at_}.to = {to!r} is not a relaxation target; allowed: {TARGET_FORMS}")
+                ok = False
+            if isinstance(layers, str):
+                layers = [layers]
+            if layers is not None and (not isinstance(layers, list) or not layers
+                                       or not all(isinstance(n, str) and n for n in layers)):
+                problems.append(f"{at_}.layers = {st.get('layers')!r} must be a non-empty list of layer names/globs "
+                                "(or null: the spec's relax_layers)")
+                ok = False
+            if ok:
+                parsed.append(PathStep(float(at), parse_target_spec(to), None if layers is None else tuple(layers)))
+        if not ok:
+            continue
+        for j in range(1, len(parsed)):
+            a, b = parsed[j - 1], parsed[j]
+            if b.at < a.at:
+                problems.append(f"{where}.steps[{j}].at = {b.at:g} is before the previous step's {a.at:g}; allowed: "
+                                "times in order")
+                ok = False
+            elif a.layers == b.layers and not _moves_up(a.to, b.to):
+                problems.append(f"{where}.steps[{j}]: {a.to!r} -> {b.to!r} on the same layers is not a move up the "
+                                "lattice; allowed: tiled -> lc | fc, lc -> fc, wide -> fc")
+                ok = False
+        if ok:
+            out.append(RelaxPath(name, tuple(parsed)))
+    return out
+
+
+def parse_target_spec(to: str) -> str:
+    from archrelax.embed.targets import parse_target
+
+    return parse_target(to).spec
+
+
+def _moves_up(a: str, b: str) -> bool:
+    """Whether a layer relaxed to ``a`` can be relaxed further to ``b`` (the lattice's moves, targets.NEXT)."""
+    from archrelax.embed.targets import NEXT, parse_target
+
+    return parse_target(b).kind in NEXT[parse_target(a).kind]
 
 
 @dataclass
@@ -198,6 +367,10 @@ class SlurmOptions:
     mem_gb: float = _opt(32.0, "memory per job (GB)", _positive)
     timeout_min: int = _opt(720, "time limit per job (minutes)", lambda v: None if v >= 1 else "an integer >= 1")
     array_parallelism: int = _opt(64, "max simultaneous jobs of one array", lambda v: None if v >= 1 else "an integer >= 1")
+    signal_delay_s: int = _opt(90, "seconds before the time limit that Slurm warns a job (USR2): the run "
+                               "checkpoints and the job requeues itself", lambda v: None if v >= 1 else "an integer >= 1")
+    max_num_timeout: int = _opt(3, "requeues after a time limit (a preemption notice always requeues)",
+                                lambda v: None if v >= 0 else "an integer >= 0")
     setup: list[str] = _opt([], "shell lines run before each job (module load ..., source venv)")
     additional: dict[str, Any] = _opt({}, "further sbatch options, e.g. {exclude: node[1-3]}")
 
@@ -222,14 +395,20 @@ class ExperimentSpec:
     relaxed: RelaxedOptions = field(default_factory=RelaxedOptions, metadata={"doc": "relaxed runs and baselines"})
     switch_times: Union[str, list[float]] = _opt("log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs", _times_text)
     switch_min: float = _opt(1.0, "smallest non-zero switch time of 'log:N'", _positive)
-    targets: list[Literal["fc", "lc", "lc>fc"]] = _opt(["fc"], "relaxations from each switch time")
+    targets: list[str] = _opt(["fc"], "relaxations from each switch time: fc, lc, lc>fc (the grid), cnn (the CNN "
+                              "continued), wide:K, wide:full, tiled:T", _targets)
     hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions, metadata={"doc": "the 'lc>fc' grid"})
+    soft: SoftOptions = field(default_factory=SoftOptions, metadata={"doc": "soft-release runs from every switch time"})
+    paths: list[dict[str, Any]] = _opt([], "relaxation paths: [{name, steps: [{at, to, layers}]}], per-layer switch "
+                                       "times, each step from the previous step's run")
     baselines: list[Literal["fcn", "lcn"]] = _opt(["fcn"], "from-scratch baselines of the same size")
     analyses: list[str] = _opt([], "analyses to run afterwards (names from archrelax.analysis)")
     analysis_settings: dict[str, Any] = _opt({}, "costs of the analyses (fields of archrelax.analysis.AnalysisSettings), "
                                              "e.g. {sharpness_max_iter: 10, trace_probes: 4}")
     executor: Literal["local", "slurm"] = _opt("local", "where runs execute")
     workers: int = _opt(1, "local worker processes (one per GPU when there are GPUs)", lambda v: None if v >= 1 else "an integer >= 1")
+    lockstep: bool = _opt(False, "train the runs that can share a process (one kind, configs equal apart from seed and "
+                          "start snapshot) in one process on stacked weights, on the same batches (docs/protocol.md)")
     slurm: SlurmOptions = field(default_factory=SlurmOptions, metadata={"doc": "Slurm resources"})
 
     def switch_list(self) -> list[float]:
@@ -244,6 +423,14 @@ class ExperimentSpec:
         t1s = sorted(set(self.hierarchical.t_w1 if self.hierarchical.t_w1 is not None else sw))
         t2s = sorted(set(self.hierarchical.t_w2 if self.hierarchical.t_w2 is not None else sw))
         return [(a, b) for a in t1s for b in t2s if a <= b]
+
+    def path_list(self) -> list[RelaxPath]:
+        """The typed ``paths`` (a spec that passed validation has no problem here)."""
+        problems: list[str] = []
+        out = parse_paths(self.paths, problems)
+        if problems:
+            raise SpecError(problems)
+        return out
 
 
 def _round_sig(x: float, sig: int = 3) -> float:
@@ -382,8 +569,17 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         problems.append("'seeds' = [] is empty; allowed: a list of at least one integer")
     if len(set(spec.seeds)) != len(spec.seeds):
         problems.append(f"'seeds' = {spec.seeds} repeats a seed; allowed: distinct integers")
-    if not spec.targets and not spec.baselines:
-        problems.append("'targets' and 'baselines' are both empty: nothing to compare the CNN with")
+    paths = parse_paths(spec.paths, problems)
+    if not spec.targets and not spec.baselines and not paths and not spec.soft.grid():
+        problems.append("'targets', 'baselines', 'paths' and 'soft' are all empty: nothing to compare the CNN with")
+    if bool(spec.soft.lambdas) != bool(spec.soft.schedules):
+        problems.append(f"'soft' has lambdas {spec.soft.lambdas} and schedules {spec.soft.schedules}: soft runs are "
+                        "their product; allowed: both empty (no soft runs) or both non-empty")
+    lr = spec.relaxed.lr if spec.relaxed.lr is not None else spec.train.lr
+    for key, lam in [("relaxed.soft_lambda", spec.relaxed.soft_lambda)] + [("soft.lambdas", x) for x in spec.soft.lambdas]:
+        bad = soft_problem(lam, spec.train.optimizer, lr, spec.train.momentum)
+        if bad:
+            problems.append(f"'{key}' = {lam:g}: {bad}")
     if not (spec.data in ("mnist5k", "cifar10", "cifar100", "synthetic")
             or spec.data.startswith(("imagefolder:", "synthetic:"))):
         problems.append(f"'data' = {spec.data!r} is not a data source; allowed: {', '.join(DATA_SOURCES)}")
@@ -423,6 +619,16 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         problems.append(f"'hierarchical' grid is empty: no t_w1 <= t_w2 among t_w1 = {spec.hierarchical.t_w1} and "
                         f"t_w2 = {spec.hierarchical.t_w2}; allowed: at least one pair with t_w1 <= t_w2")
     relaxed_end = spec.relaxed.length()
+    for p in paths:
+        late = [st.at for st in p.steps if st.at > end]
+        if late:
+            problems.append(f"'paths' {p.name!r} switches at {_show(late)} after the end of CNN training; allowed: "
+                            f"times in [0, {end:g}]")
+        gaps = [(a.at, b.at) for a, b in zip(p.steps, p.steps[1:]) if relaxed_end is not None and b.at - a.at > relaxed_end]
+        if gaps:
+            problems.append(f"'paths' {p.name!r} steps {', '.join(f'{a:g} -> {b:g}' for a, b in gaps)} need a run to "
+                            f"train more than the relaxed runs' length {relaxed_end:g} epochs; allowed: steps at most "
+                            f"{relaxed_end:g} apart, or raise 'relaxed.max_epochs' / 'relaxed.epochs'")
     too_far = [(a, b) for a, b in grid if relaxed_end is not None and b - a > relaxed_end]
     if too_far:
         pairs = ", ".join(f"({a:g}, {b:g})" for a, b in too_far)
@@ -581,7 +787,8 @@ def settings_rows() -> list[dict[str, str]]:
         spec_keys = keys.get(name, [])
         differ = [(k, v) for k, v in spec_keys if v != default or type(v) is not type(default)]
         run_id = ("no (runtime)" if f.metadata["runtime"] else
-                  "yes, not in identity" if not f.metadata["identity"] else "yes")
+                  "yes, not in identity" if not f.metadata["identity"] else
+                  "yes, when not the default" if f.metadata["omit_default"] else "yes")
         rows.append({
             "field": f"`{name}`",
             "archrelax train": f"`{option_name(f) or name.upper()}`",

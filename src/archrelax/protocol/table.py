@@ -23,9 +23,36 @@ def format_status(exp: ExperimentFolder, error_width: int = 100) -> str:
     return status_table(exp, error_width)[0]
 
 
+def _jobs(exp: ExperimentFolder, plan: dict) -> dict[str, str]:
+    """run id -> its batch job's state (``slurm 123_0 PENDING (Dependency)``), for unfinished runs that have a
+    job record (``archrelax run --executor slurm``); one squeue call (and sacct where accounting works)."""
+    from ..store import StoreError
+    from .slurm import job_states
+
+    records = {}
+    for rid in plan:
+        folder = exp.run(rid)
+        try:
+            if folder.read_status().finished:
+                continue
+            rec = folder.read_job()
+        except StoreError:
+            continue  # the row shows the unreadable file
+        if rec is not None and rec.cluster == "slurm":
+            records[rid] = rec
+    if not records:
+        return {}
+    states = job_states(r.job_id for r in records.values())
+    if states is None:
+        return {rid: f"slurm {r.job_id} (state unknown: squeue failed)" for rid, r in records.items()}
+    return {rid: states[r.job_id].describe() for rid, r in records.items()}
+
+
 def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, dict[str, int]]:
-    """:func:`format_status`'s text, and the number of runs in each state shown."""
+    """:func:`format_status`'s text, and the number of runs in each state shown. Runs with a Slurm job get
+    a ``job`` column: the job's state beside the run's."""
     plan = exp.read_plan()
+    jobs = _jobs(exp, plan)
     rows, counts = [], {}
     for run in plan.values():
         r = exp.summary_row(run)
@@ -37,8 +64,10 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
         err = r["error"].replace(f"{exp.root}/", "")  # paths inside the experiment, shown relative
         if status != "corrupt":  # the message of a corrupt file is the point of its row: shown whole
             err = err if len(err) <= error_width else err[: error_width - 3] + "..."
-        rows.append([run.id, run.kind, tw, status, r["epochs"], _pct(r["best_test_acc"]), err])
-    table = render(["run", "kind", "t_w", "status", "epoch", "best test acc", "error"], rows)
+        rows.append([run.id, run.kind, tw, status, *([jobs.get(run.id, "")] if jobs else []), r["epochs"],
+                     _pct(r["best_test_acc"]), err])
+    table = render(["run", "kind", "t_w", "status", *(["job"] if jobs else []), "epoch", "best test acc", "error"],
+                   rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
     return f"{table}\n{len(plan)} runs: {tally}", counts
 

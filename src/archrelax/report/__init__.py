@@ -13,10 +13,11 @@ import hashlib
 import json
 import re
 import shutil
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..utils import atomic_write_text
+from ..store.atomic import atomic_write_text, umask
 from .html import page
 from .load import Experiment, Run, load_experiment
 from .sections import Ctx, analysis_error, build_all
@@ -96,14 +97,32 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
     key = _inputs_key(exp, note)
     if _up_to_date(index, key):  # a rerun of a finished experiment: same page, nothing redrawn
         return index
-    fig_dir = out / "fig"
-    shutil.rmtree(fig_dir, ignore_errors=True)  # stale figures of sections that are now missing must go
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    sections = build_all(exp, Ctx(exp=exp, fig_dir=fig_dir), note)
-    title = f"archrelax report: {exp_dir.resolve().name}"
-    n_done = sum(r.status == "done" for r in exp.runs)
-    subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
-    atomic_write_text(index, page(title, subtitle, sections, inputs=key))
+    # built in a fresh folder beside it, then swapped in: a failure half-way (full disk, ...) leaves the
+    # previous report whole, and stale figures of sections that are now missing go with the old folder
+    try:
+        new = Path(tempfile.mkdtemp(prefix=".report-new-", dir=exp_dir))
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, str(out)) from e
+    try:
+        fig_dir = new / "fig"
+        fig_dir.mkdir()
+        sections = build_all(exp, Ctx(exp=exp, fig_dir=fig_dir), note)
+        title = f"archrelax report: {exp_dir.resolve().name}"
+        n_done = sum(r.status == "done" for r in exp.runs)
+        subtitle = f"{exp_dir.resolve()} · {n_done} of {len(exp.runs)} runs done"
+        atomic_write_text(new / "index.html", page(title, subtitle, sections, inputs=key))
+        new.chmod(0o777 & ~umask())  # mkdtemp makes it 0700
+        old = exp_dir / f".report-old-{new.name.rsplit('-', 1)[-1]}"
+        if out.exists():
+            out.rename(old)
+        new.rename(out)
+    except BaseException as e:
+        shutil.rmtree(new, ignore_errors=True)
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename).startswith(str(new)):
+            # name the file the user will look for, not the temporary folder that is gone
+            raise OSError(e.errno, e.strerror, str(out) + str(e.filename)[len(str(new)):]) from e
+        raise
+    shutil.rmtree(old, ignore_errors=True)
     return index
 
 

@@ -9,6 +9,7 @@ t = 0 shows); accuracies in %, losses in nats; relaxed runs are coloured by thei
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -21,6 +22,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogFormatter, NullLocator
 
+from archrelax.store.atomic import atomic_write_bytes
 from archrelax.store.results import GainRecord
 
 DPI = 110
@@ -31,7 +33,8 @@ REF_STYLE = {  # reference runs trained without a switch
     "lcn": dict(color="0.45", ls=":", lw=2.0),
 }
 REF_NAME = {"cnn": "CNN", "fcn": "vanilla FCN", "lcn": "vanilla LCN", "efcn": "eFCN", "elcn": "eLCN",
-            "hier": "CNN→eLCN→eFCN"}
+            "hier": "CNN→eLCN→eFCN", "cont": "CNN continued", "wide": "wide conv", "tiled": "tiled conv",
+            "soft": "soft eFCN", "path": "path"}
 
 
 @dataclass
@@ -53,8 +56,10 @@ def _figure(ncols: int = 1, nrows: int = 1, *, size: tuple[float, float] = (5.6,
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI, format="png")
+    # rendered in memory, then written atomically: a full disk leaves no truncated PNG behind
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=DPI, format="png")
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 
@@ -373,5 +378,119 @@ def interpolation_figure(alphas: Sequence[float], curves: Sequence[dict], path: 
     handles += [Line2D([], [], color="black", ls="-", label="train"),
                 Line2D([], [], color="black", ls="--", label="test")]
     fig.legend(handles=handles, fontsize=8, loc="outside right upper")  # beside the panels, never over a curve
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# ---- the lattice (issue 10): corners at each switch time, soft schedules, distances per corner ------------------
+
+CORNER_COLOURS = colormaps["tab10"]
+
+
+def lattice_figure(corners: Sequence[str], points: dict[str, dict[float, list[float]]],
+                   memory: dict[str, int | None], path: Path, *, title: str,
+                   cnn_final: Sequence[float] = ()) -> Path:
+    """Left: final test accuracy (%) of each corner against t_w (mean ± std over seeds); the CNN trained to its
+    end as a band. Right: parameter memory of each corner (MiB, log scale; absent when not measured)."""
+    fig, ax = _figure(2, size=(6.0, 4.4))
+    a, m = ax[0]
+    if cnn_final:
+        mu, sd = _mean_std([100 * v for v in cnn_final])
+        st = REF_STYLE["cnn"]
+        a.axhline(mu, color=st["color"], ls=":", lw=1.5, label=f"CNN at its end ({len(cnn_final)} seed"
+                  f"{'s' * (len(cnn_final) > 1)})")
+        if sd > 0:
+            a.axhspan(mu - sd, mu + sd, color="black", alpha=0.08, lw=0)
+    for i, c in enumerate(corners):
+        pts = points.get(c) or {}
+        tws = sorted(pts)
+        if not tws:
+            continue
+        ms = [_mean_std([100 * v for v in pts[t]]) for t in tws]
+        a.errorbar(tws, [x for x, _ in ms], yerr=[e for _, e in ms], marker="os^Dv<>ph*"[i % 10], capsize=4,
+                   color=CORNER_COLOURS(i % 10), label=c)
+    _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
+    a.set_ylabel("final test accuracy (%)")
+    a.set_title("final test accuracy of each corner")
+    a.legend(fontsize=8, loc="best")
+    known = [(i, c, memory.get(c)) for i, c in enumerate(corners) if memory.get(c)]
+    if known:
+        m.barh([c for _, c, _ in known], [b / 2**20 for _, _, b in known],
+               color=[CORNER_COLOURS(i % 10) for i, _, _ in known])
+        m.set_xscale("log")
+        m.xaxis.set_major_formatter(_PLAIN)
+        m.invert_yaxis()
+        m.tick_params(axis="y", labelsize=8)
+        m.set_xlabel("parameter memory (MiB, log scale)")
+        m.grid(True, axis="x", alpha=0.3)
+    else:
+        m.text(0.5, 0.5, "memory not measured\n(the memory analysis)", ha="center", va="center",
+               transform=m.transAxes)
+        m.set_axis_off()
+    m.set_title("parameter memory of each corner")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def soft_figure(groups: Sequence[str], points: dict[str, dict[float, list[float]]],
+                lam: dict[str, tuple[Sequence[float], Sequence[float]]], refs: dict[str, dict[float, list[float]]],
+                path: Path, *, title: str) -> Path:
+    """Left: λ(t) of each soft group over its own epochs (from the metrics). Right: final test accuracy (%)
+    against t_w of each group (mean ± std over seeds), the hard relaxation (λ = 0) and the CNN continued (the
+    λ → ∞ limit) as references."""
+    fig, ax = _figure(2, size=(5.8, 4.2))
+    l_ax, a = ax[0]
+    for i, g in enumerate(groups):
+        x, y = lam.get(g, ((), ()))
+        if len(x):
+            l_ax.plot(x, y, marker="o", ms=3, color=CORNER_COLOURS(i % 10), label=g)
+    l_ax.set_xlabel("epochs after the switch")
+    l_ax.set_ylabel("λ(t)")
+    l_ax.set_title("λ schedules (from the metrics)")
+    l_ax.grid(True, alpha=0.3)
+    if groups:
+        l_ax.legend(fontsize=8, loc="best")
+    styles = {0: dict(color="0.3", ls="--"), 1: dict(color="black", ls=":")}
+    for k, (name, pts) in enumerate(refs.items()):
+        tws = sorted(pts)
+        if tws:
+            ms = [_mean_std([100 * v for v in pts[t]]) for t in tws]
+            a.errorbar(tws, [x for x, _ in ms], yerr=[e for _, e in ms], capsize=3, lw=1.5, label=name,
+                       **styles[k % 2])
+    for i, g in enumerate(groups):
+        tws = sorted(points.get(g) or {})
+        if tws:
+            ms = [_mean_std([100 * v for v in points[g][t]]) for t in tws]
+            a.errorbar(tws, [x for x, _ in ms], yerr=[e for _, e in ms], marker="o", capsize=4,
+                       color=CORNER_COLOURS(i % 10), label=g)
+    _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
+    a.set_ylabel("final test accuracy (%)")
+    a.set_title("final test accuracy against the schedule")
+    a.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def corner_distance_figure(corners: Sequence[str], curves: dict[str, list[tuple[Sequence[float], Sequence[float],
+                                                                                 Sequence[float] | None]]],
+                           path: Path, *, title: str) -> Path:
+    """δ(t) (left) and the off-sharing ratio (right) of every run, coloured by corner, against epochs on the
+    CNN's clock; ``curves[corner]``: ``(epochs, δ, off-sharing or None when not recorded)`` per run."""
+    fig, ax = _figure(2, size=(5.6, 4.0))
+    for i, c in enumerate(corners):
+        col = CORNER_COLOURS(i % 10)
+        for j, (x, d, o) in enumerate(curves.get(c, [])):
+            for a, y in ((ax[0, 0], d), (ax[0, 1], o)):
+                if y is not None and len(y) == len(x) and len(x):
+                    a.plot(x, y, color=col, lw=1.3, alpha=0.85, label=c if j == 0 else None)
+                    a.plot(x[:1], y[:1], marker="o", ms=5, color=col, mec="black", mew=0.5)
+    for a, name in ((ax[0, 0], "δ = ‖off-local‖ / ‖θ‖"), (ax[0, 1], "off-sharing = ‖local − shared‖ / ‖θ‖")):
+        _time_axis(a)
+        a.set_ylabel(name.split(" = ")[0] + " (relative norm)")
+        a.set_title(name + "; ● = switch", fontsize=10)
+        if a.lines:
+            a.legend(fontsize=8, loc="best")
+        else:
+            a.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=a.transAxes)
     fig.suptitle(title)
     return _save(fig, path)

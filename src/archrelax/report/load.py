@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from archrelax.store import ExperimentFolder, StoreError
+from archrelax.store.plan import KINDS  # noqa: F401 (the kinds of runs, re-exported for the report)
 from archrelax.store.plan import Run as PlanRun
 from archrelax.store.results import RESULT_TYPES, AnalysisResult
-
-KINDS = ("cnn", "fcn", "lcn", "efcn", "elcn", "hier")
 
 
 @dataclass
@@ -25,8 +24,8 @@ class Run:
     id: str
     kind: str
     seed: int | None = None
-    t_w: float | None = None  # switch time (epochs on the CNN's clock) for efcn/elcn/hier
-    t_w2: float | None = None  # second switch (eLCN -> eFCN) for hier runs
+    t_w: float | None = None  # switch time (epochs on the CNN's clock) of runs from a CNN snapshot
+    t_w2: float | None = None  # the run's own switch from another relaxed run (hier, path steps)
     status: str = "pending"  # a state of archrelax.store.STATES, or "corrupt" (unreadable status.json)
     error: str | None = None
     epoch: float | None = None  # last epoch reached (status.json)
@@ -37,7 +36,7 @@ class Run:
     @property
     def switch(self) -> float | None:
         """The time this run starts on the CNN's clock (its last switch), or None for from-scratch runs."""
-        return self.t_w2 if self.kind == "hier" else self.t_w
+        return self.t_w2 if self.t_w2 is not None else self.t_w
 
     def series(self, key: str) -> tuple[list[float], list[float]]:
         """(global epochs, values) of one metric, skipping records without it."""

@@ -14,8 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from archrelax.store import STATES
+from archrelax.store import STATES, RunFolder, StoreError
 from archrelax.store import results as R
+from archrelax.store.plan import LATTICE_KINDS
 
 from . import figures as F
 from .html import Section, figure, fmt, pre, table
@@ -409,6 +410,222 @@ def analysis_error(exc: BaseException) -> str:
     return "".join(tb[-3:]).strip()
 
 
+# ---- the lattice (issue 10) -------------------------------------------------------------------------------
+
+
+def _config(exp: Experiment, r: Run) -> dict[str, Any]:
+    """The run's config: the plan's, else (a run folder plan.json does not list) its config.json, else {}."""
+    entry = exp.plan.get(r.id)
+    if entry is not None:
+        return dict(entry.config)
+    if r.path is not None:
+        try:
+            return RunFolder(r.path).read_config() or {}
+        except StoreError:
+            return {}
+    return {}
+
+
+def _soft_label(cfg: dict[str, Any]) -> str:
+    toward = cfg.get("soft_toward", "cnn")
+    return (f"λ={float(cfg.get('soft_lambda') or 0):g} {cfg.get('soft_schedule', 'const')}"
+            + (f" toward {toward}" if toward != "cnn" else ""))
+
+
+def _corner(exp: Experiment, r: Run) -> tuple[tuple, str, str | None] | None:
+    """(sort key, label, memory form) of a run at a corner of the lattice (or a soft run); None otherwise."""
+    if r.kind not in LATTICE_KINDS:
+        return None
+    cfg = _config(exp, r)
+    relax = cfg.get("relax") or {"elcn": "lc", "efcn": "fc", "cont": "cnn"}.get(r.kind)  # None: target unknown
+    soft = float(cfg.get("soft_lambda") or 0) > 0
+    if r.kind == "soft":
+        return (5, str(relax), _soft_label(cfg)), f"soft {relax or ''}: {_soft_label(cfg)}", relax
+    key, label, form = {
+        "cont": ((0, ""), "CNN continued", "cnn"),
+        "wide": ((1, str(relax)), f"locality released ({relax or 'wide'})", relax),
+        "elcn": ((2, ""), "sharing released (eLCN)", "lc"),
+        "tiled": ((3, str(relax)), f"sharing released in tiles ({relax or 'tiled'})", relax),
+        "efcn": ((4, ""), "both released (eFCN)", "fc"),
+    }[r.kind]
+    return ((*key, _soft_label(cfg)), f"{label}, soft {_soft_label(cfg)}", form) if soft else (key, label, form)
+
+
+def _lattice_points(exp: Experiment) -> tuple[list[str], dict[str, dict[float, list[float]]], dict[str, str | None]]:
+    """Corner labels in lattice order, {label: {t_w: [final test acc of finished runs]}}, {label: memory form}."""
+    keyed: dict[str, tuple] = {}
+    points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    forms: dict[str, str | None] = {}
+    for r in exp.runs:
+        c = _corner(exp, r)
+        if c is None or r.t_w is None:
+            continue
+        key, label, form = c
+        keyed[label], forms[label] = key, form
+        if r.status == "done" and (v := r.final("test_acc")) is not None:
+            points[label][r.t_w].append(v)
+    labels = sorted(keyed, key=lambda k: keyed[k])
+    return labels, points, forms
+
+
+def _cell(vals: list[float] | None, scale: float = 100.0) -> str:
+    if not vals:
+        return "—"
+    v = scale * np.asarray(vals)
+    return f"{v.mean():.2f} ± {v.std():.2f} ({len(v)})"
+
+
+def lattice(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("lattice", "The lattice: every corner at every switch time",
+                  "Final test accuracy (%) of each corner continued from the CNN's snapshot at t_w: the CNN itself, "
+                  "locality released (wide conv), sharing released (eLCN; in tiles: tiled conv), both released "
+                  "(eFCN), and the soft releases; mean ± std over seeds (number of seeds). Finished runs only. "
+                  "Last row: the parameter memory of each corner (memory analysis; 1 MiB = 2^20 bytes).")
+    labels, points, forms = _lattice_points(exp)
+    if not labels:
+        sec.notes.append("the plan has no lattice runs (spec targets cnn, wide:K, wide:full, lc, tiled:T, fc, or a "
+                         "soft section)")
+        return sec
+    mem_rows = {}
+    data: R.MemoryResult | None = exp.analysis.get("memory")
+    if data is None:
+        sec.notes.append("memory: analysis/memory.json is missing (add 'memory' to the spec's analyses, or run "
+                         f"`archrelax analyse {exp.path}`)")
+    else:
+        mem_rows = {row.form: row.param_bytes for row in data.rows}
+        for label in labels:
+            if forms[label] is None:
+                sec.notes.append(f"memory: the target of {label} is unknown (its config is not in plan.json)")
+            elif forms[label] not in mem_rows:
+                sec.notes.append(f"memory: {forms[label]!r} ({label}) not in analysis/memory.json; rerun the memory "
+                                 "analysis")
+    memory = {label: mem_rows.get(forms[label]) for label in labels}
+    tws = sorted({t for d in points.values() for t in d} | {r.t_w for r in exp.runs if _corner(exp, r) and
+                                                              r.t_w is not None})
+    rows = [[f"{t:g}"] + [_cell(points[label].get(t)) for label in labels] for t in tws]
+    rows.append(["parameter memory"] + [_bytes(memory[label]) if memory[label] else "not measured"
+                                        for label in labels])
+    cnn = [v for r in exp.of_kind("cnn", done_only=True) if (v := r.final("test_acc")) is not None]
+    if any(points.values()) or cnn:
+        ctx.figure(sec, "lattice", "final test accuracy (%) of each corner against t_w (mean ± std over seeds; "
+                   "dotted: the CNN at its end) and each corner's parameter memory (MiB)",
+                   lambda p: F.lattice_figure(labels, points, memory, p, title="the lattice between the CNN and the "
+                                              "eFCN", cnn_final=cnn))
+    sec.body.append(table(["t_w (epochs)"] + labels, rows))
+    if cnn:
+        sec.body.append(f"<p>The CNN trained to its end: {escape(_cell(cnn))} % test accuracy.</p>")
+    sec.notes += _not_done(exp, *LATTICE_KINDS)
+    return sec
+
+
+def soft_schedules(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("soft", "Soft release: accuracy against the λ schedule",
+                  "Runs trained with the penalty λ(t)·‖θ − Pθ‖², grouped by target, λ(0) and schedule: final test "
+                  "accuracy (%) at each switch time, mean ± std over seeds (number of seeds), beside the hard "
+                  "relaxation of the same target (λ = 0) and the CNN continued from the same snapshot (the λ → ∞ "
+                  "limit). Left figure: λ(t) as the runs recorded it.")
+    groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
+    lam: dict[str, tuple[list[float], list[float]]] = {}
+    targets: set[str] = set()
+    soft_runs = []
+    for r in exp.runs:
+        cfg = _config(exp, r)
+        if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None:
+            continue
+        soft_runs.append(r)
+        target = cfg.get("relax") or "?"
+        targets.add(target)
+        g = f"{target} {_soft_label(cfg)}"
+        groups.setdefault(g, defaultdict(list))
+        if r.status == "done" and (v := r.final("test_acc")) is not None:
+            groups[g][r.t_w].append(v)
+        if g not in lam:
+            x = [float(m["epoch"]) for m in r.metrics if isinstance(m.get("soft_lambda"), (int, float))]
+            if x:
+                lam[g] = (x, [float(m["soft_lambda"]) for m in r.metrics if isinstance(m.get("soft_lambda"), (int, float))])
+    if not soft_runs:
+        sec.notes.append("the plan has no soft runs (the spec's soft section, or relaxed.soft_lambda > 0)")
+        return sec
+    refs: dict[str, dict[float, list[float]]] = {}
+    for target in sorted(targets):
+        hard: dict[float, list[float]] = defaultdict(list)
+        for r in exp.runs:
+            cfg = _config(exp, r)
+            if (cfg.get("relax") == target and float(cfg.get("soft_lambda") or 0) == 0 and r.t_w2 is None
+                    and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
+                hard[r.t_w].append(v)
+        refs[f"{target} hard (λ = 0)"] = hard
+    cont: dict[float, list[float]] = defaultdict(list)
+    for r in exp.of_kind("cont", done_only=True):
+        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+            cont[r.t_w].append(v)
+    refs["CNN continued (λ → ∞)"] = cont
+    names = sorted(groups)
+    tws = sorted({r.t_w for r in soft_runs} | {t for d in refs.values() for t in d})
+    rows = [[g] + [_cell(groups[g].get(t)) for t in tws] for g in names]
+    rows += [[name] + [_cell(d.get(t)) for t in tws] for name, d in refs.items()]
+    ctx.figure(sec, "soft", "λ(t) of each soft schedule, and final test accuracy (%) against t_w per schedule with "
+               "the hard relaxation and the CNN continued",
+               lambda p: F.soft_figure(names, groups, lam, refs, p, title="soft release: accuracy against the schedule"))
+    sec.body.append(table(["run (target λ(0) schedule)"] + [f"t_w = {t:g}" for t in tws], rows))
+    for name, d in refs.items():
+        if not d:
+            sec.notes.append(f"no finished {name} run to compare with")
+    sec.notes += [line for line in _not_done(exp, *{r.kind for r in soft_runs}) if any(r.id in line for r in soft_runs)]
+    return sec
+
+
+def lattice_distance(exp: Experiment, ctx: Ctx) -> Section:
+    sec = Section("lattice-distance", "Distances per corner: δ(t) and off-sharing(t)",
+                  "δ = ‖off-local weights‖ / ‖θ‖ (how far locality is released) and off-sharing = ‖local weights − "
+                  "their shared projection‖ / ‖θ‖ (how far sharing is released), as each run recorded them in "
+                  "metrics.jsonl. On the CNN subspace both are 0; a wide conv has off-sharing 0, an eLCN or tiled "
+                  "conv δ = 0. With zero padding off-sharing² = cnn_distance² − δ² (P_CNN projects into the local "
+                  "subspace).")
+    corners: dict[str, list] = defaultdict(list)
+    order: dict[str, tuple] = {}
+    finals: dict[tuple[str, float], list[tuple[float, float | None]]] = defaultdict(list)
+    recorded = False
+    for r in exp.runs:
+        c = _corner(exp, r)
+        if c is None or r.kind == "cont":
+            continue
+        key, label, _ = c
+        x, d = r.series("offlocal_ratio")
+        if not x:
+            continue
+        xo, o = r.series("offsharing_ratio")
+        off = dict(zip(xo, o))
+        aligned = [off.get(t) for t in x]
+        has = all(v is not None for v in aligned)
+        recorded |= has
+        order[label] = key
+        corners[label].append((x, d, aligned if has else None))
+        if r.status == "done" and r.t_w is not None:
+            finals[(label, r.t_w)].append((d[-1], aligned[-1] if has else None))
+    if not corners:
+        sec.notes.append("no relaxed lattice run has recorded δ yet")
+        return sec
+    labels = [c for c in _lattice_points(exp)[0] if c in corners]  # the lattice's order (and colours)
+    every = _lattice_points(exp)[0]
+    if not recorded:
+        sec.notes.append("offsharing_ratio not recorded in these runs' metrics.jsonl (the trainer records it together "
+                         "with δ and cnn_distance once it has subspace_distances): the off-sharing curves are empty")
+    ctx.figure(sec, "lattice_distance", "δ(t) and off-sharing(t) of every run, coloured by corner, against epochs on "
+               "the CNN's clock", lambda p: F.corner_distance_figure(every, corners, p, title="distances per corner"))
+    rows = []
+    for (label, t), vals in sorted(finals.items(), key=lambda kv: (order[kv[0][0]], kv[0][1])):
+        d = [a for a, _ in vals]
+        o = [b for _, b in vals if b is not None]
+        rows.append([label, f"{t:g}", len(vals), f"{np.mean(d):.4g}", f"{np.mean(o):.4g}" if o else "not recorded"])
+    if rows:
+        sec.body.append(table(["corner", "t_w (epochs)", "seeds", "final δ (mean)", "final off-sharing (mean)"], rows))
+    return sec
+
+
+# ---- the claims (issue 12) --------------------------------------------------------------------------------
+
+
 def claims(exp: Experiment, ctx: Ctx, titles: dict[str, str]) -> Section:
     """The paper's claims, one row each, with the statistic measured here, its seeds and the verdict, the
     verdict linking to the section it is read from (``titles``: section id -> title of this page)."""
@@ -452,7 +669,8 @@ def build_all(exp: Experiment, ctx: Ctx, analysis_note: str) -> list[Section]:
     secs = [overview(exp, ctx, analysis_note), training(exp, ctx, "efcn"), final_vs_tw(exp, ctx, "efcn"),
             final_vs_tw(exp, ctx, "elcn"), hierarchical(exp, ctx), distance(exp, ctx), sharpness(exp, ctx),
             ablation(exp, ctx), templates(exp, ctx), interpolation(exp, ctx), memory(exp, ctx),
-            runs_table(exp, ctx), spec(exp, ctx)]
+            runs_table(exp, ctx), spec(exp, ctx), lattice(exp, ctx), soft_schedules(exp, ctx),
+            lattice_distance(exp, ctx)]
     if any(r.kind == "elcn" for r in exp.runs):  # eLCN curves beside the eFCN ones when the plan has them
         secs.insert(2, training(exp, ctx, "elcn"))
     # first on the page, built last: its verdicts link to the sections above by their titles

@@ -6,7 +6,11 @@ the group on a shared cluster), then renamed over the target; the folder is fsyn
 survives a power cut. A reader sees the old file or the new one, never half of one.
 
 Append-only logs (metrics.jsonl) use :func:`append_line` instead: a crash can then only tear the last line,
-which the readers ignore (see :mod:`archrelax.store.metrics`).
+which the readers ignore (see :mod:`archrelax.store.metrics`); a refused write (full disk) takes back the
+part of the line that did land.
+
+A refused write (full disk, read-only folder, ...) raises the ``OSError`` with the target file named (a failed
+``write()`` names none), so the command line can say in one line which path it could not write.
 """
 from __future__ import annotations
 
@@ -54,11 +58,13 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         try:
             os.unlink(tmp)
         except FileNotFoundError:
             pass
+        if isinstance(e, OSError) and e.filename is None:  # a failed write() names no file: name the target
+            raise _named(e, path) from e
         raise
     try:
         dfd = os.open(path.parent, os.O_RDONLY)
@@ -68,6 +74,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             os.close(dfd)
     except OSError:  # some file systems cannot fsync a folder; the data itself is on disk
         pass
+
+
+def _named(e: OSError, path: Path) -> OSError:
+    """The same error (same subclass: errno picks it) with the file it was writing named."""
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
@@ -80,10 +91,21 @@ def atomic_write_json(path: str | os.PathLike, obj: Any, *, sort_keys: bool = Tr
 
 
 def append_line(path: str | os.PathLike, line: str) -> None:
-    """Append one line and fsync: a crash loses at most the line being written."""
+    """Append one line and fsync: a crash loses at most the line being written, and a refused write (full
+    disk) leaves no partial line behind (the file is cut back to its previous size)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line.rstrip("\n") + "\n")
-        f.flush()
-        os.fsync(f.fileno())
+    data = (line.rstrip("\n") + "\n").encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # 0666 & ~umask, like open()
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:  # a nearly full disk can take part of the line, then refuse the rest
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        except OSError as e:
+            os.ftruncate(fd, size)  # no torn line left behind (truncating needs no space)
+            raise _named(e, path) from e
+    finally:
+        os.close(fd)

@@ -43,7 +43,7 @@ SUMMARY_COLUMNS = (
 )
 # Spec keys that say where and how the runs execute, or what is analysed afterwards, not what is trained:
 # rerunning an experiment with other values of these is the same experiment (spec.yaml takes the new ones).
-SPEC_RUNTIME_KEYS = ("executor", "workers", "slurm", "analyses", "analysis_settings")
+SPEC_RUNTIME_KEYS = ("executor", "workers", "lockstep", "slurm", "analyses", "analysis_settings")
 
 
 def _num(x: Any) -> str:

@@ -55,11 +55,15 @@ class RunLock:
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
         me = {"pid": os.getpid(), "host": socket.gethostname(),
               "since": datetime.now(timezone.utc).isoformat(timespec="seconds")}
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, (json.dumps(me) + "\n").encode(), 0)
+        except OSError as e:  # a full disk: give the lock back at once (not when a traceback is collected)
+            os.close(fd)
+            raise OSError(e.errno, e.strerror, str(self.path)) from e
+        self._fd = fd
         return self
 
     def release(self) -> None:

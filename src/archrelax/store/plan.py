@@ -9,7 +9,18 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest"]
+__all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest", "KINDS", "RELAXED_KINDS", "LATTICE_KINDS"]
+
+# The kinds of runs, in plan order. cnn: the CNN; efcn / elcn / wide / tiled: one relaxation of the whole model
+# from a CNN snapshot (both constraints released / sharing released / locality released / sharing released in
+# tiles); cont: the CNN itself continued from its snapshot with the relaxed runs' settings (the lattice's
+# bottom corner); soft: a relaxation trained with the penalty λ(t)·‖θ − Pθ‖² (the spec's `soft` section);
+# hier: CNN -> eLCN -> eFCN (the 'lc>fc' grid); path: any other step of a relaxation path; fcn / lcn: baselines.
+KINDS = ("cnn", "efcn", "elcn", "hier", "cont", "wide", "tiled", "soft", "path", "fcn", "lcn")
+RELAXED_KINDS = ("efcn", "elcn", "hier", "wide", "tiled", "soft", "path")  # relaxed layers, from a parent snapshot
+# the lattice's corners at a switch time: the CNN continued, locality released, sharing released (in full or in
+# tiles), both released; soft runs release both softly
+LATTICE_KINDS = ("cont", "wide", "elcn", "tiled", "efcn", "soft")
 
 
 @dataclass(frozen=True)
@@ -20,11 +31,13 @@ class Run:
     snapshot that run ``depends_on`` saved at its own epoch ``snapshot_epoch``. ``snapshot`` is that file's
     nominal path (relative to the experiment folder); the trainer saves at the nearest whole step, so the file
     actually used is ``ExperimentFolder.snapshot_for(run)``. ``t_w``/``t_w2``: switch epochs on the CNN's clock
-    (None where they do not apply). ``identity``: hash of the training trajectory, for children's ids.
+    (None where they do not apply): ``t_w`` the first switch (from the CNN), ``t_w2`` the run's own switch when
+    it starts from another relaxed run (hier, path steps). ``identity``: hash of the training trajectory, for
+    children's ids.
     """
 
     id: str
-    kind: str  # cnn | efcn | elcn | hier | fcn | lcn
+    kind: str  # one of KINDS
     seed: int
     config: dict[str, Any]
     depends_on: str | None = None
@@ -33,6 +46,11 @@ class Run:
     t_w: float | None = None
     t_w2: float | None = None
     identity: str = ""
+
+    @property
+    def switch(self) -> float | None:
+        """The time this run left its parent, on the CNN's clock: ``t_w2`` when set, else ``t_w``."""
+        return self.t_w2 if self.t_w2 is not None else self.t_w
 
 
 def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:

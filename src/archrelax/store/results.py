@@ -52,15 +52,15 @@ class RunTag:
     """The keys every per-run record carries: which run, of which kind, seed and switch times."""
 
     run: str  # run id
-    kind: str  # cnn | efcn | elcn | hier | fcn | lcn
+    kind: str  # one of archrelax.store.plan.KINDS
     seed: int | None = None
     t_w: float | None = None  # switch epoch on the CNN's clock (relaxed runs)
-    t_w2: float | None = None  # second switch, eLCN -> eFCN (hierarchical runs)
+    t_w2: float | None = None  # the run's own switch from another relaxed run (hierarchical runs, path steps)
 
     @property
     def switch(self) -> float | None:
-        """The time this run left its parent on the CNN's clock: t_w2 for hierarchical runs, else t_w."""
-        return self.t_w2 if self.kind == "hier" else self.t_w
+        """The time this run left its parent on the CNN's clock: t_w2 when set (hier, path steps), else t_w."""
+        return self.t_w2 if self.t_w2 is not None else self.t_w
 
 
 @dataclass(kw_only=True)
@@ -237,7 +237,9 @@ class InterpolationResult(AnalysisResult):
 # ---- memory ---------------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
 class MemoryRow:
-    form: Literal["cnn", "lc", "fc", "fc_ref"]  # fc_ref: the reference code's eFCN with zero-padding columns
+    # "cnn", "lc", "fc", "fc_ref" (the reference code's eFCN with zero-padding columns), or another lattice target
+    # of the plan ("wide:full", "tiled:2", ...: archrelax.embed.targets); version 1 files hold the first four only
+    form: str
     params: int
     param_bytes: int
     optimizer_bytes: dict[str, int]  # optimiser name -> bytes of its state

@@ -10,6 +10,7 @@ RUN/
   final.pt             final weights
   error.log            traceback of a failure the trainer could not record itself
   .lock                flock held by the process training the run (archrelax.store.lock)
+  job.json             the batch job last submitted for the run (archrelax.store.job; Slurm executor only)
 ```
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from typing import Any, Literal
 
 from .atomic import atomic_write_json, atomic_write_text
 from .errors import StoreError
+from .job import JobRecord
 from .lock import RunLock, lock_holder
 from .metrics import append_metrics, read_metrics, truncate_metrics
 
@@ -122,6 +124,7 @@ class RunFolder:
     final_path = property(lambda self: self.path / "final.pt")
     error_log_path = property(lambda self: self.path / "error.log")
     lock_path = property(lambda self: self.path / ".lock")
+    job_path = property(lambda self: self.path / "job.json")
 
     def snapshot_path(self, epoch: float) -> Path:
         """``snapshots/epoch_<format_epoch(epoch)>.pt`` (the trainer passes step / steps_per_epoch)."""
@@ -225,6 +228,15 @@ class RunFolder:
 
     def write_error_log(self, text: str) -> None:
         atomic_write_text(self.error_log_path, text)
+
+    # ---- the batch job -----------------------------------------------------------------------------------------
+    def read_job(self) -> JobRecord | None:
+        """The job last submitted for this run (None when none was); a corrupt job.json raises StoreError."""
+        data = _read_json(self.job_path, "delete it: the next `archrelax run --executor slurm` submits the run again")
+        return None if data is None else JobRecord.from_json(data, str(self.job_path))
+
+    def write_job(self, record: JobRecord) -> None:
+        atomic_write_json(self.job_path, record.to_json())
 
 
 def _read_json(path: Path, fix: str) -> Any:

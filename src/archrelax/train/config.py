@@ -19,6 +19,10 @@ Two kinds of fields are not part of what a run computes:
   whatever other snapshots the CNN keeps). But it is not a runtime field: it is part of the run's own id
   (a CNN asked for one more snapshot is a new run, which must save it), and a run cannot be resumed with
   other snapshot epochs (those already passed would silently be missing).
+
+A third flag concerns settings added after run ids existed: ``omit_default=True`` (:data:`OMIT_DEFAULT`, the
+soft-release fields) enters a planned run's id only when the value differs from the field's default, so the
+plans of every older spec keep their ids (a run at the default computes what it always did).
 """
 from __future__ import annotations
 
@@ -34,7 +38,8 @@ from typing import Any, Callable, Literal
 
 from archrelax._typed import conforms, describe, yaml_load
 
-__all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "SPEC_PLACES", "setting", "option_name"]
+__all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
+           "setting", "option_name", "soft_problem", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -44,18 +49,18 @@ Check = Callable[[Any], "str | None"]
 
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             check: Check | None = None, spec: str | None = None, runtime: bool = False,
-            identity: bool = True) -> Any:
+            identity: bool = True, omit_default: bool = False) -> Any:
     """A TrainConfig field with its declaration in the metadata.
 
     help: one line (``--help``, the spec's docs, docs/config.md). flag: the option's spelling when it is not
     ``--<name-with-dashes>`` ("" for a positional argument). group: its ``--help`` section. check:
     ``value -> None | "what is allowed"``, for a value already of the field's type (None never checked).
-    spec: see :data:`SPEC_PLACES`. runtime / identity: see the module docstring.
+    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring.
     """
     if spec not in SPEC_PLACES:
         raise ValueError(f"setting spec={spec!r} is not one of {SPEC_PLACES}")
     meta = {"help": help, "flag": flag, "group": group, "check": check, "spec": spec, "runtime": runtime,
-            "identity": identity and not runtime}
+            "identity": identity and not runtime, "omit_default": omit_default}
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -95,6 +100,26 @@ def _augment(v: str | list[str]) -> str | None:
     return None
 
 
+def _target(v: str) -> str | None:
+    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its target strings
+
+    try:
+        parse_target(v)
+    except ValueError:
+        return TARGET_FORMS
+    return None
+
+
+def _soft_schedule(v: str) -> str | None:
+    from .soft import FORMS, SoftSchedule
+
+    try:
+        SoftSchedule.parse(v)
+    except ValueError:
+        return FORMS
+    return None
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines one training run. Defaults follow the paper's seed (SGD, constant lr)."""
@@ -104,8 +129,9 @@ class TrainConfig:
                          "'pkg.module:factory'", flag="", spec="top")
     model_kwargs: dict[str, Any] = setting({}, "model options, e.g. {\"width\": 32}; classes, channels and input "
                                            "size come from the data", spec="top")
-    relax: Literal["lc", "fc"] | None = setting(None, "train the eLCN (lc) or eFCN (fc) embedding of the model",
-                                                group="relaxation")
+    relax: str | None = setting(None, "train the model's exact relaxation: lc (eLCN), fc (eFCN), wide:K, wide:KxK, "
+                                "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles)",
+                                check=_target, group="relaxation")
     relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
                                              spec="top")
     init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set)",
@@ -113,6 +139,15 @@ class TrainConfig:
     optimizer_state: Literal["reset", "carry"] = setting(
         "reset", "with a snapshot to start from: a fresh optimiser, or its buffers carried through the embedding",
         group="relaxation", spec="relaxed")
+    soft_lambda: float = setting(0.0, "soft release: λ(0) of the penalty λ(t)·‖θ − Pθ‖² added to the loss's gradient "
+                                 "(0: off, the hard relaxation; with SGD keep lr·λ < 1 + momentum)", check=_nonneg,
+                                 group="relaxation", spec="relaxed", omit_default=True)
+    soft_schedule: str = setting("const", "λ(t) over the run's own epochs (0 = the switch): const, linear:E (0 at epoch "
+                                 "E), exp:H (half-life H epochs), step:E (0 from epoch E)", check=_soft_schedule,
+                                 group="relaxation", spec="relaxed", omit_default=True)
+    soft_toward: Literal["cnn", "local", "shared"] = setting(
+        "cnn", "subspace the penalty pulls toward: cnn (local and shared), local (locality only), shared (sharing only)",
+        group="relaxation", spec="relaxed", omit_default=True)
     # data
     data: str = setting("mnist5k", "mnist5k | cifar10 | cifar100 | imagefolder:PATH | "
                         "synthetic[:CxHxW[:K[:NTRAIN[:NTEST]]]]", group="data", spec="top")
@@ -179,7 +214,21 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, tuple) and list in (typing.get_origin(tp), *map(typing.get_origin, typing.get_args(tp))):
                 setattr(self, name, list(value))
+        self._canonical()
         self.validate()
+
+    def _canonical(self) -> None:
+        """Target and schedule strings in their canonical spelling ('wide:05' is 'wide:5', 'exp:2.0' is
+        'exp:2'), so that equal settings are equal configs (resume check, run ids); invalid ones are left for
+        :meth:`validate` to name."""
+        if isinstance(self.relax, str) and _target(self.relax) is None:
+            from archrelax.embed.targets import parse_target
+
+            self.relax = parse_target(self.relax).spec
+        if isinstance(self.soft_schedule, str) and _soft_schedule(self.soft_schedule) is None:
+            from .soft import SoftSchedule
+
+            self.soft_schedule = SoftSchedule.parse(self.soft_schedule).spec
 
     @classmethod
     def problem(cls, name: str, value: Any) -> str | None:
@@ -210,6 +259,9 @@ class TrainConfig:
             raise ValueError("TrainConfig.schedule='step' needs step_size (epochs between decays), got None")
         if self.init_from is None and self.optimizer_state == "carry":
             raise ValueError("TrainConfig.optimizer_state='carry' needs init_from (a snapshot to carry from)")
+        bad = soft_problem(self.soft_lambda, self.optimizer, self.lr, self.momentum)
+        if bad:
+            raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r}: {bad}")
 
     @property
     def horizon(self) -> float:
@@ -240,6 +292,16 @@ class TrainConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str | None:
+    """Why λ = ``lam`` cannot be trained with this optimiser, or None. The penalty's curvature is 2λ on the
+    released directions: SGD with heavy-ball momentum β is stable on it only while lr·2λ < 2(1 + β)."""
+    if optimizer == "sgd" and lam > 0 and lam * lr >= 1 + momentum:
+        return (f"with SGD, lr·λ = {lr:g}·{lam:g} = {lr * lam:g} >= 1 + momentum = {1 + momentum:g}, where the "
+                f"penalty's own dynamics diverge (curvature 2λ); allowed: λ < {(1 + momentum) / lr:g} "
+                "(lr·λ = 0.5 without momentum makes each step project exactly)")
+    return None
+
+
 @functools.cache
 def _fields() -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(TrainConfig)}
@@ -258,3 +320,18 @@ def option_name(f: dataclasses.Field) -> str:
 
 RUNTIME_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["runtime"])
 NOT_IDENTITY = tuple(f.name for f in dataclasses.fields(TrainConfig) if not f.metadata["identity"])
+OMIT_DEFAULT = {f.name: (f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default)
+                for f in dataclasses.fields(TrainConfig) if f.metadata["omit_default"]}  # name -> default
+
+
+# Fields in which runs trained in lockstep (archrelax.train.lockstep) may differ: where each starts, its batch order
+# and initialisation, which epochs it saves; besides the runtime fields. Everything else fixes the shared loop.
+LOCKSTEP_FREE = ("init_from", "seed", "snapshots")
+
+
+def lockstep_key(config: "TrainConfig | dict[str, Any]") -> str:
+    """Runs with equal keys can be trained in lockstep: their configs agree outside :data:`LOCKSTEP_FREE` and the
+    runtime fields (plain data in, so the scheduler can group runs without importing torch)."""
+    d = config.to_dict() if isinstance(config, TrainConfig) else dict(config)
+    return json.dumps({k: v for k, v in d.items() if k not in LOCKSTEP_FREE and k not in RUNTIME_FIELDS},
+                      sort_keys=True)

@@ -29,12 +29,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from archrelax.signals import Interrupted, StopOnSignals, signal_name
 from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
 from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
 from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
 from .schedule import lr_at, time_steps
+from .soft import soft_lambda
 
 __all__ = ["train", "evaluate", "make_optimizer", "read_metrics"]
 
@@ -55,6 +57,20 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
         return cls(params, fused=True, **kw)
     except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
         return cls(params, **kw)
+
+
+def make_feeds(cfg: TrainConfig, data, device: torch.device) -> tuple[Any, dict[str, Any]]:
+    """A run's shuffled training feed (seeded by ``cfg.seed``) and its evaluation feeds ``{"train", "test"}`` over
+    ``data`` (a DataSplits; images already on ``device`` are not copied)."""
+    from archrelax.data import BatchFeed
+
+    feed_kw = dict(mean=data.mean, std=data.std, device=device)
+    feed = BatchFeed(data.train.images, data.train.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
+                     augment=tuple(cfg.augment), **feed_kw)
+    eval_bs = max(cfg.batch_size, 500)
+    eval_feeds = {split: BatchFeed(s.images, s.labels, eval_bs, shuffle=False, **feed_kw)
+                  for split, s in (("train", data.train), ("test", data.test))}
+    return feed, eval_feeds
 
 
 @torch.no_grad()
@@ -86,6 +102,10 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
     that failed while loading data or building the model) takes the new config. Returns ``{"status",
     "error", "stop_reason", "epoch", "global_epoch", "step", "metrics", "out_dir"}``, the last evaluation as
     ``metrics``.
+
+    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
+    status ``interrupted``, then :class:`archrelax.signals.Interrupted` is raised (``exit_code`` 128 + the
+    signal number). Rerunning resumes at that very step.
     """
     cfg = config if isinstance(config, TrainConfig) else TrainConfig.from_dict(dict(config))
     folder = RunFolder(out_dir)
@@ -95,36 +115,51 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
                          f"({'held' if lock.held else 'not held'})")
     own = folder.lock().acquire() if lock is None else None
     try:
-        try:
-            saved = folder.read_config()
-        except StoreError:  # unreadable: harmless to replace when nothing was trained here
-            if folder.has_training_state():
-                raise
-            saved = None
-        if saved is not None and folder.has_training_state():
-            _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
-            status = folder.read_status()
-            if status.finished:
-                return _result(folder, status)
-        folder.write_config(cfg.to_dict())
-        return _train(cfg, folder)
+        finished = prepare_folder(cfg, folder)
+        return finished if finished is not None else _train(cfg, folder)
     finally:
         if own is not None:
             own.release()
 
 
+def prepare_folder(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any] | None:
+    """Before training into ``folder`` (whose lock the caller holds): refuse a different config in a folder that
+    trained, return the result of a finished run (not redone), else write config.json and return None."""
+    try:
+        saved = folder.read_config()
+    except StoreError:  # unreadable: harmless to replace when nothing was trained here
+        if folder.has_training_state():
+            raise
+        saved = None
+    if saved is not None and folder.has_training_state():
+        _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
+        status = folder.read_status()
+        if status.finished:
+            return _result(folder, status)
+    folder.write_config(cfg.to_dict())
+    return None
+
+
 def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
     run = None
     try:
-        with _determinism(resolve_device(cfg.device)):
+        with _determinism(resolve_device(cfg.device)), StopOnSignals() as stop:
             run = _Run(cfg, folder)
-            return run.fit()
-    except BaseException as e:  # record why, then let it propagate (KeyboardInterrupt included)
+            return run.fit(stop)
+    except Interrupted:
+        raise  # the run saved its state and wrote status 'interrupted' itself
+    except BaseException as e:  # record why, then let it propagate
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        if run is not None:
-            run.write_status("failed", error=error)
-        else:  # failed while setting up: the progress of an earlier attempt is kept
-            folder.write_status("failed", error=error)
+        # a KeyboardInterrupt outside the signal-handling block (another thread's run) ends the run unfinished,
+        # not broken: 'interrupted', resumable from its last checkpoint
+        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        try:
+            if run is not None:
+                run.write_status(status, error=error)
+            else:  # failed while setting up: the progress of an earlier attempt is kept
+                folder.write_status(status, error=error)
+        except OSError:
+            pass  # e.g. the disk is full: the error being raised says so; status.json keeps its last good state
         raise
     finally:
         if run is not None:
@@ -135,23 +170,13 @@ class _Run:
     """State of one run; ``fit`` is the loop. Split from ``train`` so that setup and resume stay readable."""
 
     def __init__(self, cfg: TrainConfig, folder: RunFolder) -> None:
-        from archrelax.data import BatchFeed, load_data
-
         self.cfg, self.folder, self.out = cfg, folder, folder.path
         self.device = resolve_device(cfg.device)
         self.global_offset = 0.0
         self.step, self.n_metrics, self.elapsed = 0, 0, 0.0
         self.writer = self.bar = None
         self.write_status("running")
-        data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
-                         seed=cfg.data_seed)
-        self.data = data
-        feed_kw = dict(mean=data.mean, std=data.std, device=self.device)
-        self.feed = BatchFeed(data.train.images, data.train.labels, cfg.batch_size, shuffle=True, seed=cfg.seed,
-                              augment=tuple(cfg.augment), **feed_kw)
-        eval_bs = max(cfg.batch_size, 500)
-        self.eval_feeds = {split: BatchFeed(s.images, s.labels, eval_bs, shuffle=False, **feed_kw)
-                           for split, s in (("train", data.train), ("test", data.test))}
+        self._setup_data()
         self.spe = len(self.feed)  # steps per epoch
         self.total = int(round(cfg.horizon * self.spe))
         self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
@@ -171,6 +196,15 @@ class _Run:
         self.forward = torch.compile(self.model) if cfg.compile else self.model
 
     # ---- setup -------------------------------------------------------------------------------------------
+    def _setup_data(self) -> None:
+        """``self.data``, the shuffled training feed ``self.feed`` and the evaluation feeds (train, test)."""
+        from archrelax.data import load_data
+
+        cfg = self.cfg
+        self.data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
+                              seed=cfg.data_seed)
+        self.feed, self.eval_feeds = make_feeds(cfg, self.data, self.device)
+
     def _fresh(self) -> None:
         from archrelax.models import create_model
 
@@ -189,17 +223,21 @@ class _Run:
         src = src.to(self.device)
         if cfg.relax is not None:
             from archrelax.embed.relax import relax
+            from archrelax.models import add_relax_step
 
             self.model = relax(src, to=cfg.relax, example_input=torch.zeros(1, *src.input_shape, device=self.device),
                                layers=cfg.relax_layers, force=cfg.force_memory)
-            self.arch = {**self.arch, "relax_chain": [*self.arch["relax_chain"], cfg.relax],
-                         "relax_layers": cfg.relax_layers if cfg.relax_layers is not None else self.arch["relax_layers"]}
+            self.arch = add_relax_step(self.arch, cfg.relax, cfg.relax_layers)
         else:
             self.model = src
+        if cfg.soft_lambda > 0 and not _has_relaxed(self.model):
+            raise ValueError(f"soft_lambda={cfg.soft_lambda:g} but the model has no relaxed layer for the penalty to act "
+                             "on; set relax (e.g. 'fc'), or start from a relaxed snapshot")
         self.model.train()
         self.opt = make_optimizer(cfg, self.model)
         if snap is not None and cfg.optimizer_state == "carry":
-            self.opt.load_state_dict(self._carried_state(snap))
+            self.opt.load_state_dict(self._carried_state(snap, src))
+        del src
         torch.manual_seed(cfg.seed)  # the training RNG stream starts the same however the model was made
         self.run_stats = self._zero_stats()
         self.folder.truncate_metrics(0)
@@ -216,15 +254,15 @@ class _Run:
         if bad:
             raise ValueError(f"init_from {cfg.init_from!r} was built with other model/data settings "
                              f"{{key: (this run, snapshot)}} = {bad}")
-        if cfg.relax_layers is not None and arch.get("relax_layers") not in (None, cfg.relax_layers):
-            raise ValueError(f"relax_layers={cfg.relax_layers!r} differs from the snapshot's {arch['relax_layers']!r}; "
-                             "a relaxation chain records a single layer selection")
+        # a relaxation may select other layers than the snapshot's chain did (a path: features.0 at t1,
+        # features.3 at t2): the arch record keeps one selection per step (models.relax_steps)
         src = build_architecture(arch, force=cfg.force_memory)
         src.load_state_dict(snap["model"])
         return src, arch
 
-    def _carried_state(self, snap: dict) -> dict:
-        """The snapshot's optimiser state re-keyed by parameter name and embedded into this model's shapes."""
+    def _carried_state(self, snap: dict, source: nn.Module) -> dict:
+        """The snapshot's optimiser state re-keyed by parameter name and embedded into this model's shapes
+        (through the same move up the lattice that ``relax`` made from ``source``, the snapshot's model)."""
         from archrelax.embed.relax import transfer
 
         cfg, snap_opt = self.cfg, snap.get("optimizer")
@@ -238,7 +276,7 @@ class _Run:
         keys = {k for s in by_name.values() for k, v in s.items() if torch.is_tensor(v) and v.dim() > 0}
         mapped = {k: {n: s[k].to(self.device) for n, s in by_name.items() if k in s} for k in keys}
         if cfg.relax is not None:
-            mapped = {k: transfer(tensors, self.model) for k, tensors in mapped.items()}
+            mapped = {k: transfer(tensors, self.model, source=source) for k, tensors in mapped.items()}
         state = {}
         for i, (name, _) in enumerate(self.model.named_parameters()):
             if name in by_name:
@@ -261,19 +299,23 @@ class _Run:
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
         self.folder.truncate_metrics(self.n_metrics)
         self.t0 = time.perf_counter()
+        # one line in the log (a Slurm job's stderr, the terminal) saying where the run picked up
+        print(f"resuming {self.out} at step {self.step} (epoch {self.step / len(self.feed):g})", file=sys.stderr)
 
     def _zero_stats(self) -> dict:
         z = torch.zeros((), device=self.device)
         return {"loss": z.clone(), "correct": z.clone(), "n": 0}
 
     # ---- the loop ----------------------------------------------------------------------------------------
-    def fit(self) -> dict[str, Any]:
+    def fit(self, signals: StopOnSignals | None = None) -> dict[str, Any]:
         cfg = self.cfg
+        self.signals = signals
         self._open_outputs()
         if self.fresh:  # evaluation, snapshot and checkpoint of the initialisation
             stop = self._at_step(check=False)
             if stop:
                 return self._finish(stop)
+        self._stop_if_signalled(checkpointed=True)  # a resumed run's checkpoint is at this very step
         last_ckpt = time.perf_counter()
         while self.step < self.total:
             e, b = divmod(self.step, self.spe)
@@ -288,18 +330,11 @@ class _Run:
                     loss = F.cross_entropy(out.float(), y)
                 self.opt.zero_grad(set_to_none=True)
                 loss.backward()
+                self._add_soft_grad()
                 self.opt.step()
-                # running epoch statistics stay on the device: no sync per step
-                s = self.run_stats
-                s["loss"] += loss.detach() * y.shape[0]
-                s["correct"] += (out.argmax(1) == y).sum()
-                s["n"] += y.shape[0]
-                self.step += 1
-                self._tick(lr)
+                self._account(loss, (out.argmax(1) == y).sum(), y.shape[0], lr)
                 now = time.perf_counter()
-                due = (self.step % self.spe == 0
-                       or (cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
-                       or (cfg.checkpoint_every_s is not None and now - last_ckpt >= cfg.checkpoint_every_s))
+                due = self._checkpoint_due(now, last_ckpt)
                 # the divergence check syncs with the device, so not every step; always before a checkpoint
                 stop = self._at_step(check=due or self.step % 25 == 0)
                 if stop:
@@ -307,9 +342,39 @@ class _Run:
                 if due:
                     self._checkpoint()
                     last_ckpt = now
+                self._stop_if_signalled(checkpointed=due)
                 if self.step >= self.total:
                     break
         return self._finish("max_epochs" if cfg.until_zero_loss else "epochs")
+
+    def _account(self, loss: torch.Tensor, correct: torch.Tensor, n: int, lr: float) -> None:
+        """One update done: running epoch statistics (kept on the device: no sync per step), step, progress."""
+        s = self.run_stats
+        s["loss"] += loss.detach() * n
+        s["correct"] += correct
+        s["n"] += n
+        self.step += 1
+        self._tick(lr)
+
+    def _checkpoint_due(self, now: float, last_ckpt: float) -> bool:
+        cfg = self.cfg
+        return (self.step % self.spe == 0
+                or bool(cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
+                or (cfg.checkpoint_every_s is not None and now - last_ckpt >= cfg.checkpoint_every_s))
+
+    def _stop_if_signalled(self, checkpointed: bool) -> None:
+        """Between two steps: on a stop signal (see archrelax.signals), save the state of this very step,
+        mark the run 'interrupted' and raise Interrupted; a rerun resumes here, redoing no step. At the last
+        step the run just finishes."""
+        signum = self.signals.signum if self.signals is not None else None
+        if signum is None or self.step >= self.total:
+            return
+        if not checkpointed:
+            self._save(self.ckpt_path)
+        msg = (f"interrupted by {signal_name(signum)} at step {self.step} (epoch {self.step / self.spe:g}); "
+               "checkpoint written, rerun to resume")
+        self.write_status("interrupted", error=msg)
+        raise Interrupted(signum, msg)
 
     def _at_step(self, check: bool) -> str | None:
         """Divergence check, scheduled evaluation, until-zero-loss test, snapshot. Returns a stop reason."""
@@ -333,6 +398,29 @@ class _Run:
             self._checkpoint()
         return None
 
+    def _soft_lambda(self) -> float:
+        """λ(t) of the soft release at this step: a pure function of the step (resume needs no state)."""
+        c = self.cfg
+        return soft_lambda(c.soft_schedule, self.step / self.spe, lam=c.soft_lambda) if c.soft_lambda > 0 else 0.0
+
+    def _add_soft_grad(self) -> None:
+        """Soft release: λ(t)·2(θ − Pθ) added to the relaxed layers' gradients in place (the fused form of
+        λ(t)·‖θ − Pθ‖², one pass over the weights). λ(t) = 0 adds nothing, so λ = 0 is the hard relaxation."""
+        lam = self._soft_lambda()
+        if lam > 0:
+            from archrelax.embed.penalty import add_penalty_grad_
+
+            add_penalty_grad_(self.model, self.cfg.soft_toward, lam)
+
+    def _soft_metrics(self, m: dict[str, Any]) -> None:
+        """Soft runs' rows also hold λ(t) of the next update and the ‖θ − Pθ‖² it multiplies."""
+        if self.cfg.soft_lambda > 0:
+            from archrelax.embed.penalty import constraint_penalty
+
+            m["soft_lambda"] = self._soft_lambda()
+            with torch.no_grad():
+                m["soft_penalty"] = float(constraint_penalty(self.model, self.cfg.soft_toward))
+
     def _lr(self) -> float:
         c = self.cfg
         return lr_at(self.step, self.spe, lr=c.lr, schedule=c.schedule, warmup_epochs=c.warmup_epochs,
@@ -343,19 +431,25 @@ class _Run:
         s, thr = self.run_stats, self.cfg.loss_threshold
         return s["correct"].item() >= 0.99 * s["n"] or (thr is not None and s["loss"].item() / s["n"] < 10 * thr)
 
-    def _evaluate(self, record: bool = True) -> dict[str, Any]:
+    def _losses(self) -> tuple[float, float, float, float]:
+        """Loss and accuracy on the full train and test sets: (train_loss, train_acc, test_loss, test_acc)."""
         amp = self.cfg.amp
         train_loss, train_acc = evaluate(self.forward, self.eval_feeds["train"], amp)
         test_loss, test_acc = evaluate(self.forward, self.eval_feeds["test"], amp)
+        return train_loss, train_acc, test_loss, test_acc
+
+    def _evaluate(self, record: bool = True) -> dict[str, Any]:
+        train_loss, train_acc, test_loss, test_acc = self._losses()
         epoch = self.step / self.spe
         m = {"epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
              "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         if self.relaxed:
-            from archrelax.embed.subspace import cnn_distance, offlocal_ratio
+            from archrelax.embed.subspace import subspace_distances
 
-            m["offlocal_ratio"] = float(offlocal_ratio(self.model))
-            m["cnn_distance"] = float(cnn_distance(self.model))
+            d = subspace_distances(self.model)  # one pass: δ, off-sharing and CNN distance
+            m.update(offlocal_ratio=d.offlocal_ratio, offsharing_ratio=d.offsharing_ratio, cnn_distance=d.cnn_distance)
         m["lr"] = self._lr()  # the rate of the next update
+        self._soft_metrics(m)
         if record:
             self._record(m)
         return m
@@ -405,7 +499,7 @@ class _Run:
         self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
                                                global_epoch=self.global_offset + epoch, step=self.step)
 
-    def _open_outputs(self) -> None:
+    def _open_outputs(self, bar: bool = True) -> None:
         cfg = self.cfg
         if cfg.tensorboard:
             try:
@@ -415,7 +509,7 @@ class _Run:
                                    "pip install 'archrelax[tensorboard]'") from e
             self.writer = SummaryWriter(str(self.out / "tensorboard"))
         show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
-        if show:
+        if show and bar:
             from tqdm import tqdm
 
             self.bar = tqdm(total=self.total, initial=self.step, unit="step", dynamic_ncols=True)

@@ -1,0 +1,124 @@
+"""Relaxation targets: the lattice between a CNN and its eFCN, and the string form checkpoints store.
+
+A CNN is an FCN under two constraints, locality and weight sharing. Each target releases some of them:
+
+=============  ==================  ==========================================================================
+target         layer               released
+=============  ==================  ==========================================================================
+``"tiled:T"``  TiledConv1d/2d      sharing, partially: output positions equal modulo T share a filter
+``"lc"``       LocallyConnected*   sharing (the eLCN; ``tiled:T`` with T = the output size)
+``"wide:K"``   WideConv1d/2d       locality, partially: a K-tap kernel, zero outside the original taps
+``"wide:full"``WideConv1d/2d       locality: the global convolution (every output sees the whole input)
+``"fc"``       DenseConv           both (the eFCN)
+=============  ==================  ==========================================================================
+
+String forms: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"`` (per spatial dim), ``"wide:full"``,
+``"tiled:2"``, ``"tiled:2x3"``. ``relax(model, to="wide", kernel_size=5)`` and ``relax(model, to="wide:5")``
+are the same target; :attr:`RelaxTarget.spec` gives the canonical string (what ``arch["relax_chain"]`` holds).
+An int applies to every spatial dim; a tuple gives one value per dim (so it must match the conv's dim).
+
+The moves along the lattice (each exact, see :mod:`archrelax.embed.relax`): a conv goes to any target;
+a tiled layer to ``"lc"`` or ``"fc"``; an eLCN or a wide layer to ``"fc"`` (``relax.next_targets(layer)``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS", "NEXT"]
+
+KINDS = ("lc", "fc", "wide", "tiled")
+# the moves up the lattice: a layer relaxed to kind k can be relaxed further to NEXT[k] (a conv to any kind)
+NEXT: dict[str, tuple[str, ...]] = {"tiled": ("lc", "fc"), "lc": ("fc",), "wide": ("fc",), "fc": ()}
+TARGET_FORMS = "'lc', 'fc', 'wide:K' (e.g. 'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3')"
+
+Size = int | tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RelaxTarget:
+    """One point of the lattice: ``kind`` in :data:`KINDS`; ``kernel_size`` (wide: int, per-dim tuple or
+    ``"full"``) and ``tile`` (tiled: int or per-dim tuple) are None for the other kinds."""
+
+    kind: str
+    kernel_size: Size | str | None = None
+    tile: Size | None = None
+
+    @property
+    def spec(self) -> str:
+        """Canonical string form: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"``, ``"wide:full"``, ``"tiled:2x3"``."""
+        if self.kind == "wide":
+            return f"wide:{_fmt(self.kernel_size)}"
+        if self.kind == "tiled":
+            return f"tiled:{_fmt(self.tile)}"
+        return self.kind
+
+    def __str__(self) -> str:
+        return self.spec
+
+
+def _fmt(v: Any) -> str:
+    return v if isinstance(v, str) else (str(v) if isinstance(v, int) else "x".join(map(str, v)))
+
+
+def _sizes(value: Any, name: str, context: str, allow_full: bool) -> Size | str:
+    """An int >= 1, a tuple of them (a 1-tuple becomes an int) or, if allowed, "full"."""
+    if allow_full and value == "full":
+        return "full"
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        try:
+            value = tuple(int(p) for p in parts)
+        except ValueError:
+            value = None
+    elif isinstance(value, int) and not isinstance(value, bool):
+        value = (value,)
+    elif isinstance(value, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+        value = tuple(value)
+    else:
+        value = None
+    if not value or any(v < 1 for v in value):
+        full = ", 'full'" if allow_full else ""
+        raise ValueError(f"{context}: {name} must be a positive int or a per-dim tuple of them{full} "
+                         f"(strings: '5', '5x3'{full}); valid targets: {TARGET_FORMS}")
+    return value[0] if len(value) == 1 else value
+
+
+def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any = None) -> RelaxTarget:
+    """The :class:`RelaxTarget` named by ``to`` (a string form, a kind with ``kernel_size``/``tile``
+    keywords, or a RelaxTarget). Raises ValueError naming the valid targets."""
+    if isinstance(to, RelaxTarget):
+        if kernel_size is not None or tile is not None:
+            raise ValueError(f"relax: to={to.spec!r} already fixes its sizes; do not pass kernel_size=/tile= too")
+        return to
+    if not isinstance(to, str):
+        raise ValueError(f"relax: to={to!r} is not a valid target; valid targets: {TARGET_FORMS}")
+    kind, sep, arg = to.partition(":")
+    context = f"relax(to={to!r})"
+    if kind not in KINDS or (sep and kind in ("lc", "fc")):
+        raise ValueError(f"relax: to={to!r} is not a valid target; valid targets: {TARGET_FORMS}")
+    if kind != "wide" and kernel_size is not None:
+        raise ValueError(f"{context}: kernel_size= applies to to='wide' only")
+    if kind != "tiled" and tile is not None:
+        raise ValueError(f"{context}: tile= applies to to='tiled' only")
+    if kind in ("lc", "fc"):
+        return RelaxTarget(kind)
+    given = kernel_size if kind == "wide" else tile
+    name = "kernel_size" if kind == "wide" else "tile"
+    if sep and given is not None:
+        raise ValueError(f"{context}: the {name} is given twice (in the string and as {name}={given!r}); give it once")
+    if not sep and given is None:
+        example = "'wide:5', 'wide:full' or to='wide', kernel_size=5" if kind == "wide" else "'tiled:2' or to='tiled', tile=2"
+        raise ValueError(f"{context} needs a {name}: e.g. to={example}")
+    value = _sizes(arg if sep else given, name, context, allow_full=kind == "wide")
+    return RelaxTarget(kind, kernel_size=value) if kind == "wide" else RelaxTarget(kind, tile=value)
+
+
+def per_dim(value: Size, dim: int, name: str) -> tuple[int, ...]:
+    """``value`` (int or tuple) as one int per spatial dim of a ``dim``-d conv."""
+    if isinstance(value, int):
+        return (value,) * dim
+    if len(value) != dim:
+        raise ValueError(f"{name}={_fmt(value)!r} has {len(value)} entries; a {dim}d conv needs {dim} "
+                         f"(or one int for every dim)")
+    return tuple(value)

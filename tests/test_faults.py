@@ -1,0 +1,573 @@
+"""The table of faults and bad inputs (issue 9): one test per row, each asserting the outcome.
+
+"before": the code this work started from (71b6fde), run on this machine; "after": what the row asserts.
+Rows marked [slurm] are in tests/test_slurm.py (a real one-node cluster; they skip without one); rows
+marked [area] call the check that lives beside the code concerned (test_config, test_train, test_relax).
+
+| case | before | after (asserted) |
+|---|---|---|
+| SIGTERM to `archrelax train` mid-epoch, then rerun | rc -15 (143 in a shell), status left `running`, resumes from the last periodic checkpoint (30 steps lost of 130) | rc 143, `interrupted` at the step reached, checkpoint at that step; rerun starts there (0 steps redone), metrics and weights equal an uninterrupted run |
+| SIGINT to `archrelax train` | rc 130, `failed: KeyboardInterrupt`, 30 steps lost | as SIGTERM, rc 130 |
+| SIGUSR1 to `archrelax train` | rc -10 (138 in a shell), `running`, 30 steps lost | as SIGTERM, rc 138 |
+| a second signal while the state is saved; nested handlers | — | ignored; handlers nest, inherit a stop, are restored |
+| SIGINT to `archrelax run` (in-process) | rc 130, the CNN `failed: KeyboardInterrupt` | rc 130, the CNN `interrupted`, one message line; rerun equals an uninterrupted run |
+| SIGTERM to `archrelax run --workers 2` (the whole group) | rc -15; both workers (787 MB, 492 MB) and the resource tracker left under PID 1, the orphan training on | rc 143, runs `interrupted`, no process left; rerun equals an uninterrupted run |
+| kill -9 of `archrelax run --workers 2` | workers (745 MB, 456 MB) and tracker (12 MB) left under PID 1, blocked forever | every process gone within seconds; the CNN `interrupted by SIGHUP` with its checkpoint |
+| `archrelax run --detach` without a Slurm cluster (local executor, `slurm.cluster: local`) | rc 2: "unrecognized arguments: --detach" | rc 2, one line saying why, nothing created |
+| `archrelax run` with a data path that does not exist | rc 1, experiment folder created, every run `failed` | rc 2, one line naming the path, nothing created |
+| a data set with one class | trained to 100 % "accuracy", rc 0 | rc 2, one line naming source and class, nothing created; load_data refuses it |
+| zip member with a bad CRC (stored) | loaded silently | ValueError naming archive and member |
+| corrupt deflated zip member | zlib.error traceback naming no file | ValueError naming archive and member |
+| read-only output: train / run / analyse / report | tracebacks of 15 / 15 / 21 / 24 lines | one line naming the path, rc 1, nothing written |
+| full disk: train / run / analyse / report | 59 lines (status left `running`) / 80 / 19 / 17 lines, 3 stray figures | one line naming the path, rc 1, no partial file, no file left open |
+| `lr: 1e-3` in a spec, `--set train.lr=1e-3` [area] | rc 2: "'train.lr' = '1e-3' has the wrong type; allowed: a number" | read as 0.001 (a float) both ways |
+| typo in `archrelax train --model-kwargs` [area] | rc 1, 22-line TypeError traceback, run folder left behind | rc 2, one line naming the key, the closest parameter and the factory's parameters; nothing created |
+| typo in a spec's model_kwargs, `archrelax run` [area] | rc 1, folder created, all 4 runs `failed` (TypeError) | rc 2, one line, nothing created |
+| memory guard override: `archrelax train --force` [area] | rc 2: "unrecognized arguments: --force" | refused without it, trained with it, also on resume |
+| `relax()` of a model taking several tensors [area] | ValueError "only one element tensors can be converted to Python scalars" | relaxed exactly (eLCN and eFCN) from a tuple of tensors |
+| `relax()` of a model taking a dict [area] | ValueError "invalid literal for int() with base 10: 'image'" | relaxed exactly from a dict of tensors |
+| a run through Slurm, accounting disabled [slurm] | 18 lines of sacct warnings for 4 runs | at most 1 line; summary equals a local run |
+| `scancel --signal=TERM` to a job mid-run [slurm] | the scheduler never returned (killed at 100 s), the CNN left `running` | scheduler returns (rc 1), run `interrupted`; rerun resumes at that step, equals a local run |
+| `scontrol requeue` of a job mid-run [slurm] | SIGTERM ignored by submitit ("Bypassing signal SIGTERM"): trains on until killed after KillWait, losing the steps since its last checkpoint | the job saves its run and leaves no result; the scheduler waits; the requeued job resumes at that step (one resume line), equals a local run |
+| USR2 (Slurm's time-limit warning, `scancel --signal=USR2`) mid-run, with the scheduler [slurm] | CNN `failed: UncompletedJobError: Job not requeued because: timed-out and not checkpointable`, its dependants `failed`, rc 1 | the run checkpoints, the job requeues itself; the scheduler waits; resumes at that step (one resume line), equals a local run |
+| USR2 to a job of a detached run [slurm] | (no detached mode) | requeues itself, status says so and `archrelax status` shows `PENDING (BeginTime)`; resumes at that step with no process following; equals a local run |
+| `archrelax run --executor slurm --detach`, `archrelax status` while queued [slurm] | rc 2: "unrecognized arguments: --detach" | 4 jobs submitted at once (eFCNs afterok on the CNN's job), job.json per run; status shows `slurm 125_1 PENDING (Dependency)` beside `pending`; finishes like a local run |
+| rerun `--detach` with every job queued, then with one cancelled, then finished [slurm] | (no detached mode) | 0 submissions; exactly 1 (afterok on the CNN's live job); 0 |
+"""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from archrelax.cli import main as cli_main
+from archrelax.data import load_data
+from archrelax.protocol import run_experiment, spec_from_dict
+from archrelax.signals import STOP_SIGNALS, Interrupted, StopOnSignals
+from archrelax.train import load_checkpoint, read_metrics
+
+import test_config as config_tests  # modules, not functions: pytest collects nothing twice
+import test_relax as relax_tests
+import test_train as train_tests
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+CLI = [sys.executable, "-m", "archrelax.cli"]
+VOLATILE = ("wall_time", "peak_mem_bytes")
+
+# `archrelax train`: 10 steps per epoch, 10 epochs; status.json is rewritten at every checkpoint (3 steps)
+TRAIN_ARGS = ["vanilla_cnn", "--model-kwargs", '{"width": 8}', "--data", "synthetic:1x28x28:10:200:100",
+              "--batch-size", "20", "--epochs", "10", "--eval-times", "every", "--device", "cpu"]
+TOTAL_STEPS = 100
+
+# `archrelax run`: a CNN long enough to be caught mid-run (2 steps per epoch), eFCNs and the FCN baseline
+SPEC = {
+    "name": "faults",
+    "model": "vanilla_cnn",
+    "model_kwargs": {"width": 2},
+    "data": "synthetic:1x28x28:2:40:20",
+    "train": {"batch_size": 20, "lr": 0.05, "eval_times": "log:4", "device": "cpu"},
+    "cnn": {"epochs": 60, "until_zero_loss": False},
+    "relaxed": {"epochs": 1, "until_zero_loss": False},
+    "switch_times": [0, 1],
+    "targets": ["fc"],
+    "baselines": ["fcn"],
+}
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``archrelax ARGS`` in this process (same code path, no interpreter start-up): rc, stdout, stderr."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _threads(1):
+        rc = cli_main(list(args))
+    return subprocess.CompletedProcess(args, rc, out.getvalue(), err.getvalue())
+
+
+def stable(rows: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def summary(exp: Path) -> list[dict]:
+    with open(exp / "summary.csv", newline="") as f:
+        return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
+
+
+def status(run: Path) -> dict:
+    return json.loads((run / "status.json").read_text())
+
+
+def wait_for(predicate, timeout: float = 120, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def group_pids(pgid: int) -> list[int]:
+    """Live processes of a process group, from /proc (zombies excluded)."""
+    out = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            out.append(int(d.name))
+    return out
+
+
+# ---- signals: `archrelax train` -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def train_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("ref") / "run"
+    with _threads(1):  # as in the subprocesses (OMP_NUM_THREADS=1): the same numbers
+        assert cli_main(["train", *TRAIN_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+def test_train_signal_mid_epoch_checkpoints_and_resumes_with_no_step_redone(train_reference, tmp_path, sig, capsys):
+    run = tmp_path / "run"
+    proc = subprocess.Popen([*CLI, "train", *TRAIN_ARGS, "--checkpoint-every-steps", "3", "--out", str(run)],
+                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    def mid_run() -> bool:
+        try:
+            return status(run).get("step", 0) >= 13  # inside the second epoch
+        except (FileNotFoundError, json.JSONDecodeError):
+            return False
+
+    wait_for(lambda: mid_run() or proc.poll() is not None, what="the run's first checkpoints")
+    assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+    proc.send_signal(sig)
+    time.sleep(0.005)
+    proc.send_signal(sig)  # an impatient second one: noted, not acted on while the state is saved
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + sig, (proc.returncode, err[-2000:])
+    st = status(run)
+    stopped = st["step"]
+    assert st["status"] == "interrupted" and sig.name in st["error"], st
+    assert 13 <= stopped < TOTAL_STEPS
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == stopped  # the very step it stopped at
+    assert not (run / "final.pt").exists()
+    assert err.strip().splitlines()[-1] == f"archrelax train: {st['error']}"
+
+    # the rerun starts at that step (its progress bar opens there): no step redone
+    capsys.readouterr()
+    assert cli_main(["train", *TRAIN_ARGS, "--progress", "--out", str(run)]) == 0
+    err = capsys.readouterr().err
+    first = re.search(rf"(\d+)/{TOTAL_STEPS}", err)
+    assert first and int(first.group(1)) == stopped, err[:500]
+    assert status(run)["status"] == "done"
+    ref = train_reference
+    assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(ref / "metrics.jsonl"))
+    a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(ref / "final.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_signal_handlers_nest_inherit_and_are_restored():
+    before = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    with StopOnSignals() as outer:
+        os.kill(os.getpid(), signal.SIGUSR1)  # recorded, not fatal (the default action would end pytest)
+        wait_for(lambda: outer.signum is not None, timeout=5, what="the handler")
+        with StopOnSignals() as inner:  # e.g. the trainer entered after the scheduler got the signal
+            assert inner.signum == signal.SIGUSR1
+            with pytest.raises(Interrupted) as e:
+                inner.check("stopping")
+            assert e.value.exit_code == 128 + signal.SIGUSR1 and str(e.value) == "stopping"
+    assert {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+    seen = []  # outside the main thread nothing is installed (signal.signal would raise there)
+
+    def in_thread() -> None:
+        with StopOnSignals() as block:
+            seen.append(block.signum)
+
+    t = threading.Thread(target=in_thread)
+    t.start()
+    t.join()
+    assert seen == [None] and {s: signal.getsignal(s) for s in STOP_SIGNALS} == before
+
+
+def test_signal_after_the_stop_unwound_is_ignored_by_the_command_line():
+    """A second signal that lands after the trainer's block has exited (an impatient Ctrl-C while the
+    process prints its message and exits) must not turn exit status 128 + N into a death by signal or a
+    KeyboardInterrupt traceback; a library caller gets its previous handlers back."""
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from archrelax.signals import Interrupted, StopOnSignals, exit_after_stop
+        exit_after_stop(sys.argv[1] == "cli")
+        try:
+            with StopOnSignals() as stop:
+                stop.signum = signal.SIGINT
+                stop.check("stopping")
+        except Interrupted as e:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGTERM)
+            sys.exit(e.exit_code)
+    """)
+    cli = subprocess.run([sys.executable, "-c", code, "cli"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert (cli.returncode, cli.stderr) == (130, "")
+    lib = subprocess.run([sys.executable, "-c", code, "lib"], env=ENV, capture_output=True, text=True, timeout=60)
+    assert lib.returncode != 130 and "KeyboardInterrupt" in lib.stderr  # Python's own handler is back
+
+
+# ---- signals: `archrelax run` ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def spec_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("spec") / "faults.yaml"
+    path.write_text(yaml.safe_dump(SPEC))
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_reference(tmp_path_factory) -> Path:
+    """SPEC trained once, uninterrupted, in this process."""
+    exp = tmp_path_factory.mktemp("ref") / "exp"
+    with _threads(1):
+        run_experiment(spec_from_dict(SPEC), exp, log=lambda s: None)
+    return exp
+
+
+def _start_run(spec_file: Path, exp: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*CLI, "run", str(spec_file), "--out", str(exp), "--poll", "0.2", *extra], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def _cnn_mid_run(exp: Path, proc: subprocess.Popen, step: int = 20) -> None:
+    def ready() -> bool:
+        for st in exp.glob("runs/cnn-*/status.json"):
+            try:
+                if json.loads(st.read_text()).get("step", 0) >= step:
+                    return True
+            except json.JSONDecodeError:
+                pass
+        return proc.poll() is not None
+
+    wait_for(ready, what="the CNN's first checkpoints")
+    assert proc.poll() is None, f"finished before the signal: {proc.communicate()}"
+
+
+def test_run_sigint_in_process_marks_interrupted_and_rerun_matches(spec_file, run_reference, tmp_path):
+    exp = tmp_path / "exp"
+    proc = _start_run(spec_file, exp)
+    _cnn_mid_run(exp, proc)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    states = {r["id"]: r for r in summary(exp)}
+    cnn = next(r for r in states.values() if r["kind"] == "cnn")
+    assert cnn["status"] == "interrupted" and "SIGINT" in cnn["error"], cnn  # before: 'failed', "KeyboardInterrupt"
+    assert "failed" not in {r["status"] for r in states.values()}
+    assert err.strip().splitlines()[-1].startswith("archrelax run: stopped by SIGINT: 1 run(s) interrupted")
+    assert cli_main(["run", str(exp)]) == 0  # resumes in this process (one thread, like the subprocess)
+    assert summary(exp) == summary(run_reference)
+
+
+def test_run_workers_sigterm_to_group_stops_all_cleanly_and_rerun_matches(spec_file, run_reference, tmp_path):
+    exp = tmp_path / "exp"
+    proc = _start_run(spec_file, exp, "--workers", "2")
+    _cnn_mid_run(exp, proc)
+    os.killpg(proc.pid, signal.SIGTERM)  # as a job system or `kill -- -PGID` does: every process gets it
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err, err[-3000:]
+    wait_for(lambda: not group_pids(proc.pid), timeout=15, what="the workers to exit")
+    states = [r["status"] for r in summary(exp)]
+    assert "interrupted" in states and not {"running", "failed"} & set(states), states
+    assert cli_main(["run", str(exp)]) == 0
+    assert summary(exp) == summary(run_reference)
+
+
+def test_kill_9_of_run_with_workers_leaves_no_process(spec_file, tmp_path):
+    exp = tmp_path / "exp"
+    proc = _start_run(spec_file, exp, "--workers", "2")
+    _cnn_mid_run(exp, proc)
+    before = group_pids(proc.pid)
+    assert len(before) >= 3, before  # the scheduler, its resource tracker and at least one worker
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    t0 = time.monotonic()
+    wait_for(lambda: not group_pids(proc.pid), timeout=20, what=f"processes {group_pids(proc.pid)} to exit")
+    gone_after = time.monotonic() - t0
+    assert gone_after < 20
+    # the worker training the CNN saw its parent die, saved its state and said why
+    cnn = next(exp.glob("runs/cnn-*"))
+    st = status(cnn)
+    assert st["status"] == "interrupted" and "SIGHUP" in st["error"], st
+    assert load_checkpoint(cnn / "checkpoints" / "last.pt")["step"] == st["step"]
+
+
+# ---- bad inputs ------------------------------------------------------------------------------------------
+
+
+def test_run_with_missing_data_path_fails_before_anything(tmp_path, spec_file):
+    spec = {**SPEC, "data": f"imagefolder:{tmp_path / 'no' / 'such.zip'}"}
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    r = _cli("run", str(path), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == [
+        f"archrelax run: error: data 'imagefolder:{tmp_path}/no/such.zip': {tmp_path}/no/such.zip does not exist "
+        "(expected a folder or .zip with train/ and test/)"]
+    assert not (tmp_path / "exp").exists()  # before: 5 runs created and failed
+
+
+def _zip(path: Path, compression: int, classes=("a", "b"), corrupt: str | None = None) -> Path:
+    """An ImageFolder zip of tiny generated JPEGs; ``corrupt``: flip a byte in the middle of that member."""
+    import warnings
+
+    from torchvision.io import encode_jpeg
+
+    g = torch.Generator().manual_seed(0)
+    with zipfile.ZipFile(path, "w", compression=compression) as zf, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torchvision\.io")
+        for split in ("train", "test"):
+            for c in classes:
+                for i in range(3):
+                    img = (torch.rand(3, 28, 28, generator=g) * 255).to(torch.uint8)
+                    zf.writestr(f"{split}/{c}/{i}.jpg", bytes(encode_jpeg(img, quality=95).numpy()))
+    if corrupt is not None:
+        with zipfile.ZipFile(path) as zf:
+            info = zf.getinfo(corrupt)
+        raw = bytearray(path.read_bytes())
+        name_len, extra_len = int.from_bytes(raw[info.header_offset + 26:][:2], "little"), \
+            int.from_bytes(raw[info.header_offset + 28:][:2], "little")
+        start = info.header_offset + 30 + name_len + extra_len
+        raw[start + info.compress_size // 2] ^= 0xFF
+        path.write_bytes(raw)
+    return path
+
+
+@pytest.mark.parametrize("extra, what", [
+    (["--executor", "local"], "executor 'local'"),
+    (["--executor", "slurm", "--set", "slurm.cluster=local"], "slurm.cluster 'local'"),
+], ids=["local executor", "local submitit cluster"])
+def test_detach_without_a_slurm_cluster_is_refused_before_anything(tmp_path, spec_file, extra, what):
+    r = _cli("run", str(spec_file), "--out", str(tmp_path / "exp"), "--detach", *extra)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"archrelax run: error: --detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+        "a detached run leaves no process behind to run local jobs"]
+    assert not (tmp_path / "exp").exists()
+
+
+def test_one_class_data_set_is_refused(tmp_path):
+    one = _zip(tmp_path / "one.zip", zipfile.ZIP_STORED, classes=("cat",))
+    with pytest.raises(ValueError, match=r"only class 'cat' found; classification needs at least 2 classes"):
+        load_data(f"imagefolder:{one}", cache_dir=tmp_path / "cache")  # before: trained to 100 % "accuracy"
+    with pytest.raises(ValueError, match=r"train_size=1 keeps a single class"):
+        load_data("synthetic:1x28x28:2:40:20", train_size=1)
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump({**SPEC, "data": "synthetic:1x28x28:1:40:20"}))
+    r = _cli("run", str(path), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "archrelax run: error: data 'synthetic:1x28x28:1:40:20': only class 'class0' found; classification needs "
+        "at least 2 classes"]
+    assert not (tmp_path / "exp").exists()
+
+
+def test_stored_zip_member_with_bad_crc_is_named(tmp_path):
+    bad = _zip(tmp_path / "stored.zip", zipfile.ZIP_STORED, corrupt="train/a/1.jpg")
+    with pytest.raises(ValueError) as e:  # before: loaded silently (a JPEG decodes around a flipped byte)
+        load_data(f"imagefolder:{bad}", cache_dir=tmp_path / "cache")
+    assert str(e.value) == f"imagefolder {bad}: member train/a/1.jpg is corrupt (CRC-32 mismatch)"
+
+
+def test_corrupt_deflated_zip_member_is_named(tmp_path):
+    bad = _zip(tmp_path / "deflated.zip", zipfile.ZIP_DEFLATED, corrupt="train/b/2.jpg")
+    with pytest.raises(ValueError) as e:  # before: a zlib traceback naming no file
+        load_data(f"imagefolder:{bad}", cache_dir=tmp_path / "cache")
+    assert str(e.value).startswith(f"imagefolder {bad}: member train/b/2.jpg is corrupt or unreadable (")
+
+
+# ---- read-only output, full disk -------------------------------------------------------------------------
+
+
+def _mount(*args: str) -> None:
+    r = subprocess.run(["mount", *args], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount here (needs root and mount permission): {r.stderr.strip()}")
+
+
+@pytest.fixture
+def mounts():
+    """mount(...) helper; everything mounted is unmounted afterwards."""
+    done: list[Path] = []
+
+    def mount(target: Path, *args: str) -> Path:
+        target.mkdir(parents=True, exist_ok=True)
+        _mount(*args, str(target))
+        done.append(target)
+        return target
+
+    yield mount
+    busy = []
+    for target in reversed(done):
+        if subprocess.run(["umount", str(target)], capture_output=True).returncode != 0:
+            busy.append(target)  # a file left open there (a leaked descriptor): unmount lazily, then fail
+            subprocess.run(["umount", "-l", str(target)], capture_output=True)
+    assert not busy, f"files left open on {busy}"
+
+
+def _tmpfs(mount, where: Path, size: str, read_only: bool = False) -> Path:
+    return mount(where, "-t", "tmpfs", "-o", ("ro," if read_only else "") + f"size={size}", "tmpfs")
+
+
+def _fill(folder: Path, leave_kb: int) -> None:
+    """Fill the file system of ``folder`` up to ``leave_kb`` KiB free."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize - leave_kb * 1024
+    if free > 0:
+        with open(folder / "filler", "wb") as f:
+            f.write(b"\0" * free)
+
+
+@pytest.fixture(scope="module")
+def small_experiment(tmp_path_factory) -> Path:
+    exp = tmp_path_factory.mktemp("small") / "exp"
+    with _threads(1):
+        run_experiment(spec_from_dict({**SPEC, "cnn": {"epochs": 2, "until_zero_loss": False}}), exp, log=lambda s: None)
+    return exp
+
+
+
+
+def _one_error_line(r: subprocess.CompletedProcess, command: str, what: str, path: Path) -> None:
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith(f"archrelax {command}: error: {what}: {path}"), r.stderr[-3000:]
+
+
+def _no_partial_files(root: Path) -> None:
+    """Atomic writes leave no temporary files; JSON files parse; append-only logs end with a newline."""
+    for p in root.rglob("*"):
+        assert not (p.name.endswith(".tmp") or p.name.startswith((".report-new-", ".report-old-"))), p
+        if p.suffix == ".json" and p.is_file():
+            json.loads(p.read_text())
+        if p.suffix == ".jsonl" and p.is_file() and p.stat().st_size:
+            assert p.read_text().endswith("\n"), p
+
+
+ROFS, NOSPACE = "Read-only file system", "No space left on device"
+
+
+def test_train_to_read_only_folder(tmp_path, mounts):
+    ro = _tmpfs(mounts, tmp_path / "ro", "64k", read_only=True)
+    r = _cli("train", *TRAIN_ARGS, "--epochs", "1", "--out", str(ro / "run"))  # before: an OSError traceback
+    _one_error_line(r, "train", ROFS, ro / "run")
+    assert not any(ro.iterdir())
+
+
+def test_run_to_read_only_folder(tmp_path, mounts, spec_file):
+    ro = _tmpfs(mounts, tmp_path / "ro", "64k", read_only=True)
+    r = _cli("run", str(spec_file), "--out", str(ro / "exp"))
+    _one_error_line(r, "run", ROFS, ro / "exp")
+
+
+@pytest.mark.parametrize("command", ["analyse", "report"])
+def test_analyse_and_report_on_read_only_experiment(tmp_path, mounts, small_experiment, command):
+    ro = mounts(tmp_path / "ro", "--bind", str(small_experiment))
+    _mount("-o", "remount,bind,ro", str(ro))
+    args = ["analyse", str(ro), "--only", "memory", "--quiet"] if command == "analyse" else ["report", str(ro), "--no-analyse"]
+    r = _cli(*args)
+    _one_error_line(r, command, ROFS, ro / ("analysis" if command == "analyse" else "report"))
+
+
+def test_train_on_full_disk(tmp_path, mounts):
+    full = _tmpfs(mounts, tmp_path / "full", "256k")
+    _fill(full, leave_kb=8)
+    r = _cli("train", *TRAIN_ARGS, "--epochs", "1", "--out", str(full / "run"))
+    _one_error_line(r, "train", NOSPACE, full / "run")  # before: 59 lines of chained tracebacks
+    _no_partial_files(full / "run")
+
+
+def test_run_on_full_disk(tmp_path, mounts, spec_file):
+    full = _tmpfs(mounts, tmp_path / "full", "256k")
+    _fill(full, leave_kb=48)
+    r = _cli("run", str(spec_file), "--out", str(full / "exp"))
+    _one_error_line(r, "run", NOSPACE, full / "exp")
+    assert "Traceback" not in r.stdout + r.stderr
+    _no_partial_files(full / "exp")
+
+
+@pytest.mark.parametrize("command", ["analyse", "report"])
+def test_analyse_and_report_on_full_disk(tmp_path, mounts, small_experiment, command):
+    size_kb = sum(p.stat().st_size for p in small_experiment.rglob("*") if p.is_file()) // 1024 + 512
+    full = _tmpfs(mounts, tmp_path / "full", f"{size_kb}k")
+    shutil.copytree(small_experiment, full / "exp")
+    exp = full / "exp"
+    before = sorted(p.relative_to(exp) for p in exp.rglob("*"))
+    _fill(full, leave_kb=0)
+    args = ["analyse", str(exp), "--only", "memory", "--quiet"] if command == "analyse" else ["report", str(exp), "--no-analyse"]
+    r = _cli(*args)
+    _one_error_line(r, command, NOSPACE, exp / ("analysis" if command == "analyse" else "report"))
+    _no_partial_files(exp)
+    new = sorted(set(p.relative_to(exp) for p in exp.rglob("*")) - set(before))
+    assert all(p.is_dir() for p in (exp / n for n in new)), new  # at most empty folders, no file
+
+
+# ---- bad inputs of other areas: the check lives beside the code, the row is here ----------------------------
+
+
+def test_lr_1e_3_in_a_spec_and_in_set(tmp_path):
+    config_tests.check_notation(tmp_path, "1e-3", "train.lr", 0.001)
+
+
+def test_typo_in_train_model_kwargs(tmp_path, capsys):
+    config_tests.check_bad_input(
+        tmp_path, capsys, ["train", "vanilla_cnn", "--model-kwargs", '{"widht": 32}', *config_tests.D, "--out", "OUT"],
+        2, "model 'vanilla_cnn' has no option 'widht'; did you mean 'width'? (vanilla_cnn takes: width, num_classes, "
+           "in_channels, input_size)")
+
+
+def test_typo_in_run_model_kwargs(tmp_path, capsys):
+    config_tests.check_bad_input(
+        tmp_path, capsys, ["run", "SPEC", "--set", "model_kwargs.widht=2", "--out", "OUT"],
+        2, "'model_kwargs' = {\"width\": 2, \"widht\": 2}: model 'vanilla_cnn' has no option 'widht'")
+
+
+def test_force_overrides_the_memory_guard(tmp_path, capsys, monkeypatch):
+    train_tests.check_force_overrides_the_memory_guard(tmp_path, capsys, monkeypatch)
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+def test_relax_a_model_of_several_tensors(to):
+    relax_tests.check_several_inputs(to, *relax_tests.SEVERAL_TENSORS)
+
+
+@pytest.mark.parametrize("to", ["lc", "fc"])
+def test_relax_a_model_taking_a_dict(to):
+    relax_tests.check_several_inputs(to, *relax_tests.DICT_OF_TENSORS)
