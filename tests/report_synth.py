@@ -26,7 +26,7 @@ def _relaxed(t: np.ndarray, t_w: float, seed: int, kind: str) -> tuple[np.ndarra
     loss0, acc0 = _cnn(np.array([t_w]), seed)
     bump = 0.06 * np.exp(-((np.log1p(t_w) - np.log1p(4.0)) ** 2)) * (1.0 if kind == "efcn" else 0.5)
     s = np.clip(t - t_w, 0, None)
-    loss = loss0 * np.exp(-s / 3.0) + 1e-3
+    loss = (loss0 - 1e-3) * np.exp(-s / 3.0) + 1e-3  # starts exactly at the CNN's loss: no jump
     acc = acc0 + (0.6 + bump - acc0) * (1 - np.exp(-s / 3.0))
     delta = 0.4 / (1 + t_w) * (1 - np.exp(-s / 2.0))
     return loss, acc, delta
@@ -51,7 +51,8 @@ def _run_folder(d: Path, kind: str, seed: int, t_w: float | None, t_w2: float | 
     scale = {"wide": (1.0, 1.0), "tiled": (0.0, 1.5), "soft": (0.2, 0.4)}.get(kind, (1.0, 2.0))
     lines = []
     for i, e in enumerate(t):
-        rec = {"epoch": float(e - (start or 0.0)), "global_epoch": float(e), "step": int(e * 20), "train_loss": float(loss[i]),
+        rec = {"epoch": float(e - (start or 0.0)), "global_epoch": float(e), "step": int(round((e - (start or 0.0)) * 20)),
+               "train_loss": float(loss[i]),
                "train_acc": float(min(1.0, acc[i] + 0.3)), "test_loss": float(loss[i] + 0.8),
                "test_acc": float(acc[i]), "lr": 0.1, "wall_time": float(e), "peak_mem_bytes": 1000}
         if delta is not None:
@@ -228,8 +229,8 @@ def _analyses(exp: Path, done: list[dict], partial: bool) -> None:
     dump("interpolation", {"alphas": alphas, "curves": ic})
 
 
-EXPECTED_SECTIONS = ("overview", "curves-efcn", "final-efcn", "final-elcn", "hierarchical", "distance", "sharpness",
-                     "ablation", "templates", "interpolation", "memory", "runs", "spec", "lattice", "soft",
+EXPECTED_SECTIONS = ("claims", "overview", "curves-efcn", "final-efcn", "final-elcn", "hierarchical", "distance",
+                     "sharpness", "ablation", "templates", "interpolation", "memory", "runs", "spec", "lattice", "soft",
                      "lattice-distance")
 
 

@@ -336,8 +336,9 @@ def test_analyse_experiment_caches_and_tolerates_a_partial_experiment(experiment
     shutil.copytree(experiment, exp)
     out = exp / "analysis"
     stamp = {n: (out / f"{n}.json").stat().st_mtime_ns for n in ANALYSES}
-    analyse_experiment(exp, progress=False, settings=SMALL)  # copytree keeps mtimes; keys are relative paths
+    again = analyse_experiment(exp, progress=False, settings=SMALL)  # copytree keeps mtimes; keys are relative
     assert {n: (out / f"{n}.json").stat().st_mtime_ns for n in ANALYSES} == stamp  # nothing recomputed
+    assert again.how == {n: "reused" for n in ANALYSES}  # ... and it says so (the report's overview shows it)
     # one eFCN "still running" and without its final weights: analysed without it, listed as missing
     plan = json.loads((exp / "plan.json").read_text())
     efcn = next(r for r, e in plan.items() if e["kind"] == "efcn")
@@ -345,6 +346,7 @@ def test_analyse_experiment_caches_and_tolerates_a_partial_experiment(experiment
     (exp / "runs" / efcn / "status.json").write_text(json.dumps({"status": "running", "error": None, "epoch": 0.2}))
     res = analyse_experiment(exp, only=["ablation", "memory"], progress=False, settings=SMALL)
     assert (out / "memory.json").stat().st_mtime_ns == stamp["memory"]  # its inputs did not change
+    assert res.how == {"ablation": "computed", "memory": "reused"}
     assert [m.run for m in res["ablation"].missing] == [efcn]
     assert len(res["ablation"].runs) == 1
     # a changed setting is a changed cache key
@@ -360,3 +362,20 @@ def test_analyse_command(experiment, capsys):
     assert "memory.json" in capsys.readouterr().out
     assert main(["analyse", str(experiment / "nope"), "--quiet"]) == 2
     assert main(["analyse", str(experiment), "--only", "interpolation", "--interp-start", "nowhere"]) == 2
+
+
+def test_claims_of_a_real_experiment(experiment):
+    """The claims read the real files: every relaxed run starts at its CNN's train loss (the embedding is exact
+    and the trainer evaluates at the snapshot steps); one seed is too few for any statistic."""
+    from archrelax.analysis.claims import evaluate_claims
+
+    analyse_experiment(experiment, progress=False, settings=SMALL)
+    found = {c.number: c for c in evaluate_claims(experiment)}
+    jump = found[1].numbers["jump"]
+    assert found[1].verdict in ("supported", "contradicted") and len(jump) == 2, found[1]
+    assert max(jump.values()) < 1e-5, jump  # float32 sums in another order, nothing more
+    assert found[1].verdict == "supported" or "ends above its start" in found[1].reason
+    for n in (2, 4, 7, 9, 11):
+        assert found[n].verdict == "not enough evidence" and "too few seeds (n=1; 3 needed)" in found[n].reason
+    assert found[5].verdict == "not measured" and found[13].verdict == "not measured"  # 2 switch times, no hier
+    assert found[12].verdict == "not measured" and "lacks eLCN runs" in found[12].reason

@@ -3,6 +3,7 @@ failures, resume after a real SIGKILL). Training uses tiny synthetic data so the
 from __future__ import annotations
 
 import csv
+import re
 import os
 import shutil
 import signal
@@ -73,13 +74,13 @@ def test_preset_plan_graph_and_ids(preset):
     switch = spec.switch_list()
     assert kinds.count("cnn") == len(spec.seeds)
     assert 0.0 in switch and max(switch) <= spec.cnn.length()
-    for seed in spec.seeds:  # every seed has its runs at every switch time
+    for seed in spec.seeds:  # every seed relaxes at every switch time (presets may have several seeds)
         if "fc" in spec.targets:
             assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed) == switch
         if "lc" in spec.targets:
             assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed) == switch
-    for b in spec.baselines:
-        (base,) = [r for r in plan.values() if r.kind == b]
+    for b, seed in ((b, s) for b in spec.baselines for s in spec.seeds):  # one baseline of each kind per seed
+        (base,) = [r for r in plan.values() if r.kind == b and r.seed == seed]
         assert base.depends_on is None and base.config["model"] == b
         assert base.config["model_kwargs"]["base"] == spec.model
     for run in plan.values():
@@ -334,6 +335,12 @@ def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
     assert "final test" in out and str(tmp_path / "demo" / "summary.csv") in out
     if "report: " in out:  # the report step is optional (another area); when present it wrote the page
         assert (tmp_path / "demo" / "report" / "index.html").is_file()
+        page = (tmp_path / "demo" / "report" / "index.html").read_text()
+        # no analysis was requested (analyses=[]): the overview says so, not "--no-analyse"
+        note = re.search(r"<p>Analyses: (.*?)</p>", page, re.S).group(1)
+        assert note.startswith("missing (no result yet): memory, distance") and "--no-analyse" not in note, note
+        assert 'id="claims"' in page
+    assert re.search(r"claims of the paper: .*not enough evidence.* \(details: `archrelax claims ", out), out
 
 
 def test_analysis_settings_are_validated_and_read_back_from_the_experiment(tmp_path):

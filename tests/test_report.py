@@ -4,6 +4,7 @@ written after docs/architecture.md; analyses are not run (analyse=False) except 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -12,9 +13,9 @@ from archrelax.cli import main as cli_main
 from archrelax.report import load_experiment, write_report
 from report_synth import EXPECTED_SECTIONS, make_experiment, parse_report
 
-FIGURES = {"overview": 0, "curves-efcn": 1, "curves-elcn": 1, "final-efcn": 1, "final-elcn": 1, "hierarchical": 1,
-           "distance": 1, "sharpness": 3, "ablation": 1, "templates": 1, "interpolation": 1, "memory": 0,
-           "lattice": 1, "soft": 1, "lattice-distance": 1}
+FIGURES = {"claims": 0, "overview": 0, "curves-efcn": 1, "curves-elcn": 1, "final-efcn": 1, "final-elcn": 1,
+           "hierarchical": 1, "distance": 1, "sharpness": 3, "ablation": 1, "templates": 1, "interpolation": 1,
+           "memory": 0, "lattice": 1, "soft": 1, "lattice-distance": 1}
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +130,51 @@ def test_cli_report_and_analyse_state_shown(tmp_path, capsys):
     index = write_report(exp, analyse=True)
     text = parse_report(index.read_text())["overview"]["text"].split("Analyses: ")[1]
     assert "--no-analyse" not in text and len(text.strip()) > 10
+
+
+def test_claims_section_comes_first_and_links_each_verdict_to_its_figure(full):
+    index, secs = full
+    html = index.read_text()
+    ids = re.findall(r'<section id="([^"]+)"', html)
+    assert ids[0] == "claims" and re.search(r'<nav><ol><li><a href="#claims">', html)
+    rows = re.findall(r'<tr id="claim-(\d+)">(.*?)</tr>', html, re.S)
+    assert [int(n) for n, _ in rows] == list(range(1, 14))
+    for n, row in rows:
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+        assert len(cells) == 6 and cells[1] and cells[2], (n, cells)  # claim, statistic, seeds, verdict, read from
+        verdict = re.search(r'<a class="verdict verdict-([a-z-]+)" href="#([^"]+)">([a-z ]+)</a>', cells[4])
+        assert verdict and verdict.group(1) == verdict.group(3).replace(" ", "-"), cells[4]
+        assert verdict.group(2) in ids, f"claim {n} links to #{verdict.group(2)}, which the page lacks"
+        assert all(a in ids for a in re.findall(r'href="#([^"]+)"', cells[5])) and cells[5]
+    text = secs["claims"]["text"]
+    # two seeds in the synthetic experiment: seed statistics are shown but not judged; per-run checks are
+    assert "too few seeds (n=2; 3 needed)" in text and "+12.76 ± 0.27 pp (n=2)" in text
+    assert re.search(r"no jump at the switch|no jump beyond the tolerance", text)
+    assert not secs["claims"]["missing"]
+
+
+def test_claims_section_says_what_would_measure_a_missing_claim(partial):
+    _, secs = partial
+    text = secs["claims"]["text"]
+    assert "interpolation.json is missing" in text and "to measure: run `archrelax analyse" in text
+    assert "not finished" in text  # the partial experiment's failed, running and pending runs are counted
+
+
+def test_overview_says_what_was_computed_reused_failed_and_missing(tmp_path):
+    from archrelax.analysis.experiment import AnalysisResults
+    from archrelax.store import ExperimentFolder
+
+    exp = make_experiment(tmp_path / "e", partial=True)  # templates and interpolation never computed
+    folder = ExperimentFolder(exp)
+    outcome = AnalysisResults()
+    for name, how in (("memory", "computed"), ("distance", "computed"), ("sharpness", "reused"),
+                      ("ablation", "failed")):
+        outcome[name], outcome.how[name] = folder.read_result(name), how
+    note = parse_report(write_report(exp, analyse=False, analysed=outcome).read_text())["overview"]["text"]
+    assert "computed now: memory, distance; reused from the cache (inputs unchanged): sharpness; failed (see " \
+           "their sections): ablation; missing (no result yet): templates, interpolation" in note
+    assert "--no-analyse" not in note
+    # without a pass (archrelax report --no-analyse): what is cached, from when, and what is missing
+    note = parse_report(write_report(exp, analyse=False).read_text())["overview"]["text"]
+    assert "not run (--no-analyse): cached results shown as they are: memory (from 2026-11-28T11:00:00+00:00)" in note
+    assert "missing (no result yet): templates, interpolation" in note

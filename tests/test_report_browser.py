@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from archrelax.analysis.claims import VERDICTS
 from archrelax.report import write_report
 from report_synth import EXPECTED_SECTIONS, make_experiment
 
@@ -35,9 +36,16 @@ window.addEventListener("load", () => {
     id: s.id, h2: !!s.querySelector("h2"),
     content: s.querySelectorAll("img, table, pre, .missing li").length,
     text: s.innerText.trim().length}));
+  const claims = [...document.querySelectorAll("#claims tr[id^=claim-]")].map(tr => {
+    const v = tr.querySelector("a.verdict");
+    const target = v ? document.getElementById(v.getAttribute("href").slice(1)) : null;
+    return {id: tr.id, verdict: v ? v.textContent : null, target: target ? target.tagName : null,
+            visible: tr.getBoundingClientRect().height > 0, cells: tr.cells.length};
+  });
+  const first = document.querySelector("section");
   const pre = document.createElement("pre");
   pre.id = "archrelax-check";
-  pre.textContent = "CHECK" + JSON.stringify({imgs, sections}) + "ENDCHECK";
+  pre.textContent = "CHECK" + JSON.stringify({imgs, sections, claims, first: first && first.id}) + "ENDCHECK";
   document.body.appendChild(pre);
 });
 </script>"""
@@ -67,6 +75,13 @@ def assert_report_ok(result: dict) -> None:
     assert not empty, f"empty sections: {empty}"
     broken = [i["src"] for i in result["imgs"] if not i["ok"]]
     assert result["imgs"] and not broken, f"images that did not load: {broken}"
+    # the claims table comes first: 13 rows, each shown, each verdict a link to a section of the page
+    assert result["first"] == "claims", result["first"]
+    claims = result["claims"]
+    assert [c["id"] for c in claims] == [f"claim-{n}" for n in range(1, 14)], claims
+    bad = [c for c in claims if not (c["visible"] and c["cells"] == 6 and c["target"] == "SECTION"
+                                     and c["verdict"] in VERDICTS)]
+    assert not bad, f"claims rows not shown or not linked to a section: {bad}"
 
 
 @pytest.fixture(scope="module")

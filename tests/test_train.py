@@ -102,6 +102,25 @@ def test_kill_minus_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
         assert (run / "snapshots" / f"epoch_{t}.pt").exists()
 
 
+@pytest.mark.parametrize("rng", [
+    {},  # plain SGD on a VanillaCNN: the shuffling alone draws random numbers
+    # dropout draws from the global torch RNG at every training step and augmentation from the feed's stream:
+    # an evaluation between two steps (the snapshots are mid-epoch) must draw from neither
+    dict(model="alexnet", model_kwargs={"width": 2, "dropout": 0.5}, data="synthetic:3x32x32:10:200:100",
+         augment=["crop", "flip"]),
+], ids=["vanilla", "dropout+augment"])
+def test_evaluates_at_start_end_and_every_snapshot_without_changing_the_trajectory(tmp_path, rng):
+    # eval_times alone would evaluate at epoch 1 only; snapshots add their steps (and 0 and the end are always
+    # evaluated), so a relaxed run's first evaluation has its parent's at the same weights to compare with
+    train(cfg(epochs=2, snapshots=[0.5, 1.5], eval_times=[1], **rng), tmp_path / "snaps")
+    train(cfg(epochs=2, snapshots=[], eval_times=[1], **rng), tmp_path / "plain")
+    snaps, plain = (read_metrics(tmp_path / n / "metrics.jsonl") for n in ("snaps", "plain"))
+    assert [r["epoch"] for r in snaps] == [0, 0.5, 1, 1.5, 2] and [r["epoch"] for r in plain] == [0, 1, 2]
+    assert stable(plain) == [r for r in stable(snaps) if r["epoch"] in (0, 1, 2)]  # the same trajectory, bit for bit
+    a, b = (load_checkpoint(tmp_path / n / "final.pt")["model"] for n in ("snaps", "plain"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("to", ["fc", "lc"])
 def test_relaxed_snapshot_starts_with_the_cnn_losses(tmp_path, to):
     cnn = train(cfg(epochs=1, snapshots=[1], eval_times=[0, 1]), tmp_path / "cnn")

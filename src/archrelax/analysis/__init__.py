@@ -23,7 +23,8 @@ _EXPORTS = {
     "memory_table": "memory",
     "ANALYSES": "registry", "analysis_names": "registry", "register_analysis": "registry",
     "AnalysisSettings": "settings", "make_settings": "settings", "settings_from_spec": "settings",
-    "analyse_experiment": "experiment",
+    "analyse_experiment": "experiment", "AnalysisResults": "experiment",
+    "Claim": "claims", "ClaimThresholds": "claims", "evaluate_claims": "claims", "format_claims": "claims",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -27,6 +27,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help=f"override AnalysisSettings.{name}")
     p.set_defaults(func=_analyse)
 
+    p = subparsers.add_parser(
+        "claims", help="the paper's claims tested on an experiment folder (verdicts; files only, fast)",
+        description="Test each claim of the paper on an experiment folder: the statistic measured, the number "
+                    "of seeds and a verdict (supported, contradicted, not enough evidence, not measured), read "
+                    "from the runs' metrics and the cached analyses (run `archrelax analyse` first for the "
+                    "claims that need them). Rules and thresholds: docs/claims.md.")
+    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (with plan.json and runs/)")
+    p.add_argument("--json", action="store_true", help="print the claims as JSON (with the thresholds)")
+    p.set_defaults(func=_claims)
+
 
 def _analyse(args: argparse.Namespace) -> int:
     from pathlib import Path
@@ -56,3 +66,16 @@ def _analyse(args: argparse.Namespace) -> int:
         failed += bool(res.error)
         print(f"{name:<14} {exp / 'analysis' / (name + '.json')}  ({state})")
     return 1 if failed else 0
+
+
+def _claims(args: argparse.Namespace) -> int:
+    import shutil
+
+    from .claims import dumps, evaluate_claims, format_claims
+
+    found = evaluate_claims(args.experiment)
+    if args.json:
+        print(dumps(args.experiment, found))
+    else:
+        print(format_claims(found, width=max(60, min(shutil.get_terminal_size((110, 24)).columns, 140) - 2)))
+    return 0

@@ -16,7 +16,7 @@ import io
 import json
 import traceback
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from archrelax.store import ExperimentFolder, StoreError, plan_digest
 from archrelax.store.results import RESULT_TYPES, AnalysisResult
@@ -27,8 +27,24 @@ from .settings import AnalysisSettings, make_settings, settings_from_spec
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["ANALYSES", "AnalysisSettings", "analyse_experiment", "make_settings", "settings_from_spec",
-           "fingerprint"]
+__all__ = ["ANALYSES", "AnalysisSettings", "AnalysisResults", "analyse_experiment", "make_settings",
+           "settings_from_spec", "fingerprint"]
+
+How = Literal["computed", "reused", "failed"]
+
+
+class AnalysisResults(dict):
+    """``{name: typed result}`` (what ``analyse_experiment`` returns), plus how this call obtained each one:
+    ``how[name]`` is "computed" (recomputed now), "reused" (the cached file's key matched its inputs) or
+    "failed" (the analysis raised; its file records the error). The report's overview says which."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.how: dict[str, How] = {}
+
+    def names(self, how: How) -> list[str]:
+        """The analyses obtained that way, in the order they ran."""
+        return [n for n, h in self.how.items() if h == how]
 
 
 def fingerprint(ctx: "Context", name: str, params: dict[str, Any]) -> str:
@@ -47,8 +63,9 @@ def fingerprint(ctx: "Context", name: str, params: dict[str, Any]) -> str:
 
 
 def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, progress: bool = True, *,
-                       settings: AnalysisSettings | None = None, force: bool = False) -> dict[str, AnalysisResult]:
-    """Compute (or reuse) each analysis of an experiment folder; returns {name: its typed result}.
+                       settings: AnalysisSettings | None = None, force: bool = False) -> AnalysisResults:
+    """Compute (or reuse) each analysis of an experiment folder; returns {name: its typed result}, with
+    ``.how[name]`` saying whether it was computed now, reused from the cache or failed.
 
     ``only``: a subset of :func:`analysis_names`. An analysis that fails as a whole (e.g. its data cannot be
     loaded) writes its file with ``error`` set and no fingerprint, so the next call retries it.
@@ -62,7 +79,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     settings = settings or settings_from_spec(exp_dir)
     exp = ExperimentFolder(exp_dir)
     ctx = Context(exp, settings, progress)
-    results: dict[str, AnalysisResult] = {}
+    results = AnalysisResults()
     for name in names:
         analysis = get_analysis(name)
         params = {k: getattr(settings, k) for k in analysis.params}
@@ -73,7 +90,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
                                          (exp.analysis_dir / old.arrays).is_file())
         if not force and arrays_ok and old.fingerprint == fp:
             ctx.log(f"{name}: up to date")
-            results[name] = old
+            results[name], results.how[name] = old, "reused"
             continue
         ctx.log(f"{name}: computing")
         head = dict(params=params, created=_now())
@@ -95,7 +112,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
                 atomic_write_bytes(exp.analysis_dir / f"{name}.npz", buf.getvalue())
                 res.arrays = f"{name}.npz"
         exp.write_result(res)
-        results[name] = res
+        results[name], results.how[name] = res, "failed" if res.error else "computed"
     return results
 
 

@@ -84,14 +84,28 @@ def cmd_run(args: argparse.Namespace) -> int:
     rc = _finish(Store(root), t0)
     if spec.analyses:
         _analyse(root, spec.analyses)
+    _claims_line(root)
     return rc
 
 
-def _analyse(root: Path, names: list[str]) -> None:
+def _analyse(root: Path, names: list[str]):
     from archrelax.analysis.experiment import analyse_experiment  # lazy (torch), but never optional
 
     print(f"running analyses {names} ...")
-    analyse_experiment(root, only=names)
+    return analyse_experiment(root, only=names)
+
+
+def _claims_line(root: Path) -> None:
+    """One line: how many of the paper's claims this experiment supports so far (details: archrelax claims)."""
+    from archrelax.analysis.claims import VERDICTS, evaluate_claims
+
+    try:
+        found = evaluate_claims(root)
+    except Exception as e:  # noqa: BLE001 - a summary line must not fail a run that trained
+        print(f"claims of the paper: not evaluated ({type(e).__name__}: {e})")
+        return
+    counts = ", ".join(f"{n} {v}" for v in VERDICTS if (n := sum(c.verdict == v for c in found)))
+    print(f"claims of the paper: {counts} (details: `archrelax claims {root}`)")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -112,9 +126,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     rc = _finish(Store(root), t0)
     from archrelax.report import write_report
 
-    # only the spec's analyses (the demo lists the quick ones), then the report from what is there
+    # only the spec's analyses (the demo lists them all, at cheap settings), then the report from what is
+    # there; the pass's outcome goes to the report, whose overview says what was computed and what reused
     if spec.analyses:
-        _analyse(root, spec.analyses)
-    page = write_report(root, analyse=False)
+        outcome = _analyse(root, spec.analyses)
+    else:
+        from archrelax.analysis.experiment import AnalysisResults
+
+        outcome = AnalysisResults()  # none requested: the overview lists them all as missing
+    page = write_report(root, analyse=False, analysed=outcome)
+    _claims_line(root)
     print(f"report: {page}  ({time.perf_counter() - t0:.0f} s in all)")
     return rc

@@ -15,13 +15,17 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from ..store.atomic import atomic_write_text, umask
 from .html import page
 from .load import Experiment, Run, load_experiment
 from .sections import Ctx, analysis_error, build_all
 
-__all__ = ["write_report", "load_experiment", "Experiment", "Run"]
+if TYPE_CHECKING:
+    from archrelax.analysis.experiment import AnalysisResults
+
+__all__ = ["write_report", "load_experiment", "Experiment", "Run", "analysis_note"]
 
 
 def _run_analyses(exp_dir: Path) -> str:
@@ -29,24 +33,64 @@ def _run_analyses(exp_dir: Path) -> str:
     from archrelax.analysis.experiment import analyse_experiment
 
     try:
-        analyse_experiment(exp_dir)
+        outcome = analyse_experiment(exp_dir)
     except Exception as e:  # partial experiments must still get a page; the error is shown on it
         return f"FAILED, cached results (if any) shown as they are:\n{analysis_error(e)}"
-    return "brought up to date before rendering"
+    return analysis_note(exp_dir, outcome)
 
 
-def write_report(experiment_dir: str | Path, *, analyse: bool = True) -> Path:
+def analysis_note(exp_dir: Path, outcome: "AnalysisResults | None") -> str:
+    """What the overview says about the analyses: which were computed now, reused from the cache, failed,
+    and which have no result at all. ``outcome`` None: no analysis pass ran before this page (--no-analyse)."""
+    from archrelax.store import ExperimentFolder, StoreError
+    from archrelax.store.results import RESULT_TYPES
+
+    exp = ExperimentFolder(exp_dir)
+    present = [n for n in RESULT_TYPES if exp.result_path(n).is_file()]
+    missing = [n for n in RESULT_TYPES if n not in present]
+    parts = []
+    if outcome is None:
+        def when(n: str) -> str:
+            try:
+                res = exp.read_result(n)
+            except StoreError:
+                return "unreadable"
+            return f"from {res.created}" if res is not None and res.created else "undated"
+
+        parts.append("not run (--no-analyse): cached results shown as they are" +
+                     (": " + ", ".join(f"{n} ({when(n)})" for n in present) if present else ""))
+    else:
+        for how, words in (("computed", "computed now"), ("reused", "reused from the cache (inputs unchanged)"),
+                           ("failed", "failed (see their sections)")):
+            names = outcome.names(how)
+            if names:
+                parts.append(f"{words}: {', '.join(names)}")
+        kept = [n for n in present if n not in outcome.how]
+        if kept:
+            parts.append(f"not part of this pass, cached results shown as they are: {', '.join(kept)}")
+    if missing:
+        parts.append(f"missing (no result yet): {', '.join(missing)}")
+    return "; ".join(parts) or "none"
+
+
+def write_report(experiment_dir: str | Path, *, analyse: bool = True,
+                 analysed: "AnalysisResults | None" = None) -> Path:
     """Write ``experiment_dir/report/index.html`` (and ``report/fig/*.png``); return the page's path.
 
     ``analyse``: first run ``archrelax.analysis.experiment.analyse_experiment`` (cached, so cheap when
-    nothing changed); with False only existing ``analysis/*.json`` files are used.
+    nothing changed); with False only existing ``analysis/*.json`` files are used. ``analysed``: the outcome
+    of an analysis pass the caller has just run (e.g. ``archrelax demo``), so that the overview says what
+    it computed and reused (no second pass is run).
     Raises FileNotFoundError when ``experiment_dir`` is not a folder.
     """
     exp_dir = Path(experiment_dir)
     if not exp_dir.is_dir():
         raise FileNotFoundError(f"experiment folder {str(exp_dir)!r} does not exist (expected a folder with "
                                 "spec.yaml, plan.json and runs/, as written by `archrelax run`)")
-    note = _run_analyses(exp_dir) if analyse else "not run (--no-analyse): cached results shown as they are"
+    if analysed is not None:
+        note = analysis_note(exp_dir, analysed)
+    else:
+        note = _run_analyses(exp_dir) if analyse else analysis_note(exp_dir, None)
     exp = load_experiment(exp_dir)
     out = exp_dir / "report"
     index = out / "index.html"
@@ -93,7 +137,8 @@ def _inputs_key(exp: Experiment, note: str) -> str:
     h.update(json.dumps([str(exp.path.resolve()), note, exp.spec_text, exp.problems, runs, arrays,
                          {k: v.to_json() for k, v in sorted(exp.analysis.items())}], sort_keys=True,
                         default=str).encode())
-    for code in sorted(Path(__file__).parent.glob("*.py")):
+    claims = Path(__file__).parent.parent / "analysis" / "claims"  # the claims section's verdicts
+    for code in sorted(Path(__file__).parent.glob("*.py")) + sorted(claims.glob("*.py")):
         h.update(code.read_bytes())
     return h.hexdigest()
 

@@ -84,6 +84,11 @@ pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 12.5px; w
 .status-done { color: #17702e; } .status-failed, .status-diverged { color: #b00020; font-weight: bold; }
 .status-running { color: #0050b0; } .status-pending, .status-missing { color: #777; }
 details pre { max-height: 320px; overflow: auto; }
+table.claims td { max-width: 460px; } table.claims .why { color: #444; font-size: 12px; margin-top: 2px; }
+.verdict { font-weight: bold; text-decoration: none; white-space: nowrap; }
+.verdict-supported { color: #17702e; } .verdict-contradicted { color: #b00020; }
+.verdict-not-enough-evidence { color: #8a5a00; } .verdict-not-measured { color: #777; }
+tr:target { background: #fffbd6; }
 """
 
 

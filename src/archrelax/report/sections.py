@@ -623,6 +623,48 @@ def lattice_distance(exp: Experiment, ctx: Ctx) -> Section:
     return sec
 
 
+# ---- the claims (issue 12) --------------------------------------------------------------------------------
+
+
+def claims(exp: Experiment, ctx: Ctx, titles: dict[str, str]) -> Section:
+    """The paper's claims, one row each, with the statistic measured here, its seeds and the verdict, the
+    verdict linking to the section it is read from (``titles``: section id -> title of this page)."""
+    from archrelax.analysis.claims import THRESHOLDS, evaluate_claims
+
+    th = THRESHOLDS
+    sec = Section("claims", "Claims of the paper, tested on this experiment",
+                  f"Each finding of d'Ascoli et al. with the statistic that tests it on this experiment. Paired "
+                  f"comparisons use the same seed's runs (mean ± sd of the per-seed differences, one-sided t-test, "
+                  f"α = {th.alpha:g}, Holm-corrected where several switch times are tried); a statistical verdict "
+                  f"needs {th.min_seeds} seeds. Accuracies in percentage points (pp). The rules: docs/claims.md.")
+    if not exp.plan:
+        sec.notes.append("no plan.json: there is no experiment to test the claims on yet")
+        return sec
+    try:
+        found = evaluate_claims(exp.path, th)
+    except Exception as e:  # the page must still render; say why the claims are absent
+        sec.notes.append(f"the claims could not be evaluated: {type(e).__name__}: {e}")
+        return sec
+    rows = []
+    for c in found:
+        links = [f'<a href="#{escape(a)}">{escape(titles.get(a, a))}</a>' for a in c.anchors]
+        cls = "verdict-" + c.verdict.replace(" ", "-")
+        word = f'<a class="verdict {cls}" href="#{escape(c.anchors[0])}">{escape(c.verdict)}</a>' if c.anchors \
+            else f'<span class="verdict {cls}">{escape(c.verdict)}</span>'
+        why = escape(c.reason) + (f"<br><em>to measure:</em> {escape(c.measure)}" if c.measure else "")
+        rows.append(f'<tr id="claim-{c.number}"><td class="num">{c.number}</td><td>{escape(c.text)}</td>'
+                    f'<td>{escape(c.statistic)}</td><td class="num">{c.n_seeds}</td>'
+                    f'<td>{word}<div class="why">{why}</div></td><td>{"<br>".join(links)}</td></tr>')
+    head = "".join(f"<th>{h}</th>" for h in ("#", "claim", "statistic on this experiment", "seeds",
+                                             "verdict", "read from"))
+    sec.body.append(f'<div class="tablewrap"><table class="claims"><thead><tr>{head}</tr></thead>'
+                    f'<tbody>{"".join(rows)}</tbody></table></div>')
+    counts = {v: sum(c.verdict == v for c in found) for v in ("supported", "contradicted", "not enough evidence",
+                                                               "not measured")}
+    sec.body.append("<p>" + escape(", ".join(f"{n} {v}" for v, n in counts.items() if n)) + "</p>")
+    return sec
+
+
 def build_all(exp: Experiment, ctx: Ctx, analysis_note: str) -> list[Section]:
     secs = [overview(exp, ctx, analysis_note), training(exp, ctx, "efcn"), final_vs_tw(exp, ctx, "efcn"),
             final_vs_tw(exp, ctx, "elcn"), hierarchical(exp, ctx), distance(exp, ctx), sharpness(exp, ctx),
@@ -631,5 +673,6 @@ def build_all(exp: Experiment, ctx: Ctx, analysis_note: str) -> list[Section]:
             lattice_distance(exp, ctx)]
     if any(r.kind == "elcn" for r in exp.runs):  # eLCN curves beside the eFCN ones when the plan has them
         secs.insert(2, training(exp, ctx, "elcn"))
-    return secs
+    # first on the page, built last: its verdicts link to the sections above by their titles
+    return [claims(exp, ctx, {s.id: s.title for s in secs})] + secs
 

@@ -179,8 +179,12 @@ class _Run:
         self._setup_data()
         self.spe = len(self.feed)  # steps per epoch
         self.total = int(round(cfg.horizon * self.spe))
-        self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | {self.total}
         self.snap_steps = set(time_steps(cfg.snapshots, self.spe, self.total, name="snapshots"))
+        # also at the start, the end and every snapshot: a relaxed run's first evaluation is then compared with
+        # its parent's at the very same weights (the claims' "no jump at the switch"); evaluation consumes no
+        # RNG and changes no weight, so the trajectory is the same
+        self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | \
+            {0, self.total} | self.snap_steps
         self.ckpt_path = folder.checkpoint_path
         self.fresh = not self.ckpt_path.exists()
         if not self.fresh:
