@@ -227,6 +227,8 @@ def test_signal_after_the_stop_unwound_is_ignored_by_the_command_line():
     code = textwrap.dedent("""
         import os, signal, sys, time
         from archrelax.signals import Interrupted, StopOnSignals, exit_after_stop
+        # Python's own handler, also where this runs as a background job (which inherits SIGINT ignored)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         exit_after_stop(sys.argv[1] == "cli")
         try:
             with StopOnSignals() as stop:
