@@ -9,7 +9,7 @@ marked [area] call the check that lives beside the code concerned (test_config, 
 | SIGTERM to `archrelax train` mid-epoch, then rerun | rc -15 (143 in a shell), status left `running`, resumes from the last periodic checkpoint (30 steps lost of 130) | rc 143, `interrupted` at the step reached, checkpoint at that step; rerun starts there (0 steps redone), metrics and weights equal an uninterrupted run |
 | SIGINT to `archrelax train` | rc 130, `failed: KeyboardInterrupt`, 30 steps lost | as SIGTERM, rc 130 |
 | SIGUSR1 to `archrelax train` | rc -10 (138 in a shell), `running`, 30 steps lost | as SIGTERM, rc 138 |
-| a second signal while the state is saved; nested handlers | — | ignored; handlers nest, inherit a stop, are restored |
+| a second signal while the state is saved, or after the stop unwound; nested handlers | (CI, 2026-11-30: a second signal after the stop unwound killed `archrelax train` by that signal, rc -15, or raised KeyboardInterrupt) | ignored (the command line keeps them ignored once a clean stop unwound); handlers nest, inherit a stop, are restored for library callers |
 | SIGINT to `archrelax run` (in-process) | rc 130, the CNN `failed: KeyboardInterrupt` | rc 130, the CNN `interrupted`, one message line; rerun equals an uninterrupted run |
 | SIGTERM to `archrelax run --workers 2` (the whole group) | rc -15; both workers (787 MB, 492 MB) and the resource tracker left under PID 1, the orphan training on | rc 143, runs `interrupted`, no process left; rerun equals an uninterrupted run |
 | kill -9 of `archrelax run --workers 2` | workers (745 MB, 456 MB) and tracker (12 MB) left under PID 1, blocked forever | every process gone within seconds; the CNN `interrupted by SIGHUP` with its checkpoint |
