@@ -57,8 +57,8 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
     for run in plan.values():
         r = exp.summary_row(run)
         status = r["status"]
-        if status == "running" and exp.run(run.id).holder() is None:
-            status = "interrupted"
+        if status == "running":  # its process may have died without a word (kill -9, a lost node)
+            status = exp.run(run.id).live_state()
         counts[status] = counts.get(status, 0) + 1
         tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
         err = r["error"].replace(f"{exp.root}/", "")  # paths inside the experiment, shown relative

@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from ..store import ExperimentFolder
 from ..store.atomic import atomic_write_text, umask
 from .html import page
 from .load import Experiment, Run, load_experiment
@@ -92,7 +93,7 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
     else:
         note = _run_analyses(exp_dir) if analyse else analysis_note(exp_dir, None)
     exp = load_experiment(exp_dir)
-    out = exp_dir / "report"
+    out = ExperimentFolder(exp_dir).report_dir  # the store owns the layout
     index = out / "index.html"
     key = _inputs_key(exp, note)
     if _up_to_date(index, key):  # a rerun of a finished experiment: same page, nothing redrawn
