@@ -32,6 +32,7 @@ class Context:
         self.device = resolve_device(settings.device)
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
         self._status: dict[str, str] = {}
+        self.pool: Any = None  # archrelax.analysis.pool.Pool: where the per-run jobs run (set by analyse_experiment)
 
     def log(self, msg: str) -> None:
         if self.progress:

@@ -14,6 +14,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -41,6 +42,7 @@ class AnalysisResults(dict):
     def __init__(self) -> None:
         super().__init__()
         self.how: dict[str, How] = {}
+        self.seconds: dict[str, float] = {}  # wall time of each analysis computed (or failed) in this call
 
     def names(self, how: How) -> list[str]:
         """The analyses obtained that way, in the order they ran."""
@@ -79,6 +81,17 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     settings = settings or settings_from_spec(exp_dir)
     exp = ExperimentFolder(exp_dir)
     ctx = Context(exp, settings, progress)
+    from .pool import Pool, workers_of
+
+    ctx.pool = Pool(ctx, workers_of(ctx))
+    try:
+        return _analyse(ctx, names, force)
+    finally:
+        ctx.pool.close()
+
+
+def _analyse(ctx: "Context", names: list[str], force: bool) -> AnalysisResults:
+    exp, settings = ctx.exp, ctx.s
     results = AnalysisResults()
     for name in names:
         analysis = get_analysis(name)
@@ -94,6 +107,7 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
             continue
         ctx.log(f"{name}: computing")
         head = dict(params=params, created=_now())
+        t0 = time.perf_counter()
         try:
             out = analysis.run(ctx)
         except Exception as e:  # noqa: BLE001 - one broken analysis must not hide the others
@@ -113,6 +127,8 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
                 res.arrays = f"{name}.npz"
         exp.write_result(res)
         results[name], results.how[name] = res, "failed" if res.error else "computed"
+        results.seconds[name] = time.perf_counter() - t0
+        ctx.log(f"{name}: {results.how[name]} in {results.seconds[name]:.1f} s")
     return results
 
 
