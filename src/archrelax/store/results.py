@@ -74,6 +74,7 @@ class AnalysisResult:
 
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1  # bumped when this analysis's format changes
+    OLDEST: ClassVar[int] = 1  # the oldest version still read (its files lack only fields that have defaults)
 
     analysis: str = ""  # the name (file stem); filled in from the class
     version: int = 0  # filled in from the class
@@ -97,8 +98,9 @@ class AnalysisResult:
         obj = _decode(cls, data, where)
         if obj.analysis != cls.NAME:
             raise ValueError(f"{where}: analysis {obj.analysis!r}, expected {cls.NAME!r}")
-        if obj.version != cls.VERSION:
-            raise ValueError(f"{where}: format version {obj.version}, this archrelax reads version {cls.VERSION}")
+        if not cls.OLDEST <= obj.version <= cls.VERSION:
+            readable = f"version {cls.VERSION}" if cls.OLDEST == cls.VERSION else f"versions {cls.OLDEST}-{cls.VERSION}"
+            raise ValueError(f"{where}: format version {obj.version}, this archrelax reads {readable}")
         return obj
 
 
@@ -156,12 +158,14 @@ class SharpnessPoint(RunTag):
 class SharpnessResult(AnalysisResult):
     """CNN points at every snapshot and at its end; every other finished run at its end only.
 
-    Version 2: eigenvalues by Lanczos with their residual bounds, the trace deflated by the Lanczos basis
-    (version 1: power iteration and plain Hutchinson; such files are recomputed).
+    Version 2: eigenvalues by Lanczos with their residual bounds, the trace deflated by the Lanczos basis.
+    Version 1 files (power iteration, plain Hutchinson) still read, with the new fields at their defaults; their
+    cache key differs, so ``analyse_experiment`` recomputes them.
     """
 
     NAME: ClassVar[str] = "sharpness"
     VERSION: ClassVar[int] = 2
+    OLDEST: ClassVar[int] = 1
     points: list[SharpnessPoint] = field(default_factory=list)
 
 
