@@ -47,6 +47,7 @@ def test_unconverged_cnn_ends_leave_claim_7_without_pairs(tmp_path):
     gone = _unconverge(root, lambda p: p.kind == "cnn" and p.where == "final")
     c7 = {c.number: c for c in evaluate_claims(root)}[7]
     assert c7.verdict == "not enough evidence" and c7.n_seeds == 0, c7
+    assert "no seed has a converged λ_max at both the CNN's end and an eFCN's end" in c7.reason
     assert "not converged at 3 point(s)" in c7.reason and all(g in c7.reason for g in gone)
 
 

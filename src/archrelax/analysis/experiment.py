@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .context import Context
 
 __all__ = ["ANALYSES", "AnalysisSettings", "AnalysisResults", "analyse_experiment", "make_settings",
-           "settings_from_spec", "fingerprint"]
+           "settings_from_spec", "fingerprint", "training_time"]
 
 How = Literal["computed", "reused", "failed"]
 
@@ -84,13 +84,48 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     from .pool import Pool, workers_of
 
     ctx.pool = Pool(ctx, workers_of(ctx))
+    t0 = time.perf_counter()
     try:
-        return _analyse(ctx, names, force)
+        results = _analyse(ctx, names, force)
     finally:
         ctx.pool.close()
+    if results.seconds:
+        took = time.perf_counter() - t0
+        span, total = training_time(ctx)
+        against = (f"; the runs trained {span:.1f} s from the first start to the last end ({total:.1f} s summed over "
+                   f"runs): analyses / training = {took / span:.3f}") if span else ""
+        ctx.log(f"{len(results.seconds)} analyses computed in {took:.1f} s ({ctx.pool.workers} worker process(es))"
+                + against)
+    return results
+
+
+def training_time(ctx: "Context") -> tuple[float | None, float]:
+    """(span, sum) of the finished runs' training, in seconds: ``span`` from the first run's start to the last
+    one's end (each run's end is its status.json's time, its start that minus the trainer's ``wall_time``; None
+    when unknown), ``sum`` the runs' ``wall_time`` added up."""
+    import datetime as dt
+
+    starts, ends, total = [], [], 0.0
+    for r in ctx.plan.values():
+        try:
+            st = ctx.folder(r).read_status()
+            rows = ctx.folder(r).read_metrics()
+        except StoreError:
+            continue
+        wall = next((row["wall_time"] for row in reversed(rows) if isinstance(row.get("wall_time"), (int, float))),
+                    None)
+        if st.status != "done" or wall is None:
+            continue
+        total += wall
+        if st.updated:
+            end = dt.datetime.fromisoformat(st.updated).timestamp()
+            starts.append(end - wall)
+            ends.append(end)
+    return (max(ends) - min(starts) if ends else None), total
 
 
 def _analyse(ctx: "Context", names: list[str], force: bool) -> AnalysisResults:
+    """Each analysis in turn: reused when its cache key matches, else computed and written."""
     exp, settings = ctx.exp, ctx.s
     results = AnalysisResults()
     for name in names:

@@ -402,6 +402,9 @@ def claim_7(ev: Evidence, th: ClaimThresholds) -> Claim:
     stat = (f"λ_max at the end, eFCN (mean over t_w) − CNN of the same seed: {_msd(d, 1, ' nats', '.3g')}, "
             f"one-sided {_p(d.p_less)}; trace likewise: {_msd(dt, 1, ' nats', '.3g')}, {_p(dt.p_less)}" + note)
     verdict = _with(_directional(d, th, "less"), (_unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "") + note)
+    if d.n == 0 and unconverged:
+        verdict = ("not enough evidence", "no seed has a converged λ_max at both the CNN's end and an eFCN's end"
+                   + _unfinished(ev, "efcn", "cnn") + note)
     return _claim(7, *verdict, stat, d.n, {"lambda_max_diff": d.diffs, "trace_diff": dt.diffs,
                                            "p_lambda": d.p_less, "p_trace": dt.p_less, "unconverged": unconverged})
 
