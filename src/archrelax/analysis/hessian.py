@@ -146,12 +146,12 @@ def _orthogonalise(w: torch.Tensor, basis: torch.Tensor) -> tuple[torch.Tensor, 
     if len(basis) == 0:
         return w, torch.zeros(0, dtype=torch.float64)
     before = w.norm()
-    h = basis @ w
-    w = w - h @ basis
+    h = torch.mv(basis, w)
+    w = torch.addmv(w, basis.T, h, alpha=-1)  # w − basisᵀh in one pass, no n-sized temporary
     h = h.double().cpu()
     if w.norm() < 0.7071 * before:
-        h2 = basis @ w
-        w = w - h2 @ basis
+        h2 = torch.mv(basis, w)
+        w.addmv_(basis.T, h2, alpha=-1)
         h = h + h2.double().cpu()
     return w, h
 
@@ -276,7 +276,7 @@ def deflated_hutchinson(op: Operator, dim: int, probes: int, *, seed: int = 0, b
     for _ in range(probes):
         g = rademacher(dim, gen, dtype, device)
         if basis is not None and len(basis):
-            g = g - (basis @ g) @ basis
+            g.addmv_(basis.T, torch.mv(basis, g), alpha=-1)
         out.append(float(torch.dot(op(g), g)))
     m = 0 if basis is None else len(basis)
     return TraceSamples(exact=float(projected_trace) if m else 0.0, exact_dim=m, samples=out)

@@ -22,7 +22,7 @@ class AnalysisSettings:
     device: str = "auto"
     seed: int = 0  # picks the data subsets and the random probes
     batch_size: int = 256
-    workers: int | None = None  # processes for the per-run jobs; None: the spec's workers if > 1, else a CPU's cores (pool.workers_of)
+    workers: int | None = None  # processes for the per-run jobs; None: see pool.workers_of (results do not change)
     sharpness_samples: int = 256  # fixed training subset for the Hessian
     sharpness_k: int = 1
     sharpness_tol: float = 1e-3  # converged: ‖Hv − θv‖ ≤ √tol·|θ| (relative residual ≤ 0.032 at 1e-3)

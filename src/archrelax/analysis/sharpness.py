@@ -13,7 +13,7 @@ import dataclasses
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +23,7 @@ from archrelax.store.results import BlockSharpness, Missing, SharpnessPoint, Sha
 
 from ._common import LossFn
 from .context import Context, guard, weight_files
-from .hessian import HessianOperator, Which, deflated_hutchinson, lanczos
+from .hessian import HessianOperator, Ritz, Which, deflated_hutchinson, lanczos
 from .pool import run_jobs
 from .registry import register_analysis
 
@@ -93,7 +93,7 @@ class TopEigenvalue:
         return self.residual / abs(self.value) if self.value else math.inf
 
 
-def _eigenvalues(ritz: Any, tol: float, max_iter: int) -> Eigenvalues:
+def _eigenvalues(ritz: Ritz, tol: float, max_iter: int) -> Eigenvalues:
     rel = [r / abs(v) if v else math.inf for r, v in zip(ritz.residuals, ritz.values)]
     return Eigenvalues(values=list(ritz.values), iterations=list(ritz.products), converged=list(ritz.converged),
                        residuals=rel, tol=tol, max_iter=max_iter, bounds=list(ritz.residuals),
@@ -101,7 +101,7 @@ def _eigenvalues(ritz: Any, tol: float, max_iter: int) -> Eigenvalues:
 
 
 def _solve(op: HessianOperator, k: int, tol: float, max_iter: int, seed: int, max_basis: int,
-           v0: torch.Tensor | None = None, which: Which = "magnitude") -> Any:
+           v0: torch.Tensor | None = None, which: Which = "magnitude") -> Ritz:
     return lanczos(op, op.dim, k, tol=tol, max_iter=max_iter, max_basis=max_basis, v0=v0, seed=seed, which=which,
                    dtype=op.dtype, device=op.device)
 
