@@ -216,7 +216,7 @@ def lanczos(op: Operator, dim: int, k: int = 1, *, tol: float = 1e-3, max_iter: 
         vals, resid = theta[idx], beta * S[j - 1, idx].abs()
         ok = (resid <= math.sqrt(tol) * vals.abs()).tolist()
         for i, flag in enumerate(ok):
-            if i < len(vals) and flag and first_ok[i] is None:
+            if flag and first_ok[i] is None:
                 first_ok[i] = products
         done = len(vals) == k and all(ok)
         scale = max(theta.abs().max().item(), tiny)

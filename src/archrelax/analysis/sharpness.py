@@ -318,7 +318,8 @@ def run(ctx: Context) -> SharpnessResult:
     source = [i if (key := _state_key(ctx, rid, rel)) is None else first.setdefault(key, i)
               for i, (rid, _, rel) in enumerate(jobs)]
     todo = [i for i in range(len(jobs)) if source[i] == i]
-    out = dict(zip(todo, run_jobs(ctx, _point, [jobs[i] for i in todo], "sharpness")))
+    out = dict(zip(todo, run_jobs(ctx, _point, [jobs[i] for i in todo], "sharpness",
+                                  label=lambda job: f"{job[0]} {Path(job[2]).name}")))
     for i, (_, where, rel) in enumerate(jobs):
         point, missing = out[source[i]]
         if source[i] != i:  # a copy: its missing entries are the source's, already listed
