@@ -437,10 +437,8 @@ def test_workers_give_the_same_results_and_unconverged_points_are_marked(experim
     shutil.copytree(experiment, exp)
     only = ["sharpness", "ablation", "interpolation"]
     strip = lambda r: {k: v for k, v in r.to_json().items() if k != "created"}  # noqa: E731
-    one = analyse_experiment(exp, only=only, progress=False, settings=AnalysisSettings(**{**SMALL.to_dict(), "workers": 1}),
-                             force=True)
-    two = analyse_experiment(exp, only=only, progress=False, settings=AnalysisSettings(**{**SMALL.to_dict(), "workers": 2}),
-                             force=True)
+    one, two = (analyse_experiment(exp, only=only, progress=False, force=True,
+                                   settings=AnalysisSettings(**{**SMALL.to_dict(), "workers": n})) for n in (1, 2))
     assert {n: strip(r) for n, r in one.items()} == {n: strip(r) for n, r in two.items()}
     pts = one["sharpness"].points
     # the CNN's final weights are its last snapshot's: computed once, recorded under both files
@@ -459,3 +457,14 @@ def test_analyse_command_reads_yes_no_settings(experiment, capsys):
 
     assert main(["analyse", str(experiment), "--only", "memory", "--sharpness-blocks", "maybe"]) == 2
     assert "--sharpness-blocks 'maybe'" in capsys.readouterr().err
+
+
+def test_per_layer_sharpness_in_the_experiment(experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(experiment, exp)
+    res = analyse_experiment(exp, only=["sharpness"], progress=False, force=True,
+                             settings=AnalysisSettings(**{**SMALL.to_dict(), "sharpness_blocks": True}))["sharpness"]
+    assert res.points and res.params["sharpness_blocks"] is True
+    for p in res.points:  # the CNN's convs and the eFCN's / FCN's relaxed layers have the same paths
+        assert [b.layer for b in p.blocks] == ["features.0", "features.3", "features.6"], p.blocks
+        assert all(b.params > 0 and math.isfinite(b.eigenvalue) and b.products >= 1 for b in p.blocks)

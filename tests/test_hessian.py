@@ -197,3 +197,22 @@ def test_lanczos_on_an_invariant_start_and_a_tiny_space():
     assert r.values == pytest.approx([-7.0, 5.0]) and all(r.converged) and r.total_products <= 4
     big = lanczos(op, 4, k=1, tol=1e-12, max_iter=20, which="largest", dtype=torch.float64)
     assert big.values == pytest.approx([5.0])
+
+
+def test_the_callers_model_is_left_as_it_was():
+    x, y = data(16)
+    model = small_cnn()
+    model.train()
+    model[1].eval()  # mixed flags: each module's own flag must come back
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = [m.training for m in model.modules()]
+    rng = torch.get_rng_state()
+    op = HessianOperator(model, x, y)
+    op(torch.ones(op.dim, dtype=torch.float64))
+    top_eigenvalue(model, x, y, products=3)
+    block_sharpness(model, x, y, max_iter=3)
+    measure_sharpness(model, x, y, max_iter=3, probes=2, blocks=True)
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(v, state[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(torch.get_rng_state(), rng)
