@@ -102,6 +102,7 @@ def _eigenvalues(ritz: Ritz, tol: float, max_iter: int) -> Eigenvalues:
 
 def _solve(op: HessianOperator, k: int, tol: float, max_iter: int, seed: int, max_basis: int,
            v0: torch.Tensor | None = None, which: Which = "magnitude") -> Ritz:
+    v0 = op.start_vector(seed) if v0 is None else v0
     return lanczos(op, op.dim, k, tol=tol, max_iter=max_iter, max_basis=max_basis, v0=v0, seed=seed, which=which,
                    dtype=op.dtype, device=op.device)
 
@@ -131,7 +132,8 @@ def hessian_eigenvalues(model: nn.Module, x: torch.Tensor, y: torch.Tensor, k: i
 
     Stops when every value's residual ‖Hv − θv‖ ≤ √tol·|θ| or after ``max_iter`` Hessian-vector products in all.
     "Top" by magnitude: near a minimum, the largest positive curvature. The start vector is ``v0`` (flat, see
-    :class:`TopEigenvalue`) or Gaussian from a ``torch.Generator`` seeded with ``seed``. ``params``: a subset
+    :class:`TopEigenvalue`), else ``HessianOperator.start_vector(seed)`` (the gradient's direction plus a Gaussian
+    one). ``params``: a subset
     of the parameters (the Hessian's diagonal block for them); default every trainable parameter.
     """
     if k < 1 or tol <= 0 or max_iter < 1:
@@ -148,8 +150,8 @@ def top_eigenvalue(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, v0: to
                    batch_size: int | None = 256, which: Which = "magnitude",
                    params: Sequence[torch.Tensor] | None = None) -> TopEigenvalue:
     """λ_max from at most ``products`` Hessian-vector products (fewer when converged first), warm-started from
-    ``v0`` (the previous call's ``vector``; a Gaussian start when None): a cheap, repeated estimate along a
-    trajectory. The result's residual bounds its error whatever the budget; ``converged`` says whether it met
+    ``v0`` (the previous call's ``vector``; ``HessianOperator.start_vector`` when None): a cheap, repeated
+    estimate along a trajectory. The result's residual bounds its error whatever the budget; ``converged`` says whether it met
     √tol·|value|. Cost: one forward and backward pass plus ``products`` double-backward passes.
     """
     if products < 1:
