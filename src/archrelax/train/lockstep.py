@@ -112,6 +112,8 @@ class _Member:
         return evaluate_splits(self.run.forward, self.shared.eval_feeds, self.rec.cfg.amp)[0]
 
     def weights(self, with_optimizer: bool = True) -> dict[str, Any]:
+        """The model side of this member's checkpoint (``RunState.weights``); stacked: its slice of the weights
+        (cloned), of the stack's optimiser state, and its own RNG stream."""
         if self.stack is None:
             return self.run.weights(with_optimizer)
         w = self.run.weights(with_optimizer=False)
