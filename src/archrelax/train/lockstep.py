@@ -54,7 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archrelax.signals import Interrupted, StopOnSignals, signal_name
-from archrelax.store import RunFolder, RunLock
+from archrelax.store import RunFolder, RunLock, failure_state
 
 from .checkpoint import rng_state, set_rng_state
 from .config import LOCKSTEP_FREE, RUNTIME_FIELDS, TrainConfig, lockstep_key
@@ -133,10 +133,8 @@ def _failure(e: BaseException) -> str:
 
 
 def _ended(e: BaseException) -> str:
-    """The state a run stopped by ``e`` is left in, as the trainer decides: a KeyboardInterrupt that bypassed the
-    signal handling (another thread's run) leaves it unfinished, not broken ('interrupted', resumable from its last
-    checkpoint); anything else 'failed'."""
-    return "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+    """The state a run stopped by ``e`` is left in, as the trainer decides (``store.failure_state``)."""
+    return failure_state(e)
 
 
 class _Lockstep:
@@ -441,7 +439,7 @@ KNOWN_FIELDS = frozenset((
     "train_size", "test_size", "data_seed", "augment", "optimizer", "lr", "momentum", "weight_decay", "schedule",
     "step_size", "gamma", "warmup_epochs", "batch_size", "epochs", "until_zero_loss", "max_epochs", "loss_threshold",
     "eval_times", "snapshots", "seed", "device", "amp", "compile", "progress", "tensorboard", "checkpoint_every_steps",
-    "checkpoint_every_s", "force_memory"))
+    "checkpoint_every_s", "force_memory", "restart"))
 
 
 def _unknown_settings(cfg: TrainConfig) -> list[str]:

@@ -30,10 +30,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from archrelax.signals import Interrupted, StopOnSignals, signal_name
-from archrelax.store import RunFolder, RunLock, Status, StoreError, read_metrics
+from archrelax.store import RunFolder, RunLock, Status, StoreError, failure_state, read_metrics
 from archrelax.utils import atomic_torch_save, format_epoch, resolve_device
 
-from .checkpoint import FORMAT, load_checkpoint, rng_state, set_rng_state
+from .checkpoint import FORMAT, load_checkpoint, resume_point, rng_state, set_rng_state
 from .config import RUNTIME_FIELDS, TrainConfig
 from .schedule import lr_at, time_steps
 from .soft import soft_lambda
@@ -150,9 +150,7 @@ def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
         raise  # the run saved its state and wrote status 'interrupted' itself
     except BaseException as e:  # record why, then let it propagate
         error = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-        # a KeyboardInterrupt outside the signal-handling block (another thread's run) ends the run unfinished,
-        # not broken: 'interrupted', resumable from its last checkpoint
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        status = failure_state(e)  # failed; interrupted (a stray KeyboardInterrupt); damaged (its checkpoint)
         try:
             if run is not None:
                 run.write_status(status, error=error)
@@ -186,9 +184,10 @@ class _Run:
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | \
             {0, self.total} | self.snap_steps
         self.ckpt_path = folder.checkpoint_path
-        self.fresh = not self.ckpt_path.exists()
+        ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
+        self.fresh = ck is None
         if not self.fresh:
-            self._resume(load_checkpoint(self.ckpt_path))  # on the CPU: RNG states must stay there
+            self._resume(ck)
         else:
             self._fresh()
         self.params = dict(self.model.named_parameters())
