@@ -134,6 +134,10 @@ def load_verified(path: str | os.PathLike, *, what: str = "file", advice: str = 
         obj = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises many types here (RuntimeError, EOFError, KeyError, UnpicklingError...)
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        bad = zip_crc_mismatch(path)  # a flipped byte can make the pickle unreadable, or look foreign
+        if bad is not None:
+            raise DamagedFileError(path, f"{what} {str(path)!r} ({size} bytes) is unreadable, truncated or corrupt: "
+                                   f"{bad.replace(_BEFORE, '')} ({type(e).__name__}: {detail})", advice) from e
         if isinstance(e, pickle.UnpicklingError) and "Weights only load failed" in str(e):
             raise ValueError(f"{str(path)!r} is not an archrelax {what}: it holds objects that cannot be loaded "
                              f"safely with weights_only=True ({_unsupported(str(e))})") from e
@@ -148,6 +152,7 @@ def _unsupported(message: str) -> str:
     return f"e.g. {m.group(1)}" if m else "see torch.load(weights_only=True)"
 
 
+_BEFORE = " (written before content digests)"
 _LOCAL_HEADER = struct.Struct("<4sHHHHHIIIHH")  # zip local file header, 30 bytes
 
 
@@ -174,5 +179,5 @@ def zip_crc_mismatch(path: str | os.PathLike) -> str | None:
             *_, name_len, extra_len = _LOCAL_HEADER.unpack(head)
             start = info.header_offset + _LOCAL_HEADER.size + name_len + extra_len
             if zlib.crc32(view[start: start + info.compress_size]) != info.CRC:
-                return f"zip member {info.filename} does not match its CRC-32 (written before content digests)"
+                return f"zip member {info.filename} does not match its CRC-32{_BEFORE}"
     return None

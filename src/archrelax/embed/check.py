@@ -83,7 +83,11 @@ def relative_error(source: nn.Module, relaxed: nn.Module, example_input: Example
     args, kwargs = example_inputs(source, example_input)
     gen = torch.Generator().manual_seed(0)
     args, kwargs = _randomised(args, gen), _randomised(kwargs, gen)
-    want, got = _eval_outputs(source, args, kwargs), _eval_outputs(relaxed, args, kwargs)
+    want = _eval_outputs(source, args, kwargs)
+    try:
+        got = _eval_outputs(relaxed, args, kwargs)
+    except (RuntimeError, TypeError, ValueError, IndexError) as e:  # e.g. F.conv2d given an eFCN's 2-d weight
+        raise _ForwardFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
         return float("inf"), 0.0, torch.float32
     diff = scale = 0.0
@@ -98,6 +102,10 @@ def relative_error(source: nn.Module, relaxed: nn.Module, example_input: Example
     return diff, scale, dtype
 
 
+class _ForwardFailed(Exception):
+    pass
+
+
 def check_relaxed(source: nn.Module, relaxed: nn.Module, example_input: ExampleInput, to: str,
                   names: list[str]) -> None:
     """Raise :class:`RelaxCheckError` when ``relaxed`` does not compute ``source``'s function to float tolerance
@@ -107,18 +115,23 @@ def check_relaxed(source: nn.Module, relaxed: nn.Module, example_input: ExampleI
     pass; the relaxation that made them checked the forward)."""
     if example_input is None and getattr(source, "input_shape", None) is None:
         return
-    diff, scale, dtype = relative_error(source, relaxed, example_input)
-    if scale != scale or scale == float("inf"):  # NaN/inf in the source's own output
-        return
-    tol = tolerance(dtype)
-    rel = diff / max(scale, torch.finfo(dtype).tiny)
-    if rel <= tol:
-        return
+    try:
+        diff, scale, dtype = relative_error(source, relaxed, example_input)
+    except _ForwardFailed as e:
+        what = f"its forward() fails on a random input shaped like the example input ({e})"
+    else:
+        if scale != scale or scale == float("inf"):  # NaN/inf in the source's own output
+            return
+        tol = tolerance(dtype)
+        rel = diff / max(scale, torch.finfo(dtype).tiny)
+        if rel <= tol:
+            return
+        what = (f"outputs differ by up to {diff:.4g} on outputs of scale {scale:.4g} (relative {rel:.3g}; the tolerance "
+                f"for {str(dtype).replace('torch.', '')} is {tol:.3g}), on a random input shaped like the example input")
     shown = ", ".join(repr(n) for n in names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
     raise RelaxCheckError(
         f"relax(to={to!r}) of {type(source).__name__}: the relaxed model does not compute the source's function: "
-        f"outputs differ by up to {diff:.4g} on outputs of scale {scale:.4g} (relative {rel:.3g}; the tolerance for "
-        f"{str(dtype).replace('torch.', '')} is {tol:.3g}), on a random input shaped like the example input. The "
+        f"{what}. The "
         f"relaxed layers ({shown}) are exact on their own, so forward() probably uses them in a way the swap cannot "
         "follow: it reads a conv's parameters outside the conv (e.g. `self.conv.weight` in an expression: the relaxed "
         "layer's weight has another shape and meaning), calls a functional conv (F.conv2d) with them, or branches on "

@@ -189,6 +189,16 @@ class RunFolder:
         atomic_write_json(self.status_path, new.to_json())
         return new
 
+    def progress(self) -> dict[str, Any]:
+        """``{"epoch", "global_epoch", "step"}`` as last recorded (0 for a run that recorded none, or whose
+        status.json is unreadable): what a writer keeps while it does not know the run's progress itself."""
+        try:
+            st = self.read_status()
+        except StoreError:
+            st = Status()
+        return {"epoch": st.epoch, "global_epoch": st.global_epoch if st.global_epoch is not None else st.epoch,
+                "step": st.step if st.step is not None else 0}
+
     def live_state(self) -> str:
         """The recorded state, except that a ``running`` run whose lock is free is ``interrupted`` (its process
         died without a word: a kill -9, a lost node)."""

@@ -494,7 +494,10 @@ class _Run:
         return _result(self.folder, self.status)
 
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
-        epoch = self.step / self.spe if hasattr(self, "spe") else 0.0
+        if not hasattr(self, "spe"):  # still setting up: the progress recorded so far stays (a failed resume says where)
+            self.status = self.folder.write_status(status, error=error, stop_reason=reason, **self.folder.progress())
+            return
+        epoch = self.step / self.spe
         self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
                                                global_epoch=self.global_offset + epoch, step=self.step)
 
