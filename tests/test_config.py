@@ -135,7 +135,8 @@ def test_every_spec_key_of_a_setting_has_its_type_and_check():
 
 
 def test_runtime_and_identity_are_one_declaration():
-    assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory")
+    assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory",
+                              "restart")
     assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots"}
     # the trainer's resume check and the plan's ids use these: see the tests below and test_train.py
 
@@ -152,7 +153,7 @@ def test_demo_plan_ids_are_unchanged_and_runtime_keys_change_no_id():
     plan = make_plan(load_spec(preset="demo"))
     assert list(plan) == DEMO_IDS
     for run in plan.values():  # every planned config is a whole TrainConfig, built from the fields
-        assert set(run.config) == set(FIELDS) - {"progress"}
+        assert set(run.config) == set(FIELDS) - {"progress", "restart"}  # the command line's (and a rerun's) only
         TrainConfig.from_dict({**run.config, "init_from": "x.pt" if run.depends_on else None})
     runtime = ["train.tensorboard=true", "train.force_memory=true", "train.checkpoint_every_s=5",
                "train.checkpoint_every_steps=3"]

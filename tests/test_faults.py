@@ -33,6 +33,14 @@ marked [area] call the check that lives beside the code concerned (test_config, 
 | USR2 to a job of a detached run [slurm] | (no detached mode) | requeues itself, status says so and `archrelax status` shows `PENDING (BeginTime)`; resumes at that step with no process following; equals a local run |
 | `archrelax run --executor slurm --detach`, `archrelax status` while queued [slurm] | rc 2: "unrecognized arguments: --detach" | 4 jobs submitted at once (eFCNs afterok on the CNN's job), job.json per run; status shows `slurm 125_1 PENDING (Dependency)` beside `pending`; finishes like a local run |
 | rerun `--detach` with every job queued, then with one cancelled, then finished [slurm] | (no detached mode) | 0 submissions; exactly 1 (afterok on the CNN's live job); 0 |
+| one byte flipped in the tensor data of `checkpoints/last.pt` of a stopped `archrelax train`, then the same command (rows from here: before = c424527) | `resuming R at step 49`, rc 0, `done` at train accuracy 0.10 from the damaged weights (the issue's run: `diverged`, a final state that `archrelax run` never retries) | rc 2, one line naming the file and both restarts; status `damaged`; `--restart intact` resumes at the latest intact snapshot (step 40), `--restart scratch` at step 0; both end with the metrics and weights of an uninterrupted run |
+| the same in an experiment: `archrelax run`, then `archrelax run` again | the CNN resumed from the damaged weights and ended `done` | the first marks it `damaged` (the log, `archrelax status`, summary.csv; the epoch where it stopped kept) while the others finish; the second restarts it from its latest intact snapshot: summary equals an uninterrupted run's |
+| one label byte flipped in the decoded data cache (`imagefolder-*.pt`) | rc 0, no word, that label swapped | one warning naming the cache, decoded again from the source: the labels right, the cache rewritten |
+| `archrelax train --relax fc --from SNAP` with one byte of SNAP flipped | rc 0, trained from the damaged weights | rc 2, one line naming the snapshot and what to do; the run `failed`, nothing trained |
+| `archrelax analyse` with one byte of a run's `final.pt` flipped | analysed from the damaged weights | the run under `missing`, the reason naming the damaged file |
+| `relax()` of `fc(relu(self.conv(x) / self.conv.weight.abs().mean()))`, and `archrelax train --relax fc --from SNAP` of it [area] | an eFCN whose outputs differ by up to 536; its first metrics row: train loss 225 (the CNN's snapshot: 3.2), rc 0 | RelaxCheckError naming the likely causes (also for a functional conv); `check=False` skips it; the command: rc 2, one line, nothing trained |
+| `pytest` on a machine without Slurm | `1 failed, 636 passed, 9 skipped`: test_slurm_options_reach_submitit, "Could not detect srun" | skipped with the reason ("no sbatch on PATH ..."), asserted with PATH emptied |
+| a module that src/ imports but pyproject.toml does not declare (scipy, arriving through mlxtend) | scipy undeclared | every third-party import of src/ is a declared dependency (read from the AST) |
 """
 from __future__ import annotations
 
@@ -575,3 +583,201 @@ def test_relax_a_model_of_several_tensors(to):
 @pytest.mark.parametrize("to", ["lc", "fc"])
 def test_relax_a_model_taking_a_dict(to):
     relax_tests.check_several_inputs(to, *relax_tests.DICT_OF_TENSORS)
+
+
+# ---- damaged files: every file saved with torch carries its content digest, every load checks it --------------
+
+SNAP_ARGS = [*TRAIN_ARGS, "--snapshots", "0,2,4"]
+
+
+@pytest.fixture(scope="module")
+def snap_reference(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("snapref") / "run"
+    with _threads(1):
+        assert cli_main(["train", *SNAP_ARGS, "--out", str(out)]) == 0
+    return out
+
+
+def _stopped_train(run: Path, at_step: int = 46) -> int:
+    """`archrelax train SNAP_ARGS` stopped (as by SIGTERM) once its status reaches ``at_step``; the step it stopped at."""
+    from archrelax.signals import request_stop
+
+    def stopper() -> None:
+        wait_for(lambda: run.joinpath("status.json").is_file() and (status(run).get("step") or 0) >= at_step,
+                 what="the run's checkpoints")
+        request_stop(signal.SIGTERM)
+
+    watch = threading.Thread(target=stopper, daemon=True)
+    watch.start()
+    r = _cli("train", *SNAP_ARGS, "--checkpoint-every-steps", "3", "--out", str(run))
+    watch.join()
+    assert r.returncode == 143, r.stderr[-2000:]
+    return status(run)["step"]
+
+
+def _same_run(run: Path, ref: Path) -> None:
+    assert status(run)["status"] == "done"
+    assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(ref / "metrics.jsonl"))
+    a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(ref / "final.pt")["model"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("restart", ["intact", "scratch"])
+def test_train_on_a_damaged_checkpoint_is_marked_damaged_and_restarts(snap_reference, tmp_path, restart):
+    from damage import flip_byte
+
+    run = tmp_path / "run"
+    stopped = _stopped_train(run)
+    assert stopped > 40
+    last = run / "checkpoints" / "last.pt"
+    flip_byte(last)  # before: `resuming R at step 46`, later `diverged`, which `archrelax run` never retries
+    r = _cli("train", *SNAP_ARGS, "--out", str(run))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert re.fullmatch(rf"archrelax train: error: checkpoint {re.escape(repr(str(last)))} is damaged: its content does "
+                        r"not match the digest written with it \(\w+… expected, \w+… found\); the run cannot resume from "
+                        r"it: rerun with `archrelax train --restart intact` \(from its latest intact snapshot\) or "
+                        r"`--restart scratch`; `archrelax run` restarts it from its latest intact snapshot", lines[0]), lines
+    st = status(run)
+    assert st["status"] == "damaged" and "is damaged" in st["error"], st
+    assert _cli("train", *SNAP_ARGS, "--out", str(run)).returncode == 2  # the same again: nothing trained on it
+    r = _cli("train", *SNAP_ARGS, "--restart", restart, "--out", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    if restart == "intact":
+        assert "resuming from its latest intact snapshot epoch_4.pt (step 40) (restart=intact)" in r.stderr
+        assert f"resuming {run} at step 40 (epoch 4)" in r.stderr
+    else:
+        assert "starting again from scratch (restart=scratch)" in r.stderr and "resuming" not in r.stderr
+    _same_run(run, snap_reference)
+
+
+def test_run_with_a_damaged_checkpoint_marks_it_then_restarts_it(spec_file, run_reference, tmp_path):
+    from damage import flip_byte
+
+    exp = tmp_path / "exp"
+    proc = _start_run(spec_file, exp)
+    _cnn_mid_run(exp, proc, step=40)
+    proc.send_signal(signal.SIGINT)
+    assert proc.communicate(timeout=120) and proc.returncode == 130
+    cnn = next(exp.glob("runs/cnn-*"))
+    flip_byte(cnn / "checkpoints" / "last.pt")
+    log: list[str] = []
+    with _threads(1):
+        run_experiment(spec_from_dict(SPEC), exp, log=log.append)
+    rows = {r["id"]: r for r in summary(exp)}
+    assert rows[cnn.name]["status"] == "damaged" and "last.pt' is damaged" in rows[cnn.name]["error"]
+    assert any(line.startswith(f"  {cnn.name}: damaged (DamagedCheckpointError: checkpoint") for line in log), log
+    assert {r["status"] for r in rows.values() if r["id"] != cnn.name} == {"done"}  # its snapshots were intact
+    row = next(line for line in _cli("status", str(exp)).stdout.splitlines() if line.startswith(cnn.name))
+    assert re.match(rf"{cnn.name} +cnn +damaged +{status(cnn)['epoch']:g} .*DamagedCheckpointError: checkpoint", row), row
+    assert status(cnn)["step"] >= 40  # where it stood, as recorded when it stopped
+    with _threads(1):  # the rerun restarts it from its latest intact snapshot: the uninterrupted run's numbers
+        run_experiment(spec_from_dict(SPEC), exp, log=lambda s: None)
+    assert summary(exp) == summary(run_reference)
+
+
+def test_damaged_data_cache_is_decoded_again(tmp_path):
+    import test_data as data_tests
+
+    from damage import flip_byte, member_span, tensor_members
+
+    root = data_tests._make_folder(tmp_path / "ds")  # 3 classes x 4 training images: labels 0,0,0,0,1,...
+    cache = tmp_path / "cache"
+    want = load_data(f"imagefolder:{root}", cache_dir=cache).train.labels.clone()
+    path = next(cache.glob("imagefolder-*.pt"))
+    labels = next(m for m in tensor_members(path) if member_span(path, m)[1] == 8 * len(want))  # int64, 12 of them
+    flip_byte(path, member=labels, at=0.0, mask=0x01)  # the first label: 0 -> 1
+    with pytest.warns(UserWarning) as caught:  # before: rc 0, no word, labels swapped
+        got = load_data(f"imagefolder:{root}", cache_dir=cache)
+    msgs = [str(w.message) for w in caught]
+    assert len(msgs) == 1 and msgs[0].startswith(f"data cache {str(path)!r} is damaged: its content does not match the "
+                                                 "digest written with it") and msgs[0].endswith("; decoding it again "
+                                                                                                "from the source"), msgs
+    assert torch.equal(got.train.labels, want)
+    assert torch.equal(load_data(f"imagefolder:{root}", cache_dir=cache).train.labels, want)  # rewritten, intact
+
+
+def test_train_from_a_damaged_snapshot_fails_naming_it(snap_reference, tmp_path):
+    from damage import flip_byte
+
+    snap = tmp_path / "epoch_2.pt"
+    shutil.copy(snap_reference / "snapshots" / "epoch_2.pt", snap)
+    flip_byte(snap)
+    out = tmp_path / "efcn"
+    r = _cli("train", *TRAIN_ARGS, "--epochs", "1", "--relax", "fc", "--from", str(snap), "--out", str(out))
+    lines = r.stderr.strip().splitlines()  # before: rc 0, trained from the damaged weights
+    assert r.returncode == 2 and lines == [
+        f"archrelax train: error: checkpoint {str(snap)!r} is damaged: its content does not match the digest written "
+        f"with it ({lines[0].split('(')[1].split(')')[0]}); the file changed after it was written (a disk, memory or "
+        "copy error): restore it from a copy, or train the run that wrote it again"], lines
+    assert status(out)["status"] == "failed" and not (out / "final.pt").exists()
+
+
+def test_analysis_of_a_damaged_final_lists_the_run_as_missing(small_experiment, tmp_path):
+    from damage import flip_byte
+
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    fcn = next(exp.glob("runs/fcn-*"))
+    flip_byte(fcn / "final.pt")
+    r = _cli("analyse", str(exp), "--only", "templates", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    res = json.loads((exp / "analysis" / "templates.json").read_text())
+    missing = [m for m in res["missing"] if m["run"] == fcn.name]  # before: analysed from the damaged weights
+    assert len(missing) == 1 and f"{fcn / 'final.pt'}' is damaged" in missing[0]["reason"], res["missing"]
+    assert fcn.name not in {t["run"] for t in res["runs"]}
+
+
+def test_relax_of_a_forward_reading_a_conv_weight_is_refused(tmp_path):
+    relax_tests.check_relax_refuses_what_it_cannot_follow(relax_tests.WeightReading, relax_tests.DIFFER)
+    cnn = tmp_path / "cnn"
+    data = ["--data", "synthetic:1x28x28:10:200:100", "--batch-size", "20", "--device", "cpu", "--eval-times", "every"]
+    assert _cli("train", "test_relax:weight_reading_cnn", *data, "--epochs", "1", "--snapshots", "1",
+                "--out", str(cnn)).returncode == 0
+    r = _cli("train", "test_relax:weight_reading_cnn", *data, "--epochs", "1", "--relax", "fc",
+             "--from", str(cnn / "snapshots" / "epoch_1.pt"), "--out", str(tmp_path / "efcn"))
+    lines = r.stderr.strip().splitlines()  # before: rc 0, first row train loss 225 where the CNN's was 3.2
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert lines[0].startswith("archrelax train: error: relax(to='fc') of WeightReading: the relaxed model does not "
+                               "compute the source's function: outputs differ by up to "), lines
+    assert not read_metrics(tmp_path / "efcn" / "metrics.jsonl") if (tmp_path / "efcn" / "metrics.jsonl").exists() else True
+
+
+# ---- the suite itself, and what it needs ------------------------------------------------------------------------
+
+
+def test_a_test_needing_slurm_skips_without_it_and_says_why(tmp_path):
+    """Every test that needs a cluster skips, with the reason, where there is none: with PATH emptied (no sbatch,
+    srun, sinfo), the one test of test_executors.py that builds submitit's Slurm executor skips."""
+    tests = Path(__file__).parent
+    env = {**ENV, "PATH": str(tmp_path), "PYTHONPATH": os.pathsep.join([str(tests.parent / "src"), str(tests)])}
+    r = subprocess.run([sys.executable, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "--rootdir", str(tests.parent),
+                        f"{tests / 'test_executors.py'}::test_slurm_options_reach_submitit"],
+                       env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out[-3000:]  # before: 1 failed ("Could not detect srun, are you indeed on a slurm cluster?")
+    assert re.search(r"SKIPPED \[1\] .*test_executors.py:\d+: no sbatch on PATH \(start a one-node cluster with "
+                     r"\.ci/slurm-up\)", out) and "1 skipped" in out, out[-3000:]
+
+
+def test_every_third_party_import_is_declared():
+    """Each distribution whose modules src/ imports is a dependency in pyproject.toml (scipy came through mlxtend)."""
+    import ast
+    import importlib.metadata as md
+    import tomllib
+
+    src = Path(__file__).resolve().parents[1] / "src" / "archrelax"
+    imported = set()
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third = sorted(m for m in imported if m not in sys.stdlib_module_names and m not in ("archrelax", "__future__"))
+    dists = md.packages_distributions()
+    project = tomllib.loads((src.parents[1] / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[<>=!~ \[;]", d, maxsplit=1)[0].lower()
+                for d in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
+    undeclared = {m: dists.get(m) for m in third if not {d.lower() for d in dists.get(m, [m])} & declared}
+    assert not undeclared, f"imported by src/ but not declared in pyproject.toml: {undeclared}"

@@ -183,6 +183,7 @@ def relax(
     *,
     kernel_size: int | tuple[int, ...] | str | None = None,
     tile: int | tuple[int, ...] | None = None,
+    check: bool = True,
 ) -> nn.Module:
     """A copy of ``model`` with each selected conv replaced by its exact relaxation ``to``:
 
@@ -202,6 +203,11 @@ def relax(
         BatchNorm statistics are restored after it. The input model is never changed.
     layers: None (all), names or fnmatch globs of module paths, or a predicate ``(name, module) -> bool``.
     force: skip the memory guard (which fails when the relaxed parameters exceed the available memory).
+    check: compare the result's output with ``model``'s on a random input shaped like ``example_input`` (eval
+        mode, modes and buffers restored) and raise :class:`~archrelax.embed.check.RelaxCheckError` when the
+        relative error exceeds min(1024·eps, 0.1) of the output dtype (float32: 1.2e-4), naming the likely causes (a
+        conv's parameter read outside the conv in ``forward``, a functional conv, an input-dependent branch);
+        ``check=False`` skips it. The command line and the protocol always check (the trainer calls relax).
     """
     target = parse_target(to, kernel_size=kernel_size, tile=tile)
     spec = target.spec
@@ -236,14 +242,24 @@ def relax(
     if not force:
         _guard_memory({n: (m, geoms[n]) for n, m in todo.items()}, target)
     del candidates
-    for n in list(todo):
+    names = list(todo)
+    for n in names:
         # swap in layer by layer and drop the old one, so its memory is freed before the next is built
         old = todo.pop(n)
         new = _relaxed_layer(old, geoms[n], target)
         for path in paths[id(old)]:
             _set_submodule(out, path, new)
         del old, new
+    if check:
+        _check_result(model, out, example_input, spec, names)
     return out
+
+
+def _check_result(model: nn.Module, out: nn.Module, example_input: ExampleInput, spec: str, names: list[str]) -> None:
+    """The relaxed model computes the source's function (:mod:`.check`): a forward() that defeats the swap raises."""
+    from .check import check_relaxed
+
+    check_relaxed(model, out, example_input, spec, names)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
 
-from ..store import FINISHED, ExperimentFolder, Run, RunBusyError, RunLock, Status
+from ..store import ENDED, FINISHED, ExperimentFolder, Run, RunBusyError, RunLock, Status, failure_state
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, request_stop, signal_name
 
 __all__ = ["InProcessExecutor", "ProcessExecutor", "run_one", "run_group", "RunJob", "GroupJob", "execute",
@@ -220,6 +220,8 @@ def _config(exp: ExperimentFolder, run: Run) -> dict[str, Any] | None:
     """The run's config with its snapshot as ``init_from``; None after recording ``failed`` in its status when the
     parent ended without writing that snapshot."""
     config = {**run.config, "init_from": _init_from(exp, run)}
+    if exp.run(run.id).read_status().status == "damaged":  # its checkpoint is: resume from its latest intact snapshot
+        config["restart"] = "intact"
     if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
         parent = exp.run(run.depends_on).read_status()
         err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
@@ -233,7 +235,7 @@ def _record_failure(folder: Any, e: Exception, tb: str) -> None:
     """A run's failure into its error.log and status.json."""
     try:
         folder.write_error_log(tb)
-        folder.write_status("failed", error=f"{type(e).__name__}: {e}")
+        folder.write_status(failure_state(e), error=f"{type(e).__name__}: {e}")  # failed, or damaged (its checkpoint)
     except OSError:  # the disk refuses even the record of the failure (full, read-only):
         raise e from None  # stop with the error that names the first write refused
 
@@ -580,7 +582,7 @@ def _schedule(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, stop: 
                     log(f"  {rid}: not started: its parent {run.depends_on} was interrupted before writing "
                         f"{run.snapshot}; rerun to resume both")
                     continue
-                if parent_busy or (parent_status not in FINISHED + ("failed",)):
+                if parent_busy or (parent_status not in ENDED):
                     waiting.append(rid)
                     continue  # parent still training (here or elsewhere): wait for the snapshot
                 # parent ended without this snapshot: run_one records why

@@ -26,21 +26,35 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .atomic import atomic_write_json, atomic_write_text
-from .errors import StoreError
+from .errors import DamagedCheckpointError, StoreError
 from .job import JobRecord
 from .lock import RunLock, lock_holder
 from .metrics import append_metrics, read_metrics, truncate_metrics
 
-__all__ = ["State", "STATES", "FINISHED", "STOP_REASONS", "Status", "RunFolder", "format_epoch", "parse_epoch"]
+__all__ = ["State", "STATES", "FINISHED", "ENDED", "STOP_REASONS", "Status", "RunFolder", "format_epoch", "parse_epoch",
+           "failure_state"]
 
-State = Literal["pending", "running", "interrupted", "done", "failed", "diverged"]
+State = Literal["pending", "running", "interrupted", "done", "failed", "diverged", "damaged"]
 STATES: tuple[str, ...] = typing.get_args(State)
 """pending: never trained (no status.json); running: a process is training it (or died without a word:
 shown as interrupted when its lock is free); interrupted: stopped by a signal, resumes from its checkpoint;
 done: trained to its end (final.pt written); failed: raised an error (retried by the next ``archrelax run``);
-diverged: the loss became NaN/inf (kept as it is, like done)."""
+diverged: the loss became NaN/inf (kept as it is, like done); damaged: its checkpoint no longer matches its
+content digest (a disk or copy error), so it cannot resume from it: ``archrelax train --restart intact|scratch``
+restarts it, and the next ``archrelax run`` restarts it from its latest intact snapshot."""
 FINISHED: tuple[str, ...] = ("done", "diverged")  # never trained again
+ENDED: tuple[str, ...] = FINISHED + ("failed", "damaged")  # the last word of the process that trained it: it
+# goes no further until a rerun (a scheduler waiting for a snapshot of such a run waits no more)
 STOP_REASONS = ("epochs", "zero_loss", "max_epochs")  # why a done run stopped
+
+
+def failure_state(e: BaseException) -> State:
+    """The state a run stopped by ``e`` is left in: ``interrupted`` for a KeyboardInterrupt that bypassed the
+    signal handling (another thread's run: unfinished, not broken; resumable from its last checkpoint),
+    ``damaged`` when its own checkpoint is (:class:`DamagedCheckpointError`), else ``failed``."""
+    if isinstance(e, KeyboardInterrupt):
+        return "interrupted"
+    return "damaged" if isinstance(e, DamagedCheckpointError) else "failed"
 
 
 def format_epoch(t: float) -> str:
@@ -174,6 +188,16 @@ class RunFolder:
                      updated=_now(), pid=os.getpid(), host=socket.gethostname())
         atomic_write_json(self.status_path, new.to_json())
         return new
+
+    def progress(self) -> dict[str, Any]:
+        """``{"epoch", "global_epoch", "step"}`` as last recorded (0 for a run that recorded none, or whose
+        status.json is unreadable): what a writer keeps while it does not know the run's progress itself."""
+        try:
+            st = self.read_status()
+        except StoreError:
+            st = Status()
+        return {"epoch": st.epoch, "global_epoch": st.global_epoch if st.global_epoch is not None else st.epoch,
+                "step": st.step if st.step is not None else 0}
 
     def live_state(self) -> str:
         """The recorded state, except that a ``running`` run whose lock is free is ``interrupted`` (its process

@@ -208,6 +208,10 @@ class TrainConfig:
     force_memory: bool = setting(False, "skip relax()'s memory guard, which refuses when the relaxed parameters alone "
                                  "would exceed the device's free memory (see archrelax footprint); the run may then "
                                  "fail out of memory", flag="--force", group="execution", spec="train", runtime=True)
+    restart: Literal["intact", "scratch"] | None = setting(
+        None, "when checkpoints/last.pt is damaged (it no longer matches its content digest): resume from the latest "
+        "intact snapshot (intact) or from step 0 (scratch); unset, the run stops and is marked 'damaged'",
+        group="execution", runtime=True)
 
     def __post_init__(self) -> None:
         for name, tp in _hints().items():  # a tuple where a list is meant (snapshots=(0, 1)): the same list

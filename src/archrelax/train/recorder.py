@@ -29,7 +29,7 @@ from typing import Any, Callable
 import torch
 
 from archrelax.signals import Interrupted, StopOnSignals, signal_name
-from archrelax.store import RunFolder, RunLock, Status, StoreError
+from archrelax.store import RunFolder, RunLock, Status, StoreError, failure_state
 from archrelax.utils import atomic_torch_save, format_epoch
 
 from .checkpoint import FORMAT
@@ -66,19 +66,19 @@ class Recorder:
 
     # ---- status ------------------------------------------------------------------------------------------
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
+        if not self.attached:  # still setting up: the progress recorded so far stays (a failed resume says where)
+            self.status = self.folder.write_status(status, error=error, stop_reason=reason, **self.folder.progress())
+            return
         epoch = self.step / self.spe if self.spe else 0.0
         self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
                                                global_epoch=self.global_offset + epoch, step=self.step)
 
     def fail(self, e: BaseException) -> Status:
-        """Record why the attempt ended: a KeyboardInterrupt that bypassed the signal handling (another thread's
-        run) leaves the run unfinished, not broken ('interrupted', resumable from its last checkpoint); anything
-        else 'failed'. Before the model side is attached the progress of an earlier attempt is kept."""
-        status = "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
-        if not self.attached:
-            self.status = self.folder.write_status(status, error=_describe(e))
-        else:
-            self.write_status(status, error=_describe(e))
+        """Record why the attempt ended, in the state ``store.failure_state`` gives: 'interrupted' for a
+        KeyboardInterrupt that bypassed the signal handling (another thread's run: resumable from its last
+        checkpoint), 'damaged' when its checkpoint is, else 'failed'. Before the model side is attached the
+        progress of an earlier attempt is kept."""
+        self.write_status(failure_state(e), error=_describe(e))
         return self.status
 
     def result(self) -> dict[str, Any]:

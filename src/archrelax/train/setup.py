@@ -29,7 +29,7 @@ from torch import nn
 
 from archrelax.store import RunFolder
 
-from .checkpoint import load_checkpoint, rng_state, set_rng_state
+from .checkpoint import load_checkpoint, resume_point, rng_state, set_rng_state
 from .config import TrainConfig
 
 __all__ = ["RunState", "set_up", "load_run_data", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
@@ -61,9 +61,9 @@ class RunState:
 def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> RunState:
     """The model side of the run in ``folder``: resumed from its ``checkpoints/last.pt`` when there is one, else
     built afresh (from ``cfg.init_from`` when set) for ``data`` (a DataSplits: classes and input shape)."""
-    path = folder.checkpoint_path
-    if path.exists():
-        return _resumed(cfg, load_checkpoint(path), device)  # on the CPU: RNG states must stay there
+    ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
+    if ck is not None:
+        return _resumed(cfg, ck, device)
     return _fresh(cfg, data, device)
 
 
