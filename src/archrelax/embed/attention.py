@@ -46,8 +46,10 @@ Memory: the (batch, heads, queries, keys) attention is never held whole. :func:`
 chunks of at most ``chunk_bytes`` (default :data:`CHUNK_BYTES`; about :data:`_LIVE` chunk-sized tensors are
 alive at once: logits, probabilities, their gradients) along the batch, then the queries. Each chunk is an
 autograd Function (``_ChunkAttention``) that keeps only its inputs and recomputes its probabilities in backward,
-so backward holds one chunk at a time too (its backward is written in differentiable ops, so Hessian-vector
-products through the layer are exact). With d_k = 0 the attention does not depend on the input: it is computed
+so backward holds one chunk at a time too. Outside ``create_graph`` its chunk-sized tensors live in per-thread
+CPU workspaces reused from chunk to chunk (``locally_connected.release_workspaces`` frees them) and α's and the
+offsets' gradients come from marginal sums (:meth:`AttentionConvNd.positional_grads`); under ``create_graph``
+(Hessian-vector products) the backward runs in differentiable ops, so second derivatives are exact too. With d_k = 0 the attention does not depend on the input: it is computed
 per query chunk once for the whole batch. What is kept for backward is input-sized: x, q̃ and the averaged values
 (each B·P·T·C_in floats, one unfolded input, as the eLCN keeps).
 """
@@ -176,7 +178,7 @@ class AttentionConvNd(RelaxedConv):
         else:
             self.query_weight = self.key_weight = None
 
-    def _embed_attention_(self, gen: torch.Generator | None = None) -> None:
+    def _embed_attention_(self, gen: torch.Generator | bool | None = None) -> None:
         """α = α₀, offsets 0, W_q = 0 (the conv's attention); W_k drawn anew when ``gen`` is given (uniform
         ±1/√C_in, from ``gen``, or the global RNG for ``gen=True``)."""
         with torch.no_grad():
@@ -236,26 +238,53 @@ class AttentionConvNd(RelaxedConv):
 
     # ---- the attention -------------------------------------------------------------------------------------
     def positional_logits(self, p0: int = 0, p1: int | None = None, alpha: Tensor | None = None,
-                          offset: Tensor | None = None) -> Tensor:
+                          offset: Tensor | None = None, out: Tensor | None = None) -> Tensor:
         """``(p1 − p0, T, Q + 1)``: −α_h ‖r_q − τ_hp‖² for the queries p0 <= p < p1, the null key's −α_h/2 last
-        (``alpha``, ``offset``: in place of the layer's own). Per-dim squared differences summed by broadcasting,
-        so integer positions give exact logits."""
+        (``alpha``, ``offset``: in place of the layer's own; ``out``: a buffer to write into, without a graph).
+        Per-dim squared differences summed by broadcasting, so integer positions give exact logits."""
         g = self.geometry
         alpha = self.alpha if alpha is None else alpha
         t = self.tap_coords[p0:p1] + (self.offset if offset is None else offset)  # (Pc, T, dim)
         neg_alpha = -alpha.view(1, -1, 1)
-        out = None
+        terms = [(torch.arange(n, device=t.device, dtype=t.dtype) - t[..., d : d + 1]).square() * neg_alpha
+                 for d, n in enumerate(g.in_spatial)]  # (Pc, T, n_d) each
+        if out is None:
+            body = terms[0] if g.dim == 1 else (terms[0].unsqueeze(-1) + terms[1].unsqueeze(-2)).flatten(-2)
+            return torch.cat([body, (0.5 * neg_alpha).expand(body.shape[0], g.T, 1)], -1)
+        out = out.view(t.shape[0], g.T, g.Q + 1)
+        if g.dim == 1:
+            out[..., : g.Q].copy_(terms[0])
+        else:
+            torch.add(terms[0].unsqueeze(-1), terms[1].unsqueeze(-2), out=out[..., : g.Q].unflatten(-1, g.in_spatial))
+        out[..., g.Q] = 0.5 * neg_alpha.view(1, -1)
+        return out
+
+    def positional_grads(self, p0: int, p1: int, g_pos: Tensor) -> tuple[Tensor, Tensor]:
+        """``(∂/∂α (T,), ∂/∂offset (T, dim))`` from ``g_pos`` ``(p1 − p0, T, Q + 1)``, the gradient of
+        :meth:`positional_logits`, without a graph: the logits are separable per spatial dim, −α Σ_d (r_d − τ_d)²,
+        so only the marginal sums of ``g_pos`` over the key grid's other dims are needed (no key-sized temporary)."""
+        g = self.geometry
+        t = self.tap_coords[p0:p1] + self.offset.detach()  # (Pc, T, dim)
+        grid = g_pos[..., : g.Q].unflatten(-1, g.in_spatial)  # (Pc, T, *in_spatial)
+        g_alpha = -0.5 * g_pos[..., g.Q].sum(0)  # the null key's −α/2
+        g_tau = []
         for d, n in enumerate(g.in_spatial):
-            r = torch.arange(n, device=t.device, dtype=t.dtype)
-            term = (r - t[..., d : d + 1]).square() * neg_alpha  # (Pc, T, n)
-            out = term if out is None else (out.unsqueeze(-1) + term.unsqueeze(-2)).flatten(-2)
-        return torch.cat([out, (0.5 * neg_alpha).expand(out.shape[0], g.T, 1)], -1)
+            marginal = grid.sum([2 + e for e in range(g.dim) if e != d]) if g.dim > 1 else grid  # (Pc, T, n)
+            diff = torch.arange(n, device=t.device, dtype=t.dtype) - t[..., d : d + 1]  # r_d − τ_d
+            g_alpha = g_alpha - (marginal * diff.square()).sum((0, 2))
+            g_tau.append((marginal * diff).sum(2))  # (Pc, T): ∂/∂τ_d = 2α Σ_q g (r_d − τ_d)
+        return g_alpha, torch.stack(g_tau, -1).sum(0) * (2 * self.alpha.detach()).view(-1, 1)
 
     def _queries(self, xf: Tensor) -> Tensor:
         """``(B, P, T, C_in)``: q̃ = W_kᵀ W_q x[:, :, κ_p] / √d_k, so that the content logit of key q is q̃ · x_q
         (the key map folded into the query: one well-shaped matmul against the values per chunk)."""
-        q = torch.einsum("hdc,bcp->bphd", self.query_weight * self.key_dim ** -0.5, xf[:, :, self.query_index])
-        return torch.einsum("bphd,hde->bphe", q, self.key_weight)
+        g, (B, C) = self.geometry, xf.shape[:2]
+        xq = xf[:, :, self.query_index].transpose(0, 1).reshape(C, B * g.P)  # (C_in, B·P)
+        wq = (self.query_weight * self.key_dim ** -0.5).reshape(g.T * self.key_dim, C)
+        q = torch.mm(wq, xq).view(g.T, self.key_dim, B * g.P)  # W_q x: one GEMM for every head
+        qt = torch.bmm(self.key_weight.transpose(1, 2), q)  # (T, C_in, B·P): W_kᵀ per head, long rows
+        # (B, P, T, C_in); two einsums did the same with layouts that ran their matmuls at 3.5 GFLOP/s
+        return qt.view(g.T, C, B, g.P).permute(2, 3, 0, 1).contiguous()
 
     def _chunks(self, batch: int, itemsize: int) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         rows, queries = chunk_plan(self.geometry, self.key_dim, batch, itemsize, self.chunk_bytes)
