@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS", "NEXT"]
+__all__ = ["RelaxTarget", "parse_target", "target_problem", "per_dim", "TARGET_FORMS", "KINDS", "NEXT"]
 
 KINDS = ("lc", "fc", "wide", "tiled")
 # the moves up the lattice: a layer relaxed to kind k can be relaxed further to NEXT[k] (a conv to any kind)
@@ -112,6 +112,16 @@ def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any 
         raise ValueError(f"{context} needs a {name}: e.g. to={example}")
     value = _sizes(arg if sep else given, name, context, allow_full=kind == "wide")
     return RelaxTarget(kind, kernel_size=value) if kind == "wide" else RelaxTarget(kind, tile=value)
+
+
+def target_problem(to: str) -> str | None:
+    """None when ``to`` is a target string, else what is valid (:data:`TARGET_FORMS`): the check of every
+    setting that takes one (TrainConfig.relax, the spec's targets, soft target and path steps)."""
+    try:
+        parse_target(to)
+    except ValueError:
+        return TARGET_FORMS
+    return None
 
 
 def per_dim(value: Size, dim: int, name: str) -> tuple[int, ...]:

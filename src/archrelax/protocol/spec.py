@@ -195,15 +195,7 @@ class HierarchicalOptions:
 TARGET_KINDS = "'fc' (eFCN), 'lc' (eLCN), 'lc>fc' (the hierarchical grid), 'cnn' (the CNN continued from its snapshot)"
 
 
-def _target_problem(t: str) -> str | None:
-    """None if ``t`` is a relaxation target string (lc, fc, wide:K, wide:full, tiled:T), else what is valid."""
-    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its strings
-
-    try:
-        parse_target(t)
-    except ValueError:
-        return TARGET_FORMS
-    return None
+_target_problem = _CONFIG["relax"].metadata["check"]  # TrainConfig.relax's: the lattice's target strings
 
 
 def _targets(v: list[str]) -> str | None:
