@@ -1,4 +1,4 @@
-"""Stop on a signal at a safe point instead of dying mid-step (issue 9).
+"""Stop on a signal at a safe point instead of dying mid-step, so that the state a rerun resumes from is saved.
 
 ``SIGTERM`` (``kill``, Slurm at a time limit or preemption), ``SIGINT`` (Ctrl-C) and ``SIGUSR1`` are, while a
 :class:`StopOnSignals` block is active, *recorded* instead of ending the process. The code inside polls

@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS", "NEXT", "DEFAULT_ALPHA", "ATTN_OPTIONS"]
+__all__ = ["RelaxTarget", "parse_target", "target_problem", "per_dim", "TARGET_FORMS", "KINDS", "NEXT", "DEFAULT_ALPHA",
+           "ATTN_OPTIONS"]
 
 KINDS = ("lc", "fc", "wide", "tiled", "attn")
 # the moves up the lattice: a layer relaxed to kind k can be relaxed further to NEXT[k] (a conv to any kind)
@@ -167,6 +168,16 @@ def _parse_attn(arg: str, context: str) -> RelaxTarget:
         if key_dim < 0:
             raise ValueError(f"{context}: dk={given['dk']!r} must be an int >= 0 ({ATTN_OPTIONS['dk']})")
     return RelaxTarget("attn", alpha=alpha, key_dim=key_dim)
+
+
+def target_problem(to: str) -> str | None:
+    """None when ``to`` is a target string, else what is valid (:data:`TARGET_FORMS`): the check of every
+    setting that takes one (TrainConfig.relax, the spec's targets, soft target and path steps)."""
+    try:
+        parse_target(to)
+    except ValueError:
+        return TARGET_FORMS
+    return None
 
 
 def per_dim(value: Size, dim: int, name: str) -> tuple[int, ...]:

@@ -101,13 +101,9 @@ def _augment(v: str | list[str]) -> str | None:
 
 
 def _target(v: str) -> str | None:
-    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its target strings
+    from archrelax.embed.targets import target_problem  # the lattice owns its target strings
 
-    try:
-        parse_target(v)
-    except ValueError:
-        return TARGET_FORMS
-    return None
+    return target_problem(v)
 
 
 def _soft_schedule(v: str) -> str | None:
