@@ -205,8 +205,10 @@ class TrainConfig:
                                  "would exceed the device's free memory (see archrelax footprint); the run may then "
                                  "fail out of memory", flag="--force", group="execution", spec="train", runtime=True)
     restart: Literal["intact", "scratch"] | None = setting(
-        None, "when checkpoints/last.pt is damaged (it no longer matches its content digest): resume from the latest "
-        "intact snapshot (intact) or from step 0 (scratch); unset, the run stops and is marked 'damaged'",
+        None, "when the run cannot resume as its folder stands (checkpoints/last.pt damaged, or metrics.jsonl lacking "
+        "rows it was written after; a finished run whose log or final.pt is gone): train again from the latest intact "
+        "snapshot whose rows the log holds (intact) or from step 0 (scratch); unset, the run stops and is marked "
+        "'damaged'",
         group="execution", runtime=True)
 
     def __post_init__(self) -> None:

@@ -61,7 +61,8 @@ class RunState:
 def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> RunState:
     """The model side of the run in ``folder``: resumed from its ``checkpoints/last.pt`` when there is one, else
     built afresh (from ``cfg.init_from`` when set) for ``data`` (a DataSplits: classes and input shape)."""
-    ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
+    # last.pt verified (on the CPU: RNG states must stay there), and the folder's config and log agreeing with it
+    ck = resume_point(folder, cfg.restart, config=cfg)
     if ck is not None:
         return _resumed(cfg, ck, device)
     return _fresh(cfg, data, device)
