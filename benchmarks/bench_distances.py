@@ -26,7 +26,7 @@ from archrelax.embed import relax, relaxed_layers
 from archrelax.embed.subspace import cnn_distance, offlocal_ratio, subspace_distances
 from archrelax.models import create_model
 from archrelax.train.config import TrainConfig
-from archrelax.train.trainer import make_optimizer
+from archrelax.train.setup import make_optimizer
 
 
 @torch.no_grad()

@@ -93,7 +93,7 @@ def layer_ratios(batch: int, rounds: int) -> None:
 
 def penalty_ratio(batch: int, rounds: int, clock=time.perf_counter) -> None:
     from archrelax.train.config import TrainConfig
-    from archrelax.train.trainer import make_optimizer
+    from archrelax.train.setup import make_optimizer
 
     torch.manual_seed(0)
     efcn = relax(create_model("vanilla_cnn"), to="fc", example_input=torch.zeros(1, 3, 32, 32))

@@ -20,7 +20,7 @@ from torch import nn
 from archrelax.embed.relax import relax
 from archrelax.models import create_model
 from archrelax.train.config import TrainConfig
-from archrelax.train.trainer import make_optimizer
+from archrelax.train.setup import make_optimizer
 
 
 def _sync(device: torch.device) -> None:

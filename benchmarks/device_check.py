@@ -61,7 +61,7 @@ from archrelax.embed.relax import relax  # noqa: E402
 from archrelax.models import create_model  # noqa: E402
 from archrelax.train.config import TrainConfig  # noqa: E402
 from archrelax.train.stacked import stack_models  # noqa: E402
-from archrelax.train.trainer import _determinism, make_optimizer  # noqa: E402
+from archrelax.train.setup import determinism, make_optimizer  # noqa: E402
 from archrelax.utils import atomic_torch_save  # noqa: E402
 
 SYNTHETIC = "synthetic:3x32x32:10:10000:10000"
@@ -513,7 +513,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     state: dict[str, Any] = {"amp": args.amp == "bf16", "tmp": args.tmp}
     failed = []
-    with _determinism(device):  # as the trainer: deterministic kernels on CUDA (a no-op on CPU)
+    with determinism(device):  # as the trainer: deterministic kernels on CUDA (a no-op on CPU)
         say(f"deterministic algorithms: {torch.are_deterministic_algorithms_enabled()} (as the trainer on this device)")
         if 6 in sections or 5 in sections:
             say("[data]")

@@ -15,8 +15,9 @@ import pytest
 from archrelax.cli import build_parser
 from archrelax.cli import main as cli_main
 from archrelax.protocol import load_spec, make_plan, spec_from_dict
+from archrelax.protocol.settings_doc import settings_rows
 from archrelax.protocol.spec import (
-    EXPERIMENT_DEFAULTS, ExperimentSpec, RelaxedOptions, SpecError, StopRule, TrainOptions, settings_rows,
+    EXPERIMENT_DEFAULTS, ExperimentSpec, RelaxedOptions, SpecError, StopRule, TrainOptions,
 )
 from archrelax.train import TrainConfig
 from archrelax.train._cli import config_from_args
@@ -111,6 +112,22 @@ def test_spec_train_section_is_derived_from_train_config():
         assert f.metadata["check"] is FIELDS[name].metadata["check"]
 
 
+def test_train_options_must_name_every_train_field():
+    """TrainOptions is written out field by field; importing the spec refuses a list that misses a spec='train'
+    field of TrainConfig or types it differently (the check run at import, on a short copy)."""
+    from archrelax.protocol.spec import _check_train_options
+
+    _check_train_options()  # the real one passes
+    short = dataclasses.make_dataclass("Short", [(f.name, typing.get_type_hints(TrainOptions)[f.name], f)
+                                                 for f in dataclasses.fields(TrainOptions) if f.name != "lr"])
+    with pytest.raises(TypeError, match=r"must declare the TrainConfig fields marked spec='train'.*'lr'"):
+        _check_train_options(short)
+    retyped = dataclasses.make_dataclass("Retyped", [(f.name, int if f.name == "lr" else typing.get_type_hints(
+        TrainOptions)[f.name], f) for f in dataclasses.fields(TrainOptions)])
+    with pytest.raises(TypeError, match="TrainOptions must declare"):
+        _check_train_options(retyped)
+
+
 def test_every_spec_key_of_a_setting_has_its_type_and_check():
     """Top-level, cnn.* and relaxed.* keys that set a TrainConfig field: same type (or its Optional, where the
     spec's default is null), same check, and TrainConfig's default unless EXPERIMENT_DEFAULTS lists the key."""
@@ -135,7 +152,8 @@ def test_every_spec_key_of_a_setting_has_its_type_and_check():
 
 
 def test_runtime_and_identity_are_one_declaration():
-    assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory")
+    assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory",
+                              "restart")
     assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots"}
     # the trainer's resume check and the plan's ids use these: see the tests below and test_train.py
 
@@ -152,7 +170,7 @@ def test_demo_plan_ids_are_unchanged_and_runtime_keys_change_no_id():
     plan = make_plan(load_spec(preset="demo"))
     assert list(plan) == DEMO_IDS
     for run in plan.values():  # every planned config is a whole TrainConfig, built from the fields
-        assert set(run.config) == set(FIELDS) - {"progress"}
+        assert set(run.config) == set(FIELDS) - {"progress", "restart"}  # the command line's (and a rerun's) only
         TrainConfig.from_dict({**run.config, "init_from": "x.pt" if run.depends_on else None})
     runtime = ["train.tensorboard=true", "train.force_memory=true", "train.checkpoint_every_s=5",
                "train.checkpoint_every_steps=3"]

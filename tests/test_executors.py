@@ -8,6 +8,8 @@ import pytest
 
 from archrelax.protocol import Store, run_experiment, spec_from_dict, submitit_executor
 
+import test_slurm as slurm_tests  # its cluster probe: one skip condition for every test that needs Slurm
+
 pytest.importorskip("submitit")
 
 SPEC = {
@@ -33,9 +35,12 @@ def test_submitit_executor_takes_its_limits_from_the_spec(tmp_path):
     assert ex.parameters["timeout_min"] == 10
 
 
+@pytest.mark.slurm
+@pytest.mark.skipif(slurm_tests.PROBLEM is not None, reason=str(slurm_tests.PROBLEM))
 def test_slurm_options_reach_submitit(tmp_path):
     """The warning delay (sbatch --signal=USR2@N), the cap on requeues after a time limit, and a dependency
-    (afterok, cancelled when it cannot be met) are what submitit submits with."""
+    (afterok, cancelled when it cannot be met) are what submitit submits with. submitit's Slurm executor
+    refuses to start where there is no srun, so this needs the cluster the `slurm` tests use."""
     options = spec_from_dict({**SPEC, "slurm": {"cluster": "slurm", "timeout_min": 10, "signal_delay_s": 40,
                                                 "max_num_timeout": 1, "additional": {"exclude": "n1"}}}).slurm
     ex = submitit_executor(options, tmp_path / "slurm", dependency="12_0")

@@ -327,19 +327,6 @@ def test_unstackable_model_falls_back_to_separate_training_with_a_note(tmp_path)
             [{k: v for k, v in r.items() if k not in VOLATILE} for r in b]
 
 
-def test_settings_the_loop_does_not_know_go_to_the_ordinary_trainer(cnns, tmp_path, monkeypatch):
-    import archrelax.train.lockstep as ls
-
-    assert ls.KNOWN_FIELDS == {f.name for f in __import__("dataclasses").fields(TrainConfig)}  # all known today
-    monkeypatch.setattr(ls, "KNOWN_FIELDS", ls.KNOWN_FIELDS - {"weight_decay"})  # as if it were a new setting
-    configs = [cfg(relax="fc", init_from=snap(cnns, 0, t), epochs=1, weight_decay=1e-3) for t in (1, 2)]
-    sep = [train(c, tmp_path / f"sep{i}") for i, c in enumerate(configs)]
-    notes: list[str] = []
-    out = train_lockstep(configs, [tmp_path / f"ls{i}" for i in range(2)], log=notes.append)
-    assert any("['weight_decay']" in n and "ordinary trainer" in n for n in notes), notes
-    assert [r["metrics"]["train_loss"] for r in out] == [r["metrics"]["train_loss"] for r in sep]  # the same code
-
-
 def test_group_checks_configs_and_records_a_failing_member(cnns, tmp_path):
     with pytest.raises(ValueError, match=r"differ in \['lr'\]"):
         train_lockstep([cfg(lr=0.1), cfg(lr=0.2)], [tmp_path / "a", tmp_path / "b"])

@@ -462,3 +462,103 @@ def test_footprint_of_a_model_of_two_inputs():
 def test_example_input_errors_name_what_was_given_and_the_accepted_forms(example, text):
     with pytest.raises(ValueError, match=text):
         relax(TwoInputs(), "fc", example)
+
+
+# ---- relax() checks what it returns ---------------------------------------------------------------------------
+
+
+class WeightReading(nn.Module):
+    """``fc(relu(self.conv(x) / self.conv.weight.abs().mean()))``: forward reads the conv's weight outside the conv,
+    which the relaxation cannot follow (the eFCN's weight is mostly the zeros outside the receptive fields)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 1, input_size: int = 28, width: int = 4):
+        super().__init__()
+        self.input_shape = (in_channels, input_size, input_size)
+        self.conv = nn.Conv2d(in_channels, width, 5, stride=2, padding=2)
+        self.fc = nn.Linear(width * ((input_size + 1) // 2) ** 2, num_classes)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x) / self.conv.weight.abs().mean()).flatten(1))
+
+
+class FunctionalConv(nn.Module):
+    """A conv module whose weight is applied a second time through F.conv2d."""
+
+    input_shape = (2, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(x) + F.conv2d(x, self.conv.weight, padding=1)
+
+
+class WithDropout(nn.Module):
+    """Dropout in train mode: the check compares in eval mode, so it is not fooled by dropout's draws."""
+
+    input_shape = (1, 8, 8)
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.drop, self.fc = nn.Conv2d(1, 3, 3), nn.Dropout(0.5), nn.Linear(3 * 36, 2)
+
+    def forward(self, x):
+        return self.fc(self.drop(F.relu(self.conv(x))).flatten(1))
+
+
+def weight_reading_cnn(num_classes: int = 10, in_channels: int = 1, input_size: int = 28) -> nn.Module:
+    """``archrelax train test_relax:weight_reading_cnn``: the model of tests/test_faults.py's relax row."""
+    return WeightReading(num_classes, in_channels, input_size)
+
+
+def check_relax_refuses_what_it_cannot_follow(cls, what: str) -> None:
+    """relax() of a model whose forward defeats the swap raises, naming the likely causes; check=False skips it."""
+    from archrelax.embed.check import RelaxCheckError
+
+    torch.manual_seed(0)
+    model = cls()
+    for to in ("fc", "lc"):
+        with pytest.raises(RelaxCheckError, match=rf"relax\(to='{to}'\) of {cls.__name__}: the relaxed model does not "
+                           rf"compute the source's function: {what}.*reads a conv's parameters outside the conv.*"
+                           r"functional conv \(F.conv2d\).*pass check=False"):
+            relax(model, to)
+    relaxed = relax(model, "fc", check=False)  # skipped: the caller knows
+    x = torch.randn(2, *model.input_shape)
+    with torch.no_grad():
+        try:
+            assert (relaxed(x) - model(x)).abs().max() > 1e-2 * model(x).abs().max()  # it was right to refuse
+        except RuntimeError:  # or it cannot run at all
+            pass
+
+
+DIFFER = r"outputs differ by up to .* \(relative .*; the tolerance for float32 is 0.000122\)"
+FAILS = r"its forward\(\) fails on a random input shaped like the example input \(RuntimeError: .*\)"
+
+
+@pytest.mark.parametrize("cls, what", [(WeightReading, DIFFER), (FunctionalConv, FAILS)])
+def test_relax_refuses_a_forward_it_cannot_follow(cls, what):
+    check_relax_refuses_what_it_cannot_follow(cls, what)
+
+
+def test_relax_check_compares_in_eval_mode_and_restores_modes():
+    model = WithDropout().train()
+    model.fc.eval()  # a mixed state, restored module by module
+    before = {n: m.training for n, m in model.named_modules()}
+    out = relax(model, "fc", example_input=(1, 1, 8, 8))  # batch 1 in train mode, as the trainer calls it
+    assert {n: m.training for n, m in model.named_modules()} == before
+    assert {n: m.training for n, m in out.named_modules()} == before
+
+
+def test_relax_check_tolerance_per_dtype_and_registry_margin():
+    from archrelax.embed.check import relative_error, tolerance
+    from archrelax.models import create_model
+
+    assert tolerance(torch.float32) == pytest.approx(1.22e-4, rel=1e-2)
+    assert tolerance(torch.float64) == pytest.approx(2.27e-13, rel=1e-2)
+    assert tolerance(torch.bfloat16) == tolerance(torch.float16) == 0.1
+    torch.manual_seed(0)
+    cnn = create_model("vanilla_cnn", width=8, num_classes=10)
+    for to in ("lc", "fc", "wide:full", "tiled:2"):
+        diff, scale, dtype = relative_error(cnn, relax(cnn, to, check=False), (2, 3, 32, 32))
+        assert dtype == torch.float32 and diff / scale < tolerance(dtype) / 100, (to, diff / scale)

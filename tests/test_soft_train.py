@@ -156,23 +156,23 @@ def test_soft_run_records_lambda_and_penalty_and_resumes_exactly(tmp_path, cnn_s
     assert rows[0]["soft_penalty"] == 0.0  # right after the embedding, exactly
     assert all(r["soft_penalty"] > 0 for r in rows[1:])
     # interrupted after step 5 (a checkpoint every 2 steps), then resumed: the same run
-    from archrelax.train import trainer
+    from archrelax.train.step import UpdateStep
 
     calls = {"n": 0}
-    real = trainer._Run._add_soft_grad
+    real = UpdateStep.add_soft_grad
 
-    def flaky(self):
+    def flaky(self, *args):
         calls["n"] += 1
         if calls["n"] == 6:
             raise KeyboardInterrupt
-        real(self)
+        real(self, *args)
 
-    monkeypatch.setattr(trainer._Run, "_add_soft_grad", flaky)
+    monkeypatch.setattr(UpdateStep, "add_soft_grad", flaky)
     victim = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every_steps": 2})
     with pytest.raises(KeyboardInterrupt):
         train(victim, tmp_path / "cut")
     assert load_checkpoint(tmp_path / "cut" / "checkpoints" / "last.pt")["step"] == 4
-    monkeypatch.setattr(trainer._Run, "_add_soft_grad", real)
+    monkeypatch.setattr(UpdateStep, "add_soft_grad", real)
     train(victim, tmp_path / "cut")
     assert stable(read_metrics(tmp_path / "cut" / "metrics.jsonl")) == stable(rows)
     a, b = (load_checkpoint(tmp_path / n / "final.pt")["model"] for n in ("ref", "cut"))

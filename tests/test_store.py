@@ -99,7 +99,7 @@ def test_truncate_metrics_keeps_n_rows_and_drops_a_torn_line(tmp_path):
 
 
 def test_status_vocabulary_single_writer_and_corrupt_file(tmp_path):
-    assert STATES == ("pending", "running", "interrupted", "done", "failed", "diverged")
+    assert STATES == ("pending", "running", "interrupted", "done", "failed", "diverged", "damaged")
     assert FINISHED == ("done", "diverged")
     folder = RunFolder(tmp_path / "run")
     assert folder.read_status() == Status() and folder.read_status().status == "pending"  # never trained

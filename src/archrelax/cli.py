@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     exit_after_stop(True)  # this process ends after a clean stop: a second signal then is ignored, not fatal
     try:
         rc = args.func(args)
-    except Interrupted as e:  # stopped cleanly on SIGTERM/SIGINT/SIGUSR1: state saved, status 'interrupted'
+    except Interrupted as e:  # stopped cleanly on SIGTERM/SIGINT/SIGHUP/SIGUSR1: state saved, status 'interrupted'
         print(f"archrelax {args.command}: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

@@ -1,4 +1,4 @@
-"""Small shared helpers: device choice, ``torch.save`` through an atomic write.
+"""Small shared helpers: device choice, ``torch.save`` through an atomic write (sealed with a content digest).
 
 The atomic file helpers, ``format_epoch`` and the JSON-lines reader live in :mod:`archrelax.store` (the
 owner of the on-disk format) and are re-exported here for the modules that write files of their own.
@@ -29,9 +29,12 @@ __all__ = [
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through an in-memory buffer and an atomic write."""
+    """``torch.save`` through an in-memory buffer and an atomic write; a dict is saved sealed with its content
+    digest (:func:`archrelax.integrity.seal`), which :func:`archrelax.integrity.load_verified` checks."""
+    from archrelax.integrity import seal
+
     buf = io.BytesIO()
-    torch.save(obj, buf)
+    torch.save(seal(obj) if isinstance(obj, dict) else obj, buf)
     atomic_write_bytes(path, buf.getvalue())
 
 

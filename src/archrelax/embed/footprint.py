@@ -3,6 +3,8 @@
 Nothing relaxed is allocated: the counts follow from each conv's geometry (channels, kernel, input and
 output spatial shapes), which one forward pass of ``example_input`` reveals. ``relax()`` uses the same
 code path for its memory guard, so the estimate it prints is the one ``archrelax footprint`` shows.
+An attention target (``"attn"``) also has a workspace: one chunk of its (batch, heads, queries, keys)
+attention (:func:`archrelax.embed.attention.workspace_bytes`), which the guard adds to the parameters.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import contextlib
 import inspect
 import math
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import torch
@@ -18,13 +20,13 @@ from torch import nn
 
 from .connectivity import ConvGeometry
 
-__all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "capture_input_spatial", "example_tensor",
-           "example_inputs", "ExampleInput"]
+__all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "workspace_bound", "capture_input_spatial",
+           "example_tensor", "example_inputs", "ExampleInput"]
 
-TARGETS = ("cnn", "lc", "fc")  # plus the lattice's string forms "wide:K", "wide:full", "tiled:T" (see targets.py)
+TARGETS = ("cnn", "lc", "fc")  # plus the lattice's string forms "wide:K", "wide:full", "tiled:T", "attn" (targets.py)
 # optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
 OPTIMIZER_STATE = {"sgd": 1, "adam": 2}
-_LABELS = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN(ref)"}
+_LABELS = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN(ref)", "attn": "Attn"}
 
 
 def _check_target(target: str) -> str:
@@ -37,17 +39,19 @@ def _check_target(target: str) -> str:
         kind = parse_target(target).kind if isinstance(target, str) else None
     except ValueError:
         kind = None
-    if kind not in ("wide", "tiled"):
+    if kind not in ("wide", "tiled", "attn"):
         raise ValueError(f"footprint target {target!r} is not one of {TARGETS} or a lattice form 'wide:K' (e.g. "
-                         "'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3')")
+                         "'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3'), 'attn' (e.g. "
+                         "'attn:dk=4')")
     return target
 
 
 def param_count(geom: ConvGeometry, target: str) -> int:
     """Parameters of one conv layer as ``target``: "cnn", "lc" (eLCN), "fc" (eFCN, padding folded in),
     "fc_ref" (the reference code's eFCN, which keeps a column for every zero-padded input element),
-    "wide:K" / "wide:full" (a conv weight with the wide kernel, shared bias) or "tiled:T" (one conv weight
-    and bias per tile, T clamped to the layer's output size)."""
+    "wide:K" / "wide:full" (a conv weight with the wide kernel, shared bias), "tiled:T" (one conv weight
+    and bias per tile, T clamped to the layer's output size) or "attn" (the conv's weight and bias, α, the
+    offsets and the content maps)."""
     c_out, p = geom.out_channels, geom.P
     conv = math.prod(geom.conv_weight_shape)
     if target == "cnn":
@@ -63,6 +67,10 @@ def param_count(geom: ConvGeometry, target: str) -> int:
     from .targets import parse_target
 
     t = parse_target(_check_target(target))
+    if t.kind == "attn":
+        from .attention import attention_param_count
+
+        return attention_param_count(geom, t.key_dim)
     if t.kind == "wide":
         from .wide import wide_layout
 
@@ -72,6 +80,19 @@ def param_count(geom: ConvGeometry, target: str) -> int:
 
     n_tiles = math.prod(tile_layout(geom, t.tile))
     return n_tiles * (conv + (c_out if geom.bias else 0))
+
+
+def workspace_bound(geom: ConvGeometry, target: str, itemsize: int, batch: int | None = None) -> int:
+    """Bytes of the activation workspace one layer of ``target`` needs beyond its input and output: one chunk of
+    an attention layer's (batch, heads, queries, keys) attention at ``batch`` (None: at any batch), 0 for the
+    other targets (their activations are input-sized)."""
+    if not isinstance(target, str) or not target.startswith("attn"):
+        return 0
+    from .attention import key_dim_for
+    from .attention_chunks import workspace_bytes
+    from .targets import parse_target
+
+    return workspace_bytes(geom, key_dim_for(geom, parse_target(target).key_dim), itemsize, batch)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -279,20 +300,25 @@ def _human_count(n: float) -> str:
 
 @dataclass(frozen=True)
 class LayerFootprint:
-    """One conv layer: its geometry, element size and parameter count per target."""
+    """One conv layer: its geometry, element size and parameter count per target; ``workspace``: the
+    activation workspace bytes of the targets that have one (attention: one chunk of its attention)."""
 
     name: str
     kind: str  # class name of the module in the model (Conv2d, LocallyConnected2d, ...)
     geometry: ConvGeometry
     itemsize: int  # bytes per parameter element (dtype-aware)
     params: dict[str, int]
+    workspace: dict[str, int] = field(default_factory=dict)
 
     def bytes(self, target: str) -> int:
         return self.params[target] * self.itemsize
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "kind": self.kind, "geometry": self.geometry.to_dict(), "itemsize": self.itemsize,
-                "params": dict(self.params), "bytes": {t: self.bytes(t) for t in self.params}}
+        out = {"name": self.name, "kind": self.kind, "geometry": self.geometry.to_dict(), "itemsize": self.itemsize,
+               "params": dict(self.params), "bytes": {t: self.bytes(t) for t in self.params}}
+        if self.workspace:
+            out["workspace"] = dict(self.workspace)
+        return out
 
 
 @dataclass(frozen=True)
@@ -307,6 +333,7 @@ class Footprint:
     targets: tuple[str, ...]
     other_params: int
     other_bytes: int
+    batch_size: int | None = None  # the batch the workspaces are for (None: the most any batch needs)
 
     def total_params(self, target: str) -> int:
         self._check(target)
@@ -321,6 +348,11 @@ class Footprint:
             raise ValueError(f"optimizer {optimizer!r} is not one of {sorted(OPTIMIZER_STATE)}")
         return OPTIMIZER_STATE[optimizer] * self.total_bytes(target)
 
+    def workspace_bytes(self, target: str) -> int:
+        """The largest layer workspace of ``target`` (the layers run one after another)."""
+        self._check(target)
+        return max((layer.workspace.get(target, 0) for layer in self.layers), default=0)
+
     def _check(self, target: str) -> None:
         if target not in self.targets:
             raise ValueError(f"target {target!r} was not computed; this footprint has {self.targets}")
@@ -331,25 +363,40 @@ class Footprint:
             "layers": [layer.to_dict() for layer in self.layers],
             "other": {"params": self.other_params, "bytes": self.other_bytes},
             "total": {t: {"params": self.total_params(t), "bytes": self.total_bytes(t),
-                          **{f"{o}_state_bytes": self.optimizer_bytes(t, o) for o in OPTIMIZER_STATE}}
+                          **{f"{o}_state_bytes": self.optimizer_bytes(t, o) for o in OPTIMIZER_STATE},
+                          **({"workspace_bytes": self.workspace_bytes(t)} if any(t in ly.workspace for ly in self.layers)
+                             else {})}
                       for t in self.targets},
+            **({"batch_size": self.batch_size} if self.batch_size is not None else {}),
         }
 
     def __str__(self) -> str:
         def shape(c: int, s: tuple[int, ...]) -> str:
             return "x".join(str(v) for v in (c, *s))
 
-        head = ["layer", "in -> out"] + [f"{_LABELS.get(t, t)} {col}" for t in self.targets for col in ("params", "bytes")]
+        work = [t for t in self.targets if any(t in ly.workspace for ly in self.layers)]
+
+        def cols(t: str) -> tuple[str, ...]:
+            return ("params", "bytes", "workspace") if t in work else ("params", "bytes")
+
+        def blank(t: str, *vals: str) -> list[str]:
+            return [*vals, *[""] * (len(cols(t)) - len(vals))]
+
+        head = ["layer", "in -> out"] + [f"{_LABELS.get(t, t)} {col}" for t in self.targets for col in cols(t)]
         rows = [[ly.name, f"{shape(ly.geometry.in_channels, ly.geometry.in_spatial)} -> "
                  f"{shape(ly.geometry.out_channels, ly.geometry.out_spatial)}"]
-                + [v for t in self.targets for v in (_human_count(ly.params[t]), _human_bytes(ly.bytes(t)))]
+                + [v for t in self.targets for v in (_human_count(ly.params[t]), _human_bytes(ly.bytes(t)))
+                   + ((_human_bytes(ly.workspace.get(t, 0)),) if t in work else ())]
                 for ly in self.layers]
-        rows.append(["(other layers)", ""] + [_human_count(self.other_params), _human_bytes(self.other_bytes)]
-                    * len(self.targets))
+        rows.append(["(other layers)", ""] + [v for t in self.targets
+                                              for v in blank(t, _human_count(self.other_params),
+                                                             _human_bytes(self.other_bytes))])
         rows.append(["total", ""] + [v for t in self.targets
-                                     for v in (_human_count(self.total_params(t)), _human_bytes(self.total_bytes(t)))])
+                                     for v in (_human_count(self.total_params(t)), _human_bytes(self.total_bytes(t)))
+                                     + ((_human_bytes(self.workspace_bytes(t)),) if t in work else ())])
         for opt, label in (("sgd", "+ SGD momentum state"), ("adam", "+ Adam state")):
-            rows.append([label, ""] + [v for t in self.targets for v in ("", _human_bytes(self.optimizer_bytes(t, opt)))])
+            rows.append([label, ""] + [v for t in self.targets
+                                       for v in blank(t, "", _human_bytes(self.optimizer_bytes(t, opt)))])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
         def fmt(r: list[str]) -> str:
@@ -358,6 +405,10 @@ class Footprint:
         rule = "-" * len(fmt(head))
         lines = [fmt(head), rule, *(fmt(r) for r in rows[: len(self.layers)]), rule,
                  *(fmt(r) for r in rows[len(self.layers):])]
+        if work:
+            at = f"at batch {self.batch_size}" if self.batch_size is not None else "at most, at any batch"
+            lines.append(f"workspace: one chunk of an attention layer's (batch, heads, queries, keys) attention ({at}; "
+                         "the total is the largest layer's, since layers run one after another)")
         if "fc_ref" in self.targets:
             lines.append(f"eFCN(ref): the reference code's eFCN, with a column for every zero-padded input element "
                          f"({self.total_bytes('fc') / self.total_bytes('fc_ref'):.2f}x of it is needed here)")
@@ -397,14 +448,16 @@ def footprint(
     to: str | tuple[str, ...] = TARGETS,
     *,
     reference: bool = True,
+    batch_size: int | None = None,
 ) -> Footprint:
     """Parameter counts and bytes of ``model``'s conv layers as CNN / eLCN / eFCN / points of the lattice between
     them, per layer and in total.
 
     ``to``: a target or a tuple of them among "cnn", "lc", "fc", "wide:K", "wide:full", "tiled:T" (K, T: an
-    int or "AxB" per dim). With "fc" and ``reference=True`` the
-    reference code's eFCN (with padding columns) is added as "fc_ref" for comparison. The model is not
-    changed (one forward pass with buffers and RNG restored). Conv3d / ConvTranspose layers count as
+    int or "AxB" per dim), "attn" (with options: "attn:dk=0"). With "fc" and ``reference=True`` the
+    reference code's eFCN (with padding columns) is added as "fc_ref" for comparison. Attention targets
+    ("attn", "attn:dk=0", ...) add each layer's workspace: one chunk of its attention at ``batch_size`` (None:
+    the most any batch needs). The model is not changed (one forward pass with buffers and RNG restored). Conv3d / ConvTranspose layers count as
     "other" parameters.
     """
     targets = (to,) if isinstance(to, str) else tuple(to)
@@ -424,8 +477,11 @@ def footprint(
     rows = []
     for name, m in layers.items():
         w = m.weight
+        work = {t: workspace_bound(geoms[name], t, w.element_size(), batch_size) for t in targets}
         rows.append(LayerFootprint(name, type(m).__name__, geoms[name], w.element_size(),
-                                   {t: param_count(geoms[name], t) for t in targets}))
+                                   {t: param_count(geoms[name], t) for t in targets},
+                                   {t: n for t, n in work.items() if n}))
     counted = {id(p) for m in layers.values() for p in m.parameters(recurse=False)}
     other = [p for p in model.parameters() if id(p) not in counted]
-    return Footprint(rows, targets, sum(p.numel() for p in other), sum(p.numel() * p.element_size() for p in other))
+    return Footprint(rows, targets, sum(p.numel() for p in other), sum(p.numel() * p.element_size() for p in other),
+                     batch_size)

@@ -201,6 +201,9 @@ class TiledConvNd(RelaxedConv):
         """φᵀφ: diagonal, the number of tiles in which each tap is live."""
         return torch.diag(self.live.sum(0).to(torch.long))
 
+    def _local_factor(self) -> Tensor:
+        return self._live_w()
+
     def local_mask(self) -> Tensor:
         """A tiled conv is local: every live entry is inside the conv's connectivity (dead taps are not)."""
         return self._live_w().expand(self.weight.shape).clone()

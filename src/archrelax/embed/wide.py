@@ -172,6 +172,10 @@ class WideConvNd(RelaxedConv):
         mask[self.tap_pos] = True
         return mask.expand(w.out_channels, w.in_channels // w.groups, w.T).reshape(w.conv_weight_shape)
 
+    def unshared_sq(self) -> Tensor:
+        """0: a wide conv is translation invariant already (its only way off the CNN is its added taps)."""
+        return 0.0 * self.weight.view(-1)[0].double()
+
     # ---- bias: shared, as in the conv -----------------------------------------------------------------------
     def embed_bias(self, conv_bias: Tensor) -> Tensor:
         return conv_bias.clone()

@@ -243,5 +243,6 @@ def build_architecture(arch: dict[str, Any], force: bool = False) -> nn.Module:
                 target = parse_target(step)
             except ValueError as e:
                 raise ValueError(f"arch relax_chain step {step!r} is not a valid target: {e}") from None
-            model = relax(model, to=target, example_input=example, layers=layers, force=force)
+            # the architecture only: the caller loads a checkpoint's weights (checked when they were relaxed)
+            model = relax(model, to=target, example_input=example, layers=layers, force=force, check=False)
     return model

@@ -114,7 +114,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     text, counts = status_table(Store(args.experiment))
     print(text)
-    return 1 if counts.get("corrupt") else 0  # an unreadable status.json: named in its row
+    return 1 if counts.get("corrupt") or counts.get("incomplete") else 0  # an unreadable or incomplete record
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

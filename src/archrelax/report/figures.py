@@ -403,7 +403,7 @@ def interpolation_figure(alphas: Sequence[float], curves: Sequence[dict], path: 
     return _save(fig, path)
 
 
-# ---- the lattice (issue 10): corners at each switch time, soft schedules, distances per corner ------------------
+# ---- the lattice: corners at each switch time, soft schedules, distances per corner ----------------------------
 
 CORNER_COLOURS = colormaps["tab10"]
 

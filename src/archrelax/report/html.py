@@ -81,7 +81,7 @@ table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; vertical-align: top; }
 th { background: #f3f3f3; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 pre { background: #f7f7f7; padding: 10px; overflow-x: auto; font-size: 12.5px; white-space: pre-wrap; }
-.status-done { color: #17702e; } .status-failed, .status-diverged { color: #b00020; font-weight: bold; }
+.status-done { color: #17702e; } .status-failed, .status-diverged, .status-damaged { color: #b00020; font-weight: bold; }
 .status-running { color: #0050b0; } .status-pending, .status-missing { color: #777; }
 details pre { max-height: 320px; overflow: auto; }
 table.claims td { max-width: 460px; } table.claims .why { color: #444; font-size: 12px; margin-top: 2px; }

@@ -1,7 +1,7 @@
 """Errors of the store. Each message names the file, what is wrong with it and what to do."""
 from __future__ import annotations
 
-__all__ = ["StoreError", "RunBusyError", "SpecMismatchError"]
+__all__ = ["StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "SpecMismatchError"]
 
 
 class StoreError(ValueError):
@@ -13,6 +13,20 @@ class StoreError(ValueError):
     def __init__(self, path: object, message: str):
         self.path = str(path)
         super().__init__(message)
+
+
+class DamagedFileError(StoreError):
+    """A file saved with its content digest (checkpoint, snapshot, final weights, data cache) that no longer
+    matches it, or cannot be read at all (see :mod:`archrelax.integrity`). ``detail``: what is wrong, naming the
+    file; ``advice``: what to do. The message is one line: ``"<detail>; <advice>"``."""
+
+    def __init__(self, path: object, detail: str, advice: str):
+        self.detail, self.advice = detail, advice
+        super().__init__(path, f"{detail}; {advice}")
+
+
+class DamagedCheckpointError(DamagedFileError):
+    """A run's own resume point (checkpoints/last.pt) is damaged: the trainer marks the run ``damaged``."""
 
 
 class RunBusyError(RuntimeError):

@@ -101,13 +101,9 @@ def _augment(v: str | list[str]) -> str | None:
 
 
 def _target(v: str) -> str | None:
-    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its target strings
+    from archrelax.embed.targets import target_problem  # the lattice owns its target strings
 
-    try:
-        parse_target(v)
-    except ValueError:
-        return TARGET_FORMS
-    return None
+    return target_problem(v)
 
 
 def _soft_schedule(v: str) -> str | None:
@@ -208,6 +204,12 @@ class TrainConfig:
     force_memory: bool = setting(False, "skip relax()'s memory guard, which refuses when the relaxed parameters alone "
                                  "would exceed the device's free memory (see archrelax footprint); the run may then "
                                  "fail out of memory", flag="--force", group="execution", spec="train", runtime=True)
+    restart: Literal["intact", "scratch"] | None = setting(
+        None, "when the run cannot resume as its folder stands (checkpoints/last.pt damaged, or metrics.jsonl lacking "
+        "rows it was written after; a finished run whose log or final.pt is gone): train again from the latest intact "
+        "snapshot whose rows the log holds (intact) or from step 0 (scratch); unset, the run stops and is marked "
+        "'damaged'",
+        group="execution", runtime=True)
 
     def __post_init__(self) -> None:
         for name, tp in _hints().items():  # a tuple where a list is meant (snapshots=(0, 1)): the same list

@@ -1,10 +1,11 @@
 """``train_lockstep(configs, out_dirs)``: runs of one architecture trained in one process, in lockstep, on stacked
 weights, so that small models keep a large GPU busy (all switch times of a CNN, and its seeds).
 
-Each member is an ordinary run: a :class:`~archrelax.train.trainer._Run` (``_Member``) with its own config, run
-folder, lock, status, metrics log, snapshots, checkpoints and final weights, written by the trainer's own code in
-the trainer's formats, so that the run store, ``model_from_checkpoint``, the analyses and a later resume (by
-``train`` or by lockstep again) see a run like any other. What lockstep replaces is the arithmetic of the loop:
+Each member is an ordinary run, made of the parts ``train`` is made of: its model side from ``setup.set_up``
+(fresh, from its snapshot, or resumed), and its own :class:`~archrelax.train.recorder.Recorder`, which writes its
+run folder (config, lock, status, metrics log, snapshots, checkpoints, final weights) in the trainer's formats, so
+that the run store, ``model_from_checkpoint``, the analyses and a later resume (by ``train`` or by lockstep again)
+see a run like any other. What the stack changes is where the numbers are computed:
 
 - one stacked model (:mod:`archrelax.train.stacked`) computes every member's forward and backward on the
   member-major merged batch, each layer batched over the members (CUDA) or member by member (CPU: the same
@@ -12,26 +13,28 @@ the trainer's formats, so that the run store, ``model_from_checkpoint``, the ana
 - one optimiser over the stacked parameters replaces the members' optimisers. SGD (momentum, weight decay),
   Adam and AdamW are elementwise, so this is R optimisers at once (tests/test_lockstep.py compares them; the
   fused CPU SGD kernel rounds a few elements by one ulp differently, the others are bitwise equal);
-- every member reads its own seed's batches (members of one seed share them); the loss of member r is the mean
-  cross-entropy of its rows, and the stacked loss their sum, so each member's gradient is its own;
+- every member reads its own seed's batches (members of one seed share them); the update is the trainer's
+  :class:`~archrelax.train.step.UpdateStep` over the stack (member r's loss the mean cross-entropy of its rows,
+  the stacked loss their sum, so each member's gradient is its own; the soft release's penalty gradient into
+  each member's slice, with λ(t) from the member's own step);
 - evaluations (due at the same steps for all: they share the schedule) run the stacked model on the evaluation
-  batches, each member's loss and accuracy summed exactly as ``evaluate`` does;
+  batches when the layers are batched, each member's loss and accuracy summed exactly as for one model
+  (``step.evaluate_splits``); member by member, each member's own model is evaluated;
 - dropout draws member by member from each member's own RNG state, saved in its checkpoints as ``rng``;
-- the soft release (``soft_lambda > 0``) adds each member's λ(t)·2(θ − Pθ) to its slice of the stacked
-  gradient after backward, with the trainer's ``add_penalty_grad_`` on the member's model (λ(t) from the
-  member's own step), as a run of its own does.
+- a stack writes R checkpoints at once, so while ``checkpoint_every_s`` is set its members checkpoint on the time
+  rule only, not at every epoch end (``Recorder.checkpoint_due``).
 
-Signals (SIGTERM, SIGINT, SIGUSR1; archrelax.signals): after the current step every member still training
-writes its checkpoint and is marked ``interrupted`` (the trainer's ``_stop_if_signalled``, member by member),
-members set up but not yet trained (another stack, another wave) are marked ``interrupted`` as they are, and
+Signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1; archrelax.signals): after the current step every member still training
+writes its checkpoint and is marked ``interrupted`` (each recorder's ``stop_if_signalled``), members set up but
+not yet trained (another stack, another wave) are marked ``interrupted`` as they are, and
 :class:`~archrelax.signals.Interrupted` is raised; a rerun resumes each at its step.
 
-Members stop independently (until-zero-loss, the cap, divergence) through the trainer's ``_at_step`` and
-``_finish``: a finished member is written as done (or diverged) and dropped from the stack, parameter by
-parameter, with the optimiser state of the others kept. Members that are not at the same step (a resume of
-runs interrupted at different points) or whose parameters differ in shape are trained as separate stacks, one
-after another; a model the stacking does not support (:class:`~archrelax.train.stacked.NotStackable`) is
-trained member by member by the ordinary loop, with a note.
+Members stop independently (until-zero-loss, the cap, divergence: their recorders say so): a finished member is
+written as done (or diverged) and dropped from the stack, parameter by parameter, with the optimiser state of the
+others kept. Members that are not at the same step (a resume of runs interrupted at different points) or whose
+parameters differ in shape are trained as separate stacks, one after another; a model the stacking does not
+support (:class:`~archrelax.train.stacked.NotStackable`) is trained member by member by the trainer's own loop
+(``trainer.fit``), with a note.
 
 Equality with separate runs: member by member (CPU), each layer computes the member's own numbers bit for bit;
 batched (CUDA), to float tolerance (other GEMM/conv kernels). The fused CPU SGD step over the stack rounds a few
@@ -44,13 +47,11 @@ import dataclasses
 import gc
 import os
 import sys
-import time
 import traceback
 import warnings
 from typing import Any, Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from archrelax.signals import Interrupted, StopOnSignals, signal_name
@@ -58,8 +59,11 @@ from archrelax.store import RunFolder, RunLock
 
 from .checkpoint import rng_state, set_rng_state
 from .config import LOCKSTEP_FREE, RUNTIME_FIELDS, TrainConfig, lockstep_key
+from .recorder import Recorder, check_lock, prepare_folder
+from .setup import determinism, load_run_data, make_feeds, make_optimizer, set_up
 from .stacked import NotStackable, check_stacked, stack_models
-from .trainer import _autocast, _determinism, _result, _Run, make_feeds, make_optimizer, prepare_folder
+from .step import Losses, UpdateStep, evaluate_splits, set_lr
+from .trainer import fit
 
 __all__ = ["train_lockstep", "lockstep_key", "NotStackable"]
 
@@ -69,11 +73,8 @@ class _Shared:
     shuffled training feed per seed (``make_feeds``, the trainer's)."""
 
     def __init__(self, cfg: TrainConfig, device: torch.device):
-        from archrelax.data import load_data
-
         self.cfg, self.device = cfg, device
-        data = load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size,
-                         seed=cfg.data_seed)
+        data = load_run_data(cfg)
         on = lambda s: dataclasses.replace(s, images=s.images.to(device), labels=s.labels.to(device))  # noqa: E731
         self.data = dataclasses.replace(data, train=on(data.train), test=on(data.test))
         self._feeds: dict[int, Any] = {}
@@ -88,94 +89,84 @@ class _Shared:
         return self._feeds[seed]
 
 
-class _Member(_Run):
-    """One run of a lockstep group: the trainer's run, reading shared data, evaluated and saved through the stack."""
+class _Member:
+    """One run of a lockstep group: its recorder, its model side (``set_up``, as a run of its own), its training
+    RNG stream. Once stacked, its parameters are views of the stack's, and the stack evaluates it and gives its
+    checkpoints their optimiser state; until then (or when its model cannot be stacked) it is an ordinary run."""
 
-    def __init__(self, cfg: TrainConfig, folder: RunFolder, shared: _Shared):
-        self.shared, self.stack = shared, None
-        super().__init__(cfg, folder)
-        self.rng = rng_state(self.device)  # this run's training RNG stream, as a run of its own holds it now
+    def __init__(self, rec: Recorder, shared: _Shared):
+        cfg = rec.cfg
+        self.rec, self.shared, self.stack = rec, shared, None
+        rec.write_status("running")
+        self.feed = shared.feed(cfg.seed)
+        rec.schedule(len(self.feed))
+        self.run = set_up(cfg, rec.folder, shared.data, shared.device)
+        self.rng = rng_state(shared.device)  # this run's training RNG stream, as a run of its own holds it now
+        rec.attach(self.run, losses=self.losses, weights=self.weights)
 
-    def _setup_data(self) -> None:
-        sh = self.shared
-        self.data, self.eval_feeds, self.feed = sh.data, sh.eval_feeds, sh.feed(self.cfg.seed)
+    def losses(self) -> Losses:
+        """Batched: from the stack's evaluation of every member; otherwise the member's own model (its parameters
+        are views of the stack: the same weights) through ``evaluate_splits``, as a run of its own."""
+        if self.stack is not None and self.stack.held.batched:
+            return self.stack.losses(self)
+        return evaluate_splits(self.run.forward, self.shared.eval_feeds, self.rec.cfg.amp)[0]
 
-    def _losses(self) -> tuple[float, float, float, float]:
-        return super()._losses() if self.stack is None else self.stack.losses(self)
-
-    def _checkpoint_due(self, now: float, last_ckpt: float) -> bool:
-        """The trainer's rule, except that epoch ends alone do not call for a checkpoint while the time rule is on:
-        a stack writes R checkpoints at once (24 VanillaCNN eFCNs: 14 GB at every epoch end, for about 80 TFLOP of
-        training per epoch of 10k images; benchmarks/device_check.py measures both). Resume is exact from any
-        step, so only how much may be redone changes."""
-        cfg = self.cfg
-        if self.stack is None or cfg.checkpoint_every_s is None:
-            return super()._checkpoint_due(now, last_ckpt)
-        return (bool(cfg.checkpoint_every_steps and self.step % cfg.checkpoint_every_steps == 0)
-                or now - last_ckpt >= cfg.checkpoint_every_s)
-
-    def _state(self, with_optimizer: bool = True) -> dict[str, Any]:
+    def weights(self, with_optimizer: bool = True) -> dict[str, Any]:
+        """The model side of this member's checkpoint (``RunState.weights``); stacked: its slice of the weights
+        (cloned), of the stack's optimiser state, and its own RNG stream."""
         if self.stack is None:
-            return super()._state(with_optimizer)
-        state = super()._state(with_optimizer=False)
-        state["model"] = {k: v.clone() for k, v in state["model"].items()}  # views of the stack: this member only
-        state["optimizer"] = self.stack.optimizer_state(self) if with_optimizer else None
-        state["rng"] = self.rng
-        return state
+            return self.run.weights(with_optimizer)
+        w = self.run.weights(with_optimizer=False)
+        w["model"] = {k: v.clone() for k, v in w["model"].items()}  # views of the stack: this member only
+        w["optimizer"] = self.stack.optimizer_state(self) if with_optimizer else None
+        w["rng"] = self.rng
+        return w
 
     def release(self) -> None:
-        """Drop the model and optimiser (finished): its parameters are views that would keep the stack alive."""
-        self.model = self.params = self.opt = self.forward = None
-
-
-def _failure(e: BaseException) -> str:
-    return f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-
-
-def _ended(e: BaseException) -> str:
-    """The state a run stopped by ``e`` is left in, as the trainer decides: a KeyboardInterrupt that bypassed the
-    signal handling (another thread's run) leaves it unfinished, not broken ('interrupted', resumable from its last
-    checkpoint); anything else 'failed'."""
-    return "interrupted" if isinstance(e, KeyboardInterrupt) else "failed"
+        """Drop the model side (finished): its parameters are views that would keep the stack alive."""
+        self.rec.release()
+        self.run = None
 
 
 class _Lockstep:
     """Members at the same step with parameters of one shape, trained on one stack (module docstring)."""
 
     def __init__(self, members: list[_Member], shared: _Shared, results: dict[int, dict[str, Any]],
-                 batched: bool | None, stop: StopOnSignals | None = None):
+                 batched: bool | None):
         self.members, self.shared, self.results = list(members), shared, results
-        m0 = members[0]
-        self.cfg, self.device = m0.cfg, m0.device
-        self.net, self.held = stack_models([m.model for m in members], [m.rng for m in members], batched=batched)
+        self.cfg, self.device = members[0].rec.cfg, shared.device
+        models = [m.run.model for m in members]
+        self.net, self.held = stack_models(models, [m.rng for m in members], batched=batched)
         try:
             c, h, w = shared.data.train.images.shape[1:]
             examples = torch.randn(len(members), 2, c, h, w, generator=torch.Generator().manual_seed(0))
-            check_stacked(self.net, [m.model for m in members], examples.to(self.device))
+            check_stacked(self.net, models, examples.to(self.device))
         except NotStackable:
-            for m in members:  # back to tensors of their own, for the ordinary loop
-                for p in m.model.parameters():
+            for m in models:  # back to tensors of their own, for the ordinary loop
+                for p in m.parameters():
                     p.data = p.data.clone()
             raise
         self.forward = torch.compile(self.net) if self.cfg.compile else self.net
         self.opt = make_optimizer(self.cfg, self.net)
         self._take_optimizer_states()
-        self._eval: tuple[int, list] | None = None
+        self._update = UpdateStep(self.cfg, self.forward, self.opt, models, net=self.net)
+        self._eval: tuple[int, list[Losses]] | None = None
         for m in members:
-            m.stack, m.signals = self, stop
+            m.stack = self
 
     # ---- optimiser state: stacked from the members' (resume, carry), sliced back for their checkpoints --------
     def _take_optimizer_states(self) -> None:
+        params = [dict(m.run.model.named_parameters()) for m in self.members]
         for name, p in self.net.named_parameters():
-            per = [m.opt.state.get(m.params[name]) or {} for m in self.members]
+            per = [m.run.opt.state.get(ps[name]) or {} for m, ps in zip(self.members, params)]
             if not any(per):
                 continue
             if not all(per) or any(s.keys() != per[0].keys() for s in per):
                 raise RuntimeError(f"lockstep: the members' optimiser states for {name!r} differ in their keys "
                                    f"{[sorted(s) for s in per]}; they cannot be stacked")
             self.opt.state[p] = {k: _stacked([s[k] for s in per]) for k in per[0]}
-            for m in self.members:  # free each member's buffers as soon as they are stacked
-                m.opt.state.pop(m.params[name], None)
+            for m, ps in zip(self.members, params):  # free each member's buffers as soon as they are stacked
+                m.run.opt.state.pop(ps[name], None)
 
     def optimizer_state(self, m: _Member) -> dict[str, Any]:
         """Member ``m``'s optimiser state dict, as its own optimiser would hold it (``Optimizer.state_dict``)."""
@@ -186,60 +177,32 @@ class _Lockstep:
             if s:
                 state[i] = {k: (v[r].clone() if torch.is_tensor(v) and v.dim() > 0 else
                                 v.clone() if torch.is_tensor(v) else v) for k, v in s.items()}
-        return {"state": state, "param_groups": m.opt.state_dict()["param_groups"]}
+        return {"state": state, "param_groups": m.run.opt.state_dict()["param_groups"]}
 
     # ---- evaluation ------------------------------------------------------------------------------------------
-    def losses(self, m: _Member) -> tuple[float, float, float, float]:
-        """Member ``m``'s (train_loss, train_acc, test_loss, test_acc) at the current step. Batched: the whole stack
-        is evaluated once per step, when the first member asks; member by member: by the trainer's own
-        ``evaluate`` of the member's model (its parameters are views of the stack: the same weights)."""
-        if not self.held.batched:
-            return _Run._losses(m)
-        if self._eval is None or self._eval[0] != m.step:
-            self._eval = (m.step, self._evaluate_all())
+    def losses(self, m: _Member) -> Losses:
+        """Member ``m``'s losses at the current step, the whole stack evaluated once per step (batched layers),
+        when the first member asks."""
+        step = m.rec.step
+        if self._eval is None or self._eval[0] != step:
+            self._eval = (step, evaluate_splits(self.forward, self.shared.eval_feeds, self.cfg.amp,
+                                                members=len(self.members)))
         return self._eval[1][self.members.index(m)]
 
-    @torch.no_grad()
-    def _evaluate_all(self) -> list[tuple[float, float, float, float]]:
-        R, amp = len(self.members), self.cfg.amp
-        self.net.eval()
-        try:
-            out_cols = []
-            for split in ("train", "test"):
-                loss = correct = None
-                n = 0
-                for x, y in self.shared.eval_feeds[split].epoch(0):
-                    B = x.shape[0]
-                    with _autocast(self.device, amp):
-                        out = self.forward(x.unsqueeze(0).expand(R, *x.shape).reshape(R * B, *x.shape[1:]))
-                    out = out.view(R, B, -1)
-                    # each member's sums exactly as evaluate() forms them (same ops on the same rows)
-                    bl = torch.stack([F.cross_entropy(out[r].float(), y, reduction="sum") for r in range(R)])
-                    bc = torch.stack([(out[r].argmax(1) == y).sum() for r in range(R)])
-                    loss = bl if loss is None else loss + bl
-                    correct = bc if correct is None else correct + bc
-                    n += B
-                out_cols += [[v / n for v in loss.tolist()], [v / n for v in correct.tolist()]]
-        finally:
-            self.net.train()
-        return list(zip(*out_cols))
-
     # ---- the loop --------------------------------------------------------------------------------------------
-    def fit(self) -> None:
-        """Train every member to its end; each ends through the trainer's ``_finish`` (results in ``self.results``)."""
+    def fit(self, signals: StopOnSignals | None) -> None:
+        """Train every member to its end; each ends through its recorder's ``finish`` (results in ``self.results``)."""
         try:
-            for m in self.members:
-                m._open_outputs(bar=False)
             done = []
+            epoch_ends = self.cfg.checkpoint_every_s is None  # else the time rule alone (Recorder.checkpoint_due)
             for m in self.members:
-                if m.fresh:  # evaluation, snapshot and checkpoint of the initialisation
-                    stop = m._at_step(check=False)
-                    if stop:
-                        self._end(m, m._finish(stop))
-                        done.append(m)
+                stop = m.rec.start(signals, bar=False, epoch_end_checkpoints=epoch_ends)
+                if stop:
+                    self.results[id(m)] = m.rec.finish(stop)
+                    done.append(m)
             if done:
                 self._drop(done)
-            self._stop_if_signalled(saved={id(m) for m in self.members})  # each at its checkpoint's step
+            self._stop_if_signalled()  # each at its checkpoint's step
             self._loop()
         except Interrupted:
             raise  # every member saved its state and wrote 'interrupted' (_stop_if_signalled)
@@ -247,129 +210,78 @@ class _Lockstep:
             tb = traceback.format_exc()
             for m in self.members:  # the ones still training: recorded as failed, like the trainer does
                 try:
-                    m.write_status(_ended(e), error=_failure(e))
+                    m.rec.fail(e)
                 finally:
-                    self.results[id(m)] = {**_result(m.folder, m.status), "traceback": tb}
+                    self.results[id(m)] = {**m.rec.result(), "traceback": tb}
             if not isinstance(e, Exception):
                 raise
         finally:
             for m in self.members:
-                m.close()
-            self.members, self.net, self.opt, self.forward = [], None, None, None
+                m.rec.close()
+            self.members, self.net, self.opt, self.forward, self._update = [], None, None, None, None
 
     def _loop(self) -> None:
-        last = {id(m): time.perf_counter() for m in self.members}
         bar = self._bar()
         try:
             while self.members:
-                m0 = self.members[0]
-                step, spe = m0.step, m0.spe
-                if step >= m0.total:
+                lead = self.members[0].rec
+                if lead.at_end:
                     break
-                e, b = divmod(step, spe)
-                if b == 0:
-                    for m in self.members:
-                        m.run_stats = m._zero_stats()
-                seeds = sorted({m.cfg.seed for m in self.members})
-                for batches in zip(*(self.shared.feed(s).epoch(e, start=b) for s in seeds)):
-                    dropped = self._step(dict(zip(seeds, batches)), last)
+                epoch, batch = divmod(lead.step, lead.spe)
+                seeds = sorted({m.rec.cfg.seed for m in self.members})
+                for batches in zip(*(self.shared.feed(s).epoch(epoch, start=batch) for s in seeds)):
+                    dropped = self._step(dict(zip(seeds, batches)))
                     if bar is not None:
                         bar.update(1)
                         bar.set_postfix(runs=len(self.members))
-                    if dropped or not self.members or self.members[0].step >= self.members[0].total:
+                    if dropped or not self.members or self.members[0].rec.at_end:
                         break  # new iterators (seeds may be gone), or the end
             for m in list(self.members):
-                self._end(m, m._finish("max_epochs" if m.cfg.until_zero_loss else "epochs"))
+                self.results[id(m)] = m.rec.finish("max_epochs" if m.rec.cfg.until_zero_loss else "epochs")
         finally:
             if bar is not None:
                 bar.close()
 
-    def _step(self, batches: dict[int, tuple[torch.Tensor, torch.Tensor]], last: dict[int, float]) -> bool:
-        """One update of every member; then each member's own bookkeeping. Returns whether members were dropped."""
-        ms, cfg = self.members, self.cfg
+    def _step(self, batches: dict[int, tuple[torch.Tensor, torch.Tensor]]) -> bool:
+        """One update of every member; then each member's recorder. Returns whether members were dropped."""
+        ms = self.members
         R = len(ms)
-        lr = ms[0]._lr()  # one schedule: the members share step and settings
-        for opt in [self.opt] + [m.opt for m in ms]:  # the members' optimisers only carry lr into their checkpoints
-            for g in opt.param_groups:
-                g["lr"] = lr
+        lr = ms[0].rec.lr()  # one schedule: the members share step and settings
+        for m in ms:  # the members' optimisers only carry lr into their checkpoints
+            set_lr(m.run.opt, lr)
         if len(batches) == 1:
             x, y = next(iter(batches.values()))
             X, Y = x.unsqueeze(0).expand(R, *x.shape).reshape(R * x.shape[0], *x.shape[1:]), y.repeat(R)
         else:
-            X = torch.cat([batches[m.cfg.seed][0] for m in ms])
-            Y = torch.cat([batches[m.cfg.seed][1] for m in ms])
+            X = torch.cat([batches[m.rec.cfg.seed][0] for m in ms])
+            Y = torch.cat([batches[m.rec.cfg.seed][1] for m in ms])
+        losses, correct = self._update(X, Y, lr, [m.rec.soft_lambda() for m in ms])  # (R,) each
         B = X.shape[0] // R
-        with _autocast(self.device, cfg.amp):
-            out = self.forward(X)
-            losses = F.cross_entropy(out.float(), Y, reduction="none").view(R, B).mean(1)  # (R,): each member's loss
-        self.opt.zero_grad(set_to_none=True)
-        losses.sum().backward()  # member r's parameters get the gradient of its own loss only
-        self._add_soft_grads()
-        self.opt.step()
-        correct = (out.argmax(1) == Y).view(R, B).sum(1)
-        now = time.perf_counter()
-        done, saved = [], set()
+        done = []
         for r, m in enumerate(ms):
             m.rng = self.held.rng[r]
-            m._account(losses[r], correct[r], B, lr)
-            due = m._checkpoint_due(now, last[id(m)])
-            stop = m._at_step(check=due or m.step % 25 == 0)  # the trainer's rule
+            stop = m.rec.after_update(losses[r], correct[r], B, lr)
             if stop:
-                self._end(m, m._finish(stop))
+                self.results[id(m)] = m.rec.finish(stop)
                 done.append(m)
-                continue
-            if due:
-                m._checkpoint()
-                last[id(m)] = now
-                saved.add(id(m))
         if done:
             self._drop(done)
-        self._stop_if_signalled(saved)
+        self._stop_if_signalled()
         return bool(done)
 
-    def _add_soft_grads(self) -> None:
-        """Soft release: each member's λ(t)·2(θ − Pθ) added to its slice of the stacked gradients, by the trainer's
-        ``add_penalty_grad_`` on the member's model, whose ``.grad`` are pointed at those slices for the call."""
-        if self.cfg.soft_lambda <= 0:
-            return
-        from archrelax.embed.penalty import add_penalty_grad_
-        from archrelax.embed.relax import relaxed_layers
-
-        stacked = dict(self.net.named_parameters())
-        for path, layer in relaxed_layers(self.members[0].model).items():
-            for n, _ in layer.named_parameters(recurse=False):
-                p = stacked[f"{path}.{n}" if path else n]
-                if p.grad is None and p.requires_grad:  # the penalty creates a gradient the loss did not (trainer
-                    p.grad = torch.zeros_like(p)        # too); only the relaxed layers' parameters, as there
-        for r, m in enumerate(self.members):
-            lam = m._soft_lambda()  # λ(t) at the member's own step (the trainer's, before the update)
-            if lam <= 0:
-                continue
-            for name, p in m.params.items():
-                p.grad = stacked[name].grad[r]
-            try:
-                add_penalty_grad_(m.model, m.cfg.soft_toward, lam)  # in place, into the stack's gradients
-            finally:
-                for p in m.params.values():
-                    p.grad = None
-
-    def _stop_if_signalled(self, saved: set[int]) -> None:
-        """On a stop signal: every member saves its state at this step (unless ``saved`` says it just did) and is
-        marked 'interrupted' (the trainer's own rule, member by member), then Interrupted is raised. At the last
-        step the members just finish."""
+    def _stop_if_signalled(self) -> None:
+        """On a stop signal: every member saves its state at this step (unless it just did) and is marked
+        'interrupted' (its recorder's rule), then Interrupted is raised. At the last step the members just finish."""
         first = None
         for m in list(self.members):
             try:
-                m._stop_if_signalled(checkpointed=id(m) in saved)
+                m.rec.stop_if_signalled()
             except Interrupted as e:
                 first = first or e
         if first is not None:
             n = len(self.members)
             raise Interrupted(first.signum, f"lockstep: {n} run(s) interrupted by {signal_name(first.signum)} at step "
-                                            f"{self.members[0].step}; checkpoints written, rerun to resume")
-
-    def _end(self, m: _Member, result: dict[str, Any]) -> None:
-        self.results[id(m)] = result
+                                            f"{self.members[0].rec.step}; checkpoints written, rerun to resume")
 
     def _drop(self, done: list[_Member]) -> None:
         """Remove finished members from the stack, one parameter at a time (peak memory: the stack plus one
@@ -377,16 +289,17 @@ class _Lockstep:
         keep = [i for i, m in enumerate(self.members) if m not in done]
         kept = [self.members[i] for i in keep]
         for m in done:
-            m.close()
+            m.rec.close()
             m.release()
         self.members = kept
         self._eval = None
         if not kept:
-            self.net = self.opt = self.forward = None
+            self.net = self.opt = self.forward = self._update = None
             return
         idx = torch.tensor(keep, device=self.device)
         old = self.opt
         params = dict(self.net.named_parameters())
+        member_params = [dict(m.run.model.named_parameters()) for m in kept]
         for g in old.param_groups:  # the optimiser must not keep the old stacked tensors alive
             g["params"] = []
         states: dict[str, dict[str, Any]] = {}
@@ -398,8 +311,8 @@ class _Lockstep:
                 states[name] = {k: (v.index_select(0, idx) if torch.is_tensor(v) and v.dim() > 0 else v)
                                 for k, v in s.items()}
             setattr(self.net.get_submodule(path), attr, new)
-            for j, m in enumerate(kept):
-                m.params[name].data = new.detach()[j]
+            for j, mp in enumerate(member_params):
+                mp[name].data = new.detach()[j]
             del p, s
         params.clear()
         self.held.R, self.held.rng = len(kept), [self.held.rng[i] for i in keep]
@@ -407,17 +320,18 @@ class _Lockstep:
         for name, p in self.net.named_parameters():
             if name in states:
                 self.opt.state[p] = states[name]
+        self._update = UpdateStep(self.cfg, self.forward, self.opt, [m.run.model for m in kept], net=self.net)
 
     def _bar(self):
-        m0 = self.members[0] if self.members else None
-        if m0 is None:
+        lead = self.members[0].rec if self.members else None
+        if lead is None:
             return None
-        show = sys.stderr.isatty() if m0.cfg.progress is None else m0.cfg.progress
+        show = sys.stderr.isatty() if lead.cfg.progress is None else lead.cfg.progress
         if not show:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=m0.total, initial=m0.step, unit="step", dynamic_ncols=True,
+        return tqdm(total=lead.total, initial=lead.step, unit="step", dynamic_ncols=True,
                     desc=f"lockstep x{len(self.members)}")
 
 
@@ -431,31 +345,6 @@ def _stacked(values: list[Any]) -> Any:
 
 
 # ---- the group ------------------------------------------------------------------------------------------------
-
-# The TrainConfig fields whose meaning the lockstep loop implements. A field added later (a new loss term, a new
-# schedule) is trained by the ordinary trainer until the loop here learns it: set to anything but its default,
-# train_lockstep trains those runs one after another with ``train`` and says so, rather than silently ignore it.
-KNOWN_FIELDS = frozenset((
-    "model", "model_kwargs", "relax", "relax_layers", "init_from", "optimizer_state", "soft_lambda", "soft_schedule",
-    "soft_toward", "data", "data_root",
-    "train_size", "test_size", "data_seed", "augment", "optimizer", "lr", "momentum", "weight_decay", "schedule",
-    "step_size", "gamma", "warmup_epochs", "batch_size", "epochs", "until_zero_loss", "max_epochs", "loss_threshold",
-    "eval_times", "snapshots", "seed", "device", "amp", "compile", "progress", "tensorboard", "checkpoint_every_steps",
-    "checkpoint_every_s", "force_memory"))
-
-
-def _unknown_settings(cfg: TrainConfig) -> list[str]:
-    """Fields set away from their default that the lockstep loop does not implement (see KNOWN_FIELDS)."""
-    out = []
-    for f in dataclasses.fields(TrainConfig):
-        if f.name in KNOWN_FIELDS:
-            continue
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-        if getattr(cfg, f.name) != default:
-            out.append(f.name)
-    return out
-
-
 def _check_group(cfgs: list[TrainConfig]) -> None:
     keys = {lockstep_key(c) for c in cfgs}
     if len(keys) > 1:
@@ -469,31 +358,31 @@ def _check_group(cfgs: list[TrainConfig]) -> None:
 def _memory_chunks(members: list[_Member]) -> list[list[_Member]]:
     """On CUDA, split a stack so that its gradients and optimiser state fit the free memory (the members' weights are
     resident already); elsewhere one stack."""
-    dev = members[0].device
+    dev = members[0].shared.device
     if dev.type != "cuda" or len(members) == 1:
         return [members]
-    cfg = members[0].cfg
+    cfg = members[0].rec.cfg
     slots = 2 if cfg.optimizer in ("adam", "adamw") else (1 if cfg.momentum > 0 else 0)
-    per = sum(p.numel() * p.element_size() for p in members[0].model.parameters()) * (1 + slots)
+    per = sum(p.numel() * p.element_size() for p in members[0].run.model.parameters()) * (1 + slots)
     free = torch.cuda.mem_get_info(dev)[0]
     n = max(1, int(0.7 * free // max(per, 1)))
     return [members[i : i + n] for i in range(0, len(members), n)]
 
 
 def _solo(m: _Member, results: dict[int, dict[str, Any]], stop: StopOnSignals | None) -> None:
-    """The ordinary loop for one member (a model the stacking does not support)."""
-    set_rng_state(m.rng, m.device)
+    """The ordinary loop (the trainer's ``fit``) for one member (a model the stacking does not support)."""
+    set_rng_state(m.rng, m.shared.device)
     try:
-        results[id(m)] = m.fit(stop)
+        results[id(m)] = fit(m.rec, m.run, m.feed, stop)
     except Interrupted:
-        raise  # saved and marked 'interrupted' by the trainer's loop
+        raise  # saved and marked 'interrupted' by the loop
     except BaseException as e:
-        m.write_status(_ended(e), error=_failure(e))
-        results[id(m)] = {**_result(m.folder, m.status), "traceback": traceback.format_exc()}
+        m.rec.fail(e)
+        results[id(m)] = {**m.rec.result(), "traceback": traceback.format_exc()}
         if not isinstance(e, Exception):
             raise
     finally:
-        m.close()
+        m.rec.close()
         m.release()
 
 
@@ -501,7 +390,7 @@ def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict
                 log: Callable[[str], None], batched: bool | None, stop: StopOnSignals | None) -> None:
     parts: dict[Any, list[_Member]] = {}
     for m in members:  # same step and parameter shapes: one stack
-        sig = (m.step, tuple((n, tuple(p.shape)) for n, p in m.model.named_parameters()))
+        sig = (m.rec.step, tuple((n, tuple(p.shape)) for n, p in m.run.model.named_parameters()))
         parts.setdefault(sig, []).append(m)
     if len(parts) > 1:
         log(f"lockstep: {len(members)} runs are at {len(parts)} different steps or shapes; trained as "
@@ -509,13 +398,13 @@ def _train_wave(members: list[_Member], shared: _Shared, results: dict[int, dict
     for part in parts.values():
         for chunk in _memory_chunks(part):
             try:
-                stack = _Lockstep(chunk, shared, results, batched, stop)
+                stack = _Lockstep(chunk, shared, results, batched)
             except NotStackable as e:
                 log(f"lockstep: {e}; training these {len(chunk)} runs one after another instead")
                 for m in chunk:
                     _solo(m, results, stop)
                 continue
-            stack.fit()
+            stack.fit(stop)
 
 
 def _warn(msg: str) -> None:
@@ -537,7 +426,7 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
     batched (one call for all members) or member by member (``archrelax.train.stacked``); default: the
     environment's ``ARCHRELAX_LOCKSTEP_BATCHED`` (1 or 0) if set, else batched on CUDA only.
 
-    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the group after the current step, as ``train`` stops
+    SIGTERM, SIGINT, SIGHUP or SIGUSR1 (in the main thread) stop the group after the current step, as ``train`` stops
     a run: every member in training writes its checkpoint and is marked ``interrupted``, members not yet
     trained are marked ``interrupted`` as they are, then :class:`archrelax.signals.Interrupted` is raised
     (``exit_code`` 128 + the signal number). Rerunning (by lockstep or by ``train``) resumes each at its step.
@@ -556,17 +445,12 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
     locks = list(locks) if locks is not None else [None] * len(cfgs)
     for f, lock in zip(folders, locks):
         f.path.mkdir(parents=True, exist_ok=True)
-        if lock is not None and not (lock.held and lock.path.resolve() == f.lock_path.resolve()):
-            raise ValueError(f"train_lockstep(locks=...) needs the held lock of {str(f.lock_path)!r}, got {lock.path} "
-                             f"({'held' if lock.held else 'not held'})")
+        check_lock(f, lock, "train_lockstep(locks=...)")
     own: list[RunLock] = []
-    held: list[RunLock] = []
     try:
         for f, lock in zip(folders, locks):
             if lock is None:
-                lock = f.lock().acquire()
-                own.append(lock)
-            held.append(lock)
+                own.append(f.lock().acquire())
         results: dict[int, dict[str, Any]] = {}
         todo = []
         for i, (cfg, f) in enumerate(zip(cfgs, folders)):
@@ -575,30 +459,13 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
                 results[i] = finished
             else:
                 todo.append(i)
-        unknown = _unknown_settings(cfgs[0]) if todo else []
         with StopOnSignals() as stop:
-            if unknown:
-                log(f"lockstep: these runs set {unknown}, which the lockstep loop does not implement; trained one "
-                    "after another by the ordinary trainer instead")
-                for i in todo:
-                    stop.check(f"not started: {signal_name(stop.signum or 0)} arrived first")
-                    results[i] = _ordinary(cfgs[i], folders[i], held[i])
-            elif todo:
+            if todo:
                 _train_group(cfgs, folders, todo, results, log, batched, stop)
         return [results[i] for i in range(len(cfgs))]
     finally:
         for lock in own:
             lock.release()
-
-
-def _ordinary(cfg: TrainConfig, folder: RunFolder, lock: RunLock) -> dict[str, Any]:
-    """``train`` with the held lock; a failure (recorded in status.json by the trainer) is returned, not raised."""
-    from .trainer import train
-
-    try:
-        return train(cfg, folder.path, lock=lock)
-    except Exception as e:
-        return {**_result(folder, folder.read_status()), "error": _failure(e), "traceback": traceback.format_exc()}
 
 
 def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[int],
@@ -607,14 +474,15 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
     from archrelax.utils import resolve_device
 
     device = resolve_device(cfgs[todo[0]].device)
-    with _determinism(device):
+    with determinism(device):
         try:
             shared = _Shared(cfgs[todo[0]], device)
         except Exception as e:  # the data: every run fails the same way, each recorded
             tb = traceback.format_exc()
             for i in todo:
-                results[i] = {**_result(folders[i], folders[i].write_status(_ended(e), error=_failure(e))),
-                              "traceback": tb}
+                rec = Recorder(cfgs[i], folders[i])
+                rec.fail(e)
+                results[i] = {**rec.result(), "traceback": tb}
             return
         pending, first = list(todo), True
         while pending:  # waves: members are built until one no longer fits the device's memory
@@ -625,15 +493,16 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
             first = False
             wave: list[tuple[int, _Member]] = []
             for i in list(pending):
+                rec = Recorder(cfgs[i], folders[i])
                 try:
-                    wave.append((i, _Member(cfgs[i], folders[i], shared)))
+                    wave.append((i, _Member(rec, shared)))
                 except BaseException as e:  # this run could not be set up; the others go on
                     if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) and wave:
                         log(f"lockstep: {len(pending)} runs do not fit the device's memory together; training "
                             f"{len(wave)} first")
                         break
-                    results[i] = {**_result(folders[i], folders[i].write_status(_ended(e), error=_failure(e))),
-                                  "traceback": traceback.format_exc()}
+                    rec.fail(e)
+                    results[i] = {**rec.result(), "traceback": traceback.format_exc()}
                     pending.remove(i)
                     if not isinstance(e, Exception):
                         raise
@@ -644,10 +513,10 @@ def _train_group(cfgs: list[TrainConfig], folders: list[RunFolder], todo: list[i
                 _train_wave([m for _, m in wave], shared, by_member, log, batched, stop)
             except Interrupted as e:
                 for _, m in wave:  # set up (status 'running') but not trained yet: resumable as they are
-                    if id(m) not in by_member and m.folder.read_status().status == "running":
-                        m.write_status("interrupted", error=f"{e.message or e}: this run's stack had not started; "
-                                                            "rerun to resume")
-                    m.close()
+                    if id(m) not in by_member and m.rec.folder.read_status().status == "running":
+                        m.rec.write_status("interrupted", error=f"{e.message or e}: this run's stack had not "
+                                                                "started; rerun to resume")
+                    m.rec.close()
                 raise
             for i, m in wave:
                 results[i] = by_member[id(m)]
