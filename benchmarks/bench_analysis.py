@@ -10,12 +10,13 @@ same models.
    kept graph; four products batched through ``is_grads_batched`` (time per vector): each over the gradient.
 3. ``interpolation``: per eFCN (the first two), the previous loop (every α of every method evaluated in full,
    its ends included) against ``interpolate``; the ratio and the largest difference of their numbers.
-4. ``end to end``: every analysis recomputed (force) at the experiment's settings in this process (workers=1) and
-   with ``--workers`` processes; then the runs' training time (first start to last end, and summed over runs)
-   and the ratio analyses / training.
+4. ``end to end``: every analysis recomputed (force) at the experiment's settings with ``--workers`` processes,
+   the analyses one after another (the previous code) and side by side (today's: their jobs share the pool's
+   queue); with ``--single``, in this process (workers=1) first; then the runs' training time (first start to
+   last end, and summed over runs) and the ratio analyses / training of both.
 
-    python benchmarks/bench_analysis.py EXPERIMENT [--threads 1] [--reps 3] [--workers 2] [--clock cpu|wall]
-                                        [--sections sharpness,products,interpolation,end-to-end]
+    python benchmarks/bench_analysis.py EXPERIMENT [--threads 1] [--reps 3] [--workers 2] [--single]
+                                        [--clock cpu|wall] [--sections sharpness,products,interpolation,end-to-end]
 
 Sections 1-3 run in this process with ``--threads`` (default 1); ``--clock cpu`` times this process's CPU time
 (steadier on a shared machine). Section 4 is wall time (worker processes are not this process's CPU).
@@ -210,23 +211,52 @@ def interpolation(ctx: Context, reps: int) -> None:
               f"({len(alphas)} α x {len(s.interp_methods)} methods; largest loss difference {diff:.1e} nats)")
 
 
-def end_to_end(exp: str, workers: int) -> None:
+class _OneAfterAnother:
+    """Stands in for ``concurrent.futures.ThreadPoolExecutor`` in ``analyse_experiment``: the analyses computed
+    one after another, as the previous code did (each one's jobs still in the worker processes)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        pass
+
+    def __enter__(self) -> "_OneAfterAnother":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def map(self, fn, items):
+        return [fn(item) for item in items]
+
+
+def end_to_end(exp: str, workers: int, single: bool) -> None:
+    import concurrent.futures as cf
     import os
 
     load = os.getloadavg()[0]
     settings = settings_from_spec(exp)
-    for n in (1, workers):
-        t = time.perf_counter()
-        res = analyse_experiment(exp, only=list(ANALYSES), progress=False, force=True,
-                                 settings=dataclasses.replace(settings, workers=n))
-        took = time.perf_counter() - t
+    modes = ([("1 worker", 1, False)] if single else []) + [
+        (f"{workers} workers, analyses one after another (previous)", workers, True),
+        (f"{workers} workers, analyses side by side (now)", workers, False)]
+    took = {}
+    for label, n, sequential in modes:
+        real = cf.ThreadPoolExecutor
+        if sequential:
+            cf.ThreadPoolExecutor = _OneAfterAnother
+        try:
+            t = time.perf_counter()
+            res = analyse_experiment(exp, only=list(ANALYSES), progress=False, force=True,
+                                     settings=dataclasses.replace(settings, workers=n))
+            took[label] = time.perf_counter() - t
+        finally:
+            cf.ThreadPoolExecutor = real
         each = ", ".join(f"{k} {v:.1f}" for k, v in res.seconds.items())
-        print(f"end to end, {n} worker(s): analyses {took:.1f} s ({each}; torch threads {torch.get_num_threads()})")
+        print(f"end to end, {label}: analyses {took[label]:.1f} s ({each}; torch threads {torch.get_num_threads()})")
     ctx = Context(ExperimentFolder(exp), settings, progress=False)
     span, total = training_time(ctx)
+    prev, now = took[modes[-2][0]], took[modes[-1][0]]
     print(f"training: {span:.1f} s from the first start to the last end ({total:.1f} s summed over runs); "
-          f"analyses with {workers} workers / training = {took / span:.3f}   (load average {load:.1f} -> "
-          f"{os.getloadavg()[0]:.1f})")
+          f"analyses / training: previous {prev / span:.3f}, now {now / span:.3f} (now/previous {now / prev:.2f}; "
+          f"load average {load:.1f} -> {os.getloadavg()[0]:.1f})")
 
 
 def main() -> None:
@@ -236,6 +266,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--single", action="store_true", help="end to end with 1 worker as well")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
     ap.add_argument("--sections", default="sharpness,products,interpolation,end-to-end")
     args = ap.parse_args()
@@ -249,7 +280,7 @@ def main() -> None:
             fn(ctx, args.reps)
     if "end-to-end" in sections:
         torch.set_num_threads(threads)
-        end_to_end(args.experiment, args.workers)
+        end_to_end(args.experiment, args.workers, args.single)
 
 
 if __name__ == "__main__":

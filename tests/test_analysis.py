@@ -439,7 +439,9 @@ def test_workers_give_the_same_results_and_unconverged_points_are_marked(experim
     strip = lambda r: {k: v for k, v in r.to_json().items() if k != "created"}  # noqa: E731
     one, two = (analyse_experiment(exp, only=only, progress=False, force=True,
                                    settings=AnalysisSettings(**{**SMALL.to_dict(), "workers": n})) for n in (1, 2))
+    # with two workers the three analyses run side by side: the same results, in the order asked for
     assert {n: strip(r) for n, r in one.items()} == {n: strip(r) for n, r in two.items()}
+    assert list(two) == only and two.names("computed") == only
     pts = one["sharpness"].points
     # the CNN's final weights are its last snapshot's: computed once, recorded under both files
     cnn = [p for p in pts if p.kind == "cnn"]

@@ -85,7 +85,8 @@ def _record(ctx: Context, run_id: str) -> tuple[AblationRecord | None, list[Miss
     final = ctx.folder(r).final_path
 
     def one() -> AblationRecord:
-        model = ctx.load(final)
+        ckpt = load_checkpoint(final)
+        model = ctx.load(ckpt)
         x, y = ctx.data()["test"]
         ab = evaluate_ablation(model, x, y, batch_size=ctx.s.batch_size)
         change: dict[str, float] = {}
@@ -93,7 +94,7 @@ def _record(ctx: Context, run_id: str) -> tuple[AblationRecord | None, list[Miss
         if snap is None:
             missing.append(Missing(run=r.id, reason="switch snapshot not found: no local_change"))
         else:
-            change = local_change(model, ctx.embedded(snap, model, load_checkpoint(final)["arch"]))
+            change = local_change(model, ctx.embedded(snap, model, ckpt["arch"]))
         parts = ("both", "local", "offlocal")
         return AblationRecord(**ctx.tag(r), test_acc=Parts(**{k: getattr(ab, k).acc for k in parts}),
                               test_loss=Parts(**{k: getattr(ab, k).loss for k in parts}), local_change=change)

@@ -125,9 +125,15 @@ def training_time(ctx: "Context") -> tuple[float | None, float]:
 
 
 def _analyse(ctx: "Context", names: list[str], force: bool) -> AnalysisResults:
-    """Each analysis in turn: reused when its cache key matches, else computed and written."""
+    """Each analysis reused when its cache key matches, else computed and written.
+
+    With worker processes, the analyses to compute run side by side (a thread each, in this process): their
+    per-run jobs share the one pool's queue, so no worker waits at the end of one analysis for the next to
+    start, and the work an analysis does here (reading files, templates) overlaps the workers' jobs. Each
+    result is the same as computed alone (a job depends only on its inputs)."""
     exp, settings = ctx.exp, ctx.s
     results = AnalysisResults()
+    todo: list[tuple[str, dict[str, Any], str]] = []
     for name in names:
         analysis = get_analysis(name)
         params = {k: getattr(settings, k) for k in analysis.params}
@@ -140,31 +146,49 @@ def _analyse(ctx: "Context", names: list[str], force: bool) -> AnalysisResults:
             ctx.log(f"{name}: up to date")
             results[name], results.how[name] = old, "reused"
             continue
-        ctx.log(f"{name}: computing")
-        head = dict(params=params, created=_now())
-        t0 = time.perf_counter()
-        try:
-            out = analysis.run(ctx)
-        except Exception as e:  # noqa: BLE001 - one broken analysis must not hide the others
-            ctx.log(f"{name}: failed: {e}")
-            res = RESULT_TYPES[name](**head, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        else:
-            res, arrays = out if isinstance(out, tuple) else (out, None)
-            res.params, res.created, res.fingerprint = head["params"], head["created"], fp
-            if arrays is not None:  # beside the JSON, in .npz (loads with allow_pickle=False)
-                import numpy as np
+        results[name] = None  # keeps the order of ``names``
+        todo.append((name, params, fp))
+    workers = getattr(ctx.pool, "workers", 1)
+    if workers > 1 and len(todo) > 1:
+        import concurrent.futures as cf
 
-                from archrelax.store import atomic_write_bytes
-
-                buf = io.BytesIO()
-                np.savez(buf, **arrays)
-                atomic_write_bytes(exp.analysis_dir / f"{name}.npz", buf.getvalue())
-                res.arrays = f"{name}.npz"
-        exp.write_result(res)
+        with cf.ThreadPoolExecutor(len(todo), thread_name_prefix="analysis") as threads:
+            done = list(threads.map(lambda job: _compute(ctx, *job), todo))
+    else:
+        done = [_compute(ctx, *job) for job in todo]
+    for (name, _, _), (res, seconds) in zip(todo, done):
         results[name], results.how[name] = res, "failed" if res.error else "computed"
-        results.seconds[name] = time.perf_counter() - t0
-        ctx.log(f"{name}: {results.how[name]} in {results.seconds[name]:.1f} s")
+        results.seconds[name] = seconds
     return results
+
+
+def _compute(ctx: "Context", name: str, params: dict[str, Any], fp: str) -> tuple[AnalysisResult, float]:
+    """Compute analysis ``name`` and write its file; (its result, its wall time)."""
+    exp = ctx.exp
+    ctx.log(f"{name}: computing")
+    head = dict(params=params, created=_now())
+    t0 = time.perf_counter()
+    try:
+        out = get_analysis(name).run(ctx)
+    except Exception as e:  # noqa: BLE001 - one broken analysis must not hide the others
+        ctx.log(f"{name}: failed: {e}")
+        res = RESULT_TYPES[name](**head, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    else:
+        res, arrays = out if isinstance(out, tuple) else (out, None)
+        res.params, res.created, res.fingerprint = head["params"], head["created"], fp
+        if arrays is not None:  # beside the JSON, in .npz (loads with allow_pickle=False)
+            import numpy as np
+
+            from archrelax.store import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            atomic_write_bytes(exp.analysis_dir / f"{name}.npz", buf.getvalue())
+            res.arrays = f"{name}.npz"
+    exp.write_result(res)
+    seconds = time.perf_counter() - t0
+    ctx.log(f"{name}: {'failed' if res.error else 'computed'} in {seconds:.1f} s")
+    return res, seconds
 
 
 def _cached(exp: ExperimentFolder, name: str) -> AnalysisResult | None:

@@ -325,8 +325,8 @@ def _curves(ctx: Context, run_id: str) -> tuple[list[InterpolationRecord], list[
 
     def one() -> list[InterpolationRecord]:
         final = ctx.folder(r).final_path
-        end = ctx.load(final)
-        arch = load_checkpoint(final)["arch"]
+        ckpt = load_checkpoint(final)
+        end, arch = ctx.load(ckpt), ckpt["arch"]
         cnn = ctx.cnn_of(r)
         sources = {"efcn_end": final, "switch": ctx.switch_snapshot(r),
                    "cnn_end": ctx.folder(cnn).final_path if cnn is not None and ctx.done(cnn) else None}

@@ -14,6 +14,7 @@ bits), so for a given number of threads per job they are the same whatever the n
 from __future__ import annotations
 
 import concurrent.futures as cf
+import threading
 from typing import Any, Callable, Sequence, TypeVar
 
 from .context import Context
@@ -61,6 +62,7 @@ class Pool:
         self.ctx, self.workers = ctx, workers
         self.threads = max(1, torch.get_num_threads() // workers)
         self._executor: Any = None
+        self._lock = threading.Lock()  # analyses computed side by side share one pool (experiment._analyse)
 
     def map(self, fn: Callable[[Context, T], R], items: Sequence[T], what: str,
             label: Callable[[T], str] = str) -> list[R]:
@@ -70,13 +72,14 @@ class Pool:
                 self.ctx.log(f"{what} {i + 1}/{len(items)}: {label(item)}")
                 out.append(fn(self.ctx, item))
             return out
-        if self._executor is None:
-            from archrelax.protocol.executors import ProcessExecutor
-
-            self._executor = ProcessExecutor(self.workers)
         root, settings = str(self.ctx.exp.root), self.ctx.s.to_dict()
-        futures = {self._executor.submit(_job, fn, root, settings, self.threads, item): i
-                   for i, item in enumerate(items)}
+        with self._lock:
+            if self._executor is None:
+                from archrelax.protocol.executors import ProcessExecutor
+
+                self._executor = ProcessExecutor(self.workers)
+            futures = {self._executor.submit(_job, fn, root, settings, self.threads, item): i
+                       for i, item in enumerate(items)}
         out: list[Any] = [None] * len(items)
         for done, fut in enumerate(cf.as_completed(futures), 1):
             i = futures[fut]
@@ -85,9 +88,10 @@ class Pool:
         return out
 
     def close(self) -> None:
-        if self._executor is not None:
-            self._executor.shutdown()
-            self._executor = None
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown()
+                self._executor = None
 
 
 def run_jobs(ctx: Context, fn: Callable[[Context, T], R], items: Sequence[T], what: str,

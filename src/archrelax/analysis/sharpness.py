@@ -274,7 +274,7 @@ def _point(ctx: Context, job: tuple[str, str, str]) -> tuple[SharpnessPoint | No
     def one() -> SharpnessPoint:
         ckpt = load_checkpoint(path)
         x, y = ctx.data()["hessian"]
-        sh = measure_sharpness(ctx.load(path), x, y, k=s.sharpness_k, tol=s.sharpness_tol,
+        sh = measure_sharpness(ctx.load(ckpt), x, y, k=s.sharpness_k, tol=s.sharpness_tol,
                                max_iter=s.sharpness_max_iter, probes=s.trace_probes, seed=s.seed,
                                batch_size=s.batch_size, max_basis=s.sharpness_basis, blocks=s.sharpness_blocks)
         e = sh.eigen
