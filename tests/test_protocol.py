@@ -3,8 +3,8 @@ failures, resume after a real SIGKILL). Training uses tiny synthetic data so the
 from __future__ import annotations
 
 import csv
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,12 +168,16 @@ def test_run_writes_store_and_second_run_does_no_training(tiny_experiment, tmp_p
     assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "tiny"
     plan = store.read_plan()
     assert list(plan) == list(make_plan(spec_from_dict(TINY))) == [r["id"] for r in rows]  # order kept on disk
-    # the relaxed runs started from the CNN's snapshots (paths of the folder they ran in, copied from)
+    # the relaxed runs started from the CNN's snapshots, recorded relative to their own folder (so the
+    # experiment folder can be copied or moved whole)
     for rid, run in plan.items():
-        cfg = yaml.safe_load((exp / "runs" / rid / "config.json").read_text())
+        folder = exp / "runs" / rid
+        cfg = yaml.safe_load((folder / "config.json").read_text())
         want = Path(run.snapshot) if run.depends_on else None  # switch times on the step grid: exact names
-        assert (cfg["init_from"] and Path(cfg["init_from"]).relative_to(tiny_experiment.resolve())) == want
-        assert store.snapshot_for(run) == (Path(cfg["init_from"]) if run.depends_on else None)
+        assert cfg["init_from"] is None or not Path(cfg["init_from"]).is_absolute()
+        got = cfg["init_from"] and Path(os.path.normpath(folder / cfg["init_from"])).relative_to(exp)
+        assert got == want
+        assert store.snapshot_for(run) == (store.root / want if run.depends_on else None)
 
     files = {p: p.stat().st_mtime_ns for p in (exp / "runs").rglob("*") if p.is_file() and p.name != ".lock"}
     logs: list[str] = []

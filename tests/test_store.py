@@ -139,13 +139,19 @@ def test_snapshot_for_is_the_nearest_whole_step_until_the_run_started(tmp_path):
     parent.append_metrics({"epoch": 1.0, "step": 2})  # 2 steps per epoch: t = 0.3 is step round(0.6) = 1
     assert exp.snapshot_for(efcn) == tmp_path.resolve() / "runs/cnn/snapshots/epoch_0.5.pt"
     assert [t for t, _ in parent.snapshots()] == []
-    # once started, the file the run was given is the truth (while it exists)
-    other = tmp_path / "elsewhere" / "epoch_0.5.pt"
-    other.parent.mkdir()
+    # once started, the file the run was given is the truth (while it exists): relative to the run's folder
+    other = tmp_path / "runs" / "cnn-old" / "snapshots" / "epoch_0.5.pt"
+    other.parent.mkdir(parents=True)
     other.write_bytes(b"x")
-    exp.run("efcn").write_config({"init_from": str(other)})
-    assert exp.snapshot_for(efcn) == other
-    other.unlink()  # moved away: back to the parent's file in this folder
+    exp.run("efcn").write_config({"init_from": "../cnn-old/snapshots/epoch_0.5.pt"})
+    assert exp.snapshot_for(efcn) == other.resolve()
+    # an absolute path (older versions) is read as the same file of this folder, never outside it
+    copy_of = tmp_path.parent / f"{tmp_path.name}-original" / "runs" / "cnn-old" / "snapshots" / "epoch_0.5.pt"
+    copy_of.parent.mkdir(parents=True)
+    copy_of.write_bytes(b"y")
+    exp.run("efcn").write_config({"init_from": str(copy_of)})
+    assert exp.snapshot_for(efcn) == other.resolve()
+    other.unlink()  # gone here: back to the parent's file in this folder, not the original's
     assert exp.snapshot_for(efcn) == parent.snapshot_path(0.5)
 
 
@@ -348,11 +354,18 @@ def test_rerun_of_a_finished_experiment_recomputes_no_analysis(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in index.parent.rglob("*") if p.is_file()} == page  # nothing redrawn
     write_report(exp, analyse=False)  # another note on the page: drawn again
     assert index.stat().st_mtime_ns != page[index]
-    # an input that does change is seen: a run's final weights
-    final = next((exp / "runs").glob("efcn-*/final.pt"))
-    os.utime(final, ns=(time.time_ns(), time.time_ns()))
+    # the key is the inputs' content: a new time alone (a copy, a touch) recomputes nothing ...
     from archrelax.analysis import analyse_experiment
 
+    finals = sorted((exp / "runs").glob("efcn-*/final.pt"))
+    stamp = finals[0].stat()
+    os.utime(finals[0], ns=(time.time_ns(), time.time_ns()))
+    analyse_experiment(exp, only=["memory", "templates"], progress=False)
+    assert (out / "templates.json").stat().st_mtime_ns == first["templates.json"][0]
+    # ... and an input whose content changes is seen, even at the same size and time: a run's final weights
+    shutil.copyfile(finals[1], finals[0])
+    os.utime(finals[0], ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert finals[0].stat().st_size == stamp.st_size
     analyse_experiment(exp, only=["memory", "templates"], progress=False)
     assert (out / "memory.json").stat().st_mtime_ns == first["memory.json"][0]  # reads only the CNN's arch
     assert (out / "templates.json").stat().st_mtime_ns != first["templates.json"][0]

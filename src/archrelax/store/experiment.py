@@ -18,6 +18,7 @@ report, the analyses) catch it per run and show it there ("corrupt", with the me
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
@@ -29,6 +30,7 @@ import yaml
 
 from .atomic import atomic_write_text
 from .errors import _ABSENT, SpecMismatchError, StoreError
+from .job import JobRecord
 from .plan import Run, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
 from .run import RunFolder
@@ -160,21 +162,25 @@ class ExperimentFolder:
         """THE snapshot ``run`` starts from; None for runs from scratch, or while it cannot be known yet.
 
         Once the run has started, its config.json's ``init_from`` is the truth (the file the trainer loaded)
-        while that file exists. Otherwise (not started, or the experiment folder moved) it is the parent's
-        snapshot at the nearest whole step: the trainer snapshots at step round(t · steps_per_epoch) and names
-        the file by that step's epoch, so the name is known once the parent has taken a step. The path may not
-        exist yet (the parent is still training): callers check ``is_file()``.
+        while that file exists: a path relative to the run's folder (as the protocol writes it), or an absolute
+        one (written by older versions), read as the same file in this folder, never outside it (a copy of an
+        experiment must not train or analyse from the original's files). Otherwise (not started, or the file
+        is gone) it is the parent's snapshot at the nearest whole step: the trainer snapshots at step
+        round(t · steps_per_epoch) and names the file by that step's epoch, so the name is known once the
+        parent has taken a step. The path may not exist yet (the parent is still training): callers check
+        ``is_file()``.
         """
         if run.depends_on is None or run.snapshot_epoch is None:
             return None
+        folder = self.run(run.id)
         try:
-            started = self.run(run.id).read_config() or {}
+            started = folder.read_config() or {}
         except StoreError:
             started = {}
         init = started.get("init_from")
         if init:
-            path = Path(init) if Path(init).is_absolute() else self.root / init
-            if path.is_file():
+            path = self.inside(Path(init)) if Path(init).is_absolute() else Path(os.path.normpath(folder.path / init))
+            if path is not None and path.is_file():
                 return path
         parent = self.run(run.depends_on)
         t = float(run.snapshot_epoch)
@@ -184,6 +190,31 @@ class ExperimentFolder:
         if spe is None:
             return None
         return parent.snapshot_path(round(t * spe) / spe)  # the trainer's rounding (train.schedule.time_steps)
+
+    def inside(self, path: Path) -> Path | None:
+        """An absolute path recorded by an older version, as the same file of this folder: itself when it is in
+        this folder, else its ``runs/<id>/...`` tail here (the folder was copied or moved); None otherwise."""
+        if path.is_relative_to(self.root):
+            return path
+        parts = path.parts
+        at = [i for i, p in enumerate(parts[:-2]) if p == self.runs_dir.name]
+        return self.root.joinpath(*parts[at[-1]:]) if at else None
+
+    # ---- job records ----------------------------------------------------------------------------------------
+    def write_job(self, run_id: str, record: JobRecord) -> None:
+        """``runs/<id>/job.json``, its submitit folder relative to this folder when inside it (a moved experiment
+        still finds its job files)."""
+        folder = Path(record.folder) if record.folder else None
+        if folder is not None and folder.is_absolute() and folder.is_relative_to(self.root):
+            record = dataclasses.replace(record, folder=str(folder.relative_to(self.root)))
+        self.run(run_id).write_job(record)
+
+    def read_job(self, run_id: str) -> JobRecord | None:
+        """The run's job record (None when none was written), its submitit folder as an absolute path."""
+        record = self.run(run_id).read_job()
+        if record is not None and record.folder and not Path(record.folder).is_absolute():
+            record = dataclasses.replace(record, folder=str(self.root / record.folder))
+        return record
 
     # ---- summary.csv -----------------------------------------------------------------------------------------
     def summary_row(self, run: Run) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
@@ -166,8 +167,12 @@ def run(args: argparse.Namespace) -> int:
     from .trainer import train
 
     cfg = config_from_args(args)
-    if cfg.init_from is not None and not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
+    if cfg.init_from is not None:
+        if not Path(cfg.init_from).is_file():
+            raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
+        # a path typed on the command line is relative to where it was typed; in the config, relative means
+        # relative to the run folder (TrainConfig.init_path)
+        cfg = dataclasses.replace(cfg, init_from=os.path.abspath(cfg.init_from))
     # before the run folder is created: a typo in --model-kwargs leaves nothing behind
     check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True)
     result = train(cfg, args.out)

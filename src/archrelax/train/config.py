@@ -130,8 +130,8 @@ class TrainConfig:
                                 check=_target, group="relaxation")
     relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
                                              spec="top")
-    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set)",
-                                    flag="--from", group="relaxation")
+    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set); a "
+                                    "relative path is read from the run folder", flag="--from", group="relaxation")
     optimizer_state: Literal["reset", "carry"] = setting(
         "reset", "with a snapshot to start from: a fresh optimiser, or its buffers carried through the embedding",
         group="relaxation", spec="relaxed")
@@ -262,6 +262,14 @@ class TrainConfig:
         bad = soft_problem(self.soft_lambda, self.optimizer, self.lr, self.momentum)
         if bad:
             raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r}: {bad}")
+
+    def init_path(self, run_dir: str | os.PathLike) -> Path | None:
+        """``init_from`` as a file (None when unset): a relative path is relative to the run folder ``run_dir``, so
+        that a folder holding both, an experiment, trains from its own files wherever it is copied or moved."""
+        if self.init_from is None:
+            return None
+        path = Path(self.init_from)
+        return path if path.is_absolute() else Path(os.path.normpath(Path(run_dir) / path))
 
     @property
     def horizon(self) -> float:

@@ -64,7 +64,7 @@ def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> R
     ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
     if ck is not None:
         return _resumed(cfg, ck, device)
-    return _fresh(cfg, data, device)
+    return _fresh(cfg, data, device, folder)
 
 
 def load_run_data(cfg: TrainConfig):
@@ -132,7 +132,7 @@ def has_relaxed(model: nn.Module) -> bool:
 
 
 # ---- the three starts --------------------------------------------------------------------------------------
-def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
+def _fresh(cfg: TrainConfig, data, device: torch.device, folder: RunFolder) -> RunState:
     from archrelax.models import create_model
 
     c, h, w = data.train.images.shape[1:]
@@ -141,7 +141,7 @@ def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
     torch.manual_seed(cfg.seed)
     snap, offset = None, 0.0
     if cfg.init_from is not None:
-        snap = load_checkpoint(cfg.init_from)
+        snap = load_checkpoint(cfg.init_path(folder.path))
         src, arch = _source_from_snapshot(cfg, snap, kw)
         offset = float(snap.get("global_epoch", snap["epoch"]))
     else:
