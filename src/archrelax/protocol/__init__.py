@@ -94,10 +94,24 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     plan = make_plan(spec)
     todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
     check_inputs({rid: plan[rid] for rid in todo})  # before anything is written: a bad data path creates nothing
-    exp.root.mkdir(parents=True, exist_ok=True)
-    exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised)
-    exp.write_plan(plan)
-    exp.write_summary(plan)
+
+    def write() -> None:
+        exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised)
+        exp.write_plan(plan)
+        exp.write_summary(plan)
+
+    # held until this returns: while it is, no other `archrelax run` may give the folder another plan
+    session = exp.begin(plan, write)
+    try:
+        return _train_plan(spec, exp, plan, todo, executor=executor, workers=workers, poll_s=poll_s, detach=detach,
+                           log=log)
+    finally:
+        session.release()
+
+
+def _train_plan(spec: ExperimentSpec, exp: ExperimentFolder, plan: dict[str, Run], todo: list[str], *,
+                executor: str | None, workers: int | None, poll_s: float, detach: bool,
+                log: Callable[[str], None]) -> Path:
     if not todo:  # nothing to train: no executor (worker processes, Slurm folders) is started
         log(f"{len(plan)} runs planned: {len(plan)} already finished, 0 to run")
         return exp.root

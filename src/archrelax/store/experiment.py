@@ -6,6 +6,8 @@ EXPERIMENT/
   plan.json            the run graph, id -> Run (archrelax.store.plan), in order
   runs/<id>/           one run folder each (archrelax.store.run)
   summary.csv          one row per run (SUMMARY_COLUMNS), regenerated after every run
+  .lock                the experiment's lock: held while a plan is compared and written (ExperimentFolder.begin)
+  .sessions/           one lock file per `archrelax run` in progress, held for its whole life, naming it
   analysis/<name>.json the analysis results (archrelax.store.results), + templates.npz
   report/index.html    the report, figures in report/fig/
 ```
@@ -23,15 +25,18 @@ import fcntl
 import io
 import json
 import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 
 from .atomic import atomic_write_text
-from .errors import _ABSENT, SpecMismatchError, StoreError
+from .errors import _ABSENT, ExperimentBusyError, SpecMismatchError, StoreError
 from .job import JobRecord
-from .plan import Run, plan_from_json, plan_to_json
+from .lock import RunLock, lock_holder
+from .plan import Run, plan_digest, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
 from .run import RunFolder
 from .view import read_run
@@ -70,9 +75,65 @@ class ExperimentFolder:
     runs_dir = property(lambda self: self.root / "runs")
     analysis_dir = property(lambda self: self.root / "analysis")
     report_dir = property(lambda self: self.root / "report")
+    lock_path = property(lambda self: self.root / ".lock")
+    sessions_dir = property(lambda self: self.root / ".sessions")
 
     def run(self, run_id: str) -> RunFolder:
         return RunFolder(self.runs_dir / run_id)
+
+    # ---- who uses the folder: the experiment's lock and the sessions of `archrelax run` -------------------------
+    def begin(self, plan: dict[str, Run], write: Callable[[], Any]) -> RunLock:
+        """Start a session of ``archrelax run`` on this folder (a new one is created): under the experiment's lock
+        (``.lock``, held for this call only), refuse ``plan`` when it differs from the saved plan while the folder is
+        in use (another session, or a run of the saved plan held by a live process: :class:`ExperimentBusyError`
+        naming each, before anything is written), then ``write()`` (spec, plan, summary) and register this session
+        in ``.sessions/``. Returns the session's lock, held until released (or this process ends); the same plan
+        again (a rerun, a second scheduler helping) is always accepted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # every session starts under it: no plan changes between check and write
+            if self._plan_changes(plan):
+                sessions = self._sessions()
+                who = {h.split(" (since")[0] for h in sessions}  # a session's own runs are not named again
+                busy = [f"`archrelax run` {h}" for h in sessions] + [
+                    f"run {rid} by {h}" for rid, h in self._held_runs() if h.split(" (since")[0] not in who]
+                if busy:
+                    raise ExperimentBusyError(self.root, busy)
+            write()
+            name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
+            return _Session(self.sessions_dir / name).acquire()
+        finally:
+            os.close(fd)
+
+    def sessions(self) -> list[str]:
+        """``"pid N on host H (since T)"`` of each ``archrelax run`` in progress on this folder."""
+        return [h for p in sorted(self.sessions_dir.glob("*.lock")) if (h := lock_holder(p)) is not None]
+
+    def _sessions(self) -> list[str]:
+        """:meth:`sessions`, removing the files of sessions whose process died (the experiment's lock held: no
+        session is between creating its file and locking it)."""
+        live = []
+        for p in sorted(self.sessions_dir.glob("*.lock")):
+            holder = lock_holder(p)
+            if holder is None:
+                p.unlink(missing_ok=True)
+            else:
+                live.append(holder)
+        return live
+
+    def _plan_changes(self, plan: dict[str, Run]) -> bool:
+        if not self.plan_path.is_file():
+            return True
+        try:
+            return plan_digest(self.read_plan()) != plan_digest(plan)
+        except StoreError:
+            return True
+
+    def _held_runs(self) -> list[tuple[str, str]]:
+        """``(run id, holder)`` of the runs in runs/ that a live process holds (a Slurm job, `archrelax train`)."""
+        ids = sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir()) if self.runs_dir.is_dir() else []
+        return [(rid, h) for rid in ids if (h := self.run(rid).holder()) is not None]
 
     # ---- spec ------------------------------------------------------------------------------------------------
     def read_spec_text(self) -> str | None:
@@ -269,6 +330,16 @@ class ExperimentFolder:
         path = self.result_path(result.analysis)
         write_result(path, result)
         return path
+
+
+class _Session(RunLock):
+    """The lock file of one ``archrelax run`` session: removed when released (a killed session's file is removed
+    by the next :meth:`ExperimentFolder.begin`)."""
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)  # before unlocking: a reader never finds the file free and then gone
+        super().release()
 
 
 def spec_changes(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = SPEC_RUNTIME_KEYS
