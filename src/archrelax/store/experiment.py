@@ -6,7 +6,8 @@ EXPERIMENT/
   plan.json            the run graph, id -> Run (archrelax.store.plan), in order
   runs/<id>/           one run folder each (archrelax.store.run)
   summary.csv          one row per run (SUMMARY_COLUMNS), regenerated after every run
-  .lock                the experiment's lock: held while a plan is compared and written (ExperimentFolder.begin)
+  .lock                the experiment's lock: held while a plan is compared and written (ExperimentFolder.begin),
+                       and while the report is written (one writer at a time)
   .sessions/           one lock file per `archrelax run` in progress, held for its whole life, naming it
   analysis/<name>.json the analysis results (archrelax.store.results), + templates.npz
   report/index.html    the report, figures in report/fig/
