@@ -29,7 +29,7 @@ import yaml
 
 from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
-from .._typed import conforms, yaml_load
+from .._typed import conforms, yaml_load, yaml_problem
 from ..train.config import TrainConfig, soft_problem
 from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
 
@@ -86,7 +86,10 @@ class SpecError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "spec"):
         self.problems = list(problems)
-        head = f"invalid experiment spec ({source}): {len(problems)} problem{'s' * (len(problems) != 1)}"
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"invalid experiment spec ({source}): {self.problems[0]}")
+            return
+        head = f"invalid experiment spec ({source}): {len(problems)} problems"
         super().__init__(head + "\n  - " + "\n  - ".join(self.problems))
 
 
@@ -545,10 +548,11 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
             src = src / "spec.yaml"
         if not src.is_file():
             raise FileNotFoundError(f"spec file {str(src)!r} does not exist")
+        text = src.read_text(encoding="utf-8")
         try:
-            data = yaml_load(src.read_text(encoding="utf-8")) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as e:
-            raise SpecError([f"not valid YAML: {e}"], str(src)) from e
+            raise SpecError([f"not valid YAML: {yaml_problem(e, text)}"], str(src)) from None
         if not isinstance(data, dict):
             raise SpecError([f"the file must hold a mapping of keys, got {type(data).__name__}"], str(src))
     try:

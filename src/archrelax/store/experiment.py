@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterable
 
 import yaml
 
+from .._typed import yaml_problem
 from .atomic import atomic_write_text
 from .errors import _ABSENT, ExperimentBusyError, SpecMismatchError, StoreError
 from .job import JobRecord
@@ -151,7 +152,7 @@ class ExperimentFolder:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise StoreError(self.spec_path, f"{str(self.spec_path)!r} is not valid YAML: {e}") from None
+            raise StoreError(self.spec_path, f"{str(self.spec_path)!r} is not valid YAML: {yaml_problem(e, text)}") from None
         if not isinstance(data, dict):
             raise StoreError(self.spec_path, f"{str(self.spec_path)!r} must hold a mapping of keys")
         return data
