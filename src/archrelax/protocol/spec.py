@@ -30,6 +30,7 @@ import yaml
 from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
 from .._typed import conforms, yaml_load, yaml_problem
+from ..store import SPEC_RUNTIME_KEYS
 from ..train.config import TrainConfig, soft_problem
 from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
 
@@ -45,6 +46,7 @@ __all__ = [
     "RelaxPath",
     "SlurmOptions",
     "EXPERIMENT_DEFAULTS",
+    "RUNTIME_KEYS",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -172,6 +174,13 @@ def _check_train_options(cls: type | None = None) -> None:
 
 
 _check_train_options()
+
+# The spec keys that change no run (rerunning an experiment with other values of these is the same experiment,
+# and spec.yaml takes the new ones): where and how runs execute, what is analysed afterwards (the store's
+# SPEC_RUNTIME_KEYS), and the training settings that are runtime fields of TrainConfig (tensorboard, checkpoint
+# frequency, the memory guard's override).
+RUNTIME_KEYS: tuple[str, ...] = SPEC_RUNTIME_KEYS + tuple(
+    f"train.{f.name}" for f in dataclasses.fields(TrainOptions) if _CONFIG[f.name].metadata["runtime"])
 
 
 @dataclass

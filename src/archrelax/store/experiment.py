@@ -158,11 +158,14 @@ class ExperimentFolder:
         return data
 
     def write_spec(self, spec: dict[str, Any], *, force: bool = False,
-                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   runtime: Iterable[str] = SPEC_RUNTIME_KEYS) -> None:
         """Write spec.yaml, refusing to replace a different experiment's spec.
 
-        "Different": any key outside :data:`SPEC_RUNTIME_KEYS` whose value differs from the saved spec (both
-        first passed through ``normalise``, e.g. parse-and-dump, so defaults and spellings compare equal). A
+        "Different": any key outside ``runtime`` (dotted keys that change no run: :data:`SPEC_RUNTIME_KEYS`, and
+        the protocol adds the runtime training settings such as ``train.tensorboard``) whose value differs from
+        the saved spec (both first passed through ``normalise``, e.g. parse-and-dump, so defaults and spellings
+        compare equal). A
         folder with a plan.json but no spec.yaml counts as different. Raises :class:`SpecMismatchError`
         listing the dotted keys (old -> new) before anything is written; ``force=True`` replaces it.
         """
@@ -177,7 +180,7 @@ class ExperimentFolder:
                     except ValueError as e:
                         raise StoreError(self.spec_path, f"{str(self.spec_path)!r} cannot be read as a spec "
                                          f"by this version ({e}); use --force to replace it") from None
-                changes = spec_changes(old, normalise(spec) if normalise is not None else spec)
+                changes = spec_changes(old, normalise(spec) if normalise is not None else spec, runtime)
                 if changes:
                     raise SpecMismatchError(self.root, changes)
         text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
@@ -347,7 +350,8 @@ class _Session(RunLock):
 def spec_changes(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = SPEC_RUNTIME_KEYS
                  ) -> list[tuple[str, Any, Any]]:
     """``[(dotted key, old, new)]`` for every key whose value differs (mappings are compared key by key;
-    lists and scalars as wholes). Keys under ``ignore`` (top-level names) are left out."""
+    lists and scalars as wholes). Keys in ``ignore`` (dotted: ``slurm``, ``train.tensorboard``) and everything
+    under them are left out."""
     skip = set(ignore)
     out: list[tuple[str, Any, Any]] = []
 
@@ -355,7 +359,7 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str]
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:
                 key = f"{prefix}{k}"
-                if not prefix and k in skip:
+                if key in skip:
                     continue
                 walk(a.get(k, _ABSENT), b.get(k, _ABSENT), key + ".")
         elif a != b:

@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 from archrelax._typed import conforms, describe, yaml_load
 
 __all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
-           "setting", "option_name", "soft_problem", "lockstep_key"]
+           "setting", "option_name", "soft_problem", "missing_packages", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -49,18 +49,19 @@ Check = Callable[[Any], "str | None"]
 
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             check: Check | None = None, spec: str | None = None, runtime: bool = False,
-            identity: bool = True, omit_default: bool = False) -> Any:
+            identity: bool = True, omit_default: bool = False, needs: str | None = None) -> Any:
     """A TrainConfig field with its declaration in the metadata.
 
     help: one line (``--help``, the spec's docs, docs/config.md). flag: the option's spelling when it is not
     ``--<name-with-dashes>`` ("" for a positional argument). group: its ``--help`` section. check:
     ``value -> None | "what is allowed"``, for a value already of the field's type (None never checked).
-    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring.
+    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring. needs: the
+    optional package (an extra of the same name) a true value needs (:func:`missing_packages`).
     """
     if spec not in SPEC_PLACES:
         raise ValueError(f"setting spec={spec!r} is not one of {SPEC_PLACES}")
     meta = {"help": help, "flag": flag, "group": group, "check": check, "spec": spec, "runtime": runtime,
-            "identity": identity and not runtime, "omit_default": omit_default}
+            "identity": identity and not runtime, "omit_default": omit_default, "needs": needs}
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -195,7 +196,7 @@ class TrainConfig:
     progress: bool | None = setting(None, "progress bar (default: only when stderr is a terminal)", group="execution",
                                     runtime=True)
     tensorboard: bool = setting(False, "also log metrics to OUT/tensorboard", group="execution", spec="train",
-                                runtime=True)
+                                runtime=True, needs="tensorboard")
     checkpoint_every_steps: int | None = setting(None, "also checkpoint every N steps (checkpoints are always "
                                                  "written at epoch ends)", check=_at_least_one, group="execution",
                                                  spec="train", runtime=True)
@@ -298,6 +299,21 @@ class TrainConfig:
         if path.suffix in (".yaml", ".yml"):
             return cls.from_dict(yaml_load(path.read_text()) or {})
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def missing_packages(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """``[(field, package)]`` for each setting of ``config`` (plain data) whose value needs an optional package that
+    is not installed here (``tensorboard: true`` without tensorboard). Checked before a run's folder is written
+    (``archrelax train``, ``archrelax run``), not when a config is read: a run recorded with such a value may be
+    resumed without it (they are runtime fields)."""
+    import importlib.util
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        pkg = f.metadata["needs"]
+        if pkg and config.get(f.name) and importlib.util.find_spec(pkg) is None:
+            out.append((f.name, pkg))
+    return out
 
 
 def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str | None:
