@@ -71,6 +71,24 @@ def check_inputs(plan: dict[str, Run]) -> None:
         check_data(source, root)
 
 
+def check_start(spec: ExperimentSpec, exp: ExperimentFolder, plan: dict[str, Run], *, executor: str | None = None,
+                workers: int | None = None, detach: bool = False) -> list[str]:
+    """What :func:`run_experiment` checks before it writes anything: the command line's executor and workers (by
+    the spec's own checks), ``detach``'s cluster, and the inputs of the runs still to train
+    (:func:`check_inputs`); returns those runs' ids, in plan order. Reads the folder, writes nothing."""
+    given = {k: v for k, v in (("executor", executor), ("workers", workers)) if v is not None}
+    if given:
+        spec_from_dict({**spec_to_dict(spec), **given}, " ".join(f"--{k} {v}" for k, v in given.items()))
+    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
+        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
+                else f"slurm.cluster {spec.slurm.cluster!r}")
+        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+                         "a detached run leaves no process behind to run local jobs")
+    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
+    check_inputs({rid: plan[rid] for rid in todo})  # a bad data path creates nothing
+    return todo
+
+
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
     """A spec as plain data with every default filled in, so that two spellings of one spec compare equal."""
     return spec_to_dict(spec_from_dict(data, "spec.yaml"))
@@ -93,18 +111,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     ``spec.lockstep``: runs that can share a process are trained together, one job per group
     (:func:`archrelax.protocol.schedule.execute`; detached: groups within the runs waiting for one job).
     """
-    given = {k: v for k, v in (("executor", executor), ("workers", workers)) if v is not None}
-    if given:  # the spec's own checks of these keys, before anything is written
-        spec_from_dict({**spec_to_dict(spec), **given}, " ".join(f"--{k} {v}" for k, v in given.items()))
-    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
-        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
-                else f"slurm.cluster {spec.slurm.cluster!r}")
-        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
-                         "a detached run leaves no process behind to run local jobs")
     exp = ExperimentFolder(out_dir)
     plan = make_plan(spec)
-    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
-    check_inputs({rid: plan[rid] for rid in todo})  # before anything is written: a bad data path creates nothing
+    todo = check_start(spec, exp, plan, executor=executor, workers=workers, detach=detach)
 
     def write() -> None:
         exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised, runtime=RUNTIME_KEYS)

@@ -170,21 +170,29 @@ class ExperimentFolder:
         listing the dotted keys (old -> new) before anything is written; ``force=True`` replaces it.
         """
         if not force:
-            old = self.read_spec()
-            if old is None and self.plan_path.is_file():
-                raise SpecMismatchError(self.root, [("spec.yaml", _ABSENT, "the new spec")])
-            if old is not None:
-                if normalise is not None:
-                    try:
-                        old = normalise(old)
-                    except ValueError as e:
-                        raise StoreError(self.spec_path, f"{str(self.spec_path)!r} cannot be read as a spec "
-                                         f"by this version ({e}); use --force to replace it") from None
-                changes = spec_changes(old, normalise(spec) if normalise is not None else spec, runtime)
-                if changes:
-                    raise SpecMismatchError(self.root, changes)
+            self.check_spec(spec, normalise=normalise, runtime=runtime)
         text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
         atomic_write_text(self.spec_path, "# resolved experiment spec (archrelax run)\n" + text)
+
+    def check_spec(self, spec: dict[str, Any], *,
+                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   runtime: Iterable[str] = SPEC_RUNTIME_KEYS) -> None:
+        """:meth:`write_spec`'s refusal without writing: :class:`SpecMismatchError` when the folder holds a
+        different spec (a plan.json without spec.yaml counts as one), :class:`StoreError` when its spec.yaml cannot
+        be read as a spec; nothing when the folder holds none or the same one."""
+        old = self.read_spec()
+        if old is None and self.plan_path.is_file():
+            raise SpecMismatchError(self.root, [("spec.yaml", _ABSENT, "the new spec")])
+        if old is not None:
+            if normalise is not None:
+                try:
+                    old = normalise(old)
+                except ValueError as e:
+                    raise StoreError(self.spec_path, f"{str(self.spec_path)!r} cannot be read as a spec "
+                                     f"by this version ({e}); use --force to replace it") from None
+            changes = spec_changes(old, normalise(spec) if normalise is not None else spec, runtime)
+            if changes:
+                raise SpecMismatchError(self.root, changes)
 
     # ---- plan ------------------------------------------------------------------------------------------------
     def read_plan(self) -> dict[str, Run]:

@@ -32,7 +32,7 @@ from archrelax.store import RunFolder
 from .checkpoint import load_checkpoint, resume_point, rng_state, set_rng_state
 from .config import TrainConfig
 
-__all__ = ["RunState", "set_up", "load_run_data", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
+__all__ = ["RunState", "set_up", "load_run_data", "model_kwargs_for", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
 
 
 @dataclass
@@ -131,13 +131,18 @@ def has_relaxed(model: nn.Module) -> bool:
     return any(isinstance(m, RelaxedConv) for m in model.modules())
 
 
+def model_kwargs_for(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The factory arguments of ``cfg.model`` for data of ``num_classes`` classes and (C, H, W) ``image_shape``:
+    the config's ``model_kwargs`` with the data's classes, channels and input size."""
+    c, h, w = (int(v) for v in image_shape)
+    return {**cfg.model_kwargs, "num_classes": num_classes, "in_channels": c, "input_size": h if h == w else [h, w]}
+
+
 # ---- the three starts --------------------------------------------------------------------------------------
 def _fresh(cfg: TrainConfig, data, device: torch.device, folder: RunFolder) -> RunState:
     from archrelax.models import create_model
 
-    c, h, w = data.train.images.shape[1:]
-    kw = {**cfg.model_kwargs, "num_classes": len(data.classes), "in_channels": int(c),
-          "input_size": int(h) if h == w else [int(h), int(w)]}
+    kw = model_kwargs_for(cfg, len(data.classes), data.train.images.shape[1:])
     torch.manual_seed(cfg.seed)
     snap, offset = None, 0.0
     if cfg.init_from is not None:
