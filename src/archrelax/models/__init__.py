@@ -255,7 +255,16 @@ def create_model(name: str, *, input_shape: Any = None, **kwargs: Any) -> nn.Mod
     shape = None if input_shape is None else parse_input_shape(input_shape)
     if shape is not None and getattr(factory, "takes_input_shape", False):
         kwargs = {**kwargs, "input_shape": shape}
-    model = factory(**kwargs)
+    try:
+        model = factory(**kwargs)
+    except TypeError as e:  # a **kwargs factory (torchvision's) handing the trainer's data keys to a class without them
+        bad = [k for k in ("in_channels", "input_size") if k in kwargs and f"'{k}'" in str(e)]
+        if not bad:
+            raise
+        raise ValueError(f"model {name!r} does not take {' or '.join(bad)} ({e}); for a model that takes no "
+                         "in_channels/input_size give its input shape apart, and only num_classes is passed from the "
+                         "data: `--input-shape CxHxW` (archrelax train), `input_shape: CxHxW` (an experiment spec), "
+                         "create_model(..., input_shape=(C, H, W))") from e
     if not isinstance(model, nn.Module):
         raise TypeError(f"model factory {name!r} returned {type(model).__name__}, not an nn.Module")
     declared = getattr(model, "input_shape", None)
