@@ -47,6 +47,8 @@ def test_a_model_without_input_shape_says_how_to_give_it(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"declares input_shape \(3, 32, 32\) but input_shape 1x28x28 was given"):
         create_model("vanilla_cnn", input_shape="1x28x28")
     assert create_model("torchvision.models:resnet18", input_shape=(3, 8, 8), num_classes=3).input_shape == (3, 8, 8)
+    assert cli_main(["footprint", "torchvision.models:mobilenet_v3_small", "--input-shape", "3x32x32"]) == 0
+    assert "3x32x32" in capsys.readouterr().out
     # what the trainer passes: every data key to archrelax's factories, only num_classes (and what a factory
     # names) to one whose input shape is given apart
     assert data_kwargs("vanilla_cnn", 10, (1, 28, 28)) == {"num_classes": 10, "in_channels": 1, "input_size": 28}
