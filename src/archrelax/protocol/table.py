@@ -72,12 +72,10 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
     table = render(["run", "kind", "t_w", "status", *(["job"] if jobs else []), "epoch", "best test acc", "error"],
                    rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    text = f"{table}\n{len(plan)} runs: {tally}"
     bad = sum(counts.get(s, 0) for s in PROBLEM_STATES)
-    if bad:
-        text += (f"\n{bad} run(s) went wrong ({', '.join(s for s in PROBLEM_STATES if counts.get(s))}): their rows say "
-                 "why; `archrelax run` on the folder retries failed and damaged runs")
-    return text, counts
+    warn = (f"{bad} run(s) went wrong ({', '.join(s for s in PROBLEM_STATES if counts.get(s))}): their rows say why; "
+            "`archrelax run` on the folder retries failed and damaged runs\n") if bad else ""
+    return f"{table}\n{warn}{len(plan)} runs: {tally}", counts  # the tally last: what a script reads
 
 
 def format_summary(exp: ExperimentFolder) -> str:
