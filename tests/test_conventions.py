@@ -12,7 +12,11 @@ from archrelax.cli import main as cli_main
 from archrelax.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the package itself runs on 3.10
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11; the package itself runs on 3.10
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def test_version(capsys):
@@ -20,14 +24,14 @@ def test_version(capsys):
         cli_main(["--version"])
     assert e.value.code == 0
     assert capsys.readouterr().out.strip() == f"archrelax {archrelax.__version__}"
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    meta = _pyproject()
     assert meta["project"]["dynamic"] == ["version"]  # written once, in archrelax.__version__
     assert meta["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "archrelax.__version__"}
 
 
 def test_py_typed_ships():
     assert (Path(archrelax.__file__).parent / "py.typed").is_file()
-    meta = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    meta = _pyproject()
     assert "py.typed" in meta["tool"]["setuptools"]["package-data"]["archrelax"]
 
 
