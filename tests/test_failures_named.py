@@ -3,6 +3,7 @@ claims say "failed" (not "not finished"); `archrelax report` computes only the a
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -41,6 +42,9 @@ def test_status_exit_codes(tmp_path, capsys):
     assert any("1 diverged" in c.reason for c in found)
     exp = ExperimentFolder(root)
     exp.run("efcn-tw1-s0").write_status("done")
+    assert cli_main(["status", str(root)]) == 1  # done without its final.pt: an incomplete record
+    assert "incomplete" in capsys.readouterr().out
+    shutil.copyfile(exp.run("efcn-tw1-s1").final_path, exp.run("efcn-tw1-s0").final_path)
     assert cli_main(["status", str(root)]) == 0  # a run still running (its lock free: interrupted) is not a failure
     assert "went wrong" not in capsys.readouterr().out
     assert cli_main(["status", str(tmp_path / "nope")]) == 2
