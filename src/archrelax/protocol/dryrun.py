@@ -88,7 +88,7 @@ def _model(plan: dict[str, Run]) -> tuple[Any, str]:
 
     cnn = TrainConfig.from_dict(next(r for r in plan.values() if r.kind == "cnn").config)
     classes, shape = data_shape(cnn.data, cnn.data_root)
-    model = create_model(cnn.model, **model_kwargs_for(cnn, classes, shape))
+    model = create_model(cnn.model, input_shape=cnn.input_shape, **model_kwargs_for(cnn, classes, shape))
     return model, f"{cnn.model} on {'x'.join(map(str, shape))} inputs of {cnn.data!r}, {classes} classes"
 
 

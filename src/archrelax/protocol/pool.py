@@ -63,13 +63,14 @@ class InProcessExecutor:
 
 
 def _worker_init(slot: int, n_gpus: int, threads: int, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
     # Ctrl-C and a group-wide SIGTERM reach every process of the group, but the scheduler decides: it
     # forwards the signal to its workers, and a worker training a run stops cleanly (run_one handles the
     # signals while it runs); an idle one has nothing to save. The worker started with these signals blocked
-    # (_signals_blocked), so none arrived while it was importing; ignored from now on when idle.
+    # (_signals_blocked), so none arrived while it was importing; ignored from now on when idle, except
+    # _PARENT_GONE (SIGHUP, a stop signal too), whose handler, set after, tells a dead parent from a hangup.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     if n_gpus:
@@ -189,7 +190,10 @@ class _Worker:
         self.slot = slot
         self.proc = ctx.Process(target=_worker_main, args=(child, slot, n_gpus, threads, os.getpid()),
                                 name=f"archrelax-worker-{slot}")
-        with _signals_blocked():  # inherited by the process: see _worker_init
+        # the mask is inherited by the process (see _worker_init), and by multiprocessing's resource tracker, which
+        # the first start launches and which unblocks only the signals it ignores (SIGINT, SIGTERM): SIGHUP and
+        # SIGUSR1 stay blocked there, so a hangup of the whole group does not kill it
+        with _signals_blocked():
             self.proc.start()
         child.close()
         self.job: tuple[cf.Future, Callable, tuple] | None = None

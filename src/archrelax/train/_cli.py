@@ -49,13 +49,13 @@ def _arg_type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _times(text: str) -> str | list[float]:
-    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs."""
-    if text.startswith("log:") or text == "every":
-        return text
-    try:
-        return [parse_float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2") from None
+    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs (``schedule.parse_times``, as TrainConfig)."""
+    from .schedule import parse_times
+
+    value = parse_times(text)
+    if value is text and not (text.startswith("log:") or text == "every"):
+        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2")
+    return value
 
 
 def _kwargs(text: str) -> dict:
@@ -176,7 +176,7 @@ def run(args: argparse.Namespace) -> int:
         # relative to the run folder (TrainConfig.init_path)
         cfg = dataclasses.replace(cfg, init_from=os.path.abspath(cfg.init_from))
     # before the run folder is created: a typo in --model-kwargs, a missing data path or package leaves nothing
-    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True)
+    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True, input_shape=cfg.input_shape is not None)
     for name, pkg in missing_packages(cfg.to_dict()):
         raise ValueError(f"{option_name(_FIELDS[name])} needs the {pkg} package, which is not installed here: "
                          f"pip install 'archrelax[{pkg}]'")

@@ -61,7 +61,8 @@ class RunState:
 def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> RunState:
     """The model side of the run in ``folder``: resumed from its ``checkpoints/last.pt`` when there is one, else
     built afresh (from ``cfg.init_from`` when set) for ``data`` (a DataSplits: classes and input shape)."""
-    ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
+    # last.pt verified (on the CPU: RNG states must stay there), and the folder's config and log agreeing with it
+    ck = resume_point(folder, cfg.restart, config=cfg)
     if ck is not None:
         return _resumed(cfg, ck, device)
     return _fresh(cfg, data, device, folder)
@@ -132,10 +133,18 @@ def has_relaxed(model: nn.Module) -> bool:
 
 
 def model_kwargs_for(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
-    """The factory arguments of ``cfg.model`` for data of ``num_classes`` classes and (C, H, W) ``image_shape``:
-    the config's ``model_kwargs`` with the data's classes, channels and input size."""
-    c, h, w = (int(v) for v in image_shape)
-    return {**cfg.model_kwargs, "num_classes": num_classes, "in_channels": c, "input_size": h if h == w else [h, w]}
+    """The factory arguments of ``cfg.model`` for data of ``num_classes`` classes and (C, H, W) ``image_shape``
+    (``create_model(cfg.model, input_shape=cfg.input_shape, **kw)``): the config's ``model_kwargs`` with the data's
+    (``models.data_kwargs``); a ``cfg.input_shape`` other than the data's is a ValueError."""
+    from archrelax.models import data_kwargs, format_input_shape, parse_input_shape
+
+    shape = tuple(int(s) for s in image_shape)
+    if cfg.input_shape is not None and parse_input_shape(cfg.input_shape) != shape:
+        raise ValueError(f"input_shape {cfg.input_shape} but the data {cfg.data!r} has images of shape "
+                         f"{format_input_shape(shape)}; give --input-shape {format_input_shape(shape)} (the model is "
+                         "built for the data it trains on)")
+    return {**cfg.model_kwargs, **data_kwargs(cfg.model, num_classes, shape, input_shape=cfg.input_shape is not None,
+                                              kwargs=cfg.model_kwargs)}
 
 
 # ---- the three starts --------------------------------------------------------------------------------------
@@ -150,8 +159,10 @@ def _fresh(cfg: TrainConfig, data, device: torch.device, folder: RunFolder) -> R
         src, arch = _source_from_snapshot(cfg, snap, kw)
         offset = float(snap.get("global_epoch", snap["epoch"]))
     else:
-        src = create_model(cfg.model, **kw)
+        src = create_model(cfg.model, input_shape=cfg.input_shape, **kw)
         arch = {"model": cfg.model, "model_kwargs": kw, "relax_chain": [], "relax_layers": None}
+        if cfg.input_shape is not None:  # only then: the arch records of every other model stay as they were
+            arch["input_shape"] = cfg.input_shape
     src = src.to(device)
     if cfg.relax is not None:
         from archrelax.embed.relax import relax
