@@ -1,4 +1,4 @@
-"""The table of faults and bad inputs (issue 9): one test per row, each asserting the outcome.
+"""The table of faults and bad inputs: one test per row, each asserting the outcome.
 
 "before": the code this work started from (71b6fde), run on this machine; "after": what the row asserts.
 Rows marked [slurm] are in tests/test_slurm.py (a real one-node cluster; they skip without one); rows
