@@ -374,15 +374,24 @@ def test_rerun_of_a_finished_experiment_recomputes_no_analysis(tmp_path):
 # ---- defect 5: a start that failed before training ------------------------------------------------------------
 
 
-def test_folder_of_a_start_that_failed_before_training_takes_the_corrected_command(tmp_path, capsys):
+def test_folder_of_a_start_that_failed_before_training_takes_the_corrected_command(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     # a typo in --model-kwargs is refused before anything is written (the factory's signature is checked first)
     assert cli_main([*TRAIN, "--model-kwargs", '{"widht": 2}', "--epochs", "1", "--out", str(out)]) == 2
     assert "widht" in capsys.readouterr().err and not out.exists()
-    # a missing data path fails inside the trainer: the folder holds a config and a failed status, no training state
+    # so is a missing data path (the data source is checked first)
     assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--data", "imagefolder:/no/such",
                      "--out", str(out)]) == 2
-    assert "/no/such" in capsys.readouterr().err
+    assert "/no/such" in capsys.readouterr().err and not out.exists()
+    # a start that fails inside the trainer (the memory guard, at set-up) in a folder the user made: the folder
+    # holds a config and a failed status, no training state (a folder this command created would be removed)
+    out.mkdir()
+    relax_module = sys.modules["archrelax.embed.relax"]  # the module: archrelax.embed.relax is also the function
+    with monkeypatch.context() as m:
+        m.setattr(relax_module, "available_memory", lambda device: 0)
+        assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--relax", "fc",
+                         "--out", str(out)]) == 2
+    assert "needs about" in capsys.readouterr().err
     assert RunFolder(out).read_status().status == "failed" and (out / "config.json").is_file()
     assert not RunFolder(out).has_training_state()
     assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--out", str(out)]) == 0
