@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from archrelax.data import BatchFeed, DataSplits, load_data
+from archrelax.data import BatchFeed, DataSplits, data_shape, load_data
 from archrelax.data.splits import channel_stats, stratified_subset
 
 # torchvision >= 0.29 deprecates its image codecs (moving to TorchCodec); the tests' own encode_png calls warn
@@ -151,6 +151,25 @@ def test_imagefolder_png_pixels_labels_and_ignored_files(tmp_path):
 def test_grayscale_folder_gives_one_channel(tmp_path):
     d = load_data(f"imagefolder:{_make_folder(tmp_path / 'g', channels=1)}", cache_dir=tmp_path / "c")
     assert d.train.images.shape == (12, 1, 8, 8) and d.mean.shape == (1,)
+
+
+def test_data_shape_is_what_load_data_gives_without_decoding(tmp_path, monkeypatch):
+    gray = _make_folder(tmp_path / "g", channels=1, size=6, classes=("a", "b"))
+    zipped = _zip_tree(_make_folder(tmp_path / "rgb", size=5), tmp_path / "rgb.zip", top="rgb/")
+    cifar = tmp_path / "data"
+    _write_cifar(cifar, hundred=True)
+    cases = [("mnist5k", None), ("synthetic:2x9x7:4:8:4", None), (f"imagefolder:{gray}", None),
+             ("imagefolder:rgb.zip", tmp_path), ("cifar100", cifar)]
+    want = {}
+    for source, root in cases:
+        d = load_data(source, root=root, cache_dir=tmp_path / "c")
+        want[source] = (len(d.classes), tuple(d.train.images.shape[1:]))
+    import archrelax.data.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "_decode_all", None)  # decoding the data set would fail: data_shape must not
+    assert {source: data_shape(source, root) for source, root in cases} == want
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_shape(f"imagefolder:{tmp_path / 'missing'}")
 
 
 def test_cache_hit_identical_and_invalidated_by_changes(tmp_path):

@@ -87,8 +87,12 @@ def _analyse(args: argparse.Namespace) -> int:
             overrides[name] = raw if isinstance(default, str) else type(default)(raw) if default is not None else int(raw)
         except ValueError as e:
             raise ValueError(f"--{name.replace('_', '-')} {raw!r}: expected {type(default or 0).__name__}") from e
-    results = analyse_experiment(exp, only=args.only, progress=not args.quiet,
-                                 settings=dataclasses.replace(defaults, **overrides), force=args.force)
+    try:  # the settings' own checks, before anything is computed or written
+        settings = dataclasses.replace(defaults, **overrides)
+    except ValueError as e:
+        given = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in overrides)
+        raise ValueError(f"{given}: {e}" if given else str(e)) from None
+    results = analyse_experiment(exp, only=args.only, progress=not args.quiet, settings=settings, force=args.force)
     failed = 0
     for name, res in results.items():
         state = f"error: {res.error}" if res.error else f"{len(res.missing)} missing"

@@ -12,9 +12,9 @@ from pathlib import Path
 from .cache import cached, default_cache_dir
 from .feed import BatchFeed, parse_augment
 from .splits import DataSplits, ImageSet, channel_stats, stratified_subset
-from .sources import MIN_CLASSES, check, check_classes, default_data_root, resolve
+from .sources import MIN_CLASSES, check, check_classes, default_data_root, resolve, shape
 
-__all__ = ["load_data", "check_data", "DataSplits", "ImageSet", "BatchFeed", "parse_augment", "default_cache_dir", "default_data_root"]
+__all__ = ["load_data", "check_data", "data_shape", "DataSplits", "ImageSet", "BatchFeed", "parse_augment", "default_cache_dir", "default_data_root"]
 
 
 def _download_allowed(download: bool | None) -> bool:
@@ -76,6 +76,14 @@ def check_data(source: str, root: str | os.PathLike | None = None, *, download: 
     if not isinstance(source, str):
         raise TypeError(f"data source must be a string, got {type(source).__name__}")
     check(source, root, _download_allowed(download))
+
+
+def data_shape(source: str, root: str | os.PathLike | None = None) -> tuple[int, tuple[int, int, int]]:
+    """``(number of classes, (C, H, W))`` of ``source``'s images, as :func:`load_data` would give them, without
+    decoding the data set (nor writing its cache)."""
+    if not isinstance(source, str):
+        raise TypeError(f"data source must be a string, got {type(source).__name__}")
+    return shape(source, root)
 
 
 def _with_stats(rec: dict) -> dict:

@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --executor slurm: submit every unfinished run at once (relaxed runs wait for their "
                         "CNN's job: afterok) and return; follow with `archrelax status`, rerun to submit what is "
                         "missing (never a second job for a run whose job is queued or running)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing: check what `archrelax run` checks before it starts, then print the plan (run "
+                        "ids, kind, t_w, seed, status where the run's folder exists), the model's footprint as CNN "
+                        "and as each target it is relaxed to, and the memory guard's verdict per relaxation (bytes "
+                        "needed, available memory); exit status 1 if the run would be refused or a relaxation not fit")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
@@ -76,6 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = spec_path if spec_path is not None and spec_path.is_dir() else Path("experiments") / spec.name
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        text, ok = dry_run(spec, out, executor=args.executor, workers=args.workers, force=args.force,
+                           detach=args.detach)
+        print(text)
+        return 0 if ok else 1
     t0 = time.perf_counter()
     root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll,
                           force=args.force, detach=args.detach)

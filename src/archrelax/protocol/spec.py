@@ -29,7 +29,8 @@ import yaml
 
 from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
-from .._typed import conforms, yaml_load
+from .._typed import conforms, yaml_load, yaml_problem
+from ..store import SPEC_RUNTIME_KEYS
 from ..train.config import TrainConfig, soft_problem
 from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
 
@@ -45,6 +46,7 @@ __all__ = [
     "RelaxPath",
     "SlurmOptions",
     "EXPERIMENT_DEFAULTS",
+    "RUNTIME_KEYS",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -86,7 +88,10 @@ class SpecError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "spec"):
         self.problems = list(problems)
-        head = f"invalid experiment spec ({source}): {len(problems)} problem{'s' * (len(problems) != 1)}"
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"invalid experiment spec ({source}): {self.problems[0]}")
+            return
+        head = f"invalid experiment spec ({source}): {len(problems)} problems"
         super().__init__(head + "\n  - " + "\n  - ".join(self.problems))
 
 
@@ -169,6 +174,13 @@ def _check_train_options(cls: type | None = None) -> None:
 
 
 _check_train_options()
+
+# The spec keys that change no run (rerunning an experiment with other values of these is the same experiment,
+# and spec.yaml takes the new ones): where and how runs execute, what is analysed afterwards (the store's
+# SPEC_RUNTIME_KEYS), and the training settings that are runtime fields of TrainConfig (tensorboard, checkpoint
+# frequency, the memory guard's override).
+RUNTIME_KEYS: tuple[str, ...] = SPEC_RUNTIME_KEYS + tuple(
+    f"train.{f.name}" for f in dataclasses.fields(TrainOptions) if _CONFIG[f.name].metadata["runtime"])
 
 
 @dataclass
@@ -546,10 +558,11 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
             src = src / "spec.yaml"
         if not src.is_file():
             raise FileNotFoundError(f"spec file {str(src)!r} does not exist")
+        text = src.read_text(encoding="utf-8")
         try:
-            data = yaml_load(src.read_text(encoding="utf-8")) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as e:
-            raise SpecError([f"not valid YAML: {e}"], str(src)) from e
+            raise SpecError([f"not valid YAML: {yaml_problem(e, text)}"], str(src)) from None
         if not isinstance(data, dict):
             raise SpecError([f"the file must hold a mapping of keys, got {type(data).__name__}"], str(src))
     try:

@@ -10,13 +10,16 @@ a meta tag), so rerunning a finished experiment redraws nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ..store import ExperimentFolder, ExperimentView
 from ..store.atomic import atomic_write_text, umask
@@ -112,7 +115,14 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
         note = analysis_note(exp_dir, analysed)
     else:
         note = _run_analyses(exp) if analyse else analysis_note(exp_dir, None)
-    out = ExperimentFolder(exp_dir).report_dir  # the store owns the layout
+    folder = ExperimentFolder(exp_dir)
+    out = folder.report_dir  # the store owns the layout
+    with _one_writer(folder.lock_path):  # so whatever a writer left beside report/ is debris of one that was killed
+        _clear_debris(exp_dir, out)
+        return _write(exp, exp_dir, out, note)
+
+
+def _write(exp: ExperimentView, exp_dir: Path, out: Path, note: str) -> Path:
     index = out / "index.html"
     key = _inputs_key(exp, note)
     if _up_to_date(index, key):  # a rerun of a finished experiment: same page, nothing redrawn
@@ -144,6 +154,34 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
         raise
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+@contextlib.contextmanager
+def _one_writer(lock_path: Path) -> Iterator[None]:
+    """One report writer at a time per experiment: the experiment's lock (``ExperimentFolder.lock_path``, a blocking
+    flock, which ``archrelax run`` also takes while it writes a plan). A folder where it cannot be opened
+    (read-only) can hold no half-written report either: the page's own writes then fail, naming report/."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear_debris(exp_dir: Path, out: Path) -> None:
+    """What a killed writer left (the writers' lock held, so no writer owns it): its ``.report-new-*`` folder, and
+    the previous report as ``.report-old-*`` when it died between the two renames (put back as report/ if that is
+    gone, so a failure of this writer still leaves the last whole report)."""
+    olds = sorted(exp_dir.glob(".report-old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out.exists():
+        olds.pop().rename(out)
+    for p in [*exp_dir.glob(".report-new-*"), *olds]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _inputs_key(exp: ExperimentView, note: str) -> str:

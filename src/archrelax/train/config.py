@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 from archrelax._typed import conforms, describe, yaml_load
 
 __all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
-           "setting", "option_name", "soft_problem", "lockstep_key"]
+           "setting", "option_name", "soft_problem", "missing_packages", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -49,18 +49,19 @@ Check = Callable[[Any], "str | None"]
 
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             check: Check | None = None, spec: str | None = None, runtime: bool = False,
-            identity: bool = True, omit_default: bool = False) -> Any:
+            identity: bool = True, omit_default: bool = False, needs: str | None = None) -> Any:
     """A TrainConfig field with its declaration in the metadata.
 
     help: one line (``--help``, the spec's docs, docs/config.md). flag: the option's spelling when it is not
     ``--<name-with-dashes>`` ("" for a positional argument). group: its ``--help`` section. check:
     ``value -> None | "what is allowed"``, for a value already of the field's type (None never checked).
-    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring.
+    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring. needs: the
+    optional package (an extra of the same name) a true value needs (:func:`missing_packages`).
     """
     if spec not in SPEC_PLACES:
         raise ValueError(f"setting spec={spec!r} is not one of {SPEC_PLACES}")
     meta = {"help": help, "flag": flag, "group": group, "check": check, "spec": spec, "runtime": runtime,
-            "identity": identity and not runtime, "omit_default": omit_default}
+            "identity": identity and not runtime, "omit_default": omit_default, "needs": needs}
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -145,8 +146,8 @@ class TrainConfig:
                                 check=_target, group="relaxation")
     relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
                                              spec="top")
-    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set)",
-                                    flag="--from", group="relaxation")
+    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set); a "
+                                    "relative path is read from the run folder", flag="--from", group="relaxation")
     optimizer_state: Literal["reset", "carry"] = setting(
         "reset", "with a snapshot to start from: a fresh optimiser, or its buffers carried through the embedding",
         group="relaxation", spec="relaxed")
@@ -210,7 +211,7 @@ class TrainConfig:
     progress: bool | None = setting(None, "progress bar (default: only when stderr is a terminal)", group="execution",
                                     runtime=True)
     tensorboard: bool = setting(False, "also log metrics to OUT/tensorboard", group="execution", spec="train",
-                                runtime=True)
+                                runtime=True, needs="tensorboard")
     checkpoint_every_steps: int | None = setting(None, "also checkpoint every N steps (checkpoints are always "
                                                  "written at epoch ends)", check=_at_least_one, group="execution",
                                                  spec="train", runtime=True)
@@ -293,6 +294,14 @@ class TrainConfig:
         if bad:
             raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r}: {bad}")
 
+    def init_path(self, run_dir: str | os.PathLike) -> Path | None:
+        """``init_from`` as a file (None when unset): a relative path is relative to the run folder ``run_dir``, so
+        that a folder holding both, an experiment, trains from its own files wherever it is copied or moved."""
+        if self.init_from is None:
+            return None
+        path = Path(self.init_from)
+        return path if path.is_absolute() else Path(os.path.normpath(Path(run_dir) / path))
+
     @property
     def horizon(self) -> float:
         """Planned length in epochs (the cap for an until-zero-loss run)."""
@@ -320,6 +329,21 @@ class TrainConfig:
         if path.suffix in (".yaml", ".yml"):
             return cls.from_dict(yaml_load(path.read_text()) or {})
         return cls.from_dict(json.loads(path.read_text()))
+
+
+def missing_packages(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """``[(field, package)]`` for each setting of ``config`` (plain data) whose value needs an optional package that
+    is not installed here (``tensorboard: true`` without tensorboard). Checked before a run's folder is written
+    (``archrelax train``, ``archrelax run``), not when a config is read: a run recorded with such a value may be
+    resumed without it (they are runtime fields)."""
+    import importlib.util
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        pkg = f.metadata["needs"]
+        if pkg and config.get(f.name) and importlib.util.find_spec(pkg) is None:
+            out.append((f.name, pkg))
+    return out
 
 
 def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str | None:
