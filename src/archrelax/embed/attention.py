@@ -68,7 +68,7 @@ from .connectivity import ConvGeometry, index_map
 from .targets import DEFAULT_ALPHA, RelaxTarget
 
 __all__ = ["AttentionConvNd", "AttentionConv1d", "AttentionConv2d", "target_coords", "key_dim_for",
-           "attention_param_count", "DEFAULT_KEY_DIM"]
+           "attention_param_count", "attention_cost", "DEFAULT_KEY_DIM"]
 
 DEFAULT_KEY_DIM = 8  # content width cap: d_k = min(C_in, 8) unless "attn:dk=K" says otherwise
 
@@ -83,6 +83,16 @@ def attention_param_count(geom: ConvGeometry, key_dim: int | None = None) -> int
     the content maps (2·T·d_k·C_in)."""
     conv = math.prod(geom.conv_weight_shape) + (geom.out_channels if geom.bias else 0)
     return conv + geom.T * (1 + geom.dim + 2 * key_dim_for(geom, key_dim) * geom.in_channels)
+
+
+def attention_cost(geom: ConvGeometry) -> float:
+    """How much bigger than its conv the attention of ``geom`` is: the attention's entries per sample (heads ×
+    queries × keys, T·P·(Q + 1)) over the conv's multiply-adds per sample (P·T·C_in/g·C_out), i.e.
+    (Q + 1)·g / (C_in·C_out). Every entry costs an exp and, with content, 2·C_in multiply-adds more, so this is
+    what decides whether a layer is affordable: VanillaCNN's first conv (3→64 on 32x32: every output over all
+    1024 input pixels) reads 5.3 (24.5 on mnist's 28x28 with width 32) and ran 450x its eLCN; its other convs
+    and AlexNet's read 0.0001-0.05 and ran 2-11x (benchmarks/bench_attention.py)."""
+    return (geom.Q + 1) * geom.groups / (geom.in_channels * geom.out_channels)
 
 
 def _unravel(idx: Tensor, shape: tuple[int, ...]) -> Tensor:

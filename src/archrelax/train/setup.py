@@ -32,7 +32,8 @@ from archrelax.store import RunFolder
 from .checkpoint import load_checkpoint, resume_point, rng_state, set_rng_state
 from .config import TrainConfig
 
-__all__ = ["RunState", "set_up", "load_run_data", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
+__all__ = ["RunState", "set_up", "load_run_data", "model_kwargs", "make_feeds", "make_optimizer", "determinism",
+           "has_relaxed"]
 
 
 @dataclass
@@ -72,6 +73,14 @@ def load_run_data(cfg: TrainConfig):
     from archrelax.data import load_data
 
     return load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.data_seed)
+
+
+def model_kwargs(cfg: TrainConfig, data) -> dict[str, Any]:
+    """The model factory's arguments for ``cfg`` on ``data`` (a DataSplits): the config's ``model_kwargs`` with the
+    classes, channels and input size the data fixes (``input_size`` an int for square images, else [H, W])."""
+    c, h, w = data.train.images.shape[1:]
+    return {**cfg.model_kwargs, "num_classes": len(data.classes), "in_channels": int(c),
+            "input_size": int(h) if h == w else [int(h), int(w)]}
 
 
 def make_feeds(cfg: TrainConfig, data, device: torch.device) -> tuple[Any, dict[str, Any]]:
@@ -135,9 +144,7 @@ def has_relaxed(model: nn.Module) -> bool:
 def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
     from archrelax.models import create_model
 
-    c, h, w = data.train.images.shape[1:]
-    kw = {**cfg.model_kwargs, "num_classes": len(data.classes), "in_channels": int(c),
-          "input_size": int(h) if h == w else [int(h), int(w)]}
+    kw = model_kwargs(cfg, data)
     torch.manual_seed(cfg.seed)
     snap, offset = None, 0.0
     if cfg.init_from is not None:
