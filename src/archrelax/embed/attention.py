@@ -269,12 +269,16 @@ class AttentionConvNd(RelaxedConv):
         out[..., g.Q] = 0.5 * neg_alpha.view(1, -1)
         return out
 
-    def positional_grads(self, p0: int, p1: int, g_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def positional_grads(self, p0: int, p1: int, g_pos: Tensor, alpha: Tensor | None = None,
+                         offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(∂/∂α (T,), ∂/∂offset (T, dim))`` from ``g_pos`` ``(p1 − p0, T, Q + 1)``, the gradient of
         :meth:`positional_logits`, without a graph: the logits are separable per spatial dim, −α Σ_d (r_d − τ_d)²,
-        so only the marginal sums of ``g_pos`` over the key grid's other dims are needed (no key-sized temporary)."""
+        so only the marginal sums of ``g_pos`` over the key grid's other dims are needed (no key-sized temporary).
+        ``alpha``, ``offset``: the values the forward used (default: the layer's own; a backward passes the ones
+        it saved, so that a layer whose parameters were swapped since, as lockstep's members share one, is right)."""
         g = self.geometry
-        t = self.tap_coords[p0:p1] + self.offset.detach()  # (Pc, T, dim)
+        alpha = (self.alpha if alpha is None else alpha).detach()
+        t = self.tap_coords[p0:p1] + (self.offset if offset is None else offset).detach()  # (Pc, T, dim)
         grid = g_pos[..., : g.Q].unflatten(-1, g.in_spatial)  # (Pc, T, *in_spatial)
         g_alpha = -0.5 * g_pos[..., g.Q].sum(0)  # the null key's −α/2
         g_tau = []
@@ -283,7 +287,7 @@ class AttentionConvNd(RelaxedConv):
             diff = torch.arange(n, device=t.device, dtype=t.dtype) - t[..., d : d + 1]  # r_d − τ_d
             g_alpha = g_alpha - (marginal * diff.square()).sum((0, 2))
             g_tau.append((marginal * diff).sum(2))  # (Pc, T): ∂/∂τ_d = 2α Σ_q g (r_d − τ_d)
-        return g_alpha, torch.stack(g_tau, -1).sum(0) * (2 * self.alpha.detach()).view(-1, 1)
+        return g_alpha, torch.stack(g_tau, -1).sum(0) * (2 * alpha).view(-1, 1)
 
     def _queries(self, xf: Tensor) -> Tensor:
         """``(B, P, T, C_in)``: q̃ = W_kᵀ W_q x[:, :, κ_p] / √d_k, so that the content logit of key q is q̃ · x_q
