@@ -24,7 +24,7 @@ from .attention import AttentionConv1d, AttentionConv2d, AttentionConvNd
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
 from .dense import DenseConv
-from .footprint import ExampleInput, layer_geometries, param_count, workspace_bound
+from .footprint import ExampleInput, layer_geometries, param_count, probe, workspace_bound
 from .locally_connected import LocallyConnected1d, LocallyConnected2d, LocallyConnectedNd
 from .targets import NEXT, TARGET_FORMS, RelaxTarget, parse_target
 from .tiled import TiledConv1d, TiledConv2d, TiledConvNd, tile_layout
@@ -211,8 +211,10 @@ def relax(
     example_input: a tensor, or an input batch shape (a model's ``(C, H, W)`` ``input_shape`` gets a batch
         dimension; None uses ``model.input_shape``); for a forward() of several inputs, a tuple of those
         (positional arguments) or a dict of them (keyword arguments, or a forward(batch) taking a dict): see
-        ``footprint.example_inputs``. One forward pass under no_grad reveals input shapes; buffers such as
-        BatchNorm statistics are restored after it. The input model is never changed.
+        ``footprint.example_inputs``. One forward pass reveals input shapes (``footprint.probe``: in eval mode,
+        at a batch of at least 2, on seeded random values shaped like the example; modes, buffers and RNG restored
+        after it; convs that only run in train mode from a second pass in train mode); the check reuses its
+        output. The input model is never changed.
     layers: None (all), names or fnmatch globs of module paths, or a predicate ``(name, module) -> bool``.
     force: skip the memory guard (which fails when the relaxed parameters exceed the available memory).
     check: compare the result's output with ``model``'s on a random input shaped like ``example_input`` (eval
@@ -248,7 +250,11 @@ def relax(
         paths.setdefault(id(m), []).append(n)
     first = {id(candidates[n]): n for n in reversed(selected)}
     todo = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
-    geoms = layer_geometries(out, example_input, todo)
+    # one forward pass of the source (eval mode, batch >= 2, modes and buffers restored): the convs' input shapes,
+    # and the output the check compares the relaxed model with
+    convs = {n: m for n, m in todo.items() if not isinstance(m, RelaxedConv)}
+    probed = probe(out, example_input, convs) if convs else None
+    geoms = layer_geometries(out, example_input, todo, probed=probed)
     for n, m in todo.items():
         _check_geometry(n, m, geoms[n], target)
     if not force:
@@ -262,16 +268,11 @@ def relax(
         for path in paths[id(old)]:
             _set_submodule(out, path, new)
         del old, new
-    if check:
-        _check_result(model, out, example_input, spec, names)
+    if check:  # the relaxed model computes the source's function (.check): a forward() that defeats the swap raises
+        from .check import check_relaxed
+
+        check_relaxed(model, out, example_input, spec, names, reference=probed)
     return out
-
-
-def _check_result(model: nn.Module, out: nn.Module, example_input: ExampleInput, spec: str, names: list[str]) -> None:
-    """The relaxed model computes the source's function (:mod:`.check`): a forward() that defeats the swap raises."""
-    from .check import check_relaxed
-
-    check_relaxed(model, out, example_input, spec, names)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -72,10 +72,11 @@ def conv_costs(spec: "ExperimentSpec") -> list[ConvCost]:
     from archrelax.train.config import TrainConfig
     from archrelax.train.setup import load_run_data, model_kwargs
 
-    cfg = TrainConfig(model=spec.model, model_kwargs=dict(spec.model_kwargs), data=spec.data, data_root=spec.data_root,
-                      train_size=spec.train_size, test_size=spec.test_size, data_seed=spec.data_seed)
+    cfg = TrainConfig(model=spec.model, model_kwargs=dict(spec.model_kwargs), input_shape=spec.input_shape,
+                      data=spec.data, data_root=spec.data_root, train_size=spec.train_size, test_size=spec.test_size,
+                      data_seed=spec.data_seed)
     data = load_run_data(cfg)
-    model = create_model(spec.model, **model_kwargs(cfg, data))
+    model = create_model(spec.model, input_shape=cfg.input_shape, **model_kwargs(cfg, data))
     del data
     return [ConvCost(ly.name, ly.geometry, attention_cost(ly.geometry))
             for ly in footprint(model, None, to="cnn", reference=False).layers]

@@ -53,7 +53,7 @@ def run_one(experiment: str, run_id: str) -> dict[str, Any]:
     Never raises for a failing run: the failure is recorded in the run's status.json and returned.
     Returns ``{"id", "status", "error"}``; status ``"busy"`` when another live process holds the run.
     The lock taken here is handed to the trainer (one acquisition path; see archrelax.store.lock).
-    On SIGTERM/SIGINT/SIGUSR1 the trainer stops after its current step (checkpoint, status 'interrupted')
+    On SIGTERM/SIGINT/SIGHUP/SIGUSR1 the trainer stops after its current step (checkpoint, status 'interrupted')
     and this returns ``{"status": "interrupted", "signal": N}``; inside a Slurm job it leaves no result
     instead (the job exits), and on Slurm's warning signal (submitit's USR2: time limit near, preemption) the
     job requeues itself first (see :class:`RunJob`).

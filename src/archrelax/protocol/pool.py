@@ -57,14 +57,15 @@ class InProcessExecutor:
 
 
 def _worker_init(slot_queue: Any, n_gpus: int, threads: int, parent_pid: int) -> None:
-    _die_with_parent(parent_pid)
     # Ctrl-C and a group-wide SIGTERM reach every process of the group, but the scheduler decides: it
     # forwards the signal to its workers, and a worker training a run stops cleanly (run_one handles the
     # signals while it runs). An idle worker dying here would break the pool, and concurrent.futures would
     # then terminate every worker, runs in flight included. The worker started with these signals blocked
-    # (_signals_blocked), so none arrived while it was importing; ignored from now on when idle.
+    # (_signals_blocked), so none arrived while it was importing; ignored from now on when idle, except
+    # _PARENT_GONE (SIGHUP, a stop signal too), whose handler, set after, tells a dead parent from a hangup.
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    _die_with_parent(parent_pid)
     if hasattr(signal, "pthread_sigmask"):
         signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     slot = slot_queue.get()
@@ -154,7 +155,11 @@ class ProcessExecutor:
 
     def _make_pool(self) -> cf.ProcessPoolExecutor:
         ctx = mp.get_context("spawn")  # fork after torch/CUDA init is unsafe
-        queue = ctx.Queue()
+        # multiprocessing's resource tracker starts with the queue's semaphore, and unblocks only the signals it
+        # ignores (SIGINT, SIGTERM): started with the stop signals blocked, SIGHUP and SIGUSR1 stay blocked there,
+        # so a hangup of the whole group does not kill it (a new tracker would not know the pool's semaphores)
+        with _signals_blocked():
+            queue = ctx.Queue()
         for i in range(self.workers):
             queue.put(i)
         threads = max(1, (os.cpu_count() or 1) // self.workers)

@@ -58,7 +58,7 @@ def execute(exp: ExperimentFolder, plan: dict[str, Run], executor: Any, *, poll_
     trained twice. Failures never stop the other runs. ``lockstep``: runs that can share a process are
     submitted together, one :class:`GroupJob` per group (module docstring).
 
-    SIGTERM, SIGINT or SIGUSR1 stop the whole schedule (see :func:`_stop`): nothing more starts, the signal
+    SIGTERM, SIGINT, SIGHUP or SIGUSR1 stop the whole schedule (see :func:`_stop`): nothing more starts, the signal
     goes on to the jobs in flight, whose runs checkpoint and end 'interrupted', then
     :class:`archrelax.signals.Interrupted` is raised.
     """

@@ -319,6 +319,7 @@ class ExperimentSpec:
     model: str = _from_config("model", "")
     model_kwargs: dict[str, Any] = _from_config("model_kwargs", "", "model options, e.g. {width: 64}; checked against "
                                                 "the factory's parameters before any run starts")
+    input_shape: str | None = _from_config("input_shape", "")
     data: str = _from_config("data", "", "data source: " + ", ".join(DATA_SOURCES))
     data_root: str | None = _from_config("data_root", "")
     train_size: int | None = _from_config("train_size", "")
@@ -416,7 +417,7 @@ def _check_model(spec: ExperimentSpec) -> list[str]:
         return [f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
                 f"(registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"]
     try:
-        check_model_kwargs(name, spec.model_kwargs, data_keys=True)
+        check_model_kwargs(name, spec.model_kwargs, data_keys=True, input_shape=spec.input_shape is not None)
     except ValueError as e:
         return [f"'model_kwargs' = {_show_mapping(spec.model_kwargs)}: {e}"]
     return []

@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .base import CLAIMS, Claim, ClaimThresholds, Verdict
+from archrelax.store.view import WENT_WRONG
+
 from .evidence import PAPER_KINDS, Evidence, RunView, finite
 from .stats import Paired, holm, paired, spearman, t_interval
 
@@ -83,8 +85,22 @@ def _unfinished(ev: Evidence, *kinds: str) -> str:
 
 
 def _left(planned: Sequence[RunView], what: str) -> str:
-    left = [v for v in planned if not v.done]
-    return f"; {len(left)} of {len(planned)} planned {what} runs not finished" if left else ""
+    """"; 3 of 10 planned efcn/cnn runs not finished", and the runs that went wrong named as such (a failed run
+    is not one that has yet to finish: it needs a rerun, and `archrelax status` says why it failed)."""
+    wrong: dict[str, list[str]] = defaultdict(list)
+    for v in planned:
+        if not v.done and v.status in WENT_WRONG:
+            wrong[v.status].append(v.id)
+    waiting = sum(not v.done and v.status not in WENT_WRONG for v in planned)
+    parts = [f"{len(ids)} {state}" for state, ids in wrong.items()] + ([f"{waiting} not finished"] if waiting else [])
+    if not parts:
+        return ""
+    if not wrong:
+        return f"; {waiting} of {len(planned)} planned {what} runs not finished"
+    ids = [i for state in wrong.values() for i in state]
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    return (f"; of {len(planned)} planned {what} runs, {', '.join(parts)} ({shown}: see `archrelax status`; "
+            "`archrelax run` retries failed runs)")
 
 
 def _with(verdict_reason: tuple[Verdict, str], extra: str) -> tuple[Verdict, str]:
