@@ -125,17 +125,10 @@ class AttentionConvNd(RelaxedConv):
     positional attention only); ``chunk_bytes``: the memory budget of one attention chunk; ``seed``: the seed of
     W_k's initial draw in ``from_conv`` (default ``torch.initial_seed()``; the global RNG is not advanced)."""
 
-    _dim: int | None = None
-
     def __init__(self, geometry: ConvGeometry, *, alpha: float | None = None, key_dim: int | None = None,
                  chunk_bytes: int | None = None, seed: int | None = None, device: Any = None,
                  dtype: torch.dtype | None = None, _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial) to start from a conv")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use AttentionConv{geometry.dim}d")
+        self._check_geometry(geometry)  # before anything below reads it
         if key_dim is not None and (isinstance(key_dim, bool) or int(key_dim) != key_dim or key_dim < 0):
             raise ValueError(f"{type(self).__name__}: key_dim={key_dim!r} must be an int >= 0 (0: positional only)")
         if alpha is not None and not 0 < float(alpha) < math.inf:
