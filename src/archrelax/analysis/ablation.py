@@ -66,11 +66,14 @@ def local_change(end: nn.Module, switch: nn.Module) -> dict[str, float]:
 # ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
 @register_analysis("ablation", params=("seed", "eval_test_samples"), inputs=weight_files)
 def run(ctx: Context) -> AblationResult:
-    """Every finished relaxed run (efcn, elcn, hier): both parts, local only, off-local only; local drift."""
+    """Every finished relaxed run (efcn, elcn, hier, ...; attention runs skipped): both parts, local only, off-local
+    only; local drift."""
     from archrelax.train.checkpoint import load_checkpoint
 
     res = AblationResult()
-    for r in ctx.finished(ctx.of_kind(*RELAXED_KINDS), res.missing):
+    res.missing += [Missing(run=r.id, reason="an attention run: no off-local weights to ablate (its reach is in the "
+                            "attention, measured in its metrics)") for r in ctx.of_kind("attn")]
+    for r in ctx.finished(ctx.of_kind(*(k for k in RELAXED_KINDS if k != "attn")), res.missing):
         ctx.log(f"ablation: {r.id}")
         final = ctx.folder(r).final_path
 

@@ -34,7 +34,7 @@ REF_STYLE = {  # reference runs trained without a switch
 }
 REF_NAME = {"cnn": "CNN", "fcn": "vanilla FCN", "lcn": "vanilla LCN", "efcn": "eFCN", "elcn": "eLCN",
             "hier": "CNN→eLCN→eFCN", "cont": "CNN continued", "wide": "wide conv", "tiled": "tiled conv",
-            "soft": "soft eFCN", "path": "path"}
+            "soft": "soft eFCN", "path": "path", "attn": "attention"}
 
 
 @dataclass
@@ -507,5 +507,57 @@ def corner_distance_figure(corners: Sequence[str], curves: dict[str, list[tuple[
             a.legend(fontsize=8, loc="best")
         else:
             a.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=a.transAxes)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# the attention runs' measures (metrics.jsonl keys, embed.attention_measures.MEASURE_KEYS), one panel each
+ATTENTION_PANELS = (
+    ("attn_offtarget", "off-target share", "attention mass off the conv's tap (δ-like; log, floored at 1e-12)", True),
+    ("attn_content_share", "content share", "½‖A − A_pos‖₁: attention that is content-based (log, floored)", True),
+    ("attn_mean_distance", "mean distance (input pixels)", "attention-weighted key distance to the receptive field's "
+     "centre (ConViT's nonlocality)", False),
+    ("attn_alpha_mean", "α (mean; band: min-max over heads)", "positional sharpness α", False),
+    ("attn_offset_mean", "‖offset‖ (mean; dashed: max), input pixels", "how far the heads' focus moved", False),
+)
+LOG_FLOOR = 1e-12
+
+
+def attention_figure(labels: Sequence[str], curves: dict[str, list[Curve]], path: Path, *, title: str) -> Path:
+    """The attention runs' distance from their conv over training, one panel per measure of
+    :data:`ATTENTION_PANELS`, every run coloured by its label (its target), ● at the switch (where each measure is
+    the conv's own, up to the leak e^(−α/2)). ``curves[label]``: the runs (``values`` keyed by the metrics' names)."""
+    fig, ax = _figure(3, 2, size=(5.0, 3.6))
+    axes = ax.reshape(-1)
+    for k, (key, ylabel, what, log) in enumerate(ATTENTION_PANELS):
+        a = axes[k]
+        for i, label in enumerate(labels):
+            col = CORNER_COLOURS(i % 10)
+            for j, c in enumerate(curves.get(label, [])):
+                y = c.values.get(key)
+                if y is None or len(y) != len(c.epoch) or not len(y):
+                    continue
+                x, y = np.asarray(c.epoch, float), np.asarray(y, float)
+                if log:
+                    y = np.maximum(y, LOG_FLOOR)
+                a.plot(x, y, color=col, lw=1.3, alpha=0.85, label=label if j == 0 else None)
+                a.plot(x[:1], y[:1], marker="o", ms=5, color=col, mec="black", mew=0.5)
+                lo, hi = (c.values.get(f"attn_alpha_{s}") for s in ("min", "max")) if key == "attn_alpha_mean" else (None, None)
+                if lo is not None and hi is not None and len(lo) == len(x) == len(hi):
+                    a.fill_between(x, lo, hi, color=col, alpha=0.15, lw=0)
+                top = c.values.get("attn_offset_max") if key == "attn_offset_mean" else None
+                if top is not None and len(top) == len(x):
+                    a.plot(x, top, color=col, lw=1.0, ls="--", alpha=0.7)
+        _time_axis(a)
+        if log and a.lines:
+            a.set_yscale("log")
+        a.set_ylabel(ylabel)
+        a.set_title(what + "; ● = switch", fontsize=8)
+        if not a.lines:
+            a.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=a.transAxes)
+    handles = [h for h in axes[0].get_legend_handles_labels()[0]]
+    axes[-1].axis("off")
+    if handles:
+        axes[-1].legend(handles=handles, loc="center", fontsize=8, title="runs")
     fig.suptitle(title)
     return _save(fig, path)

@@ -480,6 +480,7 @@ def _corner(exp: ExperimentView, r: RunView) -> tuple[tuple, str, str | None] | 
         "elcn": ((2, ""), "sharing released (eLCN)", "lc"),
         "tiled": ((3, str(relax)), f"sharing released in tiles ({relax or 'tiled'})", relax),
         "efcn": ((4, ""), "both released (eFCN)", "fc"),
+        "attn": ((6, str(relax)), f"offsets released ({relax or 'attn'})", relax),
     }[r.kind]
     return ((*key, _soft_label(cfg)), f"{label}, soft {_soft_label(cfg)}", form) if soft else (key, label, form)
 
@@ -624,7 +625,7 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     recorded = False
     for r in exp.runs:
         c = _corner(exp, r)
-        if c is None or r.kind == "cont":
+        if c is None or r.kind in ("cont", "attn"):  # attention: δ is 0 by construction; its own section measures it
             continue
         key, label, _ = c
         x, d = r.series("offlocal_ratio")
@@ -656,6 +657,61 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         rows.append([label, f"{t:g}", len(vals), f"{np.mean(d):.4g}", f"{np.mean(o):.4g}" if o else "not recorded"])
     if rows:
         sec.body.append(table(["corner", "t_w (epochs)", "seeds", "final δ (mean)", "final off-sharing (mean)"], rows))
+
+
+# ---- attention: the convs made self-attention, and how far they moved from them -------------------------------
+_ATTN_FINALS = (("attn_offtarget", "off-target share", ".2g"), ("attn_content_share", "content share", ".2g"),
+                ("attn_mean_distance", "mean distance (px)", ".3f"), ("attn_alpha_mean", "α mean", ".4g"),
+                ("attn_alpha_min", "α min", ".4g"), ("attn_offset_max", "‖offset‖ max (px)", ".2g"))
+
+
+@_section("attention", "Attention runs: how far each moved from its conv")
+def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """Runs that made convs positional self-attention (targets attn, attn:alpha=A,dk=K: one head per tap, exact at
+    the switch up to a leak e^(−α/2)), measured at every evaluation on a fixed probe batch of test images: the
+    off-target share (attention mass away from the conv's tap, δ-like: 0 on the conv), the content share
+    (½‖A − A_pos‖₁), the mean distance of the attention (ConViT's nonlocality, input pixels; the conv's own at
+    the switch), α and the offsets' lengths. Table: final test accuracy (%) beside the CNN continued from the
+    same snapshot, and the final measures, means over seeds (number of seeds)."""
+    runs = exp.of_kind("attn")
+    if not runs:
+        sec.notes.append("the plan has no attention runs (spec target attn, see docs/protocol.md)")
+        return
+    curves: dict[str, list[F.Curve]] = defaultdict(list)
+    finals: dict[tuple[str, float], list[RunView]] = defaultdict(list)
+    for r in runs:
+        target = _config(r).get("relax") or "attn"
+        x, _ = r.series("attn_offtarget")
+        if x:
+            vals = {k: r.series(k)[1] for k in ("attn_offtarget", "attn_content_share", "attn_mean_distance",
+                                                "attn_alpha_mean", "attn_alpha_min", "attn_alpha_max",
+                                                "attn_offset_mean", "attn_offset_max")}
+            curves[target].append(F.Curve(kind=r.kind, seed=r.seed, t_w=r.t_w, epoch=x, values=vals))
+        if r.done and r.t_w is not None:
+            finals[(target, r.t_w)].append(r)
+    labels = sorted({_config(r).get("relax") or "attn" for r in runs})
+    if curves:
+        ctx.figure(sec, "attention", "the attention runs' measures against epochs on the CNN's clock, coloured by "
+                   "target (● = the switch)", lambda p: F.attention_figure(labels, curves, p,
+                                                                          title="attention: distance from the conv"))
+    else:
+        sec.notes.append("no attention run has recorded its measures yet (attn_* in metrics.jsonl)")
+    cont: dict[float, list[float]] = defaultdict(list)
+    for r in exp.done_runs("cont"):
+        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+            cont[r.t_w].append(v)
+    rows = []
+    for (target, t), done in sorted(finals.items()):
+        acc = [v for r in done if (v := r.final("test_acc")) is not None]
+        row = [target, f"{t:g}", _cell(acc), _cell(cont.get(t))]
+        for key, _, spec in _ATTN_FINALS:
+            vals = [v for r in done if (v := r.final(key)) is not None]
+            row.append(format(float(np.mean(vals)), spec) if vals else "not recorded")
+        rows.append(row)
+    if rows:
+        sec.body.append(table(["target", "t_w (epochs)", "final test acc (%)", "CNN continued (%)"]
+                              + [name for _, name, _ in _ATTN_FINALS], rows))
+    sec.notes += _not_done(exp, "attn")
 
 
 # ---- the claims -------------------------------------------------------------------------------------------
@@ -739,5 +795,7 @@ def build_all(exp: ExperimentView, ctx: Ctx, analysis_note: str) -> list[Section
         secs.append(soft_schedules(exp, ctx))
     if kinds & set(_LATTICE_ONLY):
         secs.append(lattice_distance(exp, ctx))
+    if "attn" in kinds:  # the attention runs' own measures
+        secs.append(attention(exp, ctx))
     # first on the page, built last: its verdicts link to the sections above by their titles
     return [claims(exp, ctx, {s.id: s.title for s in secs})] + secs

@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 from archrelax._typed import conforms, describe, yaml_load
 
 __all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
-           "setting", "option_name", "soft_problem", "missing_packages", "lockstep_key"]
+           "setting", "option_name", "soft_problem", "soft_target_problem", "missing_packages", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -142,7 +142,8 @@ class TrainConfig:
                                       "data (default: the model says it)", check=_input_shape, spec="top",
                                       omit_default=True)
     relax: str | None = setting(None, "train the model's exact relaxation: lc (eLCN), fc (eFCN), wide:K, wide:KxK, "
-                                "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles)",
+                                "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles), attn, "
+                                "attn:alpha=A,dk=K (positional self-attention, one head per tap)",
                                 check=_target, group="relaxation")
     relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
                                              spec="top")
@@ -293,6 +294,9 @@ class TrainConfig:
         bad = soft_problem(self.soft_lambda, self.optimizer, self.lr, self.momentum)
         if bad:
             raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r}: {bad}")
+        bad = soft_target_problem(self.relax) if self.soft_lambda > 0 else None
+        if bad:
+            raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r} with relax={self.relax!r}: {bad}")
 
     def init_path(self, run_dir: str | os.PathLike) -> Path | None:
         """``init_from`` as a file (None when unset): a relative path is relative to the run folder ``run_dir``, so
@@ -353,6 +357,18 @@ def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str 
         return (f"with SGD, lr·λ = {lr:g}·{lam:g} = {lr * lam:g} >= 1 + momentum = {1 + momentum:g}, where the "
                 f"penalty's own dynamics diverge (curvature 2λ); allowed: λ < {(1 + momentum) / lr:g} "
                 "(lr·λ = 0.5 without momentum makes each step project exactly)")
+    return None
+
+
+def soft_target_problem(relax: str | None) -> str | None:
+    """Why a soft release of target ``relax`` is not defined, or None. An attention layer's weight is the conv's
+    weight itself, always in the CNN subspace: its penalty reads 0 (its reach is in α, the offsets and the content
+    maps, which no projection of the lattice measures), so a soft attention run would silently train the hard
+    one."""
+    if isinstance(relax, str) and relax.split(":")[0] == "attn":
+        return ("the soft release is not defined for attention (its weight is the conv's, always in the CNN subspace: "
+                "the penalty reads 0); allowed: soft_lambda 0 (the hard release), or a lattice target (fc, lc, "
+                "wide:K, tiled:T)")
     return None
 
 
