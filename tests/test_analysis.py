@@ -277,7 +277,7 @@ def test_memory_table_orders_the_forms():
 # --------------------------------------------------------------------------------------------------------------
 # a real (tiny) experiment folder: the protocol plans it, the trainer trains it
 
-SMALL = AnalysisSettings(device="cpu", batch_size=32, sharpness_samples=32, sharpness_max_iter=4, trace_probes=2,
+SMALL = AnalysisSettings(device="cpu", batch_size=32, sharpness_samples=32, sharpness_max_iter=12, trace_probes=2,
                          eval_train_samples=32, eval_test_samples=32, template_count=3)
 
 
@@ -379,3 +379,94 @@ def test_claims_of_a_real_experiment(experiment):
         assert found[n].verdict == "not enough evidence" and "too few seeds (n=1; 3 needed)" in found[n].reason
     assert found[5].verdict == "not measured" and found[13].verdict == "not measured"  # 2 switch times, no hier
     assert found[12].verdict == "not measured" and "lacks eLCN runs" in found[12].reason
+
+
+def test_interpolation_shortcut_of_the_first_layer_equals_evaluating_every_point():
+    """The first layer of an eFCN reads the input and is affine in its weights: mixed from its two end outputs,
+    every point equals the plain evaluation to float rounding; a first layer that is not affine turns it off."""
+    from archrelax.analysis import interpolation as I
+
+    cnn = perturbed(small_cnn())
+    a, b = efcn_of(cnn), perturbed(efcn_of(cnn), scale=0.2, seed=3)
+    x, y = data(40)
+    lead = I._LeadingAffine.find(copy.deepcopy(a), x[:1])
+    assert lead is not None and lead.name == "0"
+    fast = interpolate(a, b, (x, y), (x[:20], y[:20]), alphas=[0, 0.3, 0.7, 1], methods=("linear", "curvilinear"))
+    orig = I._LeadingAffine.find
+    I._LeadingAffine.find = classmethod(lambda cls, m, e: None)
+    try:
+        slow = interpolate(a, b, (x, y), (x[:20], y[:20]), alphas=[0, 0.3, 0.7, 1], methods=("linear", "curvilinear"))
+    finally:
+        I._LeadingAffine.find = orig
+    for m in fast:
+        for split in ("train", "test"):
+            for f, s in zip(getattr(fast[m], split), getattr(slow[m], split)):
+                assert f.acc == s.acc and f.loss == pytest.approx(s.loss, rel=1e-5, abs=1e-6)
+    # the ends are the models' own metrics, bit for bit
+    assert fast["linear"].train[0] == evaluate(a, x, y) and fast["curvilinear"].train[-1] == evaluate(b, x, y)
+
+    class Squared(nn.Linear):  # a Linear whose output is not affine in its weight
+        def forward(self, inp: torch.Tensor) -> torch.Tensor:
+            return nn.functional.linear(inp, self.weight ** 2, self.bias)
+
+    torch.manual_seed(0)
+    m0 = nn.Sequential(nn.Flatten(), Squared(72, 5), nn.ReLU(), nn.Linear(5, 4))
+    m1 = perturbed(m0, scale=0.5)
+    got = interpolate(m0, m1, (x, y), (x, y), alphas=[0, 0.5, 1], methods=("linear",))["linear"].train[1]
+    mid = copy.deepcopy(m0)
+    mid.load_state_dict(interpolate_state(m0.state_dict(), m1.state_dict(), 0.5))
+    assert got == evaluate(mid, x, y)  # the check caught it: evaluated in full
+
+
+def test_cpu_pooling_is_bit_exact():
+    from archrelax.analysis._common import cpu_pooling, log_probs
+
+    model = nn.Sequential(nn.Conv2d(2, 8, 3), nn.MaxPool2d(3, 2), nn.Flatten(), nn.LazyLinear(4))
+    x, _ = data(30)
+    model(x)
+    with torch.no_grad():
+        plain = torch.log_softmax(model.eval()(x), dim=1)
+    assert torch.equal(log_probs(model, x, 7), plain)
+    with cpu_pooling(model, torch.device("cpu")):
+        pass
+    assert not model[1]._forward_hooks and not model[1]._forward_pre_hooks  # removed afterwards
+
+
+def test_workers_give_the_same_results_and_unconverged_points_are_marked(experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(experiment, exp)
+    only = ["sharpness", "ablation", "interpolation"]
+    strip = lambda r: {k: v for k, v in r.to_json().items() if k != "created"}  # noqa: E731
+    one, two = (analyse_experiment(exp, only=only, progress=False, force=True,
+                                   settings=AnalysisSettings(**{**SMALL.to_dict(), "workers": n})) for n in (1, 2))
+    # with two workers the three analyses run side by side: the same results, in the order asked for
+    assert {n: strip(r) for n, r in one.items()} == {n: strip(r) for n, r in two.items()}
+    assert list(two) == only and two.names("computed") == only
+    pts = one["sharpness"].points
+    # the CNN's final weights are its last snapshot's: computed once, recorded under both files
+    cnn = [p for p in pts if p.kind == "cnn"]
+    assert {p.where for p in cnn} == {"snapshot", "final"} and len({p.file for p in cnn}) == len(cnn)
+    # one product is no converged eigenvalue here: marked, with its bound, never silently a number
+    capped = analyse_experiment(exp, only=["sharpness"], progress=False, force=True,
+                                settings=AnalysisSettings(**{**SMALL.to_dict(), "sharpness_max_iter": 1,
+                                                             "sharpness_tol": 1e-12}))["sharpness"]
+    assert capped.points and all(not p.eig_converged and p.eig_converged_each == [False] and p.eig_iterations == 1
+                                 and p.eig_bound[0] > 0 and not p.lambda_max_converged for p in capped.points)
+
+
+def test_analyse_command_reads_yes_no_settings(experiment, capsys):
+    from archrelax.cli import main
+
+    assert main(["analyse", str(experiment), "--only", "memory", "--sharpness-blocks", "maybe"]) == 2
+    assert "--sharpness-blocks 'maybe'" in capsys.readouterr().err
+
+
+def test_per_layer_sharpness_in_the_experiment(experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(experiment, exp)
+    res = analyse_experiment(exp, only=["sharpness"], progress=False, force=True,
+                             settings=AnalysisSettings(**{**SMALL.to_dict(), "sharpness_blocks": True}))["sharpness"]
+    assert res.points and res.params["sharpness_blocks"] is True
+    for p in res.points:  # the CNN's convs and the eFCN's / FCN's relaxed layers have the same paths
+        assert [b.layer for b in p.blocks] == ["features.0", "features.3", "features.6"], p.blocks
+        assert all(b.params > 0 and math.isfinite(b.eigenvalue) and b.products >= 1 for b in p.blocks)

@@ -84,7 +84,7 @@ def _analyse(args: argparse.Namespace) -> int:
             continue
         default = getattr(AnalysisSettings(), name)
         try:  # cast the text to the default's type (None-defaults are optional ints)
-            overrides[name] = raw if isinstance(default, str) else type(default)(raw) if default is not None else int(raw)
+            overrides[name] = _cast(raw, default)
         except ValueError as e:
             raise ValueError(f"--{name.replace('_', '-')} {raw!r}: expected {type(default or 0).__name__}") from e
     try:  # the settings' own checks, before anything is computed or written
@@ -97,8 +97,22 @@ def _analyse(args: argparse.Namespace) -> int:
     for name, res in results.items():
         state = f"error: {res.error}" if res.error else f"{len(res.missing)} missing"
         failed += bool(res.error)
-        print(f"{name:<14} {exp / 'analysis' / (name + '.json')}  ({state})")
+        took = f", {results.seconds[name]:.1f} s" if name in results.seconds else ", cached"
+        print(f"{name:<14} {exp / 'analysis' / (name + '.json')}  ({state}{took})")
     return 1 if failed else 0
+
+
+_BOOLS = {"true": True, "yes": True, "1": True, "on": True, "false": False, "no": False, "0": False, "off": False}
+
+
+def _cast(raw: str, default: object) -> object:
+    if isinstance(default, bool):  # bool("false") is True: read the word instead
+        if raw.lower() not in _BOOLS:
+            raise ValueError(f"not a yes/no word ({', '.join(_BOOLS)})")
+        return _BOOLS[raw.lower()]
+    if isinstance(default, str):
+        return raw
+    return type(default)(raw) if default is not None else int(raw)
 
 
 def _claims(args: argparse.Namespace) -> int:

@@ -50,13 +50,37 @@ def batches(x: torch.Tensor, y: torch.Tensor, batch_size: int | None) -> Iterato
         yield x[i : i + step], y[i : i + step]
 
 
+@contextlib.contextmanager
+def cpu_pooling(model: nn.Module, device: torch.device) -> Iterator[None]:
+    """For the block, feed every ``nn.MaxPool2d`` of ``model`` its input in channels-last layout and hand its
+    output back contiguous (on CPU only). The values are the same bit for bit (a maximum is a maximum), but
+    torch's CPU kernel for contiguous NCHW inputs is 2.5-5x slower than for channels-last ones on the shapes of
+    a VanillaCNN (13.8 -> 5.4 ms for (256, 32, 15, 15) with the two copies, one thread): the largest cost of
+    evaluating an eFCN after its first matmul. The hooks are removed afterwards."""
+    if device.type != "cpu":
+        yield
+        return
+    to_cl = lambda mod, args: (args[0].contiguous(memory_format=torch.channels_last), *args[1:]) \
+        if args and isinstance(args[0], torch.Tensor) and args[0].dim() == 4 else None  # noqa: E731
+    back = lambda mod, args, out: out.contiguous() if isinstance(out, torch.Tensor) else None  # noqa: E731
+    handles = []
+    for m in model.modules():
+        if type(m) is nn.MaxPool2d and not m.return_indices:
+            handles += [m.register_forward_pre_hook(to_cl), m.register_forward_hook(back)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 @torch.no_grad()
 def log_probs(model: nn.Module, x: torch.Tensor, batch_size: int | None = 256) -> torch.Tensor:
     """log-softmax of the model's outputs, (N, num_classes), in eval mode."""
     if batch_size is not None and batch_size < 1:
         raise ValueError(f"batch_size must be a positive int or None, got {batch_size!r}")
     step = max(len(x), 1) if batch_size is None else batch_size
-    with eval_mode(model):
+    with eval_mode(model), cpu_pooling(model, x.device):
         out = [F.log_softmax(model(x[i : i + step]).float(), dim=1) for i in range(0, len(x), step)]
     return torch.cat(out) if out else torch.empty(0)
 

@@ -16,6 +16,7 @@ from archrelax.store.results import AblationRecord, AblationResult, Missing, Par
 
 from ._common import Metrics, evaluate
 from .context import RELAXED_KINDS, Context, guard, weight_files
+from .pool import run_jobs
 from .registry import register_analysis
 
 __all__ = ["Ablation", "evaluate_ablation", "relaxed_layers", "local_change"]
@@ -67,31 +68,37 @@ def local_change(end: nn.Module, switch: nn.Module) -> dict[str, float]:
 @register_analysis("ablation", params=("seed", "eval_test_samples"), inputs=weight_files)
 def run(ctx: Context) -> AblationResult:
     """Every finished relaxed run (efcn, elcn, hier, ...; attention runs skipped): both parts, local only, off-local
-    only; local drift."""
-    from archrelax.train.checkpoint import load_checkpoint
-
+    only; local drift (one job per run: in the worker processes when there are several)."""
     res = AblationResult()
     res.missing += [Missing(run=r.id, reason="an attention run: no off-local weights to ablate (its reach is in the "
                             "attention, measured in its metrics)") for r in ctx.of_kind("attn")]
-    for r in ctx.finished(ctx.of_kind(*(k for k in RELAXED_KINDS if k != "attn")), res.missing):
-        ctx.log(f"ablation: {r.id}")
-        final = ctx.folder(r).final_path
-
-        def one() -> AblationRecord:
-            model = ctx.load(final)
-            x, y = ctx.data()["test"]
-            ab = evaluate_ablation(model, x, y, batch_size=ctx.s.batch_size)
-            change: dict[str, float] = {}
-            snap = ctx.switch_snapshot(r)
-            if snap is None:
-                res.missing.append(Missing(run=r.id, reason="switch snapshot not found: no local_change"))
-            else:
-                change = local_change(model, ctx.embedded(snap, model, load_checkpoint(final)["arch"]))
-            parts = ("both", "local", "offlocal")
-            return AblationRecord(**ctx.tag(r), test_acc=Parts(**{k: getattr(ab, k).acc for k in parts}),
-                                  test_loss=Parts(**{k: getattr(ab, k).loss for k in parts}), local_change=change)
-
-        rec = guard(res.missing, r, "ablation", one)
+    runs = ctx.finished(ctx.of_kind(*(k for k in RELAXED_KINDS if k != "attn")), res.missing)
+    for rec, missing in run_jobs(ctx, _record, [r.id for r in runs], "ablation"):
+        res.missing += missing
         if rec is not None:
             res.runs.append(rec)
     return res
+
+
+def _record(ctx: Context, run_id: str) -> tuple[AblationRecord | None, list[Missing]]:
+    from archrelax.train.checkpoint import load_checkpoint
+
+    r, missing = ctx.plan[run_id], []
+    final = ctx.folder(r).final_path
+
+    def one() -> AblationRecord:
+        ckpt = load_checkpoint(final)
+        model = ctx.load(ckpt)
+        x, y = ctx.data()["test"]
+        ab = evaluate_ablation(model, x, y, batch_size=ctx.s.batch_size)
+        change: dict[str, float] = {}
+        snap = ctx.switch_snapshot(r)
+        if snap is None:
+            missing.append(Missing(run=r.id, reason="switch snapshot not found: no local_change"))
+        else:
+            change = local_change(model, ctx.embedded(snap, model, ckpt["arch"]))
+        parts = ("both", "local", "offlocal")
+        return AblationRecord(**ctx.tag(r), test_acc=Parts(**{k: getattr(ab, k).acc for k in parts}),
+                              test_loss=Parts(**{k: getattr(ab, k).loss for k in parts}), local_change=change)
+
+    return guard(missing, r, "ablation", one), missing

@@ -10,6 +10,7 @@ interpolation, normalised by the trainer's own BatchFeed (no augmentation).
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -33,6 +34,9 @@ class Context:
         self.plan: dict[str, Run] = self.view.plan
         self.device = resolve_device(settings.device)
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
+        self._data_lock = threading.Lock()  # analyses may run side by side in threads (experiment._analyse)
+        self._status: dict[str, str] = {}
+        self.pool: Any = None  # archrelax.analysis.pool.Pool: where the per-run jobs run (set by analyse_experiment)
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -98,7 +102,9 @@ class Context:
         return {"run": run.id, "kind": run.kind, "seed": run.seed, "t_w": run.t_w, "t_w2": run.t_w2}
 
     # ---- models ------------------------------------------------------------------------------------------
-    def load(self, path: Path) -> nn.Module:
+    def load(self, path: Path | dict[str, Any]) -> nn.Module:
+        """The model of a checkpoint file, or of a checkpoint already loaded (``load_checkpoint``: read once
+        when the caller needs its other records too), on the analyses' device."""
         from archrelax.train.checkpoint import model_from_checkpoint
 
         return model_from_checkpoint(path).to(self.device)
@@ -141,8 +147,9 @@ class Context:
 
     def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Normalised fixed subsets: "hessian" (train), "train" and "test", from the first CNN's data config."""
-        if self._data is None:
-            self._data = self._load_data()
+        with self._data_lock:
+            if self._data is None:
+                self._data = self._load_data()
         return self._data
 
     def _load_data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -15,6 +15,7 @@ import datetime as _dt
 import hashlib
 import io
 import json
+import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Sequence
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from .context import Context
 
 __all__ = ["ANALYSES", "AnalysisSettings", "AnalysisResults", "analyse_experiment", "make_settings",
-           "settings_from_spec", "fingerprint"]
+           "settings_from_spec", "fingerprint", "training_time"]
 
 How = Literal["computed", "reused", "failed"]
 
@@ -42,6 +43,7 @@ class AnalysisResults(dict):
     def __init__(self) -> None:
         super().__init__()
         self.how: dict[str, How] = {}
+        self.seconds: dict[str, float] = {}  # wall time of each analysis computed (or failed) in this call
 
     def names(self, how: How) -> list[str]:
         """The analyses obtained that way, in the order they ran."""
@@ -81,7 +83,59 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
     settings = settings or settings_from_spec(exp_dir)
     exp = ExperimentFolder(exp_dir)
     ctx = Context(exp, settings, progress)
+    from .pool import Pool, workers_of
+
+    ctx.pool = Pool(ctx, workers_of(ctx))
+    t0 = time.perf_counter()
+    try:
+        results = _analyse(ctx, names, force)
+    finally:
+        ctx.pool.close()
+    if results.seconds:
+        took = time.perf_counter() - t0
+        span, total = training_time(ctx)
+        against = (f"; the runs trained {span:.1f} s from the first start to the last end ({total:.1f} s summed over "
+                   f"runs): analyses / training = {took / span:.3f}") if span else ""
+        ctx.log(f"{len(results.seconds)} analyses computed in {took:.1f} s ({ctx.pool.workers} worker process(es))"
+                + against)
+    return results
+
+
+def training_time(ctx: "Context") -> tuple[float | None, float]:
+    """(span, sum) of the finished runs' training, in seconds: ``span`` from the first run's start to the last
+    one's end (each run's end is its status.json's time, its start that minus the trainer's ``wall_time``; None
+    when unknown), ``sum`` the runs' ``wall_time`` added up."""
+    import datetime as dt
+
+    starts, ends, total = [], [], 0.0
+    for r in ctx.plan.values():
+        try:
+            st = ctx.folder(r).read_status()
+            rows = ctx.folder(r).read_metrics()
+        except StoreError:
+            continue
+        wall = next((row["wall_time"] for row in reversed(rows) if isinstance(row.get("wall_time"), (int, float))),
+                    None)
+        if st.status != "done" or wall is None:
+            continue
+        total += wall
+        if st.updated:
+            end = dt.datetime.fromisoformat(st.updated).timestamp()
+            starts.append(end - wall)
+            ends.append(end)
+    return (max(ends) - min(starts) if ends else None), total
+
+
+def _analyse(ctx: "Context", names: list[str], force: bool) -> AnalysisResults:
+    """Each analysis reused when its cache key matches, else computed and written.
+
+    With worker processes, the analyses to compute run side by side (a thread each, in this process): their
+    per-run jobs share the one pool's queue, so no worker waits at the end of one analysis for the next to
+    start, and the work an analysis does here (reading files, templates) overlaps the workers' jobs. Each
+    result is the same as computed alone (a job depends only on its inputs)."""
+    exp, settings = ctx.exp, ctx.s
     results = AnalysisResults()
+    todo: list[tuple[str, dict[str, Any], str]] = []
     for name in names:
         analysis = get_analysis(name)
         params = {k: getattr(settings, k) for k in analysis.params}
@@ -94,28 +148,49 @@ def analyse_experiment(exp_dir: str | Path, only: Sequence[str] | None = None, p
             ctx.log(f"{name}: up to date")
             results[name], results.how[name] = old, "reused"
             continue
-        ctx.log(f"{name}: computing")
-        head = dict(params=params, created=_now())
-        try:
-            out = analysis.run(ctx)
-        except Exception as e:  # noqa: BLE001 - one broken analysis must not hide the others
-            ctx.log(f"{name}: failed: {e}")
-            res = RESULT_TYPES[name](**head, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
-        else:
-            res, arrays = out if isinstance(out, tuple) else (out, None)
-            res.params, res.created, res.fingerprint = head["params"], head["created"], fp
-            if arrays is not None:  # beside the JSON, in .npz (loads with allow_pickle=False)
-                import numpy as np
+        results[name] = None  # keeps the order of ``names``
+        todo.append((name, params, fp))
+    workers = getattr(ctx.pool, "workers", 1)
+    if workers > 1 and len(todo) > 1:
+        import concurrent.futures as cf
 
-                from archrelax.store import atomic_write_bytes
-
-                buf = io.BytesIO()
-                np.savez(buf, **arrays)
-                atomic_write_bytes(exp.analysis_dir / f"{name}.npz", buf.getvalue())
-                res.arrays = f"{name}.npz"
-        exp.write_result(res)
+        with cf.ThreadPoolExecutor(len(todo), thread_name_prefix="analysis") as threads:
+            done = list(threads.map(lambda job: _compute(ctx, *job), todo))
+    else:
+        done = [_compute(ctx, *job) for job in todo]
+    for (name, _, _), (res, seconds) in zip(todo, done):
         results[name], results.how[name] = res, "failed" if res.error else "computed"
+        results.seconds[name] = seconds
     return results
+
+
+def _compute(ctx: "Context", name: str, params: dict[str, Any], fp: str) -> tuple[AnalysisResult, float]:
+    """Compute analysis ``name`` and write its file; (its result, its wall time)."""
+    exp = ctx.exp
+    ctx.log(f"{name}: computing")
+    head = dict(params=params, created=_now())
+    t0 = time.perf_counter()
+    try:
+        out = get_analysis(name).run(ctx)
+    except Exception as e:  # noqa: BLE001 - one broken analysis must not hide the others
+        ctx.log(f"{name}: failed: {e}")
+        res = RESULT_TYPES[name](**head, error=f"{type(e).__name__}: {e}", traceback=traceback.format_exc())
+    else:
+        res, arrays = out if isinstance(out, tuple) else (out, None)
+        res.params, res.created, res.fingerprint = head["params"], head["created"], fp
+        if arrays is not None:  # beside the JSON, in .npz (loads with allow_pickle=False)
+            import numpy as np
+
+            from archrelax.store import atomic_write_bytes
+
+            buf = io.BytesIO()
+            np.savez(buf, **arrays)
+            atomic_write_bytes(exp.analysis_dir / f"{name}.npz", buf.getvalue())
+            res.arrays = f"{name}.npz"
+    exp.write_result(res)
+    seconds = time.perf_counter() - t0
+    ctx.log(f"{name}: {'failed' if res.error else 'computed'} in {seconds:.1f} s")
+    return res, seconds
 
 
 def _cached(exp: ExperimentFolder, name: str) -> AnalysisResult | None:

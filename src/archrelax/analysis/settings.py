@@ -28,11 +28,14 @@ class AnalysisSettings:
     device: str = "auto"
     seed: int = 0  # picks the data subsets and the random probes
     batch_size: int = 256
+    workers: int | None = None  # processes for the per-run jobs; None: see pool.workers_of (results do not change)
     sharpness_samples: int = 256  # fixed training subset for the Hessian
     sharpness_k: int = 1
-    sharpness_tol: float = 1e-3  # relative change of the Rayleigh quotient
-    sharpness_max_iter: int = 20
-    trace_probes: int = 10
+    sharpness_tol: float = 1e-3  # converged: ‖Hv − θv‖ ≤ √tol·|θ| (relative residual ≤ 0.032 at 1e-3)
+    sharpness_max_iter: int = 20  # Hessian-vector products of the Lanczos run (all k eigenvalues together)
+    sharpness_basis: int = 24  # Lanczos vectors kept (memory: basis × parameters × 4 bytes); then thick restart
+    sharpness_blocks: bool = False  # also the top eigenvalue of each relaxed (or conv) layer's own Hessian block
+    trace_probes: int = 10  # Rademacher probes of the trace (Hutchinson off the Lanczos basis)
     eval_train_samples: int = 512  # ablation and interpolation
     eval_test_samples: int = 1000
     alphas: int = 11
@@ -50,6 +53,9 @@ class AnalysisSettings:
                 raise ValueError(f"analysis setting {name}={value!r}; allowed: an integer >= {low}")
         if not self.sharpness_tol > 0:
             raise ValueError(f"analysis setting sharpness_tol={self.sharpness_tol!r}; allowed: a number > 0")
+        if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                         or self.workers < 1):
+            raise ValueError(f"workers={self.workers!r}; valid: an integer >= 1, or None (the spec's workers)")
         for name in ("interp_start", "interp_end"):
             if getattr(self, name) not in INTERPOLATION_ENDPOINTS:
                 raise ValueError(f"{name}={getattr(self, name)!r}; valid endpoints: {list(INTERPOLATION_ENDPOINTS)}")

@@ -266,12 +266,24 @@ def distance_figure(curves: Sequence[Curve], gains: Sequence[GainRecord], path: 
 
 
 def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequence[float],
-                    trace_err: Sequence[float], switches: Sequence[float], path: Path, *, title: str) -> Path:
-    """Top Hessian eigenvalue and Hutchinson trace along the CNN's trajectory, switch times marked."""
+                    trace_err: Sequence[float], switches: Sequence[float], path: Path, *, title: str,
+                    eig_err: Sequence[float] | None = None, eig_ok: Sequence[bool] | None = None) -> Path:
+    """Top Hessian eigenvalue and the trace along the CNN's trajectory, switch times marked.
+
+    ``eig_err``: each λ_max's error bar (its residual bound, or the seeds' spread); ``eig_ok[i]`` False: no
+    converged value at that epoch, drawn as a hollow marker off the line (not a measurement)."""
     fig, ax = _figure(2)
-    for a, y, err, name in ((ax[0, 0], eig, None, "top Hessian eigenvalue λ_max (nats/param²)"),
-                            (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats/param²)")):
-        a.errorbar(epoch, y, yerr=err, marker="o", color="black", capsize=3, label="CNN")
+    ok = np.ones(len(epoch), bool) if eig_ok is None else np.asarray(eig_ok, bool)
+    ep = np.asarray(epoch, float)
+    for a, y, err, name, mask in ((ax[0, 0], eig, eig_err, "top Hessian eigenvalue λ_max (nats/param²)", ok),
+                                  (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats/param²)", None)):
+        y = np.asarray(y, float)
+        e = None if err is None else np.asarray(err, float)
+        m = np.ones(len(y), bool) if mask is None else mask
+        a.errorbar(ep[m], y[m], yerr=None if e is None else e[m], marker="o", color="black", capsize=3,
+                   label="CNN" + (" (bars: residual bound or seeds' sd)" if mask is not None else " (bars: sd)"))
+        if (~m).any():
+            a.plot(ep[~m], y[~m], ls="none", marker="o", mfc="none", mec="black", label="not converged")
         for i, s in enumerate(switches):
             a.axvline(s, color="tab:blue", ls=":", lw=1, alpha=0.7, label="switch times t_w" if i == 0 else None)
         _time_axis(a)
@@ -283,8 +295,10 @@ def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequenc
 
 
 def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, list[float]],
-                   path: Path, *, title: str, ylabel: str) -> Path:
-    """A final sharpness value against t_w per relaxed kind (mean ± std), reference runs as bands."""
+                   path: Path, *, title: str, ylabel: str,
+                   unconverged: dict[str, list[tuple[float, float]]] | None = None) -> Path:
+    """A final sharpness value against t_w per relaxed kind (mean ± std), reference runs as bands; values that
+    did not converge (``unconverged``: kind -> [(t_w, value)]) as hollow markers, out of the means."""
     fig, ax = _figure(1, size=(7.0, 4.4))
     a = ax[0, 0]
     for kind, vals in refs.items():
@@ -294,13 +308,20 @@ def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, 
             a.axhline(m, color=st["color"], ls=st["ls"], lw=st["lw"], label=f"{REF_NAME.get(kind, kind)} end")
             if s > 0:
                 a.axhspan(m - s, m + s, color=st["color"], alpha=0.12, lw=0)
-    for (kind, pts), col in zip(points.items(), ("tab:blue", "tab:orange", "tab:green")):
-        tws = sorted(pts)
+    cols = dict(zip(list(dict.fromkeys([*points, *(unconverged or {})])), ("tab:blue", "tab:orange", "tab:green",
+                                                                             "tab:red", "tab:purple")))
+    for kind, pts in points.items():
+        tws = sorted(t for t in pts if pts[t])
         ms = [_mean_std(pts[t]) for t in tws]
-        a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color=col, capsize=4,
+        a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color=cols[kind], capsize=4,
                    label=f"{REF_NAME.get(kind, kind)}(t_w) end (mean ± std)")
+    bad = [v for vs in (unconverged or {}).values() for _, v in vs]
+    for kind, vs in (unconverged or {}).items():
+        if vs:
+            a.plot([t for t, _ in vs], [v for _, v in vs], ls="none", marker="o", mfc="none", mec=cols[kind],
+                   label=f"{REF_NAME.get(kind, kind)} not converged (left out)")
     _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
-    every = [v for d in points.values() for vs in d.values() for v in vs] + [v for vs in refs.values() for v in vs]
+    every = [v for d in points.values() for vs in d.values() for v in vs] + [v for vs in refs.values() for v in vs] + bad
     if every and min(every) > 0:  # sharpness spans decades; a noisy negative trace estimate forbids log
         _log_y(a)
         ylabel += ", log scale"

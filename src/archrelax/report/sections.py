@@ -250,13 +250,15 @@ def distance(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.DistanceResult
 
 @_from_analysis("Sharpness: along the CNN and at the end of every run")
 def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResult) -> None:
-    """Top eigenvalue of the training-loss Hessian (power iteration on Hessian-vector products) and a Hutchinson
-    estimate of its trace, on a fixed training subset. The loss is the mean cross-entropy in nats, so both are
+    """Top eigenvalue of the training-loss Hessian (Lanczos on Hessian-vector products; each with its residual
+    bound ‖Hv − λv‖, within which H has an eigenvalue) and an estimate of its trace (Hutchinson off the Lanczos
+    basis) with its standard error, on a fixed training subset. A value that did not reach the tolerance is drawn
+    hollow and left out of the means and the claims. The loss is the mean cross-entropy in nats, so both are
     curvatures in nats per squared unit of parameter (nats/param²): they compare runs of one parametrisation."""
     sec.body.append(f"<p>{escape(_subset(data.params, 'sharpness_samples', 'training'))}.</p>")
     pts = [p for p in data.points if p.eigenvalues]
     for p in pts:
-        if not p.eig_converged:
+        if not p.lambda_max_converged:
             sec.notes.append(f"{_label(p)} at epoch {fmt(p.epoch)}: eigenvalue not converged "
                              f"(residual {fmt((p.eig_residual or [None])[0])})")
     along: dict[float, list[R.SharpnessPoint]] = defaultdict(list)
@@ -265,15 +267,24 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
             along[p.epoch].append(p)
     if along:
         ep = sorted(along)
-        eig = [float(np.mean([p.lambda_max for p in along[e]])) for e in ep]
+        eig, eig_err, eig_ok = [], [], []
+        for e in ep:
+            good = [p for p in along[e] if p.lambda_max_converged]
+            use = good or along[e]
+            eig.append(float(np.mean([p.lambda_max for p in use])))
+            # seeds' spread when there are several, else the value's own residual bound
+            eig_err.append(float(np.std([p.lambda_max for p in use])) if len(use) > 1
+                           else float(np.nan_to_num(_bound(use[0]))))
+            eig_ok.append(bool(good))
         tr = [float(np.mean([p.trace for p in along[e]])) for e in ep]
         # seeds' spread when there are several, else the estimator's own standard error
         err = [float(np.std([p.trace for p in along[e]])) if len(along[e]) > 1
                else float(np.nan_to_num(along[e][0].trace_stderr)) for e in ep]
         switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
         ctx.figure(sec, "sharpness_cnn", f"λ_max and Hessian trace ({CURVATURE}) along the CNN's trajectory; "
-                   "dotted lines: switch times", lambda p: F.sharpness_along(
-                       ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)"))
+                   "dotted lines: switch times; hollow: not converged", lambda p: F.sharpness_along(
+                       ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)",
+                       eig_err=eig_err, eig_ok=eig_ok))
     else:
         sec.notes.append("no CNN sharpness points (no CNN snapshots analysed yet)")
     ends = [p for p in pts if p.where == "final"]
@@ -287,17 +298,34 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
     if relaxed or refs:
         for key, lab in (("eig", f"top Hessian eigenvalue λ_max ({CURVATURE})"), ("trace", f"Hessian trace ({CURVATURE})")):
             val = (lambda p: p.lambda_max) if key == "eig" else (lambda p: p.trace)
-            ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w",
-                       lambda path, val=val, lab=lab: F.sharpness_ends(
-                           {k: {t: [val(p) for p in v] for t, v in d.items()} for k, d in relaxed.items()},
-                           {k: [val(p) for p in v] for k, v in refs.items()}, path,
-                           title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab))
+            ok = (lambda p: p.lambda_max_converged) if key == "eig" else (lambda p: True)
+            ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w"
+                       + ("; hollow: not converged, left out" if key == "eig" else ""),
+                       lambda path, val=val, lab=lab, ok=ok: F.sharpness_ends(
+                           {k: {t: [val(p) for p in v if ok(p)] for t, v in d.items()} for k, d in relaxed.items()},
+                           {k: [val(p) for p in v if ok(p)] for k, v in refs.items()}, path,
+                           title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab,
+                           unconverged={k: [(t, val(p)) for t, v in d.items() for p in v if not ok(p)]
+                                        for k, d in relaxed.items()}))
         sec.body.append(table(["run", "epoch", "train loss on the subset (nats)", f"λ_max ({CURVATURE})",
-                               f"trace ({CURVATURE})", "converged"],
-                              [[_label(p), p.epoch, p.loss, p.lambda_max, p.trace, p.eig_converged]
-                               for p in ends]))
+                               f"± bound ({CURVATURE})", f"trace ({CURVATURE})", f"± stderr ({CURVATURE})", "converged"],
+                              [[_label(p), p.epoch, p.loss, p.lambda_max, _bound(p), p.trace, p.trace_stderr,
+                                p.lambda_max_converged] for p in ends]))
     else:
         sec.notes.append("no end-of-run sharpness points yet")
+    blocks = [(p, b) for p in pts for b in p.blocks]
+    if blocks:
+        sec.body.append(table(["run", "epoch", "layer", "parameters", f"λ_max of the layer's block ({CURVATURE})",
+                               "relative residual", "converged"],
+                              [[_label(p), p.epoch, b.layer, b.params, b.eigenvalue, b.residual, b.converged]
+                               for p, b in blocks]))
+
+
+def _bound(p: R.SharpnessPoint) -> float | None:
+    """The top eigenvalue's residual bound (nats/param²): stored, or from the relative residual of older records."""
+    if p.eig_bound:
+        return p.eig_bound[0]
+    return abs(p.lambda_max) * p.eig_residual[0] if p.eig_residual else None
 
 
 @_from_analysis("Local versus off-local ablation")

@@ -28,7 +28,7 @@ from .errors import StoreError
 
 __all__ = [
     "Missing", "RunTag", "AnalysisResult",
-    "SharpnessPoint", "SharpnessResult", "DistanceRecord", "GainRecord", "DistanceResult",
+    "BlockSharpness", "SharpnessPoint", "SharpnessResult", "DistanceRecord", "GainRecord", "DistanceResult",
     "Parts", "AblationRecord", "AblationResult", "TemplateRecord", "TemplatesResult",
     "Endpoint", "InterpolationRecord", "InterpolationResult", "MemoryRow", "MemoryResult",
     "RESULT_TYPES", "INTERPOLATION_METHODS", "INTERPOLATION_ENDPOINTS", "read_result", "write_result",
@@ -75,6 +75,7 @@ class AnalysisResult:
 
     NAME: ClassVar[str] = ""
     VERSION: ClassVar[int] = 1  # bumped when this analysis's format changes
+    OLDEST: ClassVar[int] = 1  # the oldest version still read (its files lack only fields that have defaults)
 
     analysis: str = ""  # the name (file stem); filled in from the class
     version: int = 0  # filled in from the class
@@ -98,39 +99,74 @@ class AnalysisResult:
         obj = _decode(cls, data, where)
         if obj.analysis != cls.NAME:
             raise ValueError(f"{where}: analysis {obj.analysis!r}, expected {cls.NAME!r}")
-        if obj.version != cls.VERSION:
-            raise ValueError(f"{where}: format version {obj.version}, this archrelax reads version {cls.VERSION}")
+        if not cls.OLDEST <= obj.version <= cls.VERSION:
+            readable = f"version {cls.VERSION}" if cls.OLDEST == cls.VERSION else f"versions {cls.OLDEST}-{cls.VERSION}"
+            raise ValueError(f"{where}: format version {obj.version}, this archrelax reads {readable}")
         return obj
 
 
 # ---- sharpness ------------------------------------------------------------------------------------------------
 @dataclass(kw_only=True)
+class BlockSharpness:
+    """Top eigenvalue of the Hessian restricted to one layer's parameters (the diagonal block H_LL)."""
+
+    layer: str  # module path
+    params: int  # parameters in the block
+    eigenvalue: float  # nats
+    residual: float  # ‖H_LL v − θv‖ / |θ|
+    converged: bool  # residual ≤ √tol
+    products: int  # Hessian-vector products of the block's Lanczos run
+
+
+@dataclass(kw_only=True)
 class SharpnessPoint(RunTag):
-    """Hessian of the training loss at one checkpoint, on a fixed training subset (eval mode)."""
+    """Hessian of the training loss at one checkpoint, on a fixed training subset (eval mode).
+
+    Eigenvalues by Lanczos (``archrelax.analysis.hessian``): each carries its residual ‖Hv − θv‖, an
+    eigenvalue of H lies within ``eig_bound[i]`` of ``eigenvalues[i]``; one that did not reach the tolerance
+    is marked (``eig_converged_each``) and the claims leave it out. The trace is Hutchinson's estimate off the
+    Lanczos basis, with its standard error.
+    """
 
     where: Literal["snapshot", "final"]
     epoch: float  # global epoch of the checkpoint (CNN's clock)
     file: str  # the checkpoint, relative to the experiment folder
     loss: float  # training loss on the subset (nats)
     eigenvalues: list[float]  # top k by magnitude, largest first (nats)
-    eig_iterations: int  # Hessian-vector products of the slowest of the k
-    eig_converged: bool  # all k reached ‖Hv − λv‖/|λ| ≤ √tol
-    eig_residual: list[float]  # ‖Hv − λv‖/|λ| per eigenvalue
-    trace: float  # Hutchinson estimate of tr(H) (nats)
-    trace_stderr: float  # its standard error
+    eig_iterations: int  # Hessian-vector products of the eigenvalue solve (all k together)
+    eig_converged: bool  # all k reached ‖Hv − θv‖/|θ| ≤ √tol
+    eig_residual: list[float]  # ‖Hv − θv‖/|θ| per eigenvalue
+    trace: float  # estimate of tr(H) (nats)
+    trace_stderr: float  # its standard error (nats)
     trace_probes: int  # Rademacher probes used
+    eig_bound: list[float] = field(default_factory=list)  # ‖Hv − θv‖ per eigenvalue (nats); [] in synthetic files
+    eig_converged_each: list[bool] = field(default_factory=list)  # per eigenvalue; [] = eig_converged for all
+    trace_exact_dim: int = 0  # Lanczos vectors whose part of the trace, tr(VᵀHV), is exact (0: plain Hutchinson)
+    blocks: list[BlockSharpness] = field(default_factory=list)  # per-layer sharpness (sharpness_blocks); else []
 
     @property
     def lambda_max(self) -> float:
         """The top eigenvalue (nats)."""
         return self.eigenvalues[0]
 
+    @property
+    def lambda_max_converged(self) -> bool:
+        """Whether the top eigenvalue reached the tolerance (an unconverged one is no measurement)."""
+        return bool(self.eig_converged_each[0]) if self.eig_converged_each else self.eig_converged
+
 
 @dataclass(kw_only=True)
 class SharpnessResult(AnalysisResult):
-    """CNN points at every snapshot and at its end; every other finished run at its end only."""
+    """CNN points at every snapshot and at its end; every other finished run at its end only.
+
+    Version 2: eigenvalues by Lanczos with their residual bounds, the trace deflated by the Lanczos basis.
+    Version 1 files (power iteration, plain Hutchinson) still read, with the new fields at their defaults; their
+    cache key differs, so ``analyse_experiment`` recomputes them.
+    """
 
     NAME: ClassVar[str] = "sharpness"
+    VERSION: ClassVar[int] = 2
+    OLDEST: ClassVar[int] = 1
     points: list[SharpnessPoint] = field(default_factory=list)
 
 

@@ -359,6 +359,16 @@ def claim_5(ev: Evidence, th: ClaimThresholds) -> Claim:
                   stat, seeds, nums)
 
 
+def _converged(points: list[Any]) -> tuple[list[Any], list[str], str]:
+    """The sharpness points whose λ_max converged, the others' "run@epoch", and a note naming them: an
+    unconverged eigenvalue is no measurement, so it is left out, never read as a number."""
+    kept = [p for p in points if p.lambda_max_converged and math.isfinite(p.lambda_max)]
+    out = [f"{p.run}@{p.epoch:g}" for p in points if not (p.lambda_max_converged and math.isfinite(p.lambda_max))]
+    note = (f"; λ_max not converged at {len(out)} point(s), left out as missing: {', '.join(out[:6])}"
+            + (", ..." if len(out) > 6 else "")) if out else ""
+    return kept, out, note
+
+
 # ---- 6: largest gain where the CNN is sharpest --------------------------------------------------------------------
 def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
     if len(_planned_tws(ev)) < 3:
@@ -367,7 +377,9 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
     res, bad = _analysis(ev, 6, "sharpness")
     if bad:
         return bad
-    along = {p.file: p for p in res.points if p.kind == "cnn" and p.where == "snapshot" and p.eigenvalues}
+    kept, unconverged, note = _converged([p for p in res.points if p.kind == "cnn" and p.where == "snapshot"
+                                          and p.eigenvalues])
+    along = {p.file: p for p in kept}
     by_seed: dict[int, list[tuple[float, float, float]]] = defaultdict(list)  # seed -> (t_w, gain, λ_max)
     gains = _gains(ev)
     for v in ev.done_runs("efcn"):
@@ -389,14 +401,15 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
     d = paired(rho)
     if not dist:
         return _claim(6, "not enough evidence", "no seed has gains and CNN sharpness at 3 switch times yet"
-                      + _unfinished(ev, "efcn", "cnn"))
+                      + _unfinished(ev, "efcn", "cnn") + note, numbers={"unconverged": unconverged})
     stat = (f"Spearman ρ(gain(t_w), λ_max of the CNN at t_w) per seed: mean {_msd(d, 1, '')}, "
             f"one-sided t-test {_p(d.p_greater)}; (best t_w, sharpest t_w) per seed: "
             + ", ".join(f"s{s}: ({_t(a)}, {_t(b)})" for s, (a, b) in peaks.items())
-            + f"; mean index distance {np.mean(list(dist.values())):.2g} switch times")
-    verdict = _with(_directional(d, th, "greater"), _unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "")
+            + f"; mean index distance {np.mean(list(dist.values())):.2g} switch times" + note)
+    verdict = _with(_directional(d, th, "greater"),
+                    (_unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "") + note)
     return _claim(6, *verdict, stat, d.n, {"rho": rho, "index_distance": dist, "best_and_sharpest_t_w": peaks,
-                                           "p": d.p_greater})
+                                           "p": d.p_greater, "unconverged": unconverged})
 
 
 # ---- 7: wider basins at the end ----------------------------------------------------------------------------------
@@ -405,22 +418,30 @@ def claim_7(ev: Evidence, th: ClaimThresholds) -> Claim:
     if bad:
         return bad
     ends = [p for p in res.points if p.where == "final" and p.eigenvalues]
+    converged, unconverged, note = _converged(ends)
+    ok = {id(p) for p in converged}
     lam_e: dict[int, list[float]] = defaultdict(list)
     tr_e: dict[int, list[float]] = defaultdict(list)
     lam_c, tr_c = {}, {}
-    for p in ends:
+    for p in ends:  # a trace is an estimate with its standard error whether or not λ_max converged
         if p.kind == "efcn":
-            lam_e[p.seed].append(p.lambda_max)
             tr_e[p.seed].append(p.trace)
+            if id(p) in ok:
+                lam_e[p.seed].append(p.lambda_max)
         elif p.kind == "cnn":
-            lam_c[p.seed], tr_c[p.seed] = p.lambda_max, p.trace
+            tr_c[p.seed] = p.trace
+            if id(p) in ok:
+                lam_c[p.seed] = p.lambda_max
     d = paired({s: float(np.mean(v)) for s, v in lam_e.items()}, lam_c)
     dt = paired({s: float(np.mean(v)) for s, v in tr_e.items()}, tr_c)
     stat = (f"λ_max at the end, eFCN (mean over t_w) − CNN of the same seed: {_msd(d, 1, ' nats', '.3g')}, "
-            f"one-sided {_p(d.p_less)}; trace likewise: {_msd(dt, 1, ' nats', '.3g')}, {_p(dt.p_less)}")
-    verdict = _with(_directional(d, th, "less"), _unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "")
+            f"one-sided {_p(d.p_less)}; trace likewise: {_msd(dt, 1, ' nats', '.3g')}, {_p(dt.p_less)}" + note)
+    verdict = _with(_directional(d, th, "less"), (_unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "") + note)
+    if d.n == 0 and unconverged:
+        verdict = ("not enough evidence", "no seed has a converged λ_max at both the CNN's end and an eFCN's end"
+                   + _unfinished(ev, "efcn", "cnn") + note)
     return _claim(7, *verdict, stat, d.n, {"lambda_max_diff": d.diffs, "trace_diff": dt.diffs,
-                                           "p_lambda": d.p_less, "p_trace": dt.p_less})
+                                           "p_lambda": d.p_less, "p_trace": dt.p_less, "unconverged": unconverged})
 
 
 # ---- 8: the earlier the release, the further the escape --------------------------------------------------------------
