@@ -1,7 +1,8 @@
-"""The needle presets: `needle-mnist` (the issue's acceptance experiment, CPU) and `needle-cifar10` (the same
+"""The needle presets: `needle-mnist` (the issue's acceptance experiment, CPU), `needle-cifar10` (the same
 protocol on CIFAR-10, for a GPU or a cluster) plan the paper's protocol; needle-cifar10 runs end to end at
 tiny size on the real CIFAR-10 zip through `imagefolder:` (skipped where the zip is absent), and its claims
-and report come out of it."""
+and report come out of it.
+`vanilla-cifar10-sgd` holds the settings of the paper's public code."""
 from __future__ import annotations
 
 import os
@@ -42,6 +43,25 @@ def test_needle_presets_plan_the_papers_protocol(name, data):
 
 def _header(name: str) -> str:
     return "".join(line for line in preset_path(name).read_text().splitlines(True) if line.startswith("#"))
+
+
+def test_vanilla_cifar10_sgd_has_the_papers_code_settings():
+    """main.py's defaults (SGD lr 0.1, no momentum, no weight decay, batch 250, 100 epochs for every run), the
+    first N images (utils.get_data), the code's snapshot grid as switch times, each setting's source stated."""
+    import numpy as np
+
+    spec = load_spec(preset="vanilla-cifar10-sgd")
+    t = spec.train
+    assert (t.optimizer, t.lr, t.momentum, t.weight_decay, t.batch_size, t.augment) == ("sgd", 0.1, 0.0, 0.0, 250, [])
+    assert spec.subset == "first" and spec.model_kwargs == {"width": 64}
+    assert (spec.cnn.epochs, spec.cnn.until_zero_loss, spec.relaxed.epochs, spec.relaxed.until_zero_loss) == (
+        100, False, 100, False)
+    grid = [0.0] + [float(e) for e in np.unique(np.logspace(0, np.log10(100), 20).astype(int))]
+    assert spec.switch_list() == grid and t.eval_times == grid
+    header = _header("vanilla-cifar10-sgd")
+    for source in ("main.py", "utils.get_data", "models.py", "--lr", "--mom", "--bs_train", "--epochs",
+                   "--n_saves", "--data_size", "shuffle", "mean", "std"):
+        assert source in header, (source, header)
 
 
 def test_needle_mnist_states_its_sizing():
