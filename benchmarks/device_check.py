@@ -1,4 +1,4 @@
-"""One prepared GPU check (issue 11): kernels against the GPU's matmul limit, training throughput with and without
+"""One prepared GPU check: kernels against the GPU's matmul limit, training throughput with and without
 lockstep, and the wall time of the VanillaCNN/CIFAR-10 protocol, in one run of at most ~8 minutes.
 
 Every figure is a ratio or a time measured in this same run, on the same device, in the trainer's deterministic

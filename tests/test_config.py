@@ -15,8 +15,9 @@ import pytest
 from archrelax.cli import build_parser
 from archrelax.cli import main as cli_main
 from archrelax.protocol import load_spec, make_plan, spec_from_dict
+from archrelax.protocol.settings_doc import settings_rows
 from archrelax.protocol.spec import (
-    EXPERIMENT_DEFAULTS, ExperimentSpec, RelaxedOptions, SpecError, StopRule, TrainOptions, settings_rows,
+    EXPERIMENT_DEFAULTS, ExperimentSpec, RelaxedOptions, SpecError, StopRule, TrainOptions,
 )
 from archrelax.train import TrainConfig
 from archrelax.train._cli import config_from_args
@@ -109,6 +110,22 @@ def test_spec_train_section_is_derived_from_train_config():
         got = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
         assert got == expected and hints[name] == HINTS[name], name
         assert f.metadata["check"] is FIELDS[name].metadata["check"]
+
+
+def test_train_options_must_name_every_train_field():
+    """TrainOptions is written out field by field; importing the spec refuses a list that misses a spec='train'
+    field of TrainConfig or types it differently (the check run at import, on a short copy)."""
+    from archrelax.protocol.spec import _check_train_options
+
+    _check_train_options()  # the real one passes
+    short = dataclasses.make_dataclass("Short", [(f.name, typing.get_type_hints(TrainOptions)[f.name], f)
+                                                 for f in dataclasses.fields(TrainOptions) if f.name != "lr"])
+    with pytest.raises(TypeError, match=r"must declare the TrainConfig fields marked spec='train'.*'lr'"):
+        _check_train_options(short)
+    retyped = dataclasses.make_dataclass("Retyped", [(f.name, int if f.name == "lr" else typing.get_type_hints(
+        TrainOptions)[f.name], f) for f in dataclasses.fields(TrainOptions)])
+    with pytest.raises(TypeError, match="TrainOptions must declare"):
+        _check_train_options(retyped)
 
 
 def test_every_spec_key_of_a_setting_has_its_type_and_check():

@@ -1,4 +1,4 @@
-"""The table of faults and bad inputs (issue 9): one test per row, each asserting the outcome.
+"""The table of faults and bad inputs: one test per row, each asserting the outcome.
 
 "before": the code this work started from (71b6fde), run on this machine; "after": what the row asserts.
 Rows marked [slurm] are in tests/test_slurm.py (a real one-node cluster; they skip without one); rows
@@ -41,19 +41,34 @@ marked [area] call the check that lives beside the code concerned (test_config, 
 | `relax()` of `fc(relu(self.conv(x) / self.conv.weight.abs().mean()))`, and `archrelax train --relax fc --from SNAP` of it [area] | an eFCN whose outputs differ by up to 536; its first metrics row: train loss 225 (the CNN's snapshot: 3.2), rc 0 | RelaxCheckError naming the likely causes (also for a functional conv); `check=False` skips it; the command: rc 2, one line, nothing trained |
 | `pytest` on a machine without Slurm | `1 failed, 636 passed, 9 skipped`: test_slurm_options_reach_submitit, "Could not detect srun" | skipped with the reason ("no sbatch on PATH ..."), asserted with PATH emptied |
 | a module that src/ imports but pyproject.toml does not declare (scipy, arriving through mlxtend) | scipy undeclared | every third-party import of src/ is a declared dependency (read from the AST) |
+| SIGHUP to `archrelax train` (`kill -HUP`; rows from here: before = fee0118) | rc -1 (129 in a shell), no message, status left `running` at step 48, the steps since its last periodic checkpoint lost | as SIGTERM, rc 129 |
+| the terminal of `archrelax train` closes (a pty hung up: SIGHUP, then every write to it fails with EIO) | rc -1 (129 in a shell), no message, status left `running` | rc 129, `interrupted` at the step reached, checkpoint at that step (a hung-up terminal's stdout/stderr are pointed at /dev/null: without that, rc 1 from the progress bar's OSError); rerun equals an uninterrupted run |
+| SIGHUP to `archrelax run --workers 2` (the whole group, as a closing terminal's shell sends it) | rc -1 (129), no message; the runs saved only because the scheduler's death sent its workers their death signal | rc 129, one message line, runs `interrupted`, no process left (multiprocessing's resource tracker starts with SIGHUP blocked: killed, its successor printed KeyError tracebacks); rerun equals an uninterrupted run |
+| SIGHUP to a lockstep group (`train_lockstep`) | rc -1, members left `running` | rc 129, every member checkpointed and `interrupted` |
+| `nohup archrelax train`, then SIGHUP | trains on (SIGHUP was never handled, so it stayed ignored) | trains on to `done`, rc 0, by rule: a process started with SIGHUP ignored keeps ignoring it (so do `archrelax run`'s workers, which inherit it) |
+| metrics.jsonl cut to 3 of its 5 rows after `archrelax train` stopped at step 48, then the same command | `resuming R at step 48`, rc 0, a log of steps [0, 10, 20, 50, 60, ...] | rc 2, one line naming the log, last.pt and both restarts; status `damaged`; `--restart intact` resumes at the latest snapshot whose rows the log holds (epoch_2, step 20); both restarts end with the uninterrupted run's metrics and weights |
+| one figure of a metrics row edited, then the same command | resumed as it stood, the edited row kept | the same, "the log lost, changed or replaced rows" (every checkpoint holds the digest of the rows it was written after); `--restart scratch` starts at step 0 |
+| the same in an experiment (the CNN's last row lost): `archrelax status`, then `archrelax run` twice | the CNN resumed past the lost row, its log short for good | `incomplete` ("interrupted, but metrics.jsonl holds N rows where status.json recorded N+1"); the first run marks it `damaged` while the others finish; the second restarts it from its latest snapshot the log covers: summary equals an uninterrupted run's |
+| metrics.jsonl, or final.pt, of a done run deleted, then the same command | rc 0, `done at epoch 10: train acc nan, test acc nan`; rc 0, `done` with no final weights | rc 2, one line: done, but its record is incomplete (what is missing), and the fixes; `--restart intact` trains it again (from scratch: no snapshot's rows are in the empty log; from last.pt at the end: final.pt rewritten), to the uninterrupted run's metrics and weights |
+| `archrelax status` of an experiment with one done run's log cut and another's final.pt deleted | both `done`, rc 0 | both `incomplete`, the error column saying what is missing, rc 1 |
+| config.json edited (lr 0.1 -> 0.2) and the matching command run (`--lr 0.2`) | the lr-0.1 checkpoint resumed, rc 0, its final.pt recording lr 0.2 | rc 2, one line naming config.json, last.pt and the key (`lr: 0.1 -> 0.2`), with `--restart scratch` too; status `failed`, checkpoint and log untouched |
 """
 from __future__ import annotations
 
 import contextlib
 import csv
+import fcntl
 import io
 import json
 import os
 import re
+import select
 import shutil
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import textwrap
 import threading
 import time
@@ -78,6 +93,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 CLI = [sys.executable, "-m", "archrelax.cli"]
+# `archrelax ARGS` started with SIGHUP as `how` says: "default" (whatever this process inherited: CI may run the suite
+# under nohup), "nohup" (ignored, as nohup leaves it), or "tty" (default, and the pty on its stdin made its controlling
+# terminal, so closing the pty hangs it up as a closed terminal does; the process must lead a new session)
+_LAUNCH = textwrap.dedent("""
+    import fcntl, os, signal, sys, termios
+    how = sys.argv.pop(1)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN if how == "nohup" else signal.SIG_DFL)
+    if how == "tty":
+        fcntl.ioctl(0, termios.TIOCSCTTY, 0)
+    os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+""")
+
+
+def launched(how: str, *args: str) -> list[str]:
+    return [sys.executable, "-c", _LAUNCH, how, "-m", "archrelax.cli", *args]
 VOLATILE = ("wall_time", "peak_mem_bytes")
 
 # `archrelax train`: 10 steps per epoch, 10 epochs; status.json is rewritten at every checkpoint (3 steps)
@@ -165,11 +195,12 @@ def _threads(n: int):
         torch.set_num_threads(old)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1], ids=lambda s: s.name)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1], ids=lambda s: s.name)
 def test_train_signal_mid_epoch_checkpoints_and_resumes_with_no_step_redone(train_reference, tmp_path, sig, capsys):
     run = tmp_path / "run"
-    proc = subprocess.Popen([*CLI, "train", *TRAIN_ARGS, "--checkpoint-every-steps", "3", "--out", str(run)],
-                            env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    args = ["train", *TRAIN_ARGS, "--checkpoint-every-steps", "3", "--out", str(run)]
+    cmd = launched("default", *args) if sig == signal.SIGHUP else [*CLI, *args]  # SIGHUP may be inherited ignored
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def mid_run() -> bool:
         try:
@@ -203,6 +234,83 @@ def test_train_signal_mid_epoch_checkpoints_and_resumes_with_no_step_redone(trai
     assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(ref / "metrics.jsonl"))
     a, b = load_checkpoint(run / "final.pt")["model"], load_checkpoint(ref / "final.pt")["model"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _status_step(run: Path) -> int:
+    try:
+        return status(run).get("step") or 0
+    except (FileNotFoundError, json.JSONDecodeError):
+        return 0
+
+
+def test_closed_terminal_stops_train_cleanly_and_rerun_matches(train_reference, tmp_path, capsys):
+    """The terminal `archrelax train` runs in closes (a closed window, a dropped ssh session): SIGHUP, and from then
+    on every write to the terminal fails (EIO), the progress bar's and the last message's included."""
+    run = tmp_path / "run"
+    master, slave = os.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 120, 0, 0))  # 0 columns: tqdm would draw nothing
+    proc = subprocess.Popen(launched("tty", "train", *TRAIN_ARGS, "--checkpoint-every-steps", "3", "--out", str(run)),
+                            stdin=slave, stdout=slave, stderr=slave, env=ENV, start_new_session=True)
+    os.close(slave)
+    shown = bytearray()
+    try:
+        deadline = time.monotonic() + 120
+        while _status_step(run) < 13 and proc.poll() is None:  # drain the terminal meanwhile: a full pty blocks
+            assert time.monotonic() < deadline, "timed out waiting for the run's first checkpoints"
+            if select.select([master], [], [], 0.05)[0]:
+                with contextlib.suppress(OSError):
+                    shown += os.read(master, 1 << 16)
+        assert proc.poll() is None, f"finished before the terminal closed: {bytes(shown[-2000:])}"
+    finally:
+        os.close(master)  # the terminal hangs up: SIGHUP to the process it controls
+    assert re.search(rb"\d+/100 ", shown), bytes(shown[-2000:])  # the progress bar was on the terminal
+    assert proc.wait(timeout=120) == 128 + signal.SIGHUP  # before: -1 (129 in a shell), status left 'running'
+    st = status(run)
+    assert st["status"] == "interrupted" and st["error"].startswith(f"interrupted by SIGHUP at step {st['step']} "), st
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == st["step"]
+    capsys.readouterr()
+    assert cli_main(["train", *TRAIN_ARGS, "--out", str(run)]) == 0
+    assert f"resuming {run} at step {st['step']} " in capsys.readouterr().err
+    _same_run(run, train_reference)
+
+
+def test_sighup_leaves_a_run_started_under_nohup_training(train_reference, tmp_path):
+    """A process started with SIGHUP ignored (nohup) keeps ignoring it: its user asked the run to outlive the terminal."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen(launched("nohup", "train", *TRAIN_ARGS, "--out", str(run)), env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: _status_step(run) >= 13 or proc.poll() is not None, what="the run's first checkpoints")
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    _same_run(run, train_reference)
+
+
+def test_sighup_stops_a_lockstep_group(tmp_path):
+    """train_lockstep takes SIGHUP as a stop like the others: every member checkpointed and 'interrupted', exit 129."""
+    code = textwrap.dedent("""
+        import sys
+        from archrelax.signals import Interrupted
+        from archrelax.train.lockstep import train_lockstep
+        cfg = dict(model="vanilla_cnn", model_kwargs={"width": 4}, data="synthetic:1x28x28:10:200:100", batch_size=20,
+                   epochs=20, eval_times="log:3", device="cpu", progress=False, checkpoint_every_steps=2)
+        try:
+            train_lockstep([{**cfg, "seed": 0}, {**cfg, "seed": 1}], sys.argv[1:3], log=print)
+        except Interrupted as e:
+            sys.exit(e.exit_code)
+    """)
+    runs = [tmp_path / "a", tmp_path / "b"]
+    proc = subprocess.Popen([sys.executable, "-c", _LAUNCH, "default", "-c", code, *map(str, runs)], env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: min(map(_status_step, runs)) >= 4 or proc.poll() is not None, what="the group's checkpoints")
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGHUP)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGHUP, err[-2000:]
+    for run in runs:
+        st = status(run)
+        assert st["status"] == "interrupted" and "SIGHUP" in st["error"], st
+        assert load_checkpoint(run / "checkpoints" / "last.pt")["step"] == st["step"]
 
 
 def test_signal_handlers_nest_inherit_and_are_restored():
@@ -274,8 +382,9 @@ def run_reference(tmp_path_factory) -> Path:
     return exp
 
 
-def _start_run(spec_file: Path, exp: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*CLI, "run", str(spec_file), "--out", str(exp), "--poll", "0.2", *extra], env=ENV,
+def _start_run(spec_file: Path, exp: Path, *extra: str, hup: str | None = None) -> subprocess.Popen:
+    args = ["run", str(spec_file), "--out", str(exp), "--poll", "0.2", *extra]
+    return subprocess.Popen(launched(hup, *args) if hup else [*CLI, *args], env=ENV,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
@@ -309,13 +418,14 @@ def test_run_sigint_in_process_marks_interrupted_and_rerun_matches(spec_file, ru
     assert summary(exp) == summary(run_reference)
 
 
-def test_run_workers_sigterm_to_group_stops_all_cleanly_and_rerun_matches(spec_file, run_reference, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_run_workers_sigterm_to_group_stops_all_cleanly_and_rerun_matches(spec_file, run_reference, tmp_path, sig):
     exp = tmp_path / "exp"
-    proc = _start_run(spec_file, exp, "--workers", "2")
+    proc = _start_run(spec_file, exp, "--workers", "2", hup="default" if sig == signal.SIGHUP else None)
     _cnn_mid_run(exp, proc)
-    os.killpg(proc.pid, signal.SIGTERM)  # as a job system or `kill -- -PGID` does: every process gets it
+    os.killpg(proc.pid, sig)  # as a job system, `kill -- -PGID` or a closing terminal's shell does: every process gets it
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 143, err[-2000:]
+    assert proc.returncode == 128 + sig, err[-2000:]
     assert "Traceback" not in err, err[-3000:]
     wait_for(lambda: not group_pids(proc.pid), timeout=15, what="the workers to exit")
     states = [r["status"] for r in summary(exp)]
@@ -651,15 +761,20 @@ def test_train_on_a_damaged_checkpoint_is_marked_damaged_and_restarts(snap_refer
     _same_run(run, snap_reference)
 
 
-def test_run_with_a_damaged_checkpoint_marks_it_then_restarts_it(spec_file, run_reference, tmp_path):
-    from damage import flip_byte
-
-    exp = tmp_path / "exp"
+def _stopped_experiment(spec_file: Path, exp: Path) -> Path:
+    """`archrelax run SPEC` stopped by SIGINT once its CNN passed step 40; the CNN's run folder."""
     proc = _start_run(spec_file, exp)
     _cnn_mid_run(exp, proc, step=40)
     proc.send_signal(signal.SIGINT)
     assert proc.communicate(timeout=120) and proc.returncode == 130
-    cnn = next(exp.glob("runs/cnn-*"))
+    return next(exp.glob("runs/cnn-*"))
+
+
+def test_run_with_a_damaged_checkpoint_marks_it_then_restarts_it(spec_file, run_reference, tmp_path):
+    from damage import flip_byte
+
+    exp = tmp_path / "exp"
+    cnn = _stopped_experiment(spec_file, exp)
     flip_byte(cnn / "checkpoints" / "last.pt")
     log: list[str] = []
     with _threads(1):
@@ -674,6 +789,121 @@ def test_run_with_a_damaged_checkpoint_marks_it_then_restarts_it(spec_file, run_
     with _threads(1):  # the rerun restarts it from its latest intact snapshot: the uninterrupted run's numbers
         run_experiment(spec_from_dict(SPEC), exp, log=lambda s: None)
     assert summary(exp) == summary(run_reference)
+
+
+# ---- a record that disagrees with itself: the checkpoint, the metrics log and the config must agree ---------------
+
+_RESTARTS = (r"rerun with `archrelax train --restart intact` \(from the latest snapshot whose rows the log still holds\) "
+             r"or `--restart scratch`; `archrelax run` restarts it from that snapshot")
+
+
+@pytest.mark.parametrize("harm, restart", [("cut", "intact"), ("edited", "scratch")])
+def test_train_on_a_log_that_lost_rows_is_marked_damaged_and_restarts(snap_reference, tmp_path, harm, restart):
+    run = tmp_path / "run"
+    stopped = _stopped_train(run)  # rows at steps 0, 10, 20, 30, 40 (50, ... under load); snapshots at 0, 20, 40
+    log, last = run / "metrics.jsonl", run / "checkpoints" / "last.pt"
+    lines = log.read_text().splitlines(keepends=True)
+    n = load_checkpoint(last)["progress"]["n_metrics"]
+    assert stopped > 40 and n == len(lines) == stopped // 10 + 1
+    if harm == "cut":  # before: `resuming R at step 48`, rc 0, a log of steps [0, 10, 20, 50, 60, ...]
+        log.write_text("".join(lines[:3]))
+        detail = (rf"{re.escape(repr(str(log)))} holds 3 rows but {re.escape(repr(str(last)))} \(step {stopped}\) was "
+                  rf"written after {n}: the log lost rows")
+    else:  # one figure of the row at step 30 changed: before, resumed as it stood
+        row = json.loads(lines[3])
+        lines[3] = json.dumps({**row, "test_acc": row["test_acc"] + 0.5}) + "\n"
+        log.write_text("".join(lines))
+        detail = (rf"the first {n} rows of {re.escape(repr(str(log)))} are not those {re.escape(repr(str(last)))} \(step "
+                  rf"{stopped}\) was written after: the log lost, changed or replaced rows")
+    r = _cli("train", *SNAP_ARGS, "--out", str(run))
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-3000:]
+    assert re.fullmatch(rf"archrelax train: error: {detail}; restore the log from a copy, or {_RESTARTS}", lines[0]), lines
+    assert status(run)["status"] == "damaged" and load_checkpoint(last)["step"] == stopped  # nothing trained
+    r = _cli("train", *SNAP_ARGS, "--restart", restart, "--out", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    if restart == "intact":  # epoch_4 (step 40) was written after 5 rows, epoch_2 (step 20) after the 3 the log kept
+        assert "skipping snapshot epoch_4.pt" in r.stderr and f"resuming {run} at step 20 (epoch 2)" in r.stderr
+    else:
+        assert "starting again from scratch (restart=scratch)" in r.stderr and "resuming" not in r.stderr
+    _same_run(run, snap_reference)
+
+
+@pytest.mark.parametrize("lost, problem", [
+    ("metrics.jsonl", "metrics.jsonl holds 0 rows where status.json recorded 11: the log lost rows"),
+    ("final.pt", "final.pt is missing"),
+])
+def test_train_on_a_done_run_that_lost_a_file_is_refused_then_trained_again(train_reference, tmp_path, lost, problem):
+    run = tmp_path / "run"
+    shutil.copytree(train_reference, run)
+    (run / lost).unlink()
+    r = _cli("train", *TRAIN_ARGS, "--out", str(run))  # before: rc 0, "done at epoch 10" (train acc nan, no final.pt)
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"archrelax train: error: run folder {str(run)!r} is done, but its record is incomplete: {problem}; restore the "
+        "files from a copy, or train it again with `archrelax train --restart intact` (from its latest state the "
+        "record still holds) or `--restart scratch`"], r.stderr
+    assert status(run)["status"] == "done"
+    r = _cli("train", *TRAIN_ARGS, "--restart", "intact", "--out", str(run))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"{run}: done, but {problem}: training it again (restart=intact)" in r.stderr
+    # no log: last.pt's rows are gone, and this run keeps no snapshot; no final.pt: last.pt (the end) is whole
+    assert ("starting again from scratch" in r.stderr) == (lost == "metrics.jsonl")
+    _same_run(run, train_reference)
+
+
+def test_run_with_a_log_that_lost_rows_marks_it_then_restarts_it(spec_file, run_reference, tmp_path):
+    exp = tmp_path / "exp"
+    cnn = _stopped_experiment(spec_file, exp)
+    log = cnn / "metrics.jsonl"
+    log.write_text("".join(log.read_text().splitlines(keepends=True)[:-1]))  # its last row lost
+    row = next(line for line in _cli("status", str(exp)).stdout.splitlines() if line.startswith(cnn.name))
+    assert re.search(r" incomplete .* interrupted, but metrics.jsonl holds \d+ rows where status.json recorded \d+: "
+                     r"the log lost rows$", row), row
+    log_lines: list[str] = []
+    with _threads(1):  # before: the CNN resumed past the lost row, and its log lacked it for good
+        run_experiment(spec_from_dict(SPEC), exp, log=log_lines.append)
+    rows = {r["id"]: r for r in summary(exp)}
+    assert rows[cnn.name]["status"] == "damaged" and "the log lost rows" in rows[cnn.name]["error"], rows[cnn.name]
+    assert any(line.startswith(f"  {cnn.name}: damaged (RecordMismatchError: {str(log)!r} holds ") for line in log_lines)
+    assert {r["status"] for r in rows.values() if r["id"] != cnn.name} == {"done"}
+    with _threads(1):  # the rerun restarts it from its latest snapshot whose rows the log holds
+        run_experiment(spec_from_dict(SPEC), exp, log=lambda s: None)
+    assert summary(exp) == summary(run_reference)
+
+
+def test_status_marks_runs_whose_record_is_incomplete(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    cnn, fcn = next(exp.glob("runs/cnn-*")), next(exp.glob("runs/fcn-*"))
+    n = len(read_metrics(cnn / "metrics.jsonl"))
+    (cnn / "metrics.jsonl").write_text("".join((cnn / "metrics.jsonl").read_text().splitlines(keepends=True)[:2]))
+    (fcn / "final.pt").unlink()
+    r = _cli("status", str(exp))  # before: both `done`, rc 0
+    assert r.returncode == 1, r.stdout
+    rows = {line.split()[0]: line for line in r.stdout.splitlines()[2:-1]}
+    assert re.search(rf" incomplete +2 .* done, but metrics.jsonl holds 2 rows where status.json recorded {n}: the log "
+                     r"lost rows$", rows[cnn.name]), rows[cnn.name]
+    assert re.search(r" incomplete +1 .* done, but final.pt is missing$", rows[fcn.name]), rows[fcn.name]
+    assert all(" done " in line for rid, line in rows.items() if rid not in (cnn.name, fcn.name))
+    assert r.stdout.strip().endswith(f"{len(rows)} runs: {len(rows) - 2} done, 2 incomplete")
+
+
+def test_train_on_an_edited_config_is_refused(tmp_path):
+    run = tmp_path / "run"
+    stopped = _stopped_train(run)
+    cfg = run / "config.json"
+    cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "lr": 0.2}))
+    last = run / "checkpoints" / "last.pt"
+    before = last.read_bytes(), (run / "metrics.jsonl").read_bytes()
+    for restart in ([], ["--restart", "scratch"]):  # no restart mends it: the weights were trained under lr 0.1
+        r = _cli("train", *SNAP_ARGS, "--lr", "0.2", *restart, "--out", str(run))  # before: resumed, rc 0, final.pt
+        # holding "lr": 0.2 for weights trained at 0.1 to step 50
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            f"archrelax train: error: {str(cfg)!r} differs from the config {str(last)!r} was trained under, in 1 key "
+            "(checkpoint -> config.json: lr: 0.1 -> 0.2); the run cannot go on under another config: restore "
+            "config.json and rerun with the checkpoint's settings, or train the new config into another folder"], r.stderr
+        assert status(run)["status"] == "failed" and status(run)["step"] == stopped
+        assert (last.read_bytes(), (run / "metrics.jsonl").read_bytes()) == before
 
 
 def test_damaged_data_cache_is_decoded_again(tmp_path):

@@ -9,7 +9,9 @@ from torch import nn
 
 from archrelax.embed import (DenseConv, RelaxedConv, TiledConv2d, WideConv2d, add_penalty_grad_, cnn_distance,
                              constraint_penalty, relax, relaxed_layers)
-from archrelax.embed.penalty import _DenseCnnLocalFn, _DenseSharedFn, layer_penalty
+from archrelax.embed.dense_residual import CnnLocalFn as _DenseCnnLocalFn
+from archrelax.embed.dense_residual import SharedFn as _DenseSharedFn
+from archrelax.embed.penalty import layer_penalty
 
 F64 = torch.float64
 pytestmark = [pytest.mark.usefixtures("one_thread"),

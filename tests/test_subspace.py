@@ -268,3 +268,13 @@ def test_sq_norm_float32_accuracy():
     t = torch.randn(3 * 4096 + 17, generator=g) * torch.logspace(-3, 3, 3 * 4096 + 17)
     assert sq_norm(t) == pytest.approx(float(t.double().square().sum()), rel=1e-6)
     assert sq_norm(torch.zeros(10_000)) == 0.0 and sq_norm(torch.zeros(0)) == 0.0
+
+
+def test_a_layer_overriding_a_part_must_override_the_norms_too():
+    """The penalty and the subspace norms are made of the same per-layer parts (offlocal_sq, offsharing_sq): a
+    subclass with a faster part but RelaxedConv's interface-only subspace_sq_norms would compute the norms
+    another way than its penalty, so defining one is refused, naming the part."""
+    with pytest.raises(TypeError, match="Half overrides offlocal_sq, offsharing_sq: override subspace_sq_norms too"):
+        type("Half", (DenseConv,), {"offsharing_sq": lambda self: DenseConv.offsharing_sq(self),
+                                    "subspace_sq_norms": RelaxedConv.subspace_sq_norms})
+    type("Whole", (DenseConv,), {"offsharing_sq": lambda self: DenseConv.offsharing_sq(self)})  # inherits the norms

@@ -35,6 +35,9 @@ _EXPORTS = {
     "TiledConv2d": "archrelax.embed.tiled",
     "WideConv1d": "archrelax.embed.wide",
     "WideConv2d": "archrelax.embed.wide",
+    "AttentionConv1d": "archrelax.embed.attention",
+    "AttentionConv2d": "archrelax.embed.attention",
+    "attention_measures": "archrelax.embed.attention_measures",
     "parse_target": "archrelax.embed.targets",
     # models
     "create_model": "archrelax.models",

@@ -1,10 +1,17 @@
-"""Stop on a signal at a safe point instead of dying mid-step (issue 9).
+"""Stop on a signal at a safe point instead of dying mid-step, so that the state a rerun resumes from is saved.
 
-``SIGTERM`` (``kill``, Slurm at a time limit or preemption), ``SIGINT`` (Ctrl-C) and ``SIGUSR1`` are, while a
-:class:`StopOnSignals` block is active, *recorded* instead of ending the process. The code inside polls
-``stop.signum`` at its safe points (the trainer: after every step), saves its state, marks itself
-``interrupted`` and raises :class:`Interrupted`; the command line turns that into exit status 128 + signal
-number (143 for SIGTERM, 130 for SIGINT), the shells' convention for "ended by signal N".
+``SIGTERM`` (``kill``, Slurm at a time limit or preemption), ``SIGINT`` (Ctrl-C), ``SIGHUP`` (the terminal
+closed, the ssh session dropped) and ``SIGUSR1`` are, while a :class:`StopOnSignals` block is active,
+*recorded* instead of ending the process. The code inside polls ``stop.signum`` at its safe points (the
+trainer: after every step), saves its state, marks itself ``interrupted`` and raises :class:`Interrupted`; the
+command line turns that into exit status 128 + signal number (143 for SIGTERM, 130 for SIGINT, 129 for
+SIGHUP), the shells' convention for "ended by signal N".
+
+SIGHUP, two rules of its own. A process that started with SIGHUP ignored (``nohup``, or a parent that ignores
+it: the disposition is inherited through exec) keeps ignoring it: whoever ran it under ``nohup`` asked for a
+run that outlives the terminal, not for a stop. And a hangup leaves the terminal's descriptors failing every
+write with EIO, so that a progress bar or the last message would turn the clean stop into an OSError: when
+SIGHUP is recorded, standard output and error that no longer accept a write are pointed at /dev/null.
 
 Blocks nest (the scheduler around a run, the trainer inside it, in one process): a signal is recorded in
 every active block, and a block entered after a signal arrived starts with it already recorded, so the
@@ -20,6 +27,8 @@ from the last periodic checkpoint).
 """
 from __future__ import annotations
 
+import errno
+import os
 import signal
 import threading
 from types import FrameType
@@ -27,7 +36,13 @@ from types import FrameType
 __all__ = ["STOP_SIGNALS", "Interrupted", "StopOnSignals", "exit_after_stop", "request_stop", "signal_name"]
 
 STOP_SIGNALS: tuple[signal.Signals, ...] = tuple(
-    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGUSR1") if hasattr(signal, name))
+    getattr(signal, name) for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGUSR1") if hasattr(signal, name))
+
+_HANGUP = getattr(signal, "SIGHUP", None)
+# read once, as the process starts (this module is imported before any block is entered): whether it was started
+# with SIGHUP ignored (nohup), a state no block may undo. Later SIG_IGNs are not this: a clean stop of the command
+# line leaves every stop signal ignored, and a worker of the pool ignores them while idle.
+_HANGUP_IGNORED_AT_START = _HANGUP is not None and signal.getsignal(_HANGUP) == signal.SIG_IGN
 
 _active: list["StopOnSignals"] = []  # innermost last
 _exit_after_stop = False
@@ -71,7 +86,26 @@ class Interrupted(BaseException):
 
 
 def _record(signum: int, frame: FrameType | None) -> None:
+    if signum == _HANGUP:
+        _leave_hung_up_terminal()
     request_stop(signum)
+
+
+def _leave_hung_up_terminal() -> None:
+    """Point standard output and error at /dev/null where they no longer accept a write (a hung-up terminal:
+    EIO, even for zero bytes), so that the stop's own messages cannot fail it. A live terminal, a file or a
+    pipe accepts an empty write and is kept."""
+    for fd in (1, 2):
+        try:
+            os.write(fd, b"")
+        except OSError as e:
+            if e.errno != errno.EIO:
+                continue  # closed (EBADF) or another state: nothing this can mend
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
 
 
 def request_stop(signum: int) -> bool:
@@ -83,7 +117,8 @@ def request_stop(signum: int) -> bool:
 
 
 class StopOnSignals:
-    """Context manager: while inside, :data:`STOP_SIGNALS` set ``self.signum`` (the first one received)."""
+    """Context manager: while inside, :data:`STOP_SIGNALS` set ``self.signum`` (the first one received); SIGHUP not
+    in a process started with it ignored (module docstring)."""
 
     def __init__(self, signals: tuple[int, ...] = STOP_SIGNALS):
         self.signals = signals
@@ -95,6 +130,8 @@ class StopOnSignals:
             self.signum = _active[-1].signum
         if threading.current_thread() is threading.main_thread():
             for s in self.signals:
+                if s == _HANGUP and _HANGUP_IGNORED_AT_START:
+                    continue  # nohup: the run outlives the terminal
                 self._previous[s] = signal.signal(s, _record)
         _active.append(self)
         return self

@@ -9,6 +9,30 @@ from .settings import AnalysisSettings
 
 # every setting with a scalar value becomes an option: --sharpness-samples N etc.
 _OPTIONS = tuple(f.name for f in dataclasses.fields(AnalysisSettings) if not isinstance(f.default, tuple))
+# what each option means, for --help (its default is read from AnalysisSettings; a test checks every option has one)
+HELP = {
+    "device": "device the analyses run on: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
+    "seed": "seed of the fixed data subsets and of the random probes (Hutchinson vectors, power-iteration starts)",
+    "batch_size": "images per forward pass of the evaluations and Hessian-vector products (memory, not results)",
+    "sharpness_samples": "training images in the fixed subset the Hessian of the mean cross-entropy is taken on",
+    "sharpness_k": "top Hessian eigenvalues estimated per point (largest magnitude first)",
+    "sharpness_tol": "power iteration stops once the Rayleigh quotient changes by less than this, relatively; an "
+                     "estimate is marked converged when its residual ||Hv - λv||/|λ| <= sqrt(tol)",
+    "sharpness_max_iter": "power-iteration steps per eigenvalue at most (an estimate still moving then is marked "
+                          "unconverged)",
+    "trace_probes": "Rademacher probes of the Hutchinson estimate of the Hessian's trace (its standard error "
+                    "shrinks as 1/sqrt(probes))",
+    "eval_train_samples": "training images (a fixed subset) the interpolation curves are evaluated on",
+    "eval_test_samples": "test images (a fixed subset) the ablation and interpolation are evaluated on; the report "
+                         "states the size",
+    "alphas": "points α in [0, 1] of each interpolation curve, both ends included",
+    "interp_start": "where the interpolation starts: switch (the relaxed run's start, its embedded snapshot) or "
+                    "cnn_end (the CNN's final weights)",
+    "interp_end": "where it ends: efcn_end (the eFCN's final weights), cnn_end or switch",
+    "interp_max_runs": "interpolate at most this many finished eFCNs, in plan order; none: every one",
+    "template_count": "units of the first relaxed layer drawn as templates (largest off-local norm first)",
+}
+_METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,9 +46,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"only these analyses: {', '.join(names)}")
     p.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    defaults = AnalysisSettings()
     for name in _OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="V",
-                       help=f"override AnalysisSettings.{name}")
+        default = getattr(defaults, name)
+        shown = "none" if default is None else default
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       metavar=_METAVAR.get(type(default), "N"),
+                       help=f"{HELP.get(name, name.replace('_', ' '))} (default: {shown}, or the spec's "
+                            f"analysis_settings.{name})".replace("%", "%%"))
     p.set_defaults(func=_analyse)
 
     p = subparsers.add_parser(

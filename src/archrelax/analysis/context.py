@@ -1,6 +1,7 @@
-"""What a runner of ``analyse_experiment`` works with: the experiment folder (through the store), the
-settings, models loaded from checkpoints and the fixed data subsets (loaded lazily, only when an analysis
-must be recomputed).
+"""What a runner of ``analyse_experiment`` works with: the experiment folder (through the store's
+:class:`~archrelax.store.ExperimentView`: each run's kind, state and final figures as the report and the
+claims read them), the settings, models loaded from checkpoints and the fixed data subsets (loaded lazily,
+only when an analysis must be recomputed).
 
 Models are evaluated in eval mode on fixed subsets drawn with ``settings.seed``: ``sharpness_samples``
 training images for the Hessian, ``eval_train_samples``/``eval_test_samples`` for ablation and
@@ -15,7 +16,7 @@ from typing import Any, Callable, Iterable
 import torch
 from torch import nn
 
-from archrelax.store import ExperimentFolder, Run, RunFolder, StoreError
+from archrelax.store import ExperimentFolder, ExperimentView, Run, RunFolder, StoreError
 from archrelax.store.plan import RELAXED_KINDS
 from archrelax.store.results import Missing
 from archrelax.utils import resolve_device
@@ -28,10 +29,10 @@ __all__ = ["Context", "RELAXED_KINDS", "weight_files", "final_files", "metrics_f
 class Context:
     def __init__(self, exp: ExperimentFolder, settings: AnalysisSettings, progress: bool = True):
         self.exp, self.s, self.progress = exp, settings, progress
-        self.plan: dict[str, Run] = exp.read_plan()
+        self.view = ExperimentView(exp)  # plan.json required: FileNotFoundError / StoreError name it
+        self.plan: dict[str, Run] = self.view.plan
         self.device = resolve_device(settings.device)
         self._data: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None
-        self._status: dict[str, str] = {}
 
     def log(self, msg: str) -> None:
         if self.progress:
@@ -45,19 +46,16 @@ class Context:
         return self.exp.of_kind(self.plan, *kinds)
 
     def status(self, run: Run) -> str:
-        """The run's state; "corrupt" when its status.json cannot be read (the run is then skipped)."""
-        if run.id not in self._status:
-            try:
-                self._status[run.id] = self.folder(run).read_status().status
-            except StoreError:
-                self._status[run.id] = "corrupt"
-        return self._status[run.id]
+        """The run's state (:class:`~archrelax.store.RunView`); "corrupt" when its status.json cannot be read
+        (the run is then skipped)."""
+        return self.view.run(run.id).status
 
     def statuses(self) -> dict[str, str]:
         return {rid: self.status(r) for rid, r in self.plan.items()}
 
     def done(self, run: Run) -> bool:
-        return self.status(run) == "done" and self.folder(run).final_path.is_file()
+        """Done (``RunView.done``: finished, its files readable) with its final weights on disk."""
+        return self.view.run(run.id).done and self.folder(run).final_path.is_file()
 
     def finished(self, runs: Iterable[Run], missing: list[Missing]) -> list[Run]:
         """The runs that are done with their final weights; the others are listed in ``missing`` with why."""
@@ -66,11 +64,12 @@ class Context:
             if self.done(r):
                 out.append(r)
                 continue
-            why = f"status {self.status(r)!r}"
-            if self.status(r) == "corrupt":
-                why = f"unreadable {self.folder(r).status_path.relative_to(self.exp.root)}"
-            missing.append(Missing(run=r.id, reason=why + ("" if self.folder(r).final_path.is_file()
-                                                           else ", no final.pt")))
+            v, folder = self.view.run(r.id), self.folder(r)
+            why = f"status {v.status!r}"
+            if v.problems:
+                bad = folder.status_path if v.status == "corrupt" else folder.metrics_path
+                why = f"unreadable {bad.relative_to(self.exp.root)}"
+            missing.append(Missing(run=r.id, reason=why + ("" if folder.final_path.is_file() else ", no final.pt")))
         return out
 
     def config(self, run: Run) -> dict[str, Any]:

@@ -1,9 +1,12 @@
 """Exact embeddings of CNNs into eLCNs / eFCNs, model conversion, subspace tools and memory footprint.
 
 - :mod:`.connectivity`: ``ConvGeometry`` and ``index_map`` (the single source of truth for connectivity)
-- :mod:`.locally_connected`, :mod:`.dense`, :mod:`.tiled`, :mod:`.wide`: the relaxed layers (all subclass
-  ``RelaxedConv``): eLCN, eFCN, tiled conv (sharing released in tiles), wide conv (locality released)
-- :mod:`.targets`: the lattice's targets and their string forms (``"lc"``, ``"fc"``, ``"wide:5"``, ``"tiled:2"``)
+- :mod:`.locally_connected`, :mod:`.dense`, :mod:`.tiled`, :mod:`.wide`, :mod:`.attention`: the relaxed layers (all
+  subclass ``RelaxedConv``): eLCN, eFCN, tiled conv (sharing released in tiles), wide conv (locality released),
+  positional self-attention (the fixed offsets released: one head per tap, content attention)
+- :mod:`.attention_measures`: ``attention_measures(model, inputs)``: how far an attention model moved from its conv
+- :mod:`.targets`: the lattice's targets and their string forms (``"lc"``, ``"fc"``, ``"wide:5"``, ``"tiled:2"``,
+  ``"attn"``)
 - :mod:`.relax`: ``relax(model, to=..., example_input=..., layers=...)`` and ``transfer``
 - :mod:`.subspace`: ``subspace_distances`` (``offlocal_ratio``, ``offsharing_ratio``, ``cnn_distance``), ``to_cnn``,
   ``ablate``
@@ -12,6 +15,8 @@
 """
 from __future__ import annotations
 
+from .attention import AttentionConv1d, AttentionConv2d
+from .attention_measures import AttentionMeasures, attention_measures, layer_measures
 from .base import RelaxedConv, SubspaceSqNorms
 from .connectivity import ConvGeometry, index_map
 from .dense import DenseConv
@@ -27,8 +32,9 @@ from .wide import WideConv1d, WideConv2d
 
 __all__ = [
     "ConvGeometry", "index_map", "RelaxedConv", "LocallyConnected1d", "LocallyConnected2d", "DenseConv",
-    "TiledConv1d", "TiledConv2d", "WideConv1d", "WideConv2d", "RelaxTarget", "parse_target", "next_targets",
+    "TiledConv1d", "TiledConv2d", "WideConv1d", "WideConv2d", "AttentionConv1d", "AttentionConv2d", "RelaxTarget", "parse_target", "next_targets",
     "relax", "transfer", "relaxed_layers", "offlocal_ratio", "offsharing_ratio", "cnn_distance", "subspace_distances",
     "SubspaceDistances", "SubspaceSqNorms", "to_cnn", "ablate",
     "footprint", "Footprint", "LayerFootprint", "constraint_penalty", "add_penalty_grad_",
+    "attention_measures", "layer_measures", "AttentionMeasures",
 ]

@@ -14,10 +14,13 @@ every position) never influences the output, so its conv weight is unidentifiabl
 for it, and ``project(embed(w))`` equals ``w`` everywhere else.
 
 Where θ sits relative to the two nested subspaces, CNN = range(φ) ⊂ local (entries inside the conv's
-connectivity): :meth:`RelaxedConv.subspace_sq_norms` gives the squared norms of θ, of its off-local part,
-of its local part's distance to the CNN subspace (off-sharing) and of θ − P_CNN θ. P_CNN = φ(φᵀφ)⁺φᵀ is an
-orthogonal projection with range in the local subspace, so θ − P_CNN θ splits into the off-local part and
-θ_local − P_CNN θ_local, which are orthogonal: cnn² = offlocal² + offsharing².
+connectivity): P_CNN = φ(φᵀφ)⁺φᵀ is an orthogonal projection with range in the local subspace, so θ − P_CNN θ
+splits into two orthogonal parts, the off-local part θ − P_local θ and the off-sharing part P_local θ − P_CNN θ:
+cnn² = offlocal² + offsharing². A layer computes the squared norm of each part (:meth:`RelaxedConv.offlocal_sq`,
+:meth:`RelaxedConv.offsharing_sq`, and :meth:`RelaxedConv.unshared_sq` for the distance to translation-invariant
+weights), and both the soft-release penalty (:meth:`RelaxedConv.penalty`, :meth:`RelaxedConv.add_penalty_grad_`)
+and the subspace norms (:meth:`RelaxedConv.subspace_sq_norms`: δ, off-sharing and CNN distance) are made of
+these same parts; a layer with a faster way to a part overrides it there, once.
 """
 from __future__ import annotations
 
@@ -30,19 +33,32 @@ from torch import Tensor, nn
 
 from .connectivity import ConvGeometry, index_map, tap_gram
 
-__all__ = ["RelaxedConv", "SubspaceSqNorms", "sq_norm"]
+__all__ = ["RelaxedConv", "SubspaceSqNorms", "sq_norm", "sq_sum", "TOWARD"]
+
+TOWARD = ("cnn", "local", "shared")  # the subspaces a penalty pulls toward (archrelax.embed.penalty)
+
+
+def sq_sum(t: Tensor) -> Tensor:
+    """Σ t² as a 0-dim float64 tensor (no gradient), accumulated in float64 from float32 (or the tensor's own
+    dtype) partial sums of 4096-element rows: no full-size float64 copy, relative error ~1e-7, and exactly 0 for
+    a zero tensor."""
+    t = t.detach().reshape(-1)
+    n = t.numel() - t.numel() % 4096
+    total = t[n:].double().square().sum()
+    if n:
+        # per-row norms (one fused pass, no temporary), squared in float64; sqrt then square is 1 ulp
+        total = total + torch.linalg.vector_norm(t[:n].view(-1, 4096), dim=1).double().square().sum()
+    return total
 
 
 def sq_norm(t: Tensor) -> float:
-    """Σ t² as a Python float, accumulated in float64 from float32 (or the tensor's own dtype) partial sums of
-    4096-element rows: no full-size float64 copy, relative error ~1e-7, and exactly 0.0 for a zero tensor."""
-    t = t.detach().reshape(-1)
-    n = t.numel() - t.numel() % 4096
-    total = float(t[n:].double().square().sum())
-    if n:
-        # per-row norms (one fused pass, no temporary), squared in float64; sqrt then square is 1 ulp
-        total += float(torch.linalg.vector_norm(t[:n].view(-1, 4096), dim=1).double().square().sum())
-    return total
+    """:func:`sq_sum` as a Python float."""
+    return float(sq_sum(t))
+
+
+def _check_toward(toward: str) -> None:
+    if toward not in TOWARD:
+        raise ValueError(f"constraint penalty: toward={toward!r} is not valid; use one of {TOWARD}")
 
 
 @dataclass(frozen=True)
@@ -67,18 +83,30 @@ class RelaxedConv(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    _dim: int | None = None  # 1 or 2 in the Conv1d/Conv2d-like classes; None: any
+
     def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
                  _init: bool = True) -> None:
         super().__init__()
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial) to start from a conv")
+        self._check_geometry(geometry)
         self.geometry = geometry
         # (P, T) source index; non-persistent so it follows .to(device) without entering the state dict
         self.register_buffer("index", index_map(geometry).to(device), persistent=False)
         self._allocate(device, dtype)
         if _init:
             self.reset_parameters()
+
+    def _check_geometry(self, geometry: ConvGeometry, from_conv: str = "conv, in_spatial") -> None:
+        """Refuse what this class cannot be built from, naming what to use instead: not a ConvGeometry (the
+        arguments of ``from_conv`` that start from a conv), or a geometry of the other dimension (the class of
+        that dimension). Subclasses call it before anything of theirs that reads the geometry."""
+        name = type(self).__name__
+        if not isinstance(geometry, ConvGeometry):
+            raise TypeError(f"{name} takes a ConvGeometry, got {type(geometry).__name__}; "
+                            f"use {name}.from_conv({from_conv}) to start from a conv")
+        if self._dim is not None and geometry.dim != self._dim:
+            raise ValueError(f"{name} needs a {self._dim}d geometry, got dim={geometry.dim}; "
+                             f"use {name.removesuffix(f'{self._dim}d')}{geometry.dim}d")
 
     # ---- to implement -----------------------------------------------------------------------------------
     def _allocate(self, device: Any, dtype: torch.dtype | None) -> None:
@@ -157,35 +185,93 @@ class RelaxedConv(nn.Module):
                 b = b + self.project_bias(self.bias - self.embed_bias(b))
         return w.detach(), (None if b is None else b.detach())
 
+    # ---- the parts of θ − Pθ: what the penalty and the subspace norms are made of --------------------------
+    def offlocal_sq(self) -> Tensor:
+        """‖θ − P_local θ‖²: the squared weight entries outside ``local_mask()`` (biases are local), 0-dim float64,
+        differentiable. Summed over those entries themselves (never total − local), so it is exactly 0 when
+        they are."""
+        return self.weight.masked_fill(self.local_mask(), 0).square().sum(dtype=torch.float64)
+
+    def offsharing_sq(self) -> Tensor:
+        """‖P_local θ − P_CNN θ‖², weight and bias: how far the local weights and the biases are from being
+        shared; 0-dim float64, differentiable. P_CNN θ is φ of the refined projection (as :meth:`nearest_cnn`),
+        so an embedded CNN reads exactly 0."""
+        w = self.weight
+        r = self.project_weight(w)
+        r = r + self.project_weight(w - self.embed_weight(r))
+        d = self.embed_weight(r).sub_(w).mul_(self._local_factor())  # in place on φ(r), a fresh tensor
+        return d.square().sum(dtype=torch.float64) + self._bias_offsharing_sq()
+
+    def _local_factor(self) -> Tensor:
+        """1 on the local entries, 0 elsewhere, broadcastable against ``weight`` (default: ``local_mask()``;
+        layers with a smaller broadcastable mask give it, to spare a weight-sized one)."""
+        return self.local_mask()
+
+    def _bias_offsharing_sq(self) -> Tensor:
+        """The bias's part of :meth:`offsharing_sq` (a bias is local: its distance to the shared, refined mean)."""
+        b = self.bias
+        if b is None:
+            return torch.zeros((), dtype=torch.float64, device=self.weight.device)
+        r = self.project_bias(b)
+        r = r + self.project_bias(b - self.embed_bias(r))
+        return (self.embed_bias(r) - b).square().sum(dtype=torch.float64)
+
+    def unshared_sq(self) -> Tensor:
+        """‖θ − P_shared θ‖², P_shared the projection onto translation-invariant weights (0-dim float64,
+        differentiable). For a local layer (eLCN, tiled) shared ∩ local is the CNN, so this default is the
+        CNN distance, offlocal + offsharing; the eFCN and the wide conv override it."""
+        return self.offlocal_sq() + self.offsharing_sq()
+
+    def penalty(self, toward: str = "cnn") -> Tensor:
+        """‖θ − Pθ‖² of this layer's weight and bias, P the orthogonal projection onto the ``"local"``, the
+        ``"shared"`` or the ``"cnn"`` subspace (see :mod:`archrelax.embed.penalty`): 0-dim, differentiable, in the
+        weight's dtype. Made of the parts above: local = offlocal, cnn = offlocal + offsharing, shared =
+        unshared."""
+        _check_toward(toward)
+        if toward == "local":
+            value = self.offlocal_sq()
+        elif toward == "cnn":
+            value = self.offlocal_sq() + self.offsharing_sq()
+        else:
+            value = self.unshared_sq()
+        return value.to(self.weight.dtype)
+
+    def add_penalty_grad_(self, toward: str = "cnn", lam: float = 1.0, *, value: bool = False) -> float:
+        """Add ``lam · ∇‖θ − Pθ‖² = lam · 2(θ − Pθ)`` to the ``.grad`` of this layer's weight and bias (created
+        when missing; parameters that do not require grad are skipped). Returns the penalty (θ before any
+        update) when ``value``, else 0.0. This default goes through autograd of :meth:`penalty`; the eFCN
+        overrides it with one pass over its weight and gradient."""
+        params = [p for p in (self.weight, self.bias) if p is not None and p.requires_grad]
+        with torch.enable_grad():
+            term = self.penalty(toward)
+        if params and term.requires_grad:
+            for p, g in zip(params, torch.autograd.grad(term, params, allow_unused=True)):
+                if g is not None:
+                    if p.grad is None:
+                        p.grad = g * lam
+                    else:
+                        p.grad.add_(g, alpha=lam)
+        return float(term) if value else 0.0
+
     def subspace_sq_norms(self) -> SubspaceSqNorms:
         """Squared norms of θ and of its parts relative to the local and the CNN subspaces (see
-        :class:`SubspaceSqNorms`). This default is built from the interface only (``local_mask``,
-        ``embed_weight``, ``project_weight`` through :meth:`nearest_cnn`), so it holds for every subclass; it
-        makes a few weight-sized temporaries. Subclasses may override it with a faster computation of the same
-        values (DenseConv, LocallyConnectedNd do). Off-local entries are summed on their own (not total −
-        local), so a θ with no off-local part reads exactly 0."""
+        :class:`SubspaceSqNorms`), float64 sums. This default is built from the interface only (RelaxedConv's
+        own :meth:`offlocal_sq` and :meth:`offsharing_sq`: ``local_mask``, ``embed_weight``, ``project_weight``),
+        so it holds for every subclass and is the reference faster layers are tested against; it makes a few
+        weight-sized temporaries. A subclass that overrides a part overrides this too, from the same parts
+        (DenseConv, LocallyConnectedNd do; class creation checks it)."""
         with torch.no_grad():
-            w, mask = self.weight.detach(), self.local_mask()
-            cw, cb = self.nearest_cnn()
-            diff = self.embed_weight(cw).sub_(w)  # P_CNN θ − θ
-            offlocal = sq_norm(w.masked_fill(mask, 0))
-            cnn = sq_norm(diff)
-            offsharing = sq_norm(diff.masked_fill_(~mask, 0))
-            total = sq_norm(w)
-        return self._with_bias(total, offlocal, offsharing, cnn, cb)
+            offlocal = float(RelaxedConv.offlocal_sq(self))
+            offsharing = float(RelaxedConv.offsharing_sq(self))
+            total = sq_norm(self.weight) + (0.0 if self.bias is None else sq_norm(self.bias))
+        return SubspaceSqNorms(total, offlocal, offsharing, offlocal + offsharing)
 
-    def _with_bias(self, total: float, offlocal: float, offsharing: float, cnn: float,
-                   conv_bias: Tensor | None = None) -> SubspaceSqNorms:
-        """Adds the bias (all local: its off-sharing is its deviation from the shared, refined mean)."""
-        if self.bias is None:
-            return SubspaceSqNorms(total, offlocal, offsharing, cnn)
-        with torch.no_grad():
-            b = self.bias.detach()
-            if conv_bias is None:
-                r = self.project_bias(b)
-                conv_bias = r + self.project_bias(b - self.embed_bias(r))
-            dev = sq_norm(self.embed_bias(conv_bias) - b)
-            return SubspaceSqNorms(total + sq_norm(b), offlocal, offsharing + dev, cnn + dev)
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parts = [n for n in ("offlocal_sq", "offsharing_sq") if getattr(cls, n) is not getattr(RelaxedConv, n)]
+        if parts and cls.subspace_sq_norms is RelaxedConv.subspace_sq_norms:
+            raise TypeError(f"{cls.__name__} overrides {', '.join(parts)}: override subspace_sq_norms too, from the "
+                            "same parts (RelaxedConv's default is the interface-only reference)")
 
     def load_conv_(self, conv_weight: Tensor, conv_bias: Tensor | None = None) -> "RelaxedConv":
         """Set own parameters to φ(conv parameters), in place (no gradient)."""

@@ -19,12 +19,12 @@ read the same input (reflect / replicate / circular), further tap maps add their
 sparse (T <= Q/8, e.g. a first layer) a zero fill plus a ``scatter_add_`` through the index map is faster and
 is used instead. The adjoint gathers through the index map itself.
 
-``subspace_sq_norms`` (δ, off-sharing and CNN distance, at every evaluation of a training run) never makes a
-matrix-sized temporary: one streaming pass sums the squares over output channels into ``(g, P, C_in, Q)``,
-so off-local sums are masked sums over the ``(P, Q)`` tap map (plus the cross-group blocks); the sharing part
-works on the local entries alone, gathered as ``(g, C_out/g, C_in/g, P, K)``, slot k of position p holding the
-k-th input p reads (a small, eLCN-sized tensor), where φ and its adjoint are products with a ``(P·K, T)`` 0/1
-matrix (the refined projection as well).
+The parts of θ − Pθ that the soft-release penalty and ``subspace_sq_norms`` (δ, off-sharing and CNN distance,
+at every evaluation of a training run) are made of come from :mod:`archrelax.embed.dense_residual`, without a
+matrix-sized temporary: the off-local sum from one streaming pass that sums the squares over output channels
+(the total on the way), the off-sharing part on the gathered local entries alone (zero padding; a padding
+mode whose taps collide uses the interface's default, with weight-sized temporaries), the unshared part
+through window-adds of whole rows; the penalty's gradient is written in one pass.
 """
 from __future__ import annotations
 
@@ -33,7 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .base import RelaxedConv, SubspaceSqNorms, sq_norm
+from . import dense_residual as R
+from .base import RelaxedConv, SubspaceSqNorms, _check_toward, sq_norm
 
 __all__ = ["DenseConv"]
 
@@ -156,74 +157,64 @@ class DenseConv(RelaxedConv):
             parts.append(taps.sum(1))  # (chunk, C_in/g, T, g)
         return torch.cat(parts).permute(3, 0, 1, 2).reshape(g.out_channels, cig, g.T)
 
+    def read_map(self) -> Tensor:
+        """``(P, Q)`` bool: output position p reads input q through some live tap (the in-group blocks' mask)."""
+        return self._tap_layers()[0] < self.geometry.T
+
     def local_mask(self) -> Tensor:
         g = self.geometry
-        reads = self._tap_layers()[0] < g.T  # (P, Q): p reads q through some tap
+        reads = self.read_map()  # (P, Q)
         grp = torch.arange(g.groups, device=reads.device)
         same = grp.repeat_interleave(g.out_channels // g.groups)[:, None] == grp.repeat_interleave(
             g.in_channels // g.groups)[None, :]  # (C_out, C_in)
         return (same[:, None, :, None] & reads[None, :, None, :]).view(self.weight.shape)
 
+    # ---- the parts of θ − Pθ, the penalty, the subspace norms (dense_residual's passes) --------------------------
+    def offlocal_sq(self) -> Tensor:
+        return R.CnnLocalFn.apply(self.weight, self, "local")
+
+    def offsharing_sq(self) -> Tensor:
+        if self.geometry.padding_mode != "zeros":  # colliding taps: a Gram solve (the interface's default)
+            return super().offsharing_sq()
+        return R.local_residual(self.weight, self).square().sum(dtype=torch.float64) + self._bias_offsharing_sq()
+
+    def unshared_sq(self) -> Tensor:
+        return R.SharedFn.apply(self.weight, self) + self._bias_offsharing_sq()
+
+    def penalty(self, toward: str = "cnn") -> Tensor:
+        _check_toward(toward)
+        if toward == "cnn" and self.geometry.padding_mode == "zeros":  # both parts in one Function: one backward pass
+            return (R.CnnLocalFn.apply(self.weight, self, "cnn") + self._bias_offsharing_sq()).to(self.weight.dtype)
+        return super().penalty(toward)
+
+    def add_penalty_grad_(self, toward: str = "cnn", lam: float = 1.0, *, value: bool = False) -> float:
+        """The weight's part in one pass over θ and its gradient (:func:`~archrelax.embed.dense_residual.fused_grad_`),
+        the bias's through autograd of its own term; colliding taps toward "cnn": the interface's default."""
+        _check_toward(toward)
+        w, b = self.weight, self.bias
+        if not w.requires_grad or (toward == "cnn" and self.geometry.padding_mode != "zeros"):
+            return super().add_penalty_grad_(toward, lam, value=value)
+        total = R.fused_grad_(w, self, toward, 2.0 * float(lam), value)
+        if toward == "local" or b is None:  # a bias is local
+            return total
+        with torch.enable_grad():
+            term = self._bias_offsharing_sq()
+        if b.requires_grad:
+            (g,) = torch.autograd.grad(term, (b,))
+            if b.grad is None:
+                b.grad = (g * lam).to(b.dtype)
+            else:
+                b.grad.add_(g.to(b.dtype), alpha=lam)
+        return total + float(term) if value else 0.0
+
     def subspace_sq_norms(self) -> SubspaceSqNorms:
-        """Same values as :meth:`RelaxedConv.subspace_sq_norms`, without matrix-sized temporaries (see module
-        docstring); float32 partial sums over output channels, float64 beyond."""
-        g = self.geometry
-        G, cog, cig, P, Q, T = g.groups, g.out_channels // g.groups, g.in_channels // g.groups, g.P, g.Q, g.T
+        """The interface's values (:meth:`RelaxedConv.subspace_sq_norms`) from this layer's own parts: the total
+        and the off-local sum in one streaming pass, the off-sharing part on the local entries."""
         with torch.no_grad():
-            w = self.weight.detach()
-            # squares summed over the output channels of each group, (G, P, C_in, Q): one streaming pass over
-            # the matrix, one output channel at a time (torch's norms reduce outer dims without vectorising)
-            v = w.view(G, cog, P, g.in_channels, Q)
-            acc = w.new_zeros(G, P, g.in_channels, Q)
-            for gi in range(G):
-                for o in range(cog):
-                    acc[gi].addcmul_(v[gi, o], v[gi, o])
-            s = acc.view(G, P, G, cig, Q).sum(3, dtype=torch.float64)  # (G, P, G', Q) per channel block
-            layers = self._tap_layers()
-            reads = layers[0] < T  # (P, Q): p reads q through some tap
-            same = s.diagonal(dim1=0, dim2=2)  # (P, Q, G): in-group blocks
-            blocks = s.sum((1, 3))  # (G, G)
-            # off-local: summed over off-local entries only (not total - local), so it is exactly 0 when they are
-            offlocal = float(same[~reads].sum() + blocks[~torch.eye(G, dtype=torch.bool, device=s.device)].sum())
-            total = float(blocks.sum())
-
-            # the local entries by slot: slot k of position p holds the k-th input q that p reads (ascending); the
-            # slots past p's count (slot K - 1 at least) are empty: q_of = Q, no tap reads them, masked at the end
-            cnt = reads.sum(1)  # (P,)
-            K = int(cnt.max()) + 1
-            pq = reads.nonzero()  # (n, 2), by p then q
-            rank = torch.arange(pq.shape[0], device=w.device) - (cnt.cumsum(0) - cnt)[pq[:, 0]]
-            q_of = torch.full((P, K), Q, dtype=torch.long, device=w.device)  # ascending per row; Q: empty
-            q_of[pq[:, 0], rank] = pq[:, 1]
-            valid = q_of < Q
-            # gathered straight into (g, C_out/g, C_in/g, P, K), the layout of the matmuls below, from a transposed
-            # view: the gathered axis stays last (contiguous rows of Q), and no transposed copy follows (measured
-            # on layer 2 of VanillaCNN: half the time of gathering as (C_out/g, P, C_in/g, K) and transposing)
-            index = q_of.clamp(max=Q - 1).view(1, 1, P, K).expand(cog, cig, P, K)
-            blocks6 = w.view(G, cog, P, G, cig, Q)
-            vals = w.new_empty(G, cog, cig, P, K)
-            for gi in range(G):  # in-group blocks
-                torch.gather(blocks6[gi, :, :, gi].transpose(1, 2), 3, index, out=vals[gi])
-            vals = vals.view(G * cog * cig, P * K)
-            # φ restricted to the slots is the (P·K, T) matrix A: A[(p, k), t] = 1 where tap t of p reads slot k
-            # (several taps of one p may read one input under reflect / replicate / circular padding). So
-            # φᵀ v = v @ A and φ r = r @ Aᵀ: matmuls with a 0/1 matrix, exact where a slot has one tap
-            live = self.index >= 0
-            slot_of = torch.searchsorted(q_of, self.index.clamp(min=0))  # (P, T)
-            p_of = torch.arange(P, device=w.device)[:, None].expand(P, T)
-            a = w.new_zeros(P * K, T)
-            a[(p_of * K + slot_of)[live], torch.arange(T, device=w.device).expand(P, T)[live]] = 1
-
-            def adjoint(v: Tensor) -> Tensor:  # slots (G·C_out/g·C_in/g, P·K) -> conv layout (C_out, C_in/g, T)
-                return (v @ a).view(g.out_channels, cig, T)
-
-            r = self._solve_gram(adjoint(vals))
-            res = torch.addmm(vals, r.view(-1, T), a.T, alpha=-1)  # θ − φ(r) on the slots
-            r = r + self._solve_gram(adjoint(res))  # refined as in nearest_cnn
-            res = vals.addmm_(r.view(-1, T), a.T, alpha=-1)  # in place: vals is not needed any more
-            # empty slots hold whatever their clamped gather read: only the valid ones count
-            offsharing = sq_norm(res.view(-1, P, K).mul_(valid))
-        return self._with_bias(total, offlocal, offsharing, offlocal + offsharing)
+            total, offlocal = (float(v) for v in R.square_sums(self, self.weight))
+            offsharing = float(self.offsharing_sq())
+            total += 0.0 if self.bias is None else sq_norm(self.bias)
+        return SubspaceSqNorms(total, offlocal, offsharing, offlocal + offsharing)
 
     def _load_weight_(self, conv_weight: Tensor) -> None:
         # in place: the gather writes straight into the parameter, no second matrix-sized buffer

@@ -406,15 +406,10 @@ class _LCKernelFn(torch.autograd.Function):
 class LocallyConnectedNd(RelaxedConv):
     """Locally-connected layer for ``geometry.dim`` spatial dims; use LocallyConnected1d / 2d."""
 
-    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
                  _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use LocallyConnected{geometry.dim}d")
+        self._check_geometry(geometry)
         if geometry.padding_mode != "zeros":
             raise ValueError(
                 f"a locally-connected layer supports padding_mode='zeros' only, got {geometry.padding_mode!r}: "
@@ -466,17 +461,26 @@ class LocallyConnectedNd(RelaxedConv):
     def local_mask(self) -> Tensor:
         return self._live5().expand(self.weight.shape).clone()
 
+    def _local_factor(self) -> Tensor:
+        return self._live5()
+
+    def _tap_sq(self) -> Tensor:
+        """``(P, T)`` float64: the squared weights of each (position, tap), one pass over the weight."""
+        return torch.linalg.vector_norm(self.weight, dim=(0, 2, 4)).double().square()
+
+    def offlocal_sq(self) -> Tensor:
+        """The dead taps' squared weights: a masked sum over the ``(P, T)`` live map, no mask tensor."""
+        return self._tap_sq()[~self.live].sum()
+
     def subspace_sq_norms(self) -> SubspaceSqNorms:
-        """Same values as :meth:`RelaxedConv.subspace_sq_norms`: norms per (position, tap) in one pass, so the
-        off-local (dead-tap) sum is a masked sum over the ``(P, T)`` live map; no mask tensor, one difference
-        to the shared weights."""
+        """The interface's values from this layer's parts: total and off-local from one pass of per-(position,
+        tap) norms, the off-sharing part as the interface computes it."""
         with torch.no_grad():
-            w = self.weight.detach()
-            s = torch.linalg.vector_norm(w, dim=(0, 2, 4)).double().square_()  # (P, T)
+            s = self._tap_sq()
             offlocal, total = float(s[~self.live].sum()), float(s.sum())
-            cw, cb = self.nearest_cnn()
-            offsharing = sq_norm(self.embed_weight(cw).sub_(w).mul_(self._live5()))  # dead taps: off-local
-        return self._with_bias(total, offlocal, offsharing, offlocal + offsharing, cb)
+            offsharing = float(self.offsharing_sq())
+            total += 0.0 if self.bias is None else sq_norm(self.bias)
+        return SubspaceSqNorms(total, offlocal, offsharing, offlocal + offsharing)
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, *in_spatial) -> (B, C_out, *out_spatial)
         self._check_input(x)

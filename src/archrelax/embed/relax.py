@@ -6,22 +6,25 @@ swaps each selected conv for a relaxed layer at the same module path. State-dict
 only the shapes of ``<path>.weight`` / ``<path>.bias`` change, and ``transfer`` maps tensors across.
 
 Targets (:mod:`.targets`): ``"lc"`` (eLCN), ``"fc"`` (eFCN), ``"wide:K"`` / ``"wide:full"`` (locality released,
-sharing kept), ``"tiled:T"`` (sharing released in tiles). Already relaxed layers move further up the lattice
-when the target is above them: tiled -> lc / fc, eLCN -> fc, wide -> fc; every move is exact.
+sharing kept), ``"tiled:T"`` (sharing released in tiles), ``"attn"`` (positional self-attention, :mod:`.attention`).
+Already relaxed layers move further up the lattice when the target is above them: tiled -> lc / fc, eLCN -> fc,
+wide -> fc; every move is exact. An attention layer moves nowhere.
 """
 from __future__ import annotations
 
 import copy
 import fnmatch
 import os
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from .attention import AttentionConv1d, AttentionConv2d, AttentionConvNd
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
 from .dense import DenseConv
-from .footprint import ExampleInput, layer_geometries, param_count
+from .footprint import ExampleInput, layer_geometries, param_count, probe, workspace_bound
 from .locally_connected import LocallyConnected1d, LocallyConnected2d, LocallyConnectedNd
 from .targets import NEXT, TARGET_FORMS, RelaxTarget, parse_target
 from .tiled import TiledConv1d, TiledConv2d, TiledConvNd, tile_layout
@@ -29,12 +32,12 @@ from .wide import WideConv1d, WideConv2d, WideConvNd, wide_layout
 
 __all__ = ["relax", "transfer", "relaxed_layers", "next_targets", "available_memory", "RelaxMemoryError"]
 
-TARGETS = ("lc", "fc", "wide", "tiled")  # kinds; their string forms are in TARGET_FORMS
+TARGETS = ("lc", "fc", "wide", "tiled", "attn")  # kinds; their string forms are in TARGET_FORMS
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
 _LC = (LocallyConnected1d, LocallyConnected2d)
 # relaxed layer class -> the target kinds it moves to (up the lattice); a conv moves to every kind
 _NEXT: dict[type, tuple[str, ...]] = {TiledConvNd: NEXT["tiled"], LocallyConnectedNd: NEXT["lc"], WideConvNd: NEXT["wide"],
-                                      DenseConv: NEXT["fc"]}
+                                      DenseConv: NEXT["fc"], AttentionConvNd: NEXT["attn"]}
 _NAMES = {"lc": "locally-connected (eLCN) layers", "wide": "wide convs", "tiled": "tiled convs"}
 
 
@@ -137,10 +140,13 @@ def available_memory(device: torch.device) -> int | None:
 def _guard_memory(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], target: RelaxTarget) -> None:
     """Fail before allocating when the relaxed parameters alone would not fit on their device."""
     need: dict[torch.device, int] = {}
+    work: dict[torch.device, int] = {}  # an attention layer's chunk workspace (the largest: layers run one by one)
     for m, geom in plan.values():
         w = m.weight
         need[w.device] = need.get(w.device, 0) + param_count(geom, target.spec) * w.element_size()
+        work[w.device] = max(work.get(w.device, 0), workspace_bound(geom, target.spec, w.element_size()))
     for device, nbytes in need.items():
+        nbytes += work[device]
         free = available_memory(device)
         if free is not None and nbytes > free:
             raise RelaxMemoryError(
@@ -150,13 +156,17 @@ def _guard_memory(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], target: Re
             )
 
 
-def _relaxed_layer(m: nn.Module, geom: ConvGeometry, target: RelaxTarget) -> nn.Module:
+def _relaxed_layer(m: nn.Module, geom: ConvGeometry, target: RelaxTarget, name: str = "") -> nn.Module:
     kind, conv = target.kind, not isinstance(m, RelaxedConv)
     if kind == "fc":
         new = DenseConv.from_conv(m, geom.in_spatial) if conv else DenseConv.from_relaxed(m)
     elif kind == "lc":
         cls = LocallyConnected1d if geom.dim == 1 else LocallyConnected2d
         new = cls.from_conv(m, geom.in_spatial) if conv else m.to_lc()
+    elif kind == "attn":  # W_k's draw: seeded by the global seed and the layer's path, without advancing the RNG
+        seed = (torch.initial_seed() + zlib.crc32(name.encode())) % (1 << 63)
+        new = (AttentionConv1d if geom.dim == 1 else AttentionConv2d).from_conv(
+            m, geom.in_spatial, alpha=target.alpha, key_dim=target.key_dim, seed=seed)
     elif kind == "wide":
         new = (WideConv1d if geom.dim == 1 else WideConv2d).from_conv(m, geom.in_spatial, kernel_size=target.kernel_size)
     else:
@@ -191,7 +201,9 @@ def relax(
     - ``"wide"`` with ``kernel_size=K`` (int, per-dim tuple or ``"full"``), or ``"wide:K"``/``"wide:full"``:
       a conv with a K-tap kernel, zero outside the original taps (locality released, sharing kept);
     - ``"tiled"`` with ``tile=T`` (int or per-dim tuple), or ``"tiled:T"``/``"tiled:TxT"``: a tiled conv,
-      positions equal modulo T share a filter (sharing released partially; T is clamped to each layer's output).
+      positions equal modulo T share a filter (sharing released partially; T is clamped to each layer's output);
+    - ``"attn"`` (options ``"attn:alpha=A,dk=K"``): positional self-attention, one head per tap, the conv's
+      function at the embedding (:mod:`.attention`); every padding mode.
 
     Already relaxed layers below the target on the lattice move up exactly (tiled -> lc / fc, eLCN -> fc,
     wide -> fc; hierarchical relaxation); the other moves are refused, naming the valid next targets.
@@ -199,8 +211,10 @@ def relax(
     example_input: a tensor, or an input batch shape (a model's ``(C, H, W)`` ``input_shape`` gets a batch
         dimension; None uses ``model.input_shape``); for a forward() of several inputs, a tuple of those
         (positional arguments) or a dict of them (keyword arguments, or a forward(batch) taking a dict): see
-        ``footprint.example_inputs``. One forward pass under no_grad reveals input shapes; buffers such as
-        BatchNorm statistics are restored after it. The input model is never changed.
+        ``footprint.example_inputs``. One forward pass reveals input shapes (``footprint.probe``: in eval mode,
+        at a batch of at least 2, on seeded random values shaped like the example; modes, buffers and RNG restored
+        after it; convs that only run in train mode from a second pass in train mode); the check reuses its
+        output. The input model is never changed.
     layers: None (all), names or fnmatch globs of module paths, or a predicate ``(name, module) -> bool``.
     force: skip the memory guard (which fails when the relaxed parameters exceed the available memory).
     check: compare the result's output with ``model``'s on a random input shaped like ``example_input`` (eval
@@ -236,7 +250,11 @@ def relax(
         paths.setdefault(id(m), []).append(n)
     first = {id(candidates[n]): n for n in reversed(selected)}
     todo = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
-    geoms = layer_geometries(out, example_input, todo)
+    # one forward pass of the source (eval mode, batch >= 2, modes and buffers restored): the convs' input shapes,
+    # and the output the check compares the relaxed model with
+    convs = {n: m for n, m in todo.items() if not isinstance(m, RelaxedConv)}
+    probed = probe(out, example_input, convs) if convs else None
+    geoms = layer_geometries(out, example_input, todo, probed=probed)
     for n, m in todo.items():
         _check_geometry(n, m, geoms[n], target)
     if not force:
@@ -246,20 +264,15 @@ def relax(
     for n in names:
         # swap in layer by layer and drop the old one, so its memory is freed before the next is built
         old = todo.pop(n)
-        new = _relaxed_layer(old, geoms[n], target)
+        new = _relaxed_layer(old, geoms[n], target, n)
         for path in paths[id(old)]:
             _set_submodule(out, path, new)
         del old, new
-    if check:
-        _check_result(model, out, example_input, spec, names)
+    if check:  # the relaxed model computes the source's function (.check): a forward() that defeats the swap raises
+        from .check import check_relaxed
+
+        check_relaxed(model, out, example_input, spec, names, reference=probed)
     return out
-
-
-def _check_result(model: nn.Module, out: nn.Module, example_input: ExampleInput, spec: str, names: list[str]) -> None:
-    """The relaxed model computes the source's function (:mod:`.check`): a forward() that defeats the swap raises."""
-    from .check import check_relaxed
-
-    check_relaxed(model, out, example_input, spec, names)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .attention import AttentionConvNd
 from .base import sq_norm
 from .connectivity import ConvGeometry
 from .relax import relaxed_layers
@@ -43,9 +44,11 @@ class SubspaceDistances:
 @torch.no_grad()
 def subspace_distances(model: nn.Module) -> SubspaceDistances:
     """δ, the off-sharing ratio and the CNN distance of ``model`` in one pass over its parameters (see
-    :class:`SubspaceDistances`); each relaxed layer computes its part with ``subspace_sq_norms()``."""
+    :class:`SubspaceDistances`); each relaxed layer computes its part with ``subspace_sq_norms()``, which counts its
+    weight and bias: an attention layer's α, offsets and content maps are no weights of the CNN's parameter space
+    (α alone, 80 per head, would swamp ‖θ‖) and are measured by ``attention_measures`` instead."""
     layers = relaxed_layers(model).values()
-    own = {id(p) for layer in layers for p in (layer.weight, layer.bias) if p is not None}
+    own = {id(p) for layer in layers for p in layer.parameters(recurse=False)}
     total = sum(sq_norm(p) for p in model.parameters() if id(p) not in own)
     off = share = dist = 0.0
     for layer in layers:
@@ -115,10 +118,16 @@ def ablate(model: nn.Module, keep: str = "local") -> nn.Module:
     """A copy of ``model`` keeping only the ``"local"`` or the ``"offlocal"`` part of each relaxed layer's weight.
 
     Biases belong to the local part (zeroed by ``keep="offlocal"``). Non-relaxed layers are untouched, so a
-    model with no relaxed layer comes back unchanged.
+    model with no relaxed layer comes back unchanged. A model with attention layers is refused: their weights are
+    the conv's value maps, all local, and their reach beyond the conv is in the attention, not in weight entries.
     """
     if keep not in ("local", "offlocal"):
         raise ValueError(f"ablate: keep={keep!r}; use 'local' or 'offlocal'")
+    attn = [n for n, m in relaxed_layers(model).items() if isinstance(m, AttentionConvNd)]
+    if attn:
+        raise ValueError(f"ablate: {attn} are attention layers, which have no off-local weights to ablate (their "
+                         "weights are the conv's value maps; what they reach beyond the conv is in the attention): "
+                         "measure it with archrelax.attention_measures, or take the conv back with to_cnn")
     out = copy.deepcopy(model)
     for layer in relaxed_layers(out).values():
         mask = layer.local_mask()

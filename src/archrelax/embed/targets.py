@@ -10,27 +10,38 @@ target         layer               released
 ``"wide:K"``   WideConv1d/2d       locality, partially: a K-tap kernel, zero outside the original taps
 ``"wide:full"``WideConv1d/2d       locality: the global convolution (every output sees the whole input)
 ``"fc"``       DenseConv           both (the eFCN)
+``"attn"``     AttentionConv1d/2d  the fixed offsets: positional self-attention, one head per tap, with content
 =============  ==================  ==========================================================================
 
 String forms: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"`` (per spatial dim), ``"wide:full"``,
-``"tiled:2"``, ``"tiled:2x3"``. ``relax(model, to="wide", kernel_size=5)`` and ``relax(model, to="wide:5")``
+``"tiled:2"``, ``"tiled:2x3"``, ``"attn"``, ``"attn:alpha=40,dk=4"`` (options, any order, comma-separated:
+``alpha`` the positional sharpness at the embedding, ``dk`` the content key width, 0 for positional attention
+only; see :mod:`.attention`). ``relax(model, to="wide", kernel_size=5)`` and ``relax(model, to="wide:5")``
 are the same target; :attr:`RelaxTarget.spec` gives the canonical string (what ``arch["relax_chain"]`` holds).
 An int applies to every spatial dim; a tuple gives one value per dim (so it must match the conv's dim).
 
 The moves along the lattice (each exact, see :mod:`archrelax.embed.relax`): a conv goes to any target;
-a tiled layer to ``"lc"`` or ``"fc"``; an eLCN or a wide layer to ``"fc"`` (``relax.next_targets(layer)``).
+a tiled layer to ``"lc"`` or ``"fc"``; an eLCN or a wide layer to ``"fc"``; an attention layer nowhere (its
+positional focus and content attention are no point of the lattice above it) (``relax.next_targets(layer)``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RelaxTarget", "parse_target", "per_dim", "TARGET_FORMS", "KINDS", "NEXT"]
+__all__ = ["RelaxTarget", "parse_target", "target_problem", "per_dim", "TARGET_FORMS", "KINDS", "NEXT", "DEFAULT_ALPHA",
+           "ATTN_OPTIONS"]
 
-KINDS = ("lc", "fc", "wide", "tiled")
+KINDS = ("lc", "fc", "wide", "tiled", "attn")
 # the moves up the lattice: a layer relaxed to kind k can be relaxed further to NEXT[k] (a conv to any kind)
-NEXT: dict[str, tuple[str, ...]] = {"tiled": ("lc", "fc"), "lc": ("fc",), "wide": ("fc",), "fc": ()}
-TARGET_FORMS = "'lc', 'fc', 'wide:K' (e.g. 'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3')"
+NEXT: dict[str, tuple[str, ...]] = {"tiled": ("lc", "fc"), "lc": ("fc",), "wide": ("fc",), "fc": (), "attn": ()}
+TARGET_FORMS = ("'lc', 'fc', 'wide:K' (e.g. 'wide:5', 'wide:5x3'), 'wide:full', 'tiled:T' (e.g. 'tiled:2', 'tiled:2x3'), "
+                "'attn' (options e.g. 'attn:alpha=40', 'attn:dk=0', 'attn:alpha=40,dk=4')")
+# the attention's positional sharpness α at the embedding: the null key's logit is -α/2 and every other key's
+# is <= -α, so the softmax leaks e^(-α/2) = 4e-18 (below float64's half-ulp of 1) off the conv's tap
+DEFAULT_ALPHA = 80.0
+ATTN_OPTIONS = {"alpha": "the positional sharpness α > 0 at the embedding (default 80)",
+                "dk": "the content query/key width, an int >= 0; 0: positional attention only (default min(C_in, 8))"}
 
 Size = int | tuple[int, ...]
 
@@ -38,19 +49,27 @@ Size = int | tuple[int, ...]
 @dataclass(frozen=True)
 class RelaxTarget:
     """One point of the lattice: ``kind`` in :data:`KINDS`; ``kernel_size`` (wide: int, per-dim tuple or
-    ``"full"``) and ``tile`` (tiled: int or per-dim tuple) are None for the other kinds."""
+    ``"full"``) and ``tile`` (tiled: int or per-dim tuple) are None for the other kinds; ``alpha`` and
+    ``key_dim`` (attn) are None for their defaults (:data:`DEFAULT_ALPHA`, min(C_in, 8) per layer)."""
 
     kind: str
     kernel_size: Size | str | None = None
     tile: Size | None = None
+    alpha: float | None = None
+    key_dim: int | None = None
 
     @property
     def spec(self) -> str:
-        """Canonical string form: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"``, ``"wide:full"``, ``"tiled:2x3"``."""
+        """Canonical string form: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"``, ``"wide:full"``, ``"tiled:2x3"``,
+        ``"attn"``, ``"attn:alpha=40,dk=4"`` (options in this order, defaults left out)."""
         if self.kind == "wide":
             return f"wide:{_fmt(self.kernel_size)}"
         if self.kind == "tiled":
             return f"tiled:{_fmt(self.tile)}"
+        if self.kind == "attn":
+            opts = ([f"alpha={self.alpha:g}"] if self.alpha is not None else []) + (
+                [f"dk={self.key_dim}"] if self.key_dim is not None else [])
+            return "attn" + (":" + ",".join(opts) if opts else "")
         return self.kind
 
     def __str__(self) -> str:
@@ -97,6 +116,11 @@ def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any 
     context = f"relax(to={to!r})"
     if kind not in KINDS or (sep and kind in ("lc", "fc")):
         raise ValueError(f"relax: to={to!r} is not a valid target; valid targets: {TARGET_FORMS}")
+    if kind == "attn":
+        if kernel_size is not None or tile is not None:
+            raise ValueError(f"{context}: kernel_size= and tile= do not apply to 'attn' (its options go in the string: "
+                             f"{', '.join(f'{k}: {v}' for k, v in ATTN_OPTIONS.items())})")
+        return _parse_attn(arg if sep else "", context)
     if kind != "wide" and kernel_size is not None:
         raise ValueError(f"{context}: kernel_size= applies to to='wide' only")
     if kind != "tiled" and tile is not None:
@@ -112,6 +136,48 @@ def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any 
         raise ValueError(f"{context} needs a {name}: e.g. to={example}")
     value = _sizes(arg if sep else given, name, context, allow_full=kind == "wide")
     return RelaxTarget(kind, kernel_size=value) if kind == "wide" else RelaxTarget(kind, tile=value)
+
+
+def _parse_attn(arg: str, context: str) -> RelaxTarget:
+    """``"alpha=40,dk=4"`` (any order, each at most once) -> RelaxTarget("attn", alpha=40.0, key_dim=4); a value
+    equal to the default is left out, so every spelling of one layer has one canonical spec."""
+    valid = "; ".join(f"{k}: {v}" for k, v in ATTN_OPTIONS.items())
+    given: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in arg.split(","))):
+        key, eq, value = part.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in ATTN_OPTIONS or key in given:
+            why = ("is given twice" if key in given else "is not key=value" if not eq else "is not an option")
+            raise ValueError(f"{context}: {part!r} {why}; 'attn' takes comma-separated key=value options ({valid}), "
+                             "e.g. 'attn:alpha=40,dk=4'")
+        given[key] = value.strip()
+    alpha = key_dim = None
+    if "alpha" in given:
+        try:
+            alpha = float(given["alpha"])
+        except ValueError:
+            alpha = float("nan")
+        if not 0 < alpha < float("inf"):
+            raise ValueError(f"{context}: alpha={given['alpha']!r} must be a positive finite number ({ATTN_OPTIONS['alpha']})")
+        alpha = None if alpha == DEFAULT_ALPHA else alpha
+    if "dk" in given:
+        try:
+            key_dim = int(given["dk"])
+        except ValueError:
+            key_dim = -1
+        if key_dim < 0:
+            raise ValueError(f"{context}: dk={given['dk']!r} must be an int >= 0 ({ATTN_OPTIONS['dk']})")
+    return RelaxTarget("attn", alpha=alpha, key_dim=key_dim)
+
+
+def target_problem(to: str) -> str | None:
+    """None when ``to`` is a target string, else what is valid (:data:`TARGET_FORMS`): the check of every
+    setting that takes one (TrainConfig.relax, the spec's targets, soft target and path steps)."""
+    try:
+        parse_target(to)
+    except ValueError:
+        return TARGET_FORMS
+    return None
 
 
 def per_dim(value: Size, dim: int, name: str) -> tuple[int, ...]:

@@ -95,16 +95,10 @@ def _tap_positions(geom: ConvGeometry, wide: ConvGeometry, offsets: tuple[int, .
 class WideConvNd(RelaxedConv):
     """Wide conv for ``geometry.dim`` spatial dims; use WideConv1d / WideConv2d (see module docstring)."""
 
-    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, kernel_size: Size | str, device: Any = None,
                  dtype: torch.dtype | None = None, _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial, kernel_size=K) to start from a conv")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use WideConv{geometry.dim}d")
+        self._check_geometry(geometry, "conv, in_spatial, kernel_size=K")
         # set before RelaxedConv.__init__, whose _allocate needs the wide shape
         self.wide_geometry, self.offsets = wide_layout(geometry, kernel_size)
         self.kernel_size_spec = "full" if kernel_size == "full" else (
@@ -171,6 +165,10 @@ class WideConvNd(RelaxedConv):
         mask = torch.zeros(w.T, dtype=torch.bool, device=self.tap_pos.device)
         mask[self.tap_pos] = True
         return mask.expand(w.out_channels, w.in_channels // w.groups, w.T).reshape(w.conv_weight_shape)
+
+    def unshared_sq(self) -> Tensor:
+        """0: a wide conv is translation invariant already (its only way off the CNN is its added taps)."""
+        return 0.0 * self.weight.view(-1)[0].double()
 
     # ---- bias: shared, as in the conv -----------------------------------------------------------------------
     def embed_bias(self, conv_bias: Tensor) -> Tensor:

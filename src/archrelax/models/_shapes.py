@@ -1,7 +1,10 @@
-"""Spatial-size arithmetic for conv/pool stacks, so bad input sizes fail before any tensor is built."""
+"""Conv/pool stacks: their building block, and the spatial-size arithmetic that makes a bad input size fail
+with the smallest valid one named, before the classifier (whose size it gives) is built."""
 from __future__ import annotations
 
 from typing import Sequence
+
+from torch import nn
 
 Size = int | tuple[int, int]  # an input size: square side or (H, W)
 # one stage: (module path, kernel, stride, padding)
@@ -35,6 +38,27 @@ def check_input_size(model: str, hw: tuple[int, int], stages: Sequence[Stage]) -
             )
         out.append(final)
     return out[0], out[1]
+
+
+def conv_block(c_in: int, c_out: int, kernel: int, stride: int = 1, padding: int = 0, *, pool: bool = True
+               ) -> list[nn.Module]:
+    """conv(kernel, stride, padding) → ReLU (→ maxpool 3/2): the stage both seed-code CNNs are made of."""
+    layers = [nn.Conv2d(c_in, c_out, kernel_size=kernel, stride=stride, padding=padding), nn.ReLU()]
+    return layers + [nn.MaxPool2d(kernel_size=3, stride=2)] if pool else layers
+
+
+def stages(features: nn.Sequential, prefix: str = "features") -> list[Stage]:
+    """The size-changing stages of a conv/pool stack, read from its modules (square kernels, strides and
+    paddings): ``("features.3 (conv2)", 5, 1, 2)``. So a model states its layers once, where it builds them."""
+    out, count = [], {"conv": 0, "pool": 0}
+    for i, m in enumerate(features):
+        kind = "conv" if isinstance(m, nn.Conv2d) else "pool" if isinstance(m, (nn.MaxPool2d, nn.AvgPool2d)) else None
+        if kind is None:
+            continue
+        count[kind] += 1
+        k, s, p = (v if isinstance(v, int) else v[0] for v in (m.kernel_size, m.stride, m.padding))
+        out.append((f"{prefix}.{i} ({kind}{count[kind]})", k, s, p))
+    return out
 
 
 def pair(size: int | Sequence[int]) -> tuple[int, int]:

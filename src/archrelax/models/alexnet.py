@@ -11,18 +11,7 @@ import torch
 from torch import nn
 
 from . import register_model
-from ._shapes import Size, check_input_size, pair
-
-_STAGES = [
-    ("features.0 (conv1)", 4, 2, 2),
-    ("features.2 (pool1)", 3, 2, 0),
-    ("features.3 (conv2)", 5, 1, 2),
-    ("features.5 (pool2)", 3, 2, 0),
-    ("features.6 (conv3)", 3, 1, 1),
-    ("features.8 (conv4)", 3, 1, 1),
-    ("features.10 (conv5)", 3, 1, 1),
-    ("features.12 (pool3)", 3, 2, 0),
-]
+from ._shapes import Size, check_input_size, conv_block, pair, stages
 
 
 class AlexNet(nn.Module):
@@ -43,24 +32,16 @@ class AlexNet(nn.Module):
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"alexnet: dropout={dropout} must be in [0, 1)")
         h, w = pair(input_size)
-        oh, ow = check_input_size("alexnet", (h, w), _STAGES)
         self.input_shape = (in_channels, h, w)
         c1, c2, c3, c4 = width, width * 3, width * 6, width * 4  # 64, 192, 384, 256
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, c1, kernel_size=4, stride=2, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c1, c2, kernel_size=5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(c2, c3, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c3, c4, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(c4, c4, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
+        self.features = nn.Sequential(  # features.0, .3, .6, .8, .10: the convs
+            *conv_block(in_channels, c1, 4, stride=2, padding=2),
+            *conv_block(c1, c2, 5, padding=2),
+            *conv_block(c2, c3, 3, padding=1, pool=False),
+            *conv_block(c3, c4, 3, padding=1, pool=False),
+            *conv_block(c4, c4, 3, padding=1),
         )
+        oh, ow = check_input_size("alexnet", (h, w), stages(self.features))  # before any classifier
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
             nn.Linear(c4 * oh * ow, 512),

@@ -10,17 +10,7 @@ import torch
 from torch import nn
 
 from . import register_model
-from ._shapes import Size, check_input_size, pair
-
-# (path, kernel, stride, padding) of every size-changing stage, in order
-_STAGES = [
-    ("features.0 (conv1)", 4, 2, 2),
-    ("features.2 (pool1)", 3, 2, 0),
-    ("features.3 (conv2)", 5, 1, 2),
-    ("features.5 (pool2)", 3, 2, 0),
-    ("features.6 (conv3)", 3, 1, 1),
-    ("features.8 (pool3)", 3, 2, 0),
-]
+from ._shapes import Size, check_input_size, conv_block, pair, stages
 
 
 class VanillaCNN(nn.Module):
@@ -33,19 +23,13 @@ class VanillaCNN(nn.Module):
                 f"vanilla_cnn: width={width}, num_classes={num_classes}, in_channels={in_channels} must be >= 1"
             )
         h, w = pair(input_size)
-        oh, ow = check_input_size("vanilla_cnn", (h, w), _STAGES)
         self.input_shape = (in_channels, h, w)
-        self.features = nn.Sequential(
-            nn.Conv2d(in_channels, width, kernel_size=4, stride=2, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(width, width, kernel_size=5, padding=2),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(width, width, kernel_size=3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(kernel_size=3, stride=2),
+        self.features = nn.Sequential(  # features.0, .3, .6: the convs (each + ReLU + maxpool 3/2)
+            *conv_block(in_channels, width, 4, stride=2, padding=2),
+            *conv_block(width, width, 5, padding=2),
+            *conv_block(width, width, 3, padding=1),
         )
+        oh, ow = check_input_size("vanilla_cnn", (h, w), stages(self.features))  # before any classifier
         self.classifier = nn.Sequential(nn.Linear(width * oh * ow, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -54,9 +54,10 @@ def lockstep_device(spec: ExperimentSpec, executor: str | None = None) -> str:
 
 
 def check_inputs(plan: dict[str, Run]) -> None:
-    """Fail before anything is written or trained when an input every run needs is bad (issue 9): today
-    each data source (missing path, unreadable zip, one class, ...), checked without decoding it. (The
-    model factory's arguments are checked when the spec is parsed.)"""
+    """Fail before anything is written or trained when an input every run needs is bad (a typo in a data path
+    must not leave a folder of failed runs behind): today each data source (missing path, unreadable zip, one
+    class, ...), checked without decoding it. (The model factory's arguments are checked when the spec is
+    parsed.)"""
     from ..data import check_data
 
     for source, root in dict.fromkeys((r.config["data"], r.config.get("data_root")) for r in plan.values()):
@@ -82,7 +83,7 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     ``detach`` (Slurm only): submit every unfinished run at once, with job dependencies, and return without
     waiting (:func:`archrelax.protocol.slurm.submit_detached`); a rerun submits only what is missing.
     ``spec.lockstep``: runs that can share a process are trained together, one job per group
-    (:func:`archrelax.protocol.executors.execute`; detached: groups within the runs waiting for one job).
+    (:func:`archrelax.protocol.schedule.execute`; detached: groups within the runs waiting for one job).
     """
     if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
         what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"

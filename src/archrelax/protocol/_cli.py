@@ -33,7 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser("status", help="table of an experiment's runs",
                               description="Show every run of an experiment: kind, t_w, status, epoch, best test "
-                                          "accuracy and the start of any error.")
+                                          "accuracy and the start of any error.",
+                              epilog="Exit status: 0 when no run has failed (runs may still be pending, running or "
+                                     "interrupted); 1 when a run is failed, diverged, damaged or corrupt (its "
+                                     "status.json unreadable); 2 when the experiment folder cannot be read.")
     p.add_argument("experiment", help="experiment folder")
     p.set_defaults(func=cmd_status)
 
@@ -110,11 +113,13 @@ def _claims_line(root: Path) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from . import Store
-    from .table import status_table
+    from .table import PROBLEM_STATES, status_table
 
     text, counts = status_table(Store(args.experiment))
     print(text)
-    return 1 if counts.get("corrupt") else 0  # an unreadable status.json: named in its row
+    # a script waiting on an experiment learns from the exit status that a run went wrong or its record is
+    # incomplete (its row says how)
+    return 1 if any(counts.get(s) for s in (*PROBLEM_STATES, "incomplete")) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -29,7 +29,8 @@ from ..store.plan import KINDS, RELAXED_KINDS, Run, plan_from_json, plan_to_json
 from ..store.run import format_epoch
 from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConfig
 from ..train.soft import SoftSchedule
-from .spec import ExperimentSpec, parse_target_spec
+from .paths import parse_target_spec
+from .spec import ExperimentSpec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS", "RELAXED_KINDS"]
 

@@ -25,7 +25,8 @@ from typing import Any, Callable, Iterable, Iterator
 
 from ..signals import signal_name
 from ..store import ExperimentFolder, JobRecord, Run
-from .executors import lockstep_groups, make_job
+from .jobs import make_job
+from .schedule import lockstep_groups
 from .spec import SlurmOptions
 
 __all__ = ["JobState", "LIVE_STATES", "squeue_states", "job_states", "submitit_executor", "SubmititExecutor",
@@ -317,7 +318,7 @@ def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmO
     ``squeue`` call; when it fails nothing is submitted (a second job for a run could not be ruled out).
 
     ``lockstep``: among the runs of one array (those waiting for the same job, or for none), the runs that can
-    share a process (``executors.lockstep_groups``) go as one :class:`~archrelax.protocol.executors.GroupJob`,
+    share a process (``schedule.lockstep_groups``) go as one :class:`~archrelax.protocol.jobs.GroupJob`,
     recorded in every member's job.json; so the relaxed runs of one kind from one CNN (all its switch times)
     train together once the CNN's job completed. Runs waiting for different jobs (other seeds' CNNs) are not
     grouped: a detached group would have to wait for all of its parents.

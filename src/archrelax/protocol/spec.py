@@ -6,11 +6,12 @@ run starts: unknown keys (with the closest valid key suggested), out-of-range va
 the CNN's training and model options the model's factory does not take are reported together, each naming
 the key, the value and what is allowed.
 
-The keys that are training settings are not declared here: ``train.*`` is built from the fields of
-:class:`~archrelax.train.TrainConfig` (every field whose metadata says ``spec="train"``), and the top-level
-data/model keys and the ``cnn.*``/``relaxed.*`` stopping rules take their type, check and help from the
-TrainConfig field of the same name. Where an experiment's default differs from TrainConfig's (a bare
-``archrelax train``), it is listed in :data:`EXPERIMENT_DEFAULTS`, and nowhere else.
+The keys that are training settings take their type, check and help from the TrainConfig field of the
+same name (:class:`~archrelax.train.TrainConfig`): ``train.*`` names every field whose metadata says
+``spec="train"`` (checked at import), the top-level data/model keys and the ``cnn.*``/``relaxed.*`` stopping
+rules theirs. Where an experiment's default differs from TrainConfig's (a bare ``archrelax train``), it is
+listed in :data:`EXPERIMENT_DEFAULTS`, and nowhere else. Reading plain data into these dataclasses is the
+generic parser's (:mod:`archrelax._parse`).
 """
 from __future__ import annotations
 
@@ -19,7 +20,6 @@ import dataclasses
 import difflib
 import json
 import math
-import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,12 +27,11 @@ from typing import Any, Literal, Union
 
 import yaml
 
+from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
-from .._typed import coerce as _coerce
-from .._typed import conforms
-from .._typed import describe as _describe
-from .._typed import yaml_load
-from ..train.config import TrainConfig, option_name, soft_problem
+from .._typed import conforms, yaml_load
+from ..train.config import TrainConfig, soft_problem
+from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
 
 __all__ = [
     "SpecError",
@@ -53,7 +52,7 @@ __all__ = [
     "resolve_times",
     "list_presets",
     "preset_path",
-    "settings_rows",
+    "parse_target_spec",
 ]
 
 PRESET_DIR = Path(__file__).with_name("presets")
@@ -127,25 +126,49 @@ def _times_text(v: Any) -> str | None:
     return "'log:N' with an integer N >= 1, or a list of epochs >= 0"
 
 
-def _train_options() -> type:
-    """The ``train`` section: every TrainConfig field with ``spec="train"``, typed and checked as there."""
-    hints = typing.get_type_hints(TrainConfig)
-    fields = []
+@dataclass
+class TrainOptions:
+    """Options shared by every run of the experiment (CNN, relaxed runs, baselines): the TrainConfig fields
+    marked ``spec="train"``, each with TrainConfig's type, check and help, and its default unless
+    :data:`EXPERIMENT_DEFAULTS` lists ``train.<name>`` (:func:`_check_train_options` keeps the two in step)."""
+
+    augment: list[str] = _from_config("augment", "train")
+    optimizer: Literal["sgd", "adam", "adamw"] = _from_config("optimizer", "train")
+    lr: float = _from_config("lr", "train")
+    momentum: float = _from_config("momentum", "train")
+    weight_decay: float = _from_config("weight_decay", "train")
+    schedule: Literal["constant", "step", "cosine"] = _from_config("schedule", "train")
+    step_size: float | None = _from_config("step_size", "train")
+    gamma: float = _from_config("gamma", "train")
+    warmup_epochs: float = _from_config("warmup_epochs", "train")
+    batch_size: int = _from_config("batch_size", "train")
+    eval_times: str | list[float] = _from_config("eval_times", "train")
+    device: str = _from_config("device", "train")
+    amp: Literal["bf16"] | None = _from_config("amp", "train")
+    compile: bool = _from_config("compile", "train")
+    tensorboard: bool = _from_config("tensorboard", "train")
+    checkpoint_every_steps: int | None = _from_config("checkpoint_every_steps", "train")
+    checkpoint_every_s: float | None = _from_config("checkpoint_every_s", "train")
+    force_memory: bool = _from_config("force_memory", "train")
+
+
+def _check_train_options(cls: type | None = None) -> None:
+    """TrainOptions (or ``cls``) lists exactly the TrainConfig fields marked ``spec="train"``, in order, with their
+    types (a default of null in EXPERIMENT_DEFAULTS makes the type optional): a field added to TrainConfig must be
+    added here too, and importing the spec says so."""
+    config, options = typing.get_type_hints(TrainConfig), typing.get_type_hints(cls or TrainOptions)
+    want = {}
     for name, f in _CONFIG.items():
-        if f.metadata["spec"] != "train":
-            continue
-        tp, key = hints[name], f"train.{name}"
-        if key in EXPERIMENT_DEFAULTS and EXPERIMENT_DEFAULTS[key] is None and not conforms(None, tp):
-            tp = typing.Optional[tp]
-        fields.append((name, tp, _from_config(name, "train")))
-    cls = dataclasses.make_dataclass("TrainOptions", fields, namespace={
-        "__doc__": "Options shared by every run of the experiment (CNN, relaxed runs, baselines): the TrainConfig "
-                   "fields marked spec='train', with EXPERIMENT_DEFAULTS' train.* defaults."})
-    cls.__module__ = __name__  # picklable (spawned workers) and named where it is defined
-    return cls
+        if f.metadata["spec"] == "train":
+            tp = config[name]
+            none_default = EXPERIMENT_DEFAULTS.get(f"train.{name}", _NO) is None
+            want[name] = typing.Optional[tp] if none_default and not conforms(None, tp) else tp
+    if list(options.items()) != list(want.items()):
+        raise TypeError(f"protocol.spec.TrainOptions must declare the TrainConfig fields marked spec='train', in "
+                        f"order, with their types: {want}; it declares {options}")
 
 
-TrainOptions = _train_options()
+_check_train_options()
 
 
 @dataclass
@@ -195,15 +218,7 @@ class HierarchicalOptions:
 TARGET_KINDS = "'fc' (eFCN), 'lc' (eLCN), 'lc>fc' (the hierarchical grid), 'cnn' (the CNN continued from its snapshot)"
 
 
-def _target_problem(t: str) -> str | None:
-    """None if ``t`` is a relaxation target string (lc, fc, wide:K, wide:full, tiled:T), else what is valid."""
-    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its strings
-
-    try:
-        parse_target(t)
-    except ValueError:
-        return TARGET_FORMS
-    return None
+_target_problem = _CONFIG["relax"].metadata["check"]  # TrainConfig.relax's: the lattice's target strings
 
 
 def _targets(v: list[str]) -> str | None:
@@ -249,110 +264,6 @@ class SoftOptions:
         return [(float(lam), SoftSchedule.parse(s).spec) for lam in self.lambdas for s in self.schedules]
 
 
-@dataclass(frozen=True)
-class PathStep:
-    """One switch of a relaxation path: at ``at`` (epochs on the CNN's clock) relax ``layers`` (names/globs;
-    None: the spec's ``relax_layers``, i.e. every conv by default) to ``to``."""
-
-    at: float
-    to: str
-    layers: tuple[str, ...] | None = None
-
-
-@dataclass(frozen=True)
-class RelaxPath:
-    """A named sequence of switches, each from the previous step's run (the first from the CNN)."""
-
-    name: str
-    steps: tuple[PathStep, ...]
-
-
-_PATH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
-
-
-def parse_paths(data: Any, problems: list[str]) -> list[RelaxPath]:
-    """The spec's ``paths`` as typed paths; every problem (one line each, naming the path and step) is
-    appended to ``problems`` and that path is left out."""
-    out: list[RelaxPath] = []
-    if not data:
-        return out
-    names: set[str] = set()
-    for i, entry in enumerate(data):
-        where = f"'paths[{i}]'"
-        if not isinstance(entry, dict) or set(entry) - {"name", "steps"} or "steps" not in entry:
-            problems.append(f"{where} = {entry!r} must be a mapping {{name: ..., steps: [...]}}; allowed keys: "
-                            "name, steps")
-            continue
-        name = entry.get("name", f"path{i}")
-        if not isinstance(name, str) or not _PATH_NAME.match(name):
-            problems.append(f"{where}.name = {name!r} must be a word of letters, digits and _ . + - (it is part of "
-                            "run ids)")
-            continue
-        if name in names:
-            problems.append(f"{where}.name = {name!r} repeats another path's name; allowed: distinct names")
-            continue
-        names.add(name)
-        where = f"'paths[{i}]' ({name})"
-        steps = entry["steps"]
-        if not isinstance(steps, list) or not steps:
-            problems.append(f"{where}.steps = {steps!r} must be a non-empty list of {{at, to, layers}}")
-            continue
-        parsed, ok = [], True
-        for j, st in enumerate(steps):
-            at_ = f"{where}.steps[{j}]"
-            if not isinstance(st, dict) or set(st) - {"at", "to", "layers"} or not {"at", "to"} <= set(st):
-                problems.append(f"{at_} = {st!r} must be a mapping {{at: epoch, to: target, layers: [names] "
-                                "(optional)}}")
-                ok = False
-                continue
-            at, to, layers = _coerce(st["at"], float), st["to"], st.get("layers")
-            if at is _NO or at < 0:
-                problems.append(f"{at_}.at = {st['at']!r} must be an epoch >= 0 (on the CNN's clock)")
-                ok = False
-            if not isinstance(to, str) or _target_problem(to) is not None:
-                from archrelax.embed.targets import TARGET_FORMS
-
-                problems.append(f"{at_}.to = {to!r} is not a relaxation target; allowed: {TARGET_FORMS}")
-                ok = False
-            if isinstance(layers, str):
-                layers = [layers]
-            if layers is not None and (not isinstance(layers, list) or not layers
-                                       or not all(isinstance(n, str) and n for n in layers)):
-                problems.append(f"{at_}.layers = {st.get('layers')!r} must be a non-empty list of layer names/globs "
-                                "(or null: the spec's relax_layers)")
-                ok = False
-            if ok:
-                parsed.append(PathStep(float(at), parse_target_spec(to), None if layers is None else tuple(layers)))
-        if not ok:
-            continue
-        for j in range(1, len(parsed)):
-            a, b = parsed[j - 1], parsed[j]
-            if b.at < a.at:
-                problems.append(f"{where}.steps[{j}].at = {b.at:g} is before the previous step's {a.at:g}; allowed: "
-                                "times in order")
-                ok = False
-            elif a.layers == b.layers and not _moves_up(a.to, b.to):
-                problems.append(f"{where}.steps[{j}]: {a.to!r} -> {b.to!r} on the same layers is not a move up the "
-                                "lattice; allowed: tiled -> lc | fc, lc -> fc, wide -> fc")
-                ok = False
-        if ok:
-            out.append(RelaxPath(name, tuple(parsed)))
-    return out
-
-
-def parse_target_spec(to: str) -> str:
-    from archrelax.embed.targets import parse_target
-
-    return parse_target(to).spec
-
-
-def _moves_up(a: str, b: str) -> bool:
-    """Whether a layer relaxed to ``a`` can be relaxed further to ``b`` (the lattice's moves, targets.NEXT)."""
-    from archrelax.embed.targets import NEXT, parse_target
-
-    return parse_target(b).kind in NEXT[parse_target(a).kind]
-
-
 @dataclass
 class SlurmOptions:
     """Slurm resources (``executor: slurm``), passed to submitit.AutoExecutor."""
@@ -383,6 +294,7 @@ class ExperimentSpec:
     model: str = _from_config("model", "")
     model_kwargs: dict[str, Any] = _from_config("model_kwargs", "", "model options, e.g. {width: 64}; checked against "
                                                 "the factory's parameters before any run starts")
+    input_shape: str | None = _from_config("input_shape", "")
     data: str = _from_config("data", "", "data source: " + ", ".join(DATA_SOURCES))
     data_root: str | None = _from_config("data_root", "")
     train_size: int | None = _from_config("train_size", "")
@@ -456,67 +368,6 @@ def resolve_times(times: str | list[float], end: float, t_min: float = 1.0) -> l
     return sorted({0.0} | {_round_sig(lo * ratio**i) for i in range(n - 1)})
 
 
-# ---- parsing: types come from the dataclass annotations -------------------------------------------------
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    return typing.get_type_hints(cls)
-
-
-def _all_keys(cls: type, prefix: str = "") -> list[str]:
-    keys = []
-    for f in dataclasses.fields(cls):
-        tp = _hints(cls)[f.name]
-        keys.append(prefix + f.name)
-        if dataclasses.is_dataclass(tp):
-            keys += _all_keys(tp, prefix + f.name + ".")
-    return keys
-
-
-def _unknown(key: str, prefix: str, siblings: list[str]) -> str:
-    every = _all_keys(ExperimentSpec)
-    close = difflib.get_close_matches(key, siblings, n=1, cutoff=0.6)
-    if not close:  # maybe it belongs in another section (e.g. 'lr' -> 'train.lr')
-        close = [k for k in every if k.rsplit(".", 1)[-1] == key][:1]
-        close = close or difflib.get_close_matches(prefix + key, every, n=1, cutoff=0.6)
-    else:
-        close = [prefix + close[0]]
-    hint = f"; did you mean '{close[0]}'?" if close else ""
-    return f"unknown key '{prefix}{key}'{hint} (valid here: {', '.join(siblings)})"
-
-
-def _build(cls: type, data: Any, prefix: str, problems: list[str], base: Any = None) -> Any:
-    """``base`` (default ``cls()``) with the keys of ``data`` set, typed and range-checked."""
-    obj = base if base is not None else cls()
-    if data is None:
-        return obj
-    if not isinstance(data, dict):
-        problems.append(f"'{prefix.rstrip('.') or 'spec'}' must be a mapping of keys, got {data!r}")
-        return obj
-    hints, fields = _hints(cls), {f.name: f for f in dataclasses.fields(cls)}
-    for key, value in data.items():
-        if key not in fields:
-            problems.append(_unknown(str(key), prefix, list(fields)))
-            continue
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            _build(tp, value, prefix + key + ".", problems, base=getattr(obj, key))
-            continue
-        if typing.get_origin(tp) is list and not isinstance(value, list) and value is not None:
-            value = [value]  # 'seeds: 0' means [0]
-        out = _coerce(value, tp)
-        if out is _NO:
-            problems.append(f"'{prefix}{key}' = {value!r} has the wrong type; allowed: {_describe(tp)}")
-            continue
-        check = fields[key].metadata.get("check")
-        bad = check(out) if check is not None and out is not None else None
-        if bad:
-            problems.append(f"'{prefix}{key}' = {value!r} is out of range; allowed: {bad}")
-            continue
-        setattr(obj, key, out)
-    return obj
-
-
 def _available_analyses() -> tuple[str, ...]:
     from archrelax.analysis.registry import analysis_names  # light: imports no torch
 
@@ -540,7 +391,7 @@ def _check_model(spec: ExperimentSpec) -> list[str]:
         return [f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
                 f"(registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"]
     try:
-        check_model_kwargs(name, spec.model_kwargs, data_keys=True)
+        check_model_kwargs(name, spec.model_kwargs, data_keys=True, input_shape=spec.input_shape is not None)
     except ValueError as e:
         return [f"'model_kwargs' = {_show_mapping(spec.model_kwargs)}: {e}"]
     return []
@@ -640,7 +491,7 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
 def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
     """Typed, validated spec from plain data; raises :class:`SpecError` listing every problem."""
     problems: list[str] = []
-    spec = _build(ExperimentSpec, data, "", problems)
+    spec = build(ExperimentSpec, data, problems)
     _validate(spec, problems)  # also after field problems (those keys kept their defaults): report everything
     if problems:
         raise SpecError(problems, source)
@@ -657,59 +508,16 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
     Typing and range checks happen in :func:`spec_from_dict`, which sees the merged data.
     """
-    data = _deepcopy(data)
+    data = plain_copy(data)
     for item in overrides:
         if "=" not in item:
             raise SpecError([f"override {item!r} is not key=value (e.g. train.lr=0.1 or seeds=[0,1,2])"], "--set")
         key, raw = item.split("=", 1)
-        key = key.strip()
-        value = yaml_load(raw) if raw.strip() else None
-        parts = key.split(".")
-        tp = _type_at(parts)
-        if tp is None:
-            prefix, last = ".".join(parts[:-1]), parts[-1]
-            siblings = _siblings(parts[:-1])
-            raise SpecError([_unknown(last, prefix + "." if prefix else "", siblings)], "--set")
-        if isinstance(value, str) and "," in value and typing.get_origin(tp) is list:
-            value = [yaml_load(v) for v in value.split(",")]
-        node = data
-        for p in parts[:-1]:
-            if not isinstance(node.get(p), dict):
-                node[p] = {}
-            node = node[p]
-        node[parts[-1]] = value
+        try:
+            set_key(ExperimentSpec, data, key.strip(), raw)
+        except ValueError as e:
+            raise SpecError([str(e)], "--set") from None
     return data
-
-
-def _siblings(parts: list[str]) -> list[str]:
-    cls: Any = ExperimentSpec
-    for p in parts:
-        hint = _hints(cls).get(p) if dataclasses.is_dataclass(cls) else None
-        if hint is None or not dataclasses.is_dataclass(hint):
-            return []
-        cls = hint
-    return [f.name for f in dataclasses.fields(cls)]
-
-
-def _type_at(parts: list[str]) -> Any:
-    cls: Any = ExperimentSpec
-    for i, p in enumerate(parts):
-        if not dataclasses.is_dataclass(cls):
-            # inside a free mapping (model_kwargs.width, slurm.additional.x): any value
-            return Any if typing.get_origin(cls) is dict else None
-        tp = _hints(cls).get(p)
-        if tp is None:
-            return None
-        cls = tp
-    return cls
-
-
-def _deepcopy(x: Any) -> Any:
-    if isinstance(x, dict):
-        return {k: _deepcopy(v) for k, v in x.items()}
-    if isinstance(x, list):
-        return [_deepcopy(v) for v in x]
-    return x
 
 
 def list_presets() -> list[str]:
@@ -752,51 +560,3 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
         if overrides and e.args[0].startswith("invalid experiment spec (--set)"):
             raise
         raise SpecError(e.problems, (str(src) if src else "defaults") + (" + --set" if overrides else "")) from None
-
-
-# ---- the settings table of docs/config.md -------------------------------------------------------------
-
-
-def _config_keys() -> dict[str, list[tuple[str, Any]]]:
-    """TrainConfig field -> [(spec key, its default in a spec)], over the whole spec."""
-    out: dict[str, list[tuple[str, Any]]] = {}
-
-    def walk(cls: type, prefix: str, obj: Any) -> None:
-        for f in dataclasses.fields(cls):
-            tp, value = _hints(cls)[f.name], getattr(obj, f.name)
-            if dataclasses.is_dataclass(tp):
-                walk(tp, prefix + f.name + ".", value)
-            elif f.metadata.get("config"):
-                out.setdefault(f.metadata["config"], []).append((prefix + f.name, value))
-
-    walk(ExperimentSpec, "", ExperimentSpec())
-    return out
-
-
-def _cell(v: Any) -> str:
-    return "`" + (v if isinstance(v, str) else json.dumps(v)) + "`"
-
-
-def settings_rows() -> list[dict[str, str]]:
-    """One row per TrainConfig field, as docs/config.md shows it (a test compares the two): the field, its
-    ``archrelax train`` option, its default, its spec key(s), the spec defaults that differ from it
-    (:data:`EXPERIMENT_DEFAULTS`), whether it enters the run id, and its help."""
-    keys = _config_keys()
-    rows = []
-    for name, f in _CONFIG.items():
-        default = _config_default(name)
-        spec_keys = keys.get(name, [])
-        differ = [(k, v) for k, v in spec_keys if v != default or type(v) is not type(default)]
-        run_id = ("no (runtime)" if f.metadata["runtime"] else
-                  "yes, not in identity" if not f.metadata["identity"] else
-                  "yes, when not the default" if f.metadata["omit_default"] else "yes")
-        rows.append({
-            "field": f"`{name}`",
-            "archrelax train": f"`{option_name(f) or name.upper()}`",
-            "default": _cell(default),
-            "spec key": ", ".join(f"`{k}`" for k, _ in spec_keys) or "—",
-            "spec default": "; ".join(f"`{k}`: {_cell(v)}" for k, v in differ),
-            "in run id": run_id,
-            "meaning": f.metadata["help"],
-        })
-    return rows

@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from ..store import ExperimentFolder
+from ..store.view import WENT_WRONG
 
-__all__ = ["format_status", "status_table", "format_summary", "render"]
+__all__ = ["format_status", "status_table", "format_summary", "render", "PROBLEM_STATES"]
+
+PROBLEM_STATES = WENT_WRONG  # the states `archrelax status` exits 1 on
 
 
 def render(header: list[str], rows: list[list[str]]) -> str:
@@ -19,7 +22,9 @@ def _pct(x: str) -> str:
 def format_status(exp: ExperimentFolder, error_width: int = 100) -> str:
     """run, kind, t_w, status, epoch, best test acc, error excerpt; 'interrupted' marks a run left 'running'
     by a process that no longer holds its lock; 'corrupt' a run whose status.json cannot be read (the error
-    column names the file). An unreadable plan.json raises StoreError naming it."""
+    column names the file); 'incomplete' a run whose record lacks what its status says it holds
+    (``RunFolder.record_problems``: the error column gives the recorded state and what is missing). An
+    unreadable plan.json raises StoreError naming it."""
     return status_table(exp, error_width)[0]
 
 
@@ -59,17 +64,22 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
         status = r["status"]
         if status == "running":  # its process may have died without a word (kill -9, a lost node)
             status = exp.run(run.id).live_state()
+        if status not in ("corrupt", "damaged") and (lacks := exp.run(run.id).record_problems()):
+            status, r["error"] = "incomplete", f"{status}, but {'; '.join(lacks)}"  # the message is the row's point
         counts[status] = counts.get(status, 0) + 1
         tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
         err = r["error"].replace(f"{exp.root}/", "")  # paths inside the experiment, shown relative
-        if status != "corrupt":  # the message of a corrupt file is the point of its row: shown whole
+        if status not in ("corrupt", "incomplete"):  # the message is the point of such a row: shown whole
             err = err if len(err) <= error_width else err[: error_width - 3] + "..."
         rows.append([run.id, run.kind, tw, status, *([jobs.get(run.id, "")] if jobs else []), r["epochs"],
                      _pct(r["best_test_acc"]), err])
     table = render(["run", "kind", "t_w", "status", *(["job"] if jobs else []), "epoch", "best test acc", "error"],
                    rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{table}\n{len(plan)} runs: {tally}", counts
+    bad = sum(counts.get(s, 0) for s in PROBLEM_STATES)
+    warn = (f"{bad} run(s) went wrong ({', '.join(s for s in PROBLEM_STATES if counts.get(s))}): their rows say why; "
+            "`archrelax run` on the folder retries failed and damaged runs\n") if bad else ""
+    return f"{table}\n{warn}{len(plan)} runs: {tally}", counts  # the tally last: what a script reads
 
 
 def format_summary(exp: ExperimentFolder) -> str:

@@ -2,7 +2,8 @@
 
 The page is self-contained (inline CSS, no script, no server): figures are PNG files in ``report/fig/``
 beside it, referenced by relative paths, so the folder can be copied or opened straight from disk.
-It renders from files only (spec.yaml, plan.json, summary.csv, runs/*/, analysis/*.json); with
+It renders from files only (spec.yaml, plan.json, runs/*/, analysis/*.json), read through the store's
+:class:`~archrelax.store.ExperimentView` (one definition of a run's kind, state and final figures); with
 ``analyse=True`` the analyses are brought up to date first, and a failure there is shown on the page
 instead of stopping the report. A page drawn from exactly the same inputs is kept as it is (its key is in
 a meta tag), so rerunning a finished experiment redraws nothing.
@@ -17,40 +18,57 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..store import ExperimentFolder
+from ..store import ExperimentFolder, ExperimentView
 from ..store.atomic import atomic_write_text, umask
 from .html import page
-from .load import Experiment, Run, load_experiment
-from .sections import Ctx, analysis_error, build_all
+from .sections import Ctx, analysis_error, build_all, problems
 
 if TYPE_CHECKING:
     from archrelax.analysis.experiment import AnalysisResults
 
-__all__ = ["write_report", "load_experiment", "Experiment", "Run", "analysis_note"]
+__all__ = ["write_report", "load_experiment", "analysis_note"]
 
 
-def _run_analyses(exp_dir: Path) -> str:
+def load_experiment(path: str | Path) -> ExperimentView:
+    """The report's view of a folder: any folder (without a readable plan.json its runs are listed from runs/,
+    and the page says so); FileNotFoundError when ``path`` is not a folder."""
+    return ExperimentView.open(path, require_plan=False)
+
+
+def _run_analyses(exp: ExperimentView) -> str:
+    """Bring the spec's analyses (its ``analyses`` list, and only those) up to date; the overview's note."""
+    names = list(exp.spec.get("analyses") or [])
+    if not names:
+        return analysis_note(exp.path, None, ran=False)
     # lazy: the analyses pull in torch and the models; the report itself needs neither
     from archrelax.analysis.experiment import analyse_experiment
 
     try:
-        outcome = analyse_experiment(exp_dir)
+        outcome = analyse_experiment(exp.path, only=names)
     except Exception as e:  # partial experiments must still get a page; the error is shown on it
         return f"FAILED, cached results (if any) shown as they are:\n{analysis_error(e)}"
-    return analysis_note(exp_dir, outcome)
+    return analysis_note(exp.path, outcome)
 
 
-def analysis_note(exp_dir: Path, outcome: "AnalysisResults | None") -> str:
+def analysis_note(exp_dir: Path, outcome: "AnalysisResults | None", *, ran: bool | None = None) -> str:
     """What the overview says about the analyses: which were computed now, reused from the cache, failed,
-    and which have no result at all. ``outcome`` None: no analysis pass ran before this page (--no-analyse)."""
+    and which of the spec's have no result at all. ``outcome`` None: no analysis pass ran before this page
+    (--no-analyse; ``ran=False``: none was asked for, the spec lists no analyses)."""
     from archrelax.store import ExperimentFolder, StoreError
     from archrelax.store.results import RESULT_TYPES
 
     exp = ExperimentFolder(exp_dir)
+    try:
+        listed = list((exp.read_spec() or {}).get("analyses") or [])
+    except StoreError:
+        listed = []
     present = [n for n in RESULT_TYPES if exp.result_path(n).is_file()]
-    missing = [n for n in RESULT_TYPES if n not in present]
+    missing = [n for n in RESULT_TYPES if n not in present and n in listed]  # only what the spec asked for
     parts = []
-    if outcome is None:
+    if outcome is None and ran is False:
+        parts.append("the spec lists none (its `analyses` key)" + (
+            "; results computed by hand shown as they are: " + ", ".join(present) if present else ""))
+    elif outcome is None:
         def when(n: str) -> str:
             try:
                 res = exp.read_result(n)
@@ -78,21 +96,22 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
                  analysed: "AnalysisResults | None" = None) -> Path:
     """Write ``experiment_dir/report/index.html`` (and ``report/fig/*.png``); return the page's path.
 
-    ``analyse``: first run ``archrelax.analysis.experiment.analyse_experiment`` (cached, so cheap when
-    nothing changed); with False only existing ``analysis/*.json`` files are used. ``analysed``: the outcome
+    ``analyse``: first bring the analyses the spec lists (its ``analyses`` key) up to date
+    (``archrelax.analysis.experiment.analyse_experiment``, cached, so cheap when nothing changed); with False
+    only existing ``analysis/*.json`` files are used. The page has a section for each listed analysis and for
+    any other whose result is there. ``analysed``: the outcome
     of an analysis pass the caller has just run (e.g. ``archrelax demo``), so that the overview says what
     it computed and reused (no second pass is run).
     Raises FileNotFoundError when ``experiment_dir`` is not a folder.
     """
     exp_dir = Path(experiment_dir)
-    if not exp_dir.is_dir():
-        raise FileNotFoundError(f"experiment folder {str(exp_dir)!r} does not exist (expected a folder with "
-                                "spec.yaml, plan.json and runs/, as written by `archrelax run`)")
+    # FileNotFoundError naming a missing folder, before any analysis; the view reads the analysis results
+    # when first asked for them, i.e. after the pass below has written them
+    exp = load_experiment(exp_dir)
     if analysed is not None:
         note = analysis_note(exp_dir, analysed)
     else:
-        note = _run_analyses(exp_dir) if analyse else analysis_note(exp_dir, None)
-    exp = load_experiment(exp_dir)
+        note = _run_analyses(exp) if analyse else analysis_note(exp_dir, None)
     out = ExperimentFolder(exp_dir).report_dir  # the store owns the layout
     index = out / "index.html"
     key = _inputs_key(exp, note)
@@ -127,16 +146,16 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
     return index
 
 
-def _inputs_key(exp: Experiment, note: str) -> str:
-    """A hash of everything the page is drawn from: the experiment as loaded (runs, their statuses, summary
-    rows and metrics, the analysis results, problems, spec), the templates arrays' file, the analysis note,
-    the folder's place, and the report's own code."""
+def _inputs_key(exp: ExperimentView, note: str) -> str:
+    """A hash of everything the page is drawn from: the experiment as loaded (runs, their statuses and
+    metrics, the analysis results, problems, spec), the templates arrays' file, the analysis note, the
+    folder's place, and the report's own code."""
     h = hashlib.sha256()
-    runs = [[r.id, r.kind, r.seed, r.t_w, r.t_w2, r.status, r.error, r.epoch, r.summary, r.metrics] for r in exp.runs]
+    runs = [[r.id, r.kind, r.seed, r.t_w, r.t_w2, r.status, r.error, r.epoch, r.metrics] for r in exp.runs]
     npz = exp.path / "analysis" / "templates.npz"
     arrays = [npz.stat().st_size, npz.stat().st_mtime_ns] if npz.is_file() else None
-    h.update(json.dumps([str(exp.path.resolve()), note, exp.spec_text, exp.problems, runs, arrays,
-                         {k: v.to_json() for k, v in sorted(exp.analysis.items())}], sort_keys=True,
+    h.update(json.dumps([str(exp.path), note, exp.spec_text, problems(exp), runs, arrays,
+                         {k: v.to_json() for k, v in sorted(exp.results.items())}], sort_keys=True,
                         default=str).encode())
     claims = Path(__file__).parent.parent / "analysis" / "claims"  # the claims section's verdicts
     for code in sorted(Path(__file__).parent.glob("*.py")) + sorted(claims.glob("*.py")):

@@ -151,6 +151,13 @@ def training_curves(curves: Sequence[Curve], path: Path, *, title: str, relaxed_
     return _save(fig, path)
 
 
+def _spread(n: int, *, up_to: bool = False) -> str:
+    """What a point and its bar are: "mean ± std, 3 seeds", "mean ± std, up to 3 seeds", or "1 seed" (no bar)."""
+    if n <= 1:
+        return "1 seed"
+    return f"mean ± std, {'up to ' if up_to else ''}{n} seeds"
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else 0.0
@@ -169,14 +176,14 @@ def final_vs_tw(points: dict[float, list[float]], refs: dict[str, list[float]], 
         m, s = _mean_std([scale * v for v in vals])
         style = REF_STYLE.get(kind, REF_STYLE["fcn"])
         a.axhline(m, color=style["color"], ls=style["ls"], lw=style["lw"],
-                  label=f"{REF_NAME.get(kind, kind)} (mean ± std, {len(vals)} seed{'s' * (len(vals) > 1)})")
+                  label=f"{REF_NAME.get(kind, kind)} ({_spread(len(vals))})")
         if s > 0:
             a.axhspan(m - s, m + s, color=style["color"], alpha=0.12, lw=0)
     if tws:
         ms = [_mean_std([scale * v for v in points[t]]) for t in tws]
         n = max(len(points[t]) for t in tws)
         a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color="tab:blue", capsize=4,
-                   label=f"{label} (mean ± std, up to {n} seed{'s' * (n > 1)})")
+                   label=f"{label} ({_spread(n, up_to=True)})")
     _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
     a.set_ylabel(ylabel)
     a.set_title(title)
@@ -262,8 +269,8 @@ def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequenc
                     trace_err: Sequence[float], switches: Sequence[float], path: Path, *, title: str) -> Path:
     """Top Hessian eigenvalue and Hutchinson trace along the CNN's trajectory, switch times marked."""
     fig, ax = _figure(2)
-    for a, y, err, name in ((ax[0, 0], eig, None, "top Hessian eigenvalue λ_max (nats)"),
-                            (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats)")):
+    for a, y, err, name in ((ax[0, 0], eig, None, "top Hessian eigenvalue λ_max (nats/param²)"),
+                            (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats/param²)")):
         a.errorbar(epoch, y, yerr=err, marker="o", color="black", capsize=3, label="CNN")
         for i, s in enumerate(switches):
             a.axvline(s, color="tab:blue", ls=":", lw=1, alpha=0.7, label="switch times t_w" if i == 0 else None)
@@ -382,7 +389,7 @@ def interpolation_figure(alphas: Sequence[float], curves: Sequence[dict], path: 
     return _save(fig, path)
 
 
-# ---- the lattice (issue 10): corners at each switch time, soft schedules, distances per corner ------------------
+# ---- the lattice: corners at each switch time, soft schedules, distances per corner ----------------------------
 
 CORNER_COLOURS = colormaps["tab10"]
 
@@ -391,7 +398,8 @@ def lattice_figure(corners: Sequence[str], points: dict[str, dict[float, list[fl
                    memory: dict[str, int | None], path: Path, *, title: str,
                    cnn_final: Sequence[float] = ()) -> Path:
     """Left: final test accuracy (%) of each corner against t_w (mean ± std over seeds); the CNN trained to its
-    end as a band. Right: parameter memory of each corner (MiB, log scale; absent when not measured)."""
+    end as a band. Right: parameter memory of each corner (MiB, log scale, each bar labelled with its size and its
+    ratio to the smallest; absent when not measured)."""
     fig, ax = _figure(2, size=(6.0, 4.4))
     a, m = ax[0]
     if cnn_final:
@@ -415,13 +423,20 @@ def lattice_figure(corners: Sequence[str], points: dict[str, dict[float, list[fl
     a.legend(fontsize=8, loc="best")
     known = [(i, c, memory.get(c)) for i, c in enumerate(corners) if memory.get(c)]
     if known:
-        m.barh([c for _, c, _ in known], [b / 2**20 for _, _, b in known],
-               color=[CORNER_COLOURS(i % 10) for i, _, _ in known])
+        mib = [b / 2**20 for _, _, b in known]
+        m.barh([c for _, c, _ in known], mib, color=[CORNER_COLOURS(i % 10) for i, _, _ in known])
+        # a log axis spans the corners' range (the eFCN's memory is hundreds of times the CNN's) but misreads ratios:
+        # each bar says its size and its ratio to the smallest corner, which is what a reader compares
+        small = min(mib)
+        for y, v in enumerate(mib):
+            m.text(v, y, f" {v:,.3g} MiB" + (f" ({v / small:.3g}×)" if v > small * 1.0005 else ""), va="center",
+                   fontsize=7)
         m.set_xscale("log")
+        m.set_xlim(min(mib) / 2, max(mib) * 40)  # room for the labels right of the longest bar
         m.xaxis.set_major_formatter(_PLAIN)
         m.invert_yaxis()
         m.tick_params(axis="y", labelsize=8)
-        m.set_xlabel("parameter memory (MiB, log scale)")
+        m.set_xlabel("parameter memory (MiB, log scale; × = ratio to the smallest)")
         m.grid(True, axis="x", alpha=0.3)
     else:
         m.text(0.5, 0.5, "memory not measured\n(the memory analysis)", ha="center", va="center",

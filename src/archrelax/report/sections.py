@@ -1,10 +1,13 @@
 """The report's sections: each turns the experiment's files into figures and tables, or says what is missing.
 
-Every builder takes the loaded :class:`~archrelax.report.load.Experiment` and a :class:`Ctx` (where figures
-go) and returns a :class:`~archrelax.report.html.Section`; none of them raises on missing data.
+Every builder takes the experiment's :class:`~archrelax.store.ExperimentView` and a :class:`Ctx` (where figures
+go) and returns a :class:`~archrelax.report.html.Section`; none of them raises on missing data. A section drawn
+from one analysis result is declared with :func:`_from_analysis`, which fetches the result and says when it
+is missing.
 """
 from __future__ import annotations
 
+import functools
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -14,20 +17,19 @@ from typing import Any, Callable
 
 import numpy as np
 
-from archrelax.store import STATES, RunFolder, StoreError
+from archrelax.store import STATES, ExperimentView, RunView
 from archrelax.store import results as R
-from archrelax.store.plan import LATTICE_KINDS
+from archrelax.store.plan import LATTICE_KINDS, PAPER_KINDS
 
 from . import figures as F
 from .html import Section, figure, fmt, pre, table
-from .load import Experiment, Run
 
 NAME = F.REF_NAME
 
 
 @dataclass
 class Ctx:
-    exp: Experiment
+    exp: ExperimentView
     fig_dir: Path  # report/fig
     written: list[Path] = field(default_factory=list)
 
@@ -43,7 +45,7 @@ class Ctx:
         sec.body.append(figure(f"fig/{path.name}", caption))
 
 
-def _label(r: Run | R.RunTag, seed: bool = True) -> str:
+def _label(r: RunView | R.RunTag, seed: bool = True) -> str:
     """"eFCN t_w=4 s0": a run of the plan or a per-run record of an analysis (both carry these attributes)."""
     text = NAME.get(r.kind, str(r.kind))
     if r.t_w is not None:
@@ -51,7 +53,7 @@ def _label(r: Run | R.RunTag, seed: bool = True) -> str:
     return text + (f" s{r.seed}" if seed and r.seed is not None else "")
 
 
-def _not_done(exp: Experiment, *kinds: str) -> list[str]:
+def _not_done(exp: ExperimentView, *kinds: str) -> list[str]:
     """One line per planned run of these kinds that has not finished, with its state or error."""
     out = []
     for r in exp.runs:
@@ -61,9 +63,9 @@ def _not_done(exp: Experiment, *kinds: str) -> list[str]:
     return out
 
 
-def _analysis(exp: Experiment, name: str, sec: Section) -> Any:
+def _analysis(exp: ExperimentView, name: str, sec: Section) -> Any:
     """The cached analysis result, its skipped runs added to the section's notes; None (and a note) if absent."""
-    data = exp.analysis.get(name)
+    data = exp.results.get(name)
     if data is None:
         sec.notes.append(f"analysis/{name}.json is missing: run `archrelax analyse {exp.path}` or "
                          "`archrelax report` without --no-analyse")
@@ -75,7 +77,46 @@ def _analysis(exp: Experiment, name: str, sec: Section) -> Any:
     return data
 
 
-def _curve(r: Run, keys: tuple[str, ...]) -> F.Curve | None:
+def _intro(draw: Callable[..., None]) -> str:
+    """A builder's docstring as its section's intro: one paragraph."""
+    return " ".join((draw.__doc__ or "").split())
+
+
+def _section(sid: str, title: str) -> Callable[[Callable[..., None]], Callable[..., Section]]:
+    """Declares a section builder: ``draw(exp, ctx, sec, *args)`` fills the section ``sid`` made here (its
+    docstring is the section's intro); the builder, called ``(exp, ctx, *args)``, returns it."""
+    def wrap(draw: Callable[..., None]) -> Callable[..., Section]:
+        @functools.wraps(draw)
+        def build(exp: ExperimentView, ctx: Ctx, *args: Any) -> Section:
+            sec = Section(sid, title, _intro(draw))
+            draw(exp, ctx, sec, *args)
+            return sec
+        return build
+    return wrap
+
+
+def _from_analysis(title: str) -> Callable[[Callable[..., None]], Callable[[ExperimentView, Ctx], Section]]:
+    """Declares the section of the analysis a builder is named after: ``draw(exp, ctx, sec, result)`` fills
+    it; the result is fetched first (its skipped runs noted), and a missing one leaves the section with a note
+    saying how to compute it."""
+    def wrap(draw: Callable[..., None]) -> Callable[[ExperimentView, Ctx], Section]:
+        @_section(draw.__name__, title)
+        @functools.wraps(draw)
+        def fill(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+            data = _analysis(exp, draw.__name__, sec)
+            if data is not None:
+                draw(exp, ctx, sec, data)
+        return fill
+    return wrap
+
+
+def problems(exp: ExperimentView) -> list[str]:
+    """What the page cannot show, in words: a missing spec, the runs' unreadable files, unreadable analyses."""
+    out = ([] if exp.spec_text is not None else ["spec.yaml is missing"]) + exp.problems
+    return out + [f"analysis/{name}.json: unreadable ({e})" for name, e in exp.result_problems.items()]
+
+
+def _curve(r: RunView, keys: tuple[str, ...]) -> F.Curve | None:
     epoch, vals = None, {}
     for k in keys:
         x, y = r.series(k)
@@ -83,13 +124,14 @@ def _curve(r: Run, keys: tuple[str, ...]) -> F.Curve | None:
             epoch, vals[k] = epoch or x, y
     if not epoch:
         return None
-    return F.Curve(kind=r.kind, seed=r.seed, t_w=r.switch if r.kind in ("efcn", "elcn", "hier") else None,
+    return F.Curve(kind=r.kind, seed=r.seed, t_w=r.switch if r.kind in PAPER_KINDS else None,
                    epoch=epoch, values=vals)
 
 
 # --------------------------------------------------------------------------------------------- sections
-def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
-    sec = Section("overview", "Overview", "What this experiment holds so far, by kind of run and state.")
+@_section("overview", "Overview")
+def overview(exp: ExperimentView, ctx: Ctx, sec: Section, analysis_note: str) -> None:
+    """What this experiment holds so far, by kind of run and state."""
     counts: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for r in exp.runs:
         counts[r.kind][r.status] += 1
@@ -99,18 +141,23 @@ def overview(exp: Experiment, ctx: Ctx, analysis_note: str) -> Section:
     if rows:
         sec.body.append(table(["kind"] + states + ["total"], rows))
     sec.body.append(f'<p>Analyses: {escape(analysis_note)}</p>')
-    sec.notes += exp.problems
+    sec.notes += problems(exp)
     if not exp.runs:
-        sec.notes.append("no runs found in plan.json, summary.csv or runs/")
-    return sec
+        sec.notes.append("no runs found in plan.json or runs/")
 
 
-def training(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
+def training(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section:
     refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn")
     name = NAME[relaxed]
-    sec = Section(f"curves-{relaxed}", f"Training curves: CNN, vanilla {name[1:]} and {name}(t_w)",
-                  f"Training loss and test accuracy against time. Each {name}(t_w) starts from the CNN's "
-                  f"snapshot at t_w (marked ●) on the CNN's clock; one line per seed.")
+    kinds = {r.kind for r in exp.runs}
+    # the title names what the plan holds: no "vanilla FCN" on a page whose spec asked for no baseline
+    parts = ["CNN"] + [f"vanilla {name[1:]}" for k in refs[1:] if k in kinds] + ([f"{name}(t_w)"] if relaxed in kinds
+                                                                              else [])
+    title = "Training curves: " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    sec = Section(f"curves-{relaxed}", title,
+                  "Training loss and test accuracy against time" + (
+                      f". Each {name}(t_w) starts from the CNN's snapshot at t_w (marked ●) on the CNN's clock"
+                      if relaxed in kinds else "") + "; one line per seed.")
     curves, none = [], []
     for r in exp.runs:
         if r.kind in refs + (relaxed,):
@@ -121,23 +168,22 @@ def training(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
                    f"{name} coloured by switch time", lambda p: F.training_curves(
                        curves, p, title=f"CNN, vanilla {name[1:]} and {name}(t_w)", relaxed_kind=relaxed))
     sec.notes += none
-    for k in refs + (relaxed,):
-        if not any(r.kind == k for r in exp.runs):
-            sec.notes.append(f"the plan has no {NAME[k]} run")
+    if not any(r.kind == "cnn" for r in exp.runs):
+        sec.notes.append("the plan has no CNN run")
     return sec
 
 
-def final_vs_tw(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
+def final_vs_tw(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section:
     name = NAME[relaxed]
     refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn", "fcn")
     sec = Section(f"final-{relaxed}", f"Final test accuracy of {name}(t_w) against the switch time",
                   "Mean ± std over seeds of the final test accuracy; reference runs as horizontal lines "
                   "with their ± std band. Finished runs only.")
     points: dict[float, list[float]] = defaultdict(list)
-    for r in exp.of_kind(relaxed, done_only=True):
+    for r in exp.done_runs(relaxed):
         if r.t_w is not None and r.final("test_acc") is not None:
             points[r.t_w].append(r.final("test_acc"))
-    ref_vals = {k: [v for r in exp.of_kind(k, done_only=True) if (v := r.final("test_acc")) is not None]
+    ref_vals = {k: [v for r in exp.done_runs(k) if (v := r.final("test_acc")) is not None]
                 for k in refs}
     if points or any(ref_vals.values()):
         ctx.figure(sec, f"final_{relaxed}", f"final test accuracy (%) against t_w (epochs) for {name}",
@@ -148,26 +194,24 @@ def final_vs_tw(exp: Experiment, ctx: Ctx, relaxed: str = "efcn") -> Section:
         rows = []
         for t in sorted(points):
             v = 100 * np.asarray(points[t])
-            rows.append([f"{t:g}", len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+            rows.append([f"{t:g}", len(v), _mean_std(v),
                          f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
         for k, vals in ref_vals.items():
             if vals:
                 v = 100 * np.asarray(vals)
-                rows.append([NAME[k], len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+                rows.append([NAME[k], len(v), _mean_std(v),
                              f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
-        sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%)",
+        sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%): mean ± std over seeds",
                                "gain over CNN (% points)"], rows))
     sec.notes += _not_done(exp, relaxed, *refs)
-    if not any(r.kind == relaxed for r in exp.runs):
-        sec.notes.append(f"the plan has no {name} runs")
     return sec
 
 
-def hierarchical(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("hierarchical", "Hierarchical relaxation: (t_w1, t_w2) heatmap",
-                  "CNN → eLCN at t_w1, then eLCN → eFCN at t_w2; cell = mean final test accuracy over seeds.")
+@_section("hierarchical", "Hierarchical relaxation: (t_w1, t_w2) heatmap")
+def hierarchical(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """CNN → eLCN at t_w1, then eLCN → eFCN at t_w2; cell = mean final test accuracy over seeds."""
     cells: dict[tuple[float, float], list[float]] = defaultdict(list)
-    for r in exp.of_kind("hier", done_only=True):
+    for r in exp.done_runs("hier"):
         if r.t_w is not None and r.t_w2 is not None and (v := r.final("test_acc")) is not None:
             cells[(r.t_w, r.t_w2)].append(v)
     if cells:
@@ -176,24 +220,18 @@ def hierarchical(exp: Experiment, ctx: Ctx) -> Section:
         acc = np.full((len(tw1), len(tw2)), np.nan)
         for (a, b), v in cells.items():
             acc[tw1.index(a), tw2.index(b)] = float(np.mean(v))
-        cnn = [v for r in exp.of_kind("cnn", done_only=True) if (v := r.final("test_acc")) is not None]
+        cnn = [v for r in exp.done_runs("cnn") if (v := r.final("test_acc")) is not None]
         ctx.figure(sec, "hierarchical", "mean final test accuracy (%) of hierarchical runs over (t_w1, t_w2)",
                    lambda p: F.heatmap(tw1, tw2, acc, p, title="CNN→eLCN→eFCN final test accuracy",
                                        cnn_acc=float(np.mean(cnn)) if cnn else None))
     sec.notes += _not_done(exp, "hier")
-    if not any(r.kind == "hier" for r in exp.runs):
-        sec.notes.append("the plan has no hierarchical runs")
-    return sec
 
 
-def distance(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("distance", "Distance from the CNN subspace: δ(t) and gain against δ",
-                  "δ = ‖off-local weights‖ / ‖all weights‖ (0 on the CNN subspace; always 0 for an eLCN). CNN "
-                  "distance = ‖θ − P_CNN θ‖ / ‖θ‖, which also counts local weights that stopped being shared. "
-                  "Gain = final test accuracy minus that of the CNN the run branched from.")
-    data: R.DistanceResult | None = _analysis(exp, "distance", sec)
-    if data is None:
-        return sec
+@_from_analysis("Distance from the CNN subspace: δ(t) and gain against δ")
+def distance(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.DistanceResult) -> None:
+    """δ = ‖off-local weights‖ / ‖all weights‖ (0 on the CNN subspace; always 0 for an eLCN). CNN distance = ‖θ −
+    P_CNN θ‖ / ‖θ‖, which also counts local weights that stopped being shared. Gain = final test accuracy minus
+    that of the CNN the run branched from."""
     curves = [F.Curve(kind=c.kind, seed=c.seed, t_w=c.switch, epoch=c.epoch,
                       values={"offlocal_ratio": c.offlocal_ratio, "cnn_distance": c.cnn_distance})
               for c in data.curves if c.epoch]
@@ -208,16 +246,14 @@ def distance(exp: Experiment, ctx: Ctx) -> Section:
                                 f"{100 * g.gain:+.2f}"] for g in gains]))
     else:
         sec.notes.append("no finished relaxed run with a final δ yet")
-    return sec
 
 
-def sharpness(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("sharpness", "Sharpness: along the CNN and at the end of every run",
-                  "Top eigenvalue of the training-loss Hessian (power iteration on Hessian-vector products) "
-                  "and a Hutchinson estimate of its trace, on a fixed training subset.")
-    data: R.SharpnessResult | None = _analysis(exp, "sharpness", sec)
-    if data is None:
-        return sec
+@_from_analysis("Sharpness: along the CNN and at the end of every run")
+def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResult) -> None:
+    """Top eigenvalue of the training-loss Hessian (power iteration on Hessian-vector products) and a Hutchinson
+    estimate of its trace, on a fixed training subset. The loss is the mean cross-entropy in nats, so both are
+    curvatures in nats per squared unit of parameter (nats/param²): they compare runs of one parametrisation."""
+    sec.body.append(f"<p>{escape(_subset(data.params, 'sharpness_samples', 'training'))}.</p>")
     pts = [p for p in data.points if p.eigenvalues]
     for p in pts:
         if not p.eig_converged:
@@ -235,7 +271,7 @@ def sharpness(exp: Experiment, ctx: Ctx) -> Section:
         err = [float(np.std([p.trace for p in along[e]])) if len(along[e]) > 1
                else float(np.nan_to_num(along[e][0].trace_stderr)) for e in ep]
         switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
-        ctx.figure(sec, "sharpness_cnn", "λ_max and Hessian trace (nats) along the CNN's trajectory; "
+        ctx.figure(sec, "sharpness_cnn", f"λ_max and Hessian trace ({CURVATURE}) along the CNN's trajectory; "
                    "dotted lines: switch times", lambda p: F.sharpness_along(
                        ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)"))
     else:
@@ -249,65 +285,64 @@ def sharpness(exp: Experiment, ctx: Ctx) -> Section:
         elif p.kind in ("cnn", "fcn", "lcn"):
             refs[p.kind].append(p)
     if relaxed or refs:
-        for key, lab in (("eig", "top Hessian eigenvalue λ_max (nats)"), ("trace", "Hessian trace (nats)")):
+        for key, lab in (("eig", f"top Hessian eigenvalue λ_max ({CURVATURE})"), ("trace", f"Hessian trace ({CURVATURE})")):
             val = (lambda p: p.lambda_max) if key == "eig" else (lambda p: p.trace)
             ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w",
                        lambda path, val=val, lab=lab: F.sharpness_ends(
                            {k: {t: [val(p) for p in v] for t, v in d.items()} for k, d in relaxed.items()},
                            {k: [val(p) for p in v] for k, v in refs.items()}, path,
                            title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab))
-        sec.body.append(table(["run", "epoch", "train loss (nats)", "λ_max (nats)", "trace (nats)", "converged"],
+        sec.body.append(table(["run", "epoch", "train loss on the subset (nats)", f"λ_max ({CURVATURE})",
+                               f"trace ({CURVATURE})", "converged"],
                               [[_label(p), p.epoch, p.loss, p.lambda_max, p.trace, p.eig_converged]
                                for p in ends]))
     else:
         sec.notes.append("no end-of-run sharpness points yet")
-    return sec
 
 
-def ablation(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("ablation", "Local versus off-local ablation",
-                  "Test accuracy of each final relaxed network with both parts, with the local part only (its "
-                  "CNN-subspace projection's support) and with the off-local part only; and the relative "
-                  "change of the local blocks since the switch.")
-    data: R.AblationResult | None = _analysis(exp, "ablation", sec)
-    if data is None:
-        return sec
+@_from_analysis("Local versus off-local ablation")
+def ablation(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.AblationResult) -> None:
+    """Test accuracy of each final relaxed network with both parts, with the local part only (its CNN-subspace
+    projection's support) and with the off-local part only; and the relative change of the local blocks since the
+    switch."""
     runs = data.runs
     if not runs:
         sec.notes.append("no finished relaxed run ablated yet")
-        return sec
+        return
     groups: dict[str, list[R.AblationRecord]] = defaultdict(list)
     for r in sorted(runs, key=lambda r: (r.kind, r.t_w or 0.0, r.t_w2 or 0.0)):
         groups[_label(r, seed=False)].append(r)
     parts = ("both", "local", "offlocal")
     acc = {p: [float(np.mean([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
     err = {p: [float(np.std([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
-    ctx.figure(sec, "ablation", "test accuracy (%) of both / local-only / off-local-only parts, mean ± std "
-               "over seeds", lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final "
-                                                       "relaxed networks"))
+    where = _subset(data.params, "eval_test_samples", "test")
+    sec.body.append(f"<p>{escape(where)}: \"both parts\" is the final network itself, so it differs from the "
+                    "run's final test accuracy (the whole test set, last column) by the subset alone.</p>")
+    seeds = max(len(g) for g in groups.values())
+    ctx.figure(sec, "ablation", f"test accuracy (%) of both / local-only / off-local-only parts, "
+               f"{'mean ± std over seeds' if seeds > 1 else 'one seed'}; {where}",
+               lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final relaxed networks"))
+    final = {v.id: v.final("test_acc") for v in exp.runs}
     rows = [[_label(r)] + [100 * getattr(r.test_acc, p) for p in parts]
+            + [None if final.get(r.run) is None else 100 * final[r.run]]
             + ["; ".join(f"{k}: {v:.3g}" for k, v in r.local_change.items()) or "—"] for r in runs]
-    sec.body.append(table(["run", "both (%)", "local only (%)", "off-local only (%)",
-                           "local-block change since switch (relative)"], rows))
-    return sec
+    sec.body.append(table(["run", "both (%, subset)", "local only (%, subset)", "off-local only (%, subset)",
+                           "final test accuracy (%, whole test set)", "local-block change since switch (relative)"],
+                          rows))
 
 
-def templates(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("templates", "What the off-local weights learn: templates",
-                  "Weights of chosen hidden units of the first relaxed layer to the input, shown as images "
-                  "(min-max normalised per unit): off-local weights of eFCNs next to the same units of the "
-                  "vanilla FCN.")
-    data: R.TemplatesResult | None = _analysis(exp, "templates", sec)
-    if data is None:
-        return sec
+@_from_analysis("What the off-local weights learn: templates")
+def templates(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.TemplatesResult) -> None:
+    """Weights of chosen hidden units of the first relaxed layer to the input, shown as images (min-max normalised
+    per unit): off-local weights of eFCNs next to the same units of the vanilla FCN."""
     npz = exp.path / "analysis" / (data.arrays or "templates.npz")
     entries = data.runs
     if not entries:
         sec.notes.append("no run with templates yet")
-        return sec
+        return
     if not npz.is_file():
         sec.notes.append(f"analysis/{npz.name} is missing")
-        return sec
+        return
     order = {"efcn": 0, "hier": 1, "elcn": 2, "fcn": 3}
     entries = sorted(entries, key=lambda e: (order.get(e.kind, 9), e.t_w or 0.0))
     rows = []
@@ -323,16 +358,12 @@ def templates(exp: Experiment, ctx: Ctx) -> Section:
                    lambda p: F.template_grid(rows[:8], p, title=f"templates of layer {layer}"))
         if len(rows) > 8:
             sec.notes.append(f"{len(rows) - 8} more template rows not shown")
-    return sec
 
 
-def interpolation(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("interpolation", "Interpolation between the embedded CNN and the eFCN",
-                  "Loss and accuracy along α from the start point (α = 0) to the end point (α = 1): linear and "
-                  "norm-preserving (curvilinear) in weight space, and mixing of softmax outputs.")
-    data: R.InterpolationResult | None = _analysis(exp, "interpolation", sec)
-    if data is None:
-        return sec
+@_from_analysis("Interpolation between the embedded CNN and the eFCN")
+def interpolation(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.InterpolationResult) -> None:
+    """Loss and accuracy along α from the start point (α = 0) to the end point (α = 1): linear and norm-preserving
+    (curvilinear) in weight space, and mixing of softmax outputs."""
     alphas = data.alphas
     curves = [{"label": f"{_label(c)}: {c.start.label}→{c.end.label}", "method": c.method,
                "train_loss": c.train_loss, "train_acc": c.train_acc, "test_loss": c.test_loss, "test_acc": c.test_acc}
@@ -342,27 +373,39 @@ def interpolation(exp: Experiment, ctx: Ctx) -> Section:
         sec.notes.append(f"{len(labels) - 10} more interpolation curves not drawn")
         curves = [c for c in curves if c["label"] in labels[:10]]
     if curves and alphas:
-        ctx.figure(sec, "interpolation", "loss (nats) and accuracy (%) along α; train solid, test dashed",
+        sizes = (f"{_subset(data.params, 'eval_train_samples', 'training')}; "
+                 f"{_subset(data.params, 'eval_test_samples', 'test')}")
+        ctx.figure(sec, "interpolation", f"loss (nats) and accuracy (%) along α; train solid, test dashed. {sizes}",
                    lambda p: F.interpolation_figure(alphas, curves, p, title="interpolation in weight and output space"))
     else:
         sec.notes.append("no interpolation curves yet")
-    return sec
+
+
+# λ_max and the trace are second derivatives of the mean cross-entropy (nats) in the parameters
+CURVATURE = "nats/param²"
+
+
+def _subset(params: dict[str, Any], key: str, split: str) -> str:
+    """"on 500 test images at most (a fixed subset, eval_test_samples, seed 0)", from an analysis result's params."""
+    n = params.get(key)
+    if not isinstance(n, int):
+        return f"on a fixed subset of the {split} images (its size was not recorded)"
+    seed = params.get("seed")
+    return (f"on {n:,} {split} images at most (a fixed subset: {key}" + (f", seed {seed}" if seed is not None else "")
+            + ")")
 
 
 def _bytes(n: Any) -> str:
     return f"{n / 2**20:,.2f} MiB" if isinstance(n, (int, float)) else fmt(n)
 
 
-def memory(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("memory", "Memory: CNN, eLCN and eFCN", "Parameters and optimiser state of the experiment's "
-                  "model in each form (1 MiB = 2^20 bytes).")
-    data: R.MemoryResult | None = _analysis(exp, "memory", sec)
-    if data is None:
-        return sec
+@_from_analysis("Memory: CNN, eLCN and eFCN")
+def memory(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.MemoryResult) -> None:
+    """Parameters and optimiser state of the experiment's model in each form (1 MiB = 2^20 bytes)."""
     rows = data.rows
     if not rows:
         sec.notes.append("memory.json has no rows")
-        return sec
+        return
     opts = list(dict.fromkeys(k for r in rows for k in r.optimizer_bytes))
     names = {"cnn": "CNN", "lc": "eLCN", "fc": "eFCN", "fc_ref": "eFCN as in the paper's code (padding columns kept)"}
     sec.body.append(f"<p>model: <code>{escape(str(data.model or '?'))}</code>, input shape "
@@ -370,19 +413,18 @@ def memory(exp: Experiment, ctx: Ctx) -> Section:
     sec.body.append(table(["form", "parameters", "parameter memory"] + [f"{o} state" for o in opts],
                           [[names.get(r.form, r.form), f"{r.params:,}", _bytes(r.param_bytes)]
                            + [_bytes(r.optimizer_bytes.get(o)) for o in opts] for r in rows]))
-    return sec
 
 
-def runs_table(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("runs", "Runs: status", "Every planned run, its state, last epoch and final metrics; "
-                  "errors of failed runs below the table.")
+@_section("runs", "Runs: status")
+def runs_table(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """Every planned run, its state, last epoch and final metrics; errors of failed runs below the table."""
     rows, errors = [], []
     for r in exp.runs:
         cls = escape(r.status)
         acc = r.final("test_acc")
         rows.append([r.id, NAME.get(r.kind, r.kind), r.seed, r.t_w, r.t_w2,
-                     f'<span class="status-{cls}">{cls}</span>', r.epoch if r.epoch is not None else
-                     r.summary.get("epochs"), r.final("train_loss"), None if acc is None else 100 * acc])
+                     f'<span class="status-{cls}">{cls}</span>', r.epoch, r.final("train_loss"),
+                     None if acc is None else 100 * acc])
         if r.error:
             errors.append(f"<details><summary>{escape(r.id)}: {escape(str(r.error).strip().splitlines()[-1][:200])}"
                           f"</summary>{pre(str(r.error))}</details>")
@@ -392,10 +434,9 @@ def runs_table(exp: Experiment, ctx: Ctx) -> Section:
     sec.body += errors
     if not rows:
         sec.notes.append("no runs found")
-    return sec
 
 
-def spec(exp: Experiment, ctx: Ctx) -> Section:
+def spec(exp: ExperimentView, ctx: Ctx) -> Section:
     sec = Section("spec", "Experiment spec", f"The resolved spec.yaml of {exp.path}.")
     if exp.spec_text is not None:
         sec.body.append(pre(exp.spec_text))
@@ -410,20 +451,12 @@ def analysis_error(exc: BaseException) -> str:
     return "".join(tb[-3:]).strip()
 
 
-# ---- the lattice (issue 10) -------------------------------------------------------------------------------
+# ---- the lattice: the corners between the CNN and the eFCN, and the soft releases ---------------------------
 
 
-def _config(exp: Experiment, r: Run) -> dict[str, Any]:
-    """The run's config: the plan's, else (a run folder plan.json does not list) its config.json, else {}."""
-    entry = exp.plan.get(r.id)
-    if entry is not None:
-        return dict(entry.config)
-    if r.path is not None:
-        try:
-            return RunFolder(r.path).read_config() or {}
-        except StoreError:
-            return {}
-    return {}
+def _config(r: RunView) -> dict[str, Any]:
+    """The run's config: the plan's (for a run folder plan.json does not list, its config.json, or {})."""
+    return dict(r.run.config)
 
 
 def _soft_label(cfg: dict[str, Any]) -> str:
@@ -432,11 +465,11 @@ def _soft_label(cfg: dict[str, Any]) -> str:
             + (f" toward {toward}" if toward != "cnn" else ""))
 
 
-def _corner(exp: Experiment, r: Run) -> tuple[tuple, str, str | None] | None:
+def _corner(exp: ExperimentView, r: RunView) -> tuple[tuple, str, str | None] | None:
     """(sort key, label, memory form) of a run at a corner of the lattice (or a soft run); None otherwise."""
     if r.kind not in LATTICE_KINDS:
         return None
-    cfg = _config(exp, r)
+    cfg = _config(r)
     relax = cfg.get("relax") or {"elcn": "lc", "efcn": "fc", "cont": "cnn"}.get(r.kind)  # None: target unknown
     soft = float(cfg.get("soft_lambda") or 0) > 0
     if r.kind == "soft":
@@ -451,7 +484,8 @@ def _corner(exp: Experiment, r: Run) -> tuple[tuple, str, str | None] | None:
     return ((*key, _soft_label(cfg)), f"{label}, soft {_soft_label(cfg)}", form) if soft else (key, label, form)
 
 
-def _lattice_points(exp: Experiment) -> tuple[list[str], dict[str, dict[float, list[float]]], dict[str, str | None]]:
+def _lattice_points(exp: ExperimentView
+                    ) -> tuple[list[str], dict[str, dict[float, list[float]]], dict[str, str | None]]:
     """Corner labels in lattice order, {label: {t_w: [final test acc of finished runs]}}, {label: memory form}."""
     keyed: dict[str, tuple] = {}
     points: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
@@ -468,26 +502,32 @@ def _lattice_points(exp: Experiment) -> tuple[list[str], dict[str, dict[float, l
     return labels, points, forms
 
 
+def _mean_std(v: np.ndarray) -> str:
+    """"66.00 ± 0.35" over several seeds; one seed's value alone (a spread of one value is no spread)."""
+    return f"{v[0]:.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std():.2f}"
+
+
 def _cell(vals: list[float] | None, scale: float = 100.0) -> str:
+    """"66.00 ± 0.35 (2)": mean ± std over seeds (number of seeds); "81.10 (1 seed)" for one."""
     if not vals:
         return "—"
     v = scale * np.asarray(vals)
-    return f"{v.mean():.2f} ± {v.std():.2f} ({len(v)})"
+    return f"{_mean_std(v)} ({len(v)})" if len(v) > 1 else f"{_mean_std(v)} (1 seed)"
 
 
-def lattice(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("lattice", "The lattice: every corner at every switch time",
-                  "Final test accuracy (%) of each corner continued from the CNN's snapshot at t_w: the CNN itself, "
-                  "locality released (wide conv), sharing released (eLCN; in tiles: tiled conv), both released "
-                  "(eFCN), and the soft releases; mean ± std over seeds (number of seeds). Finished runs only. "
-                  "Last row: the parameter memory of each corner (memory analysis; 1 MiB = 2^20 bytes).")
+@_section("lattice", "The lattice: every corner at every switch time")
+def lattice(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """Final test accuracy (%) of each corner continued from the CNN's snapshot at t_w: the CNN itself, locality
+    released (wide conv), sharing released (eLCN; in tiles: tiled conv), both released (eFCN), and the soft
+    releases; mean ± std over seeds (number of seeds). Finished runs only. Last row: the parameter memory of each
+    corner (memory analysis; 1 MiB = 2^20 bytes)."""
     labels, points, forms = _lattice_points(exp)
     if not labels:
         sec.notes.append("the plan has no lattice runs (spec targets cnn, wide:K, wide:full, lc, tiled:T, fc, or a "
                          "soft section)")
-        return sec
+        return
     mem_rows = {}
-    data: R.MemoryResult | None = exp.analysis.get("memory")
+    data: R.MemoryResult | None = exp.results.get("memory")
     if data is None:
         sec.notes.append("memory: analysis/memory.json is missing (add 'memory' to the spec's analyses, or run "
                          f"`archrelax analyse {exp.path}`)")
@@ -505,7 +545,7 @@ def lattice(exp: Experiment, ctx: Ctx) -> Section:
     rows = [[f"{t:g}"] + [_cell(points[label].get(t)) for label in labels] for t in tws]
     rows.append(["parameter memory"] + [_bytes(memory[label]) if memory[label] else "not measured"
                                         for label in labels])
-    cnn = [v for r in exp.of_kind("cnn", done_only=True) if (v := r.final("test_acc")) is not None]
+    cnn = [v for r in exp.done_runs("cnn") if (v := r.final("test_acc")) is not None]
     if any(points.values()) or cnn:
         ctx.figure(sec, "lattice", "final test accuracy (%) of each corner against t_w (mean ± std over seeds; "
                    "dotted: the CNN at its end) and each corner's parameter memory (MiB)",
@@ -515,21 +555,19 @@ def lattice(exp: Experiment, ctx: Ctx) -> Section:
     if cnn:
         sec.body.append(f"<p>The CNN trained to its end: {escape(_cell(cnn))} % test accuracy.</p>")
     sec.notes += _not_done(exp, *LATTICE_KINDS)
-    return sec
 
 
-def soft_schedules(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("soft", "Soft release: accuracy against the λ schedule",
-                  "Runs trained with the penalty λ(t)·‖θ − Pθ‖², grouped by target, λ(0) and schedule: final test "
-                  "accuracy (%) at each switch time, mean ± std over seeds (number of seeds), beside the hard "
-                  "relaxation of the same target (λ = 0) and the CNN continued from the same snapshot (the λ → ∞ "
-                  "limit). Left figure: λ(t) as the runs recorded it.")
+@_section("soft", "Soft release: accuracy against the λ schedule")
+def soft_schedules(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """Runs trained with the penalty λ(t)·‖θ − Pθ‖², grouped by target, λ(0) and schedule: final test accuracy (%) at
+    each switch time, mean ± std over seeds (number of seeds), beside the hard relaxation of the same target (λ =
+    0) and the CNN continued from the same snapshot (the λ → ∞ limit). Left figure: λ(t) as the runs recorded it."""
     groups: dict[str, dict[float, list[float]]] = defaultdict(lambda: defaultdict(list))
     lam: dict[str, tuple[list[float], list[float]]] = {}
     targets: set[str] = set()
     soft_runs = []
     for r in exp.runs:
-        cfg = _config(exp, r)
+        cfg = _config(r)
         if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None:
             continue
         soft_runs.append(r)
@@ -545,18 +583,18 @@ def soft_schedules(exp: Experiment, ctx: Ctx) -> Section:
                 lam[g] = (x, [float(m["soft_lambda"]) for m in r.metrics if isinstance(m.get("soft_lambda"), (int, float))])
     if not soft_runs:
         sec.notes.append("the plan has no soft runs (the spec's soft section, or relaxed.soft_lambda > 0)")
-        return sec
+        return
     refs: dict[str, dict[float, list[float]]] = {}
     for target in sorted(targets):
         hard: dict[float, list[float]] = defaultdict(list)
         for r in exp.runs:
-            cfg = _config(exp, r)
+            cfg = _config(r)
             if (cfg.get("relax") == target and float(cfg.get("soft_lambda") or 0) == 0 and r.t_w2 is None
                     and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
                 hard[r.t_w].append(v)
         refs[f"{target} hard (λ = 0)"] = hard
     cont: dict[float, list[float]] = defaultdict(list)
-    for r in exp.of_kind("cont", done_only=True):
+    for r in exp.done_runs("cont"):
         if r.t_w is not None and (v := r.final("test_acc")) is not None:
             cont[r.t_w].append(v)
     refs["CNN continued (λ → ∞)"] = cont
@@ -572,16 +610,14 @@ def soft_schedules(exp: Experiment, ctx: Ctx) -> Section:
         if not d:
             sec.notes.append(f"no finished {name} run to compare with")
     sec.notes += [line for line in _not_done(exp, *{r.kind for r in soft_runs}) if any(r.id in line for r in soft_runs)]
-    return sec
 
 
-def lattice_distance(exp: Experiment, ctx: Ctx) -> Section:
-    sec = Section("lattice-distance", "Distances per corner: δ(t) and off-sharing(t)",
-                  "δ = ‖off-local weights‖ / ‖θ‖ (how far locality is released) and off-sharing = ‖local weights − "
-                  "their shared projection‖ / ‖θ‖ (how far sharing is released), as each run recorded them in "
-                  "metrics.jsonl. On the CNN subspace both are 0; a wide conv has off-sharing 0, an eLCN or tiled "
-                  "conv δ = 0. With zero padding off-sharing² = cnn_distance² − δ² (P_CNN projects into the local "
-                  "subspace).")
+@_section("lattice-distance", "Distances per corner: δ(t) and off-sharing(t)")
+def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """δ = ‖off-local weights‖ / ‖θ‖ (how far locality is released) and off-sharing = ‖local weights − their shared
+    projection‖ / ‖θ‖ (how far sharing is released), as each run recorded them in metrics.jsonl. On the CNN
+    subspace both are 0; a wide conv has off-sharing 0, an eLCN or tiled conv δ = 0. With zero padding
+    off-sharing² = cnn_distance² − δ² (P_CNN projects into the local subspace)."""
     corners: dict[str, list] = defaultdict(list)
     order: dict[str, tuple] = {}
     finals: dict[tuple[str, float], list[tuple[float, float | None]]] = defaultdict(list)
@@ -605,7 +641,7 @@ def lattice_distance(exp: Experiment, ctx: Ctx) -> Section:
             finals[(label, r.t_w)].append((d[-1], aligned[-1] if has else None))
     if not corners:
         sec.notes.append("no relaxed lattice run has recorded δ yet")
-        return sec
+        return
     labels = [c for c in _lattice_points(exp)[0] if c in corners]  # the lattice's order (and colours)
     every = _lattice_points(exp)[0]
     if not recorded:
@@ -620,13 +656,12 @@ def lattice_distance(exp: Experiment, ctx: Ctx) -> Section:
         rows.append([label, f"{t:g}", len(vals), f"{np.mean(d):.4g}", f"{np.mean(o):.4g}" if o else "not recorded"])
     if rows:
         sec.body.append(table(["corner", "t_w (epochs)", "seeds", "final δ (mean)", "final off-sharing (mean)"], rows))
-    return sec
 
 
-# ---- the claims (issue 12) --------------------------------------------------------------------------------
+# ---- the claims -------------------------------------------------------------------------------------------
 
 
-def claims(exp: Experiment, ctx: Ctx, titles: dict[str, str]) -> Section:
+def claims(exp: ExperimentView, ctx: Ctx, titles: dict[str, str]) -> Section:
     """The paper's claims, one row each, with the statistic measured here, its seeds and the verdict, the
     verdict linking to the section it is read from (``titles``: section id -> title of this page)."""
     from archrelax.analysis.claims import THRESHOLDS, evaluate_claims
@@ -647,14 +682,15 @@ def claims(exp: Experiment, ctx: Ctx, titles: dict[str, str]) -> Section:
         return sec
     rows = []
     for c in found:
-        links = [f'<a href="#{escape(a)}">{escape(titles.get(a, a))}</a>' for a in c.anchors]
+        shown = [a for a in c.anchors if a in titles]  # a section the spec did not ask for is not on the page
+        links = [f'<a href="#{escape(a)}">{escape(titles[a])}</a>' for a in shown]
         cls = "verdict-" + c.verdict.replace(" ", "-")
-        word = f'<a class="verdict {cls}" href="#{escape(c.anchors[0])}">{escape(c.verdict)}</a>' if c.anchors \
+        word = f'<a class="verdict {cls}" href="#{escape(shown[0])}">{escape(c.verdict)}</a>' if shown \
             else f'<span class="verdict {cls}">{escape(c.verdict)}</span>'
         why = escape(c.reason) + (f"<br><em>to measure:</em> {escape(c.measure)}" if c.measure else "")
         rows.append(f'<tr id="claim-{c.number}"><td class="num">{c.number}</td><td>{escape(c.text)}</td>'
                     f'<td>{escape(c.statistic)}</td><td class="num">{c.n_seeds}</td>'
-                    f'<td>{word}<div class="why">{why}</div></td><td>{"<br>".join(links)}</td></tr>')
+                    f'<td>{word}<div class="why">{why}</div></td><td>{"<br>".join(links) or "—"}</td></tr>')
     head = "".join(f"<th>{h}</th>" for h in ("#", "claim", "statistic on this experiment", "seeds",
                                              "verdict", "read from"))
     sec.body.append(f'<div class="tablewrap"><table class="claims"><thead><tr>{head}</tr></thead>'
@@ -665,14 +701,43 @@ def claims(exp: Experiment, ctx: Ctx, titles: dict[str, str]) -> Section:
     return sec
 
 
-def build_all(exp: Experiment, ctx: Ctx, analysis_note: str) -> list[Section]:
-    secs = [overview(exp, ctx, analysis_note), training(exp, ctx, "efcn"), final_vs_tw(exp, ctx, "efcn"),
-            final_vs_tw(exp, ctx, "elcn"), hierarchical(exp, ctx), distance(exp, ctx), sharpness(exp, ctx),
-            ablation(exp, ctx), templates(exp, ctx), interpolation(exp, ctx), memory(exp, ctx),
-            runs_table(exp, ctx), spec(exp, ctx), lattice(exp, ctx), soft_schedules(exp, ctx),
-            lattice_distance(exp, ctx)]
-    if any(r.kind == "elcn" for r in exp.runs):  # eLCN curves beside the eFCN ones when the plan has them
-        secs.insert(2, training(exp, ctx, "elcn"))
+def requested_analyses(exp: ExperimentView) -> list[str]:
+    """The analyses the page has sections for: the spec's ``analyses``, and any other whose result is in
+    analysis/ (computed by hand: ``archrelax analyse --only``), in the order of the analyses' registry."""
+    from archrelax.store.results import RESULT_TYPES
+
+    listed = exp.spec.get("analyses") or []
+    have = set(exp.results) | set(exp.result_problems)
+    return [n for n in RESULT_TYPES if n in listed or n in have]
+
+
+# kinds of run that make the lattice's sections (beyond the paper's eFCN and eLCN, which have their own)
+_LATTICE_ONLY = tuple(k for k in LATTICE_KINDS if k not in PAPER_KINDS)
+
+
+def build_all(exp: ExperimentView, ctx: Ctx, analysis_note: str) -> list[Section]:
+    """The sections this experiment asks for: those of the kinds of run its plan holds and of the analyses its
+    spec lists (or that were computed); the overview, the runs and the spec always. A section for something the
+    spec never asked for would be a box of "missing" notes that are not missing."""
+    kinds = {r.kind for r in exp.runs}
+    analyses = requested_analyses(exp)
+    by_analysis = {"distance": distance, "sharpness": sharpness, "ablation": ablation, "templates": templates,
+                   "interpolation": interpolation, "memory": memory}
+    secs = [overview(exp, ctx, analysis_note)]
+    if kinds & {"efcn", "fcn"} or "elcn" not in kinds:  # the CNN's curves are always on the page
+        secs.append(training(exp, ctx, "efcn"))
+    if "elcn" in kinds:  # eLCN curves beside the eFCN ones when the plan has them
+        secs.append(training(exp, ctx, "elcn"))
+    secs += [final_vs_tw(exp, ctx, k) for k in ("efcn", "elcn") if k in kinds]
+    if "hier" in kinds:
+        secs.append(hierarchical(exp, ctx))
+    secs += [by_analysis[n](exp, ctx) for n in by_analysis if n in analyses]
+    secs += [runs_table(exp, ctx), spec(exp, ctx)]
+    if kinds & set(_LATTICE_ONLY):
+        secs.append(lattice(exp, ctx))
+    if any(float(_config(r).get("soft_lambda") or 0) > 0 for r in exp.runs):
+        secs.append(soft_schedules(exp, ctx))
+    if kinds & set(_LATTICE_ONLY):
+        secs.append(lattice_distance(exp, ctx))
     # first on the page, built last: its verdicts link to the sections above by their titles
     return [claims(exp, ctx, {s.id: s.title for s in secs})] + secs
-

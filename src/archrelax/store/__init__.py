@@ -10,6 +10,7 @@ No torch import: ``archrelax status`` stays fast.
     run = exp.run(next(iter(plan)))              # RunFolder
     run.read_status().status                     # one of STATES
     exp.read_result("sharpness").points[0].lambda_max
+    ExperimentView.open(exp).done_runs("efcn")   # every reader's view: kind, state, final figures
 """
 from __future__ import annotations
 
@@ -22,9 +23,11 @@ from .metrics import append_metrics, read_metrics, truncate_metrics
 from .plan import Run, plan_digest, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
 from .run import ENDED, FINISHED, STATES, STOP_REASONS, RunFolder, State, Status, failure_state, format_epoch, parse_epoch
+from .view import ExperimentView, RunView
 
 __all__ = [
-    "ExperimentFolder", "RunFolder", "Run", "Status", "JobRecord", "State", "STATES", "FINISHED", "ENDED", "STOP_REASONS",
+    "ExperimentFolder", "RunFolder", "ExperimentView", "RunView", "Run", "Status", "JobRecord", "State", "STATES",
+    "FINISHED", "ENDED", "STOP_REASONS",
     "SUMMARY_COLUMNS", "SPEC_RUNTIME_KEYS", "RESULT_TYPES", "AnalysisResult",
     "StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "SpecMismatchError", "RunLock", "lock_holder",
     "read_metrics", "append_metrics", "truncate_metrics", "read_result", "write_result",

@@ -32,6 +32,7 @@ from .errors import _ABSENT, SpecMismatchError, StoreError
 from .plan import Run, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
 from .run import RunFolder
+from .view import read_run
 
 __all__ = ["ExperimentFolder", "SUMMARY_COLUMNS", "SPEC_RUNTIME_KEYS", "spec_changes"]
 
@@ -186,37 +187,19 @@ class ExperimentFolder:
 
     # ---- summary.csv -----------------------------------------------------------------------------------------
     def summary_row(self, run: Run) -> dict[str, str]:
-        """One row of summary.csv. An unreadable status.json gives status "corrupt", an unreadable metrics log
-        empty figures; both put the message in the error column."""
-        folder = self.run(run.id)
-        problems = []
-        try:
-            st = folder.read_status()
-            state, epoch, error = st.status, st.epoch, st.error
-        except StoreError as e:
-            state, epoch, error = "corrupt", None, None
-            problems.append(str(e))
-        try:
-            rows = folder.read_metrics()
-        except StoreError as e:
-            rows = []
-            problems.append(str(e))
-        last = rows[-1] if rows else {}
-
-        def best(key: str, fn: Callable[[Iterable[float]], float]) -> Any:
-            vals = [r[key] for r in rows if isinstance(r.get(key), (int, float))]
-            return fn(vals) if vals else None
-
-        if epoch is None or (state == "pending" and last):
-            epoch = last.get("epoch")
+        """One row of summary.csv, from the run's view (:func:`~archrelax.store.view.read_run`: its state, final
+        and best figures). An unreadable status.json gives status "corrupt", an unreadable metrics log empty
+        figures; both put the message in the error column."""
+        v = read_run(self.run(run.id), run)
+        errors = dict.fromkeys([v.error or "", *v.problems])  # a corrupt status.json's message once
         return {
             "id": run.id, "kind": run.kind, "seed": str(run.seed), "t_w": _num(run.t_w), "t_w2": _num(run.t_w2),
-            "status": state, "epochs": _num(epoch),
-            **{f"final_{k}": _num(last.get(k)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
-            "best_train_loss": _num(best("train_loss", min)), "best_train_acc": _num(best("train_acc", max)),
-            "best_test_loss": _num(best("test_loss", min)), "best_test_acc": _num(best("test_acc", max)),
-            "final_offlocal_ratio": _num(last.get("offlocal_ratio")), "wall_time": _num(last.get("wall_time")),
-            "error": " ".join(" ".join([str(error or ""), *problems]).split()),
+            "status": v.status, "epochs": _num(v.epoch),
+            **{f"final_{k}": _num(v.final(k)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
+            "best_train_loss": _num(v.best("train_loss", min)), "best_train_acc": _num(v.best("train_acc", max)),
+            "best_test_loss": _num(v.best("test_loss", min)), "best_test_acc": _num(v.best("test_acc", max)),
+            "final_offlocal_ratio": _num(v.final("offlocal_ratio")), "wall_time": _num(v.final("wall_time")),
+            "error": " ".join(" ".join(errors).split()),
         }
 
     def write_summary(self, plan: dict[str, Run] | None = None) -> Path:

@@ -9,7 +9,8 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-__all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest", "KINDS", "RELAXED_KINDS", "LATTICE_KINDS"]
+__all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest", "KINDS", "RELAXED_KINDS", "PAPER_KINDS",
+           "LATTICE_KINDS"]
 
 # The kinds of runs, in plan order. cnn: the CNN; efcn / elcn / wide / tiled: one relaxation of the whole model
 # from a CNN snapshot (both constraints released / sharing released / locality released / sharing released in
@@ -18,6 +19,8 @@ __all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest", "KINDS", "REL
 # hier: CNN -> eLCN -> eFCN (the 'lc>fc' grid); path: any other step of a relaxation path; fcn / lcn: baselines.
 KINDS = ("cnn", "efcn", "elcn", "hier", "cont", "wide", "tiled", "soft", "path", "fcn", "lcn")
 RELAXED_KINDS = ("efcn", "elcn", "hier", "wide", "tiled", "soft", "path")  # relaxed layers, from a parent snapshot
+# the relaxations of the paper (eFCN, eLCN, CNN -> eLCN -> eFCN): what its claims and its figures are about
+PAPER_KINDS = ("efcn", "elcn", "hier")
 # the lattice's corners at a switch time: the CNN continued, locality released, sharing released (in full or in
 # tiles), both released; soft runs release both softly
 LATTICE_KINDS = ("cont", "wide", "elcn", "tiled", "efcn", "soft")

@@ -32,6 +32,7 @@ __all__ = [
     "Parts", "AblationRecord", "AblationResult", "TemplateRecord", "TemplatesResult",
     "Endpoint", "InterpolationRecord", "InterpolationResult", "MemoryRow", "MemoryResult",
     "RESULT_TYPES", "INTERPOLATION_METHODS", "INTERPOLATION_ENDPOINTS", "read_result", "write_result",
+    "plain",
 ]
 
 INTERPOLATION_METHODS = ("linear", "curvilinear", "output")
@@ -89,7 +90,7 @@ class AnalysisResult:
         self.version = self.version or self.VERSION
 
     def to_json(self) -> dict[str, Any]:
-        return _encode(self)
+        return plain(self)
 
     @classmethod
     def from_json(cls, data: Any, where: str | None = None) -> "AnalysisResult":
@@ -284,15 +285,20 @@ def write_result(path: str | os.PathLike, result: AnalysisResult) -> None:
 
 
 # ---- plain data <-> dataclasses -------------------------------------------------------------------------------
-def _encode(obj: Any) -> Any:
+def plain(obj: Any) -> Any:
+    """JSON-ready plain data, the one encoder of the files archrelax writes from dataclasses: dataclasses as
+    dicts of their fields, tuples as lists, keys as strings, NaN/inf as None (JSON has no such numbers),
+    numpy scalars as Python numbers."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: _encode(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
     if isinstance(obj, dict):
-        return {str(k): _encode(v) for k, v in obj.items()}
+        return {str(k): plain(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_encode(v) for v in obj]
+        return [plain(v) for v in obj]
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
+    if hasattr(obj, "item") and not isinstance(obj, (str, bytes)):  # numpy scalars
+        return plain(obj.item())
     return obj
 
 

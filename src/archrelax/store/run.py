@@ -84,7 +84,8 @@ def _now() -> str:
 @dataclass(frozen=True)
 class Status:
     """status.json. ``epoch``: the run's own epochs at the write; ``global_epoch``: on the CNN's clock (the
-    epoch plus the one inherited through ``init_from``); ``pid``/``host``: the writer."""
+    epoch plus the one inherited through ``init_from``); ``n_metrics``: the rows metrics.jsonl held at the write
+    (None in files written before it was recorded); ``pid``/``host``: the writer."""
 
     status: State = "pending"
     error: str | None = None
@@ -92,6 +93,7 @@ class Status:
     epoch: float = 0.0
     global_epoch: float | None = None
     step: int | None = None
+    n_metrics: int | None = None
     updated: str | None = None  # ISO time of the write (UTC)
     pid: int | None = None
     host: str | None = None
@@ -167,14 +169,16 @@ class RunFolder:
 
     def write_status(self, status: State, *, error: str | None = None, stop_reason: str | None = None,
                      epoch: float | None = None, global_epoch: float | None = None, step: int | None = None,
-                     previous: Status | None = None) -> Status:
+                     n_metrics: int | None = None, previous: Status | None = None) -> Status:
         """Write status.json (atomically) and return it. Progress fields left None keep the last recorded
-        values (``previous``, else the file's), so marking a run failed keeps the epoch it reached."""
+        values (``previous``, else the file's), so marking a run failed keeps the epoch it reached. The trainer
+        gives ``n_metrics`` only once the log holds those rows (rows are appended first): so the log never holds
+        fewer rows than status.json says, unless rows were lost (:meth:`record_problems`)."""
         if status not in STATES:
             raise ValueError(f"status {status!r} is not a state; valid: {list(STATES)}")
         if stop_reason is not None and stop_reason not in STOP_REASONS:
             raise ValueError(f"stop_reason {stop_reason!r}; valid: {list(STOP_REASONS)} or None")
-        if epoch is None or global_epoch is None or step is None:
+        if epoch is None or global_epoch is None or step is None or n_metrics is None:
             if previous is None:
                 try:
                     previous = self.read_status()
@@ -183,21 +187,23 @@ class RunFolder:
             epoch = previous.epoch if epoch is None else epoch
             global_epoch = previous.global_epoch if global_epoch is None else global_epoch
             step = previous.step if step is None else step
+            n_metrics = previous.n_metrics if n_metrics is None else n_metrics
         new = Status(status=status, error=error, stop_reason=stop_reason, epoch=float(epoch),
                      global_epoch=None if global_epoch is None else float(global_epoch), step=step,
-                     updated=_now(), pid=os.getpid(), host=socket.gethostname())
+                     n_metrics=n_metrics, updated=_now(), pid=os.getpid(), host=socket.gethostname())
         atomic_write_json(self.status_path, new.to_json())
         return new
 
     def progress(self) -> dict[str, Any]:
-        """``{"epoch", "global_epoch", "step"}`` as last recorded (0 for a run that recorded none, or whose
-        status.json is unreadable): what a writer keeps while it does not know the run's progress itself."""
+        """``{"epoch", "global_epoch", "step", "n_metrics"}`` as last recorded (0 for a run that recorded none, or
+        whose status.json is unreadable; ``n_metrics`` None then): what a writer keeps while it does not know the
+        run's progress itself."""
         try:
             st = self.read_status()
         except StoreError:
             st = Status()
         return {"epoch": st.epoch, "global_epoch": st.global_epoch if st.global_epoch is not None else st.epoch,
-                "step": st.step if st.step is not None else 0}
+                "step": st.step if st.step is not None else 0, "n_metrics": st.n_metrics}
 
     def live_state(self) -> str:
         """The recorded state, except that a ``running`` run whose lock is free is ``interrupted`` (its process
@@ -232,6 +238,32 @@ class RunFolder:
             if isinstance(step, int) and step > 0 and isinstance(epoch, (int, float)) and epoch > 0:
                 return int(round(step / epoch))
         return None
+
+    def record_problems(self) -> list[str]:
+        """What this run's record lacks, by cheap checks (file sizes and row counts: nothing hashed or unpickled),
+        one sentence each, [] when none (or when it cannot tell: a live run's record is in flux, and an unreadable
+        file is reported by its reader): metrics.jsonl holding fewer rows than status.json recorded (rows lost),
+        a finished run's log holding other than the rows it ended with, or none, and a ``done`` run without
+        final.pt. The consistency of a checkpoint with its folder is checked in full at resume
+        (``archrelax.train.checkpoint.check_record``)."""
+        try:
+            st = self.read_status()
+            if st.status == "pending" or (st.status == "running" and self.holder() is not None):
+                return []
+            rows = len(self.read_metrics())
+        except StoreError:
+            return []
+        problems, n = [], st.n_metrics
+        log = f"metrics.jsonl holds {rows} row{'s' if rows != 1 else ''}"
+        if n is not None and rows < n:
+            problems.append(f"{log} where status.json recorded {n}: the log lost rows")
+        elif n is not None and st.finished and rows != n:
+            problems.append(f"{log} where status.json recorded {n} as the run ended")
+        elif st.finished and rows == 0:
+            problems.append(f"{log}")
+        if st.status == "done" and not self.final_path.is_file():
+            problems.append("final.pt is missing")
+        return problems
 
     def has_training_state(self) -> bool:
         """Whether anything was trained here: a checkpoint, final weights, a snapshot or a metrics row. A folder

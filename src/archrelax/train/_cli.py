@@ -47,13 +47,13 @@ def _arg_type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _times(text: str) -> str | list[float]:
-    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs."""
-    if text.startswith("log:") or text == "every":
-        return text
-    try:
-        return [parse_float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2") from None
+    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs (``schedule.parse_times``, as TrainConfig)."""
+    from .schedule import parse_times
+
+    value = parse_times(text)
+    if value is text and not (text.startswith("log:") or text == "every"):
+        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2")
+    return value
 
 
 def _kwargs(text: str) -> dict:
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg.init_from is not None and not Path(cfg.init_from).is_file():
         raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
     # before the run folder is created: a typo in --model-kwargs leaves nothing behind
-    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True)
+    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True, input_shape=cfg.input_shape is not None)
     result = train(cfg, args.out)
     m = result["metrics"] or {}
     print(f"{result['status']} at epoch {result['epoch']:g}: train acc {m.get('train_acc', float('nan')):.4f}, "

@@ -100,14 +100,20 @@ def _augment(v: str | list[str]) -> str | None:
     return None
 
 
-def _target(v: str) -> str | None:
-    from archrelax.embed.targets import TARGET_FORMS, parse_target  # the lattice owns its target strings
+def _input_shape(v: str) -> str | None:
+    from archrelax.models import parse_input_shape  # the registry owns the spelling
 
     try:
-        parse_target(v)
+        parse_input_shape(v)
     except ValueError:
-        return TARGET_FORMS
+        return "CxHxW with positive integers, e.g. 3x32x32"
     return None
+
+
+def _target(v: str) -> str | None:
+    from archrelax.embed.targets import target_problem  # the lattice owns its target strings
+
+    return target_problem(v)
 
 
 def _soft_schedule(v: str) -> str | None:
@@ -129,6 +135,11 @@ class TrainConfig:
                          "'pkg.module:factory'", flag="", spec="top")
     model_kwargs: dict[str, Any] = setting({}, "model options, e.g. {\"width\": 32}; classes, channels and input "
                                            "size come from the data", spec="top")
+    input_shape: str | None = setting(None, "the model's input shape CxHxW (e.g. 3x32x32), for a model that does not say "
+                                      "it (no input_shape attribute, no in_channels/input_size options: torchvision's); "
+                                      "it must equal the data's, and the factory then gets only num_classes from the "
+                                      "data (default: the model says it)", check=_input_shape, spec="top",
+                                      omit_default=True)
     relax: str | None = setting(None, "train the model's exact relaxation: lc (eLCN), fc (eFCN), wide:K, wide:KxK, "
                                 "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles)",
                                 check=_target, group="relaxation")
@@ -213,8 +224,10 @@ class TrainConfig:
                                  "would exceed the device's free memory (see archrelax footprint); the run may then "
                                  "fail out of memory", flag="--force", group="execution", spec="train", runtime=True)
     restart: Literal["intact", "scratch"] | None = setting(
-        None, "when checkpoints/last.pt is damaged (it no longer matches its content digest): resume from the latest "
-        "intact snapshot (intact) or from step 0 (scratch); unset, the run stops and is marked 'damaged'",
+        None, "when the run cannot resume as its folder stands (checkpoints/last.pt damaged, or metrics.jsonl lacking "
+        "rows it was written after; a finished run whose log or final.pt is gone): train again from the latest intact "
+        "snapshot whose rows the log holds (intact) or from step 0 (scratch); unset, the run stops and is marked "
+        "'damaged'",
         group="execution", runtime=True)
 
     def __post_init__(self) -> None:
@@ -229,6 +242,19 @@ class TrainConfig:
         """Target and schedule strings in their canonical spelling ('wide:05' is 'wide:5', 'exp:2.0' is
         'exp:2'), so that equal settings are equal configs (resume check, run ids); invalid ones are left for
         :meth:`validate` to name."""
+        if isinstance(self.input_shape, (list, tuple)) or (isinstance(self.input_shape, str)
+                                                             and _input_shape(self.input_shape) is None):
+            from archrelax.models import format_input_shape, parse_input_shape
+
+            try:
+                self.input_shape = format_input_shape(parse_input_shape(self.input_shape))
+            except ValueError:
+                pass  # validate() names it
+        from .schedule import parse_times  # "0,1" means the epochs [0, 1] here as on the command line
+
+        for name in ("eval_times", "snapshots"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, parse_times(getattr(self, name)))
         if isinstance(self.relax, str) and _target(self.relax) is None:
             from archrelax.embed.targets import parse_target
 

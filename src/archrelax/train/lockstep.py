@@ -24,7 +24,7 @@ see a run like any other. What the stack changes is where the numbers are comput
 - a stack writes R checkpoints at once, so while ``checkpoint_every_s`` is set its members checkpoint on the time
   rule only, not at every epoch end (``Recorder.checkpoint_due``).
 
-Signals (SIGTERM, SIGINT, SIGUSR1; archrelax.signals): after the current step every member still training
+Signals (SIGTERM, SIGINT, SIGHUP, SIGUSR1; archrelax.signals): after the current step every member still training
 writes its checkpoint and is marked ``interrupted`` (each recorder's ``stop_if_signalled``), members set up but
 not yet trained (another stack, another wave) are marked ``interrupted`` as they are, and
 :class:`~archrelax.signals.Interrupted` is raised; a rerun resumes each at its step.
@@ -426,7 +426,7 @@ def train_lockstep(configs: Sequence[TrainConfig | dict], out_dirs: Sequence[Any
     batched (one call for all members) or member by member (``archrelax.train.stacked``); default: the
     environment's ``ARCHRELAX_LOCKSTEP_BATCHED`` (1 or 0) if set, else batched on CUDA only.
 
-    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the group after the current step, as ``train`` stops
+    SIGTERM, SIGINT, SIGHUP or SIGUSR1 (in the main thread) stop the group after the current step, as ``train`` stops
     a run: every member in training writes its checkpoint and is marked ``interrupted``, members not yet
     trained are marked ``interrupted`` as they are, then :class:`archrelax.signals.Interrupted` is raised
     (``exit_code`` 128 + the signal number). Rerunning (by lockstep or by ``train``) resumes each at its step.

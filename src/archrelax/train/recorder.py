@@ -13,9 +13,10 @@ stack, one recorder each) record runs by the same code.
 Resumption is exact because everything the run computes is a function of state saved in
 ``checkpoints/last.pt``: weights, optimiser buffers, the torch RNG, the step (the lr schedule, the batch
 order — ``BatchFeed`` permutations are seeded by ``(seed, epoch)`` — and the evaluation times are pure
-functions of it), the running epoch statistics, and the number of metric lines written so far (extra lines
-written after the checkpoint are dropped on resume and recomputed, bit for bit; ``Recorder._resume`` is
-where a resumed checkpoint meets its folder).
+functions of it), the running epoch statistics, and the number (and digest) of the metric lines written so far:
+extra lines written after the checkpoint are dropped on resume and recomputed, bit for bit. A checkpoint is
+resumed only when its folder agrees with it (``checkpoint.check_record``, through ``set_up``: the config it was
+trained under, the rows it was written after); ``Recorder._resume`` is where it then meets its folder.
 """
 from __future__ import annotations
 
@@ -32,8 +33,8 @@ from archrelax.signals import Interrupted, StopOnSignals, signal_name
 from archrelax.store import RunFolder, RunLock, Status, StoreError, failure_state
 from archrelax.utils import atomic_torch_save, format_epoch
 
-from .checkpoint import FORMAT
-from .config import RUNTIME_FIELDS, TrainConfig
+from .checkpoint import FORMAT, RowsDigest, config_changes
+from .config import TrainConfig
 from .schedule import lr_at, time_steps
 from .setup import RunState, has_relaxed
 from .soft import soft_lambda
@@ -55,6 +56,7 @@ class Recorder:
     def __init__(self, cfg: TrainConfig, folder: RunFolder):
         self.cfg, self.folder = cfg, folder
         self.step, self.n_metrics, self.elapsed, self.global_offset = 0, 0, 0.0, 0.0
+        self.rows = RowsDigest()  # of the metrics rows this run's log holds, in order
         self.spe: int | None = None  # steps per epoch, once scheduled
         self.status: Status | None = None
         self.signals: StopOnSignals | None = None
@@ -71,7 +73,8 @@ class Recorder:
             return
         epoch = self.step / self.spe if self.spe else 0.0
         self.status = self.folder.write_status(status, error=error, stop_reason=reason, epoch=epoch,
-                                               global_epoch=self.global_offset + epoch, step=self.step)
+                                               global_epoch=self.global_offset + epoch, step=self.step,
+                                               n_metrics=self.n_metrics)
 
     def fail(self, e: BaseException) -> Status:
         """Record why the attempt ended, in the state ``store.failure_state`` gives: 'interrupted' for a
@@ -102,22 +105,27 @@ class Recorder:
                weights: Callable[[bool], dict[str, Any]] | None = None) -> None:
         """The model side, set up (``setup.set_up``): ``losses()`` evaluates it, ``weights(with_optimizer)`` gives
         its part of a checkpoint (default ``run.weights``). A fresh run starts its metrics log empty, a resumed one
-        goes on from its checkpoint (``_resume``)."""
+        goes on from its checkpoint (``_resume``). The status says so before the log is cut back to the rows kept:
+        status.json never records more rows than the log holds."""
         self.run, self.losses, self.weights, self.attached = run, losses, weights or run.weights, True
         self.device, self.relaxed, self.global_offset = run.device, has_relaxed(run.model), run.global_offset
         if run.checkpoint is None:
-            self.run_stats = self._zero_stats()
+            self.run_stats, self.rows = self._zero_stats(), RowsDigest()
+            self.write_status("running")
             self.folder.truncate_metrics(0)
         else:
             self._resume(run.checkpoint)
         self.t0 = time.perf_counter()
 
     def _resume(self, ck: dict[str, Any]) -> None:
-        """Where a resumed checkpoint meets its folder: the run goes on at the checkpoint's step, with its clocks
-        and epoch statistics, and the metrics log keeps the rows the checkpoint had seen (later ones are redone)."""
+        """Where a resumed checkpoint meets its folder (which agrees with it: ``checkpoint.check_record``): the run
+        goes on at the checkpoint's step, with its clocks and epoch statistics, and the metrics log keeps the rows
+        the checkpoint had seen (later ones are redone)."""
         p = ck["progress"]
         self.step, self.n_metrics, self.elapsed = ck["step"], p["n_metrics"], p["elapsed"]
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
+        self.rows = RowsDigest(self.folder.read_metrics()[: self.n_metrics])
+        self.write_status("running")
         self.folder.truncate_metrics(self.n_metrics)
         # one line in the log (a Slurm job's stderr, the terminal) saying where the run picked up
         print(f"resuming {self.folder.path} at step {self.step} (epoch {self.step / self.spe:g})", file=sys.stderr)
@@ -263,6 +271,7 @@ class Recorder:
     def _record(self, m: dict[str, Any]) -> None:
         m = {**m, "wall_time": self._wall(), "peak_mem_bytes": _peak_memory(self.device)}
         self.folder.append_metrics(m)
+        self.rows.add(m)
         self.n_metrics += 1
         if self.writer is not None:
             for k, v in m.items():
@@ -280,7 +289,8 @@ class Recorder:
         return {"format": FORMAT, "model": w["model"], "optimizer": w["optimizer"], "param_names": w["param_names"],
                 "config": self.cfg.to_dict(), "arch": w["arch"], "epoch": epoch,
                 "global_epoch": self.global_offset + epoch, "step": self.step, "rng": w["rng"],
-                "progress": {"n_metrics": self.n_metrics, "elapsed": self._wall(), "run_stats": dict(self.run_stats)}}
+                "progress": {"n_metrics": self.n_metrics, "metrics_digest": self.rows.hexdigest(),
+                             "elapsed": self._wall(), "run_stats": dict(self.run_stats)}}
 
     def _save(self, path: Path, with_optimizer: bool = True) -> None:
         atomic_torch_save(self.state(with_optimizer), path)
@@ -356,7 +366,10 @@ def check_lock(folder: RunFolder, lock: RunLock | None, where: str) -> None:
 
 def prepare_folder(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any] | None:
     """Before training into ``folder`` (whose lock the caller holds): refuse a different config in a folder that
-    trained, return the result of a finished run (not redone), else write config.json and return None."""
+    trained, return the result of a finished run (not redone), else write config.json and return None. A finished
+    run whose record is incomplete (``RunFolder.record_problems``: its log or final.pt lost) is refused naming what
+    is missing, unless ``cfg.restart`` asks for it to be trained again (``scratch``: from step 0; ``intact``: from
+    its checkpoint or latest snapshot that the folder agrees with)."""
     try:
         saved = folder.read_config()
     except StoreError:  # unreadable: harmless to replace when nothing was trained here
@@ -367,7 +380,18 @@ def prepare_folder(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any] | None
         _check_same_config(TrainConfig.from_dict(saved), cfg, folder.config_path)
         status = folder.read_status()
         if status.finished:
-            return run_result(folder, status)
+            problems = folder.record_problems()
+            if not problems:
+                return run_result(folder, status)
+            if cfg.restart is None:
+                raise StoreError(folder.path, f"run folder {str(folder.path)!r} is {status.status}, but its record is "
+                                 f"incomplete: {'; '.join(problems)}; restore the files from a copy, or train it again "
+                                 "with `archrelax train --restart intact` (from its latest state the record still "
+                                 "holds) or `--restart scratch`")
+            if cfg.restart == "scratch":
+                folder.checkpoint_path.unlink(missing_ok=True)
+            print(f"{folder.path}: {status.status}, but {'; '.join(problems)}: training it again "
+                  f"(restart={cfg.restart})", file=sys.stderr)
     folder.write_config(cfg.to_dict())
     return None
 
@@ -394,8 +418,7 @@ def _peak_memory(device: torch.device) -> int:
 
 
 def _check_same_config(saved: TrainConfig, new: TrainConfig, path: Path) -> None:
-    a, b = saved.to_dict(), new.to_dict()
-    diff = {k: (a[k], b[k]) for k in a if k not in RUNTIME_FIELDS and a[k] != b[k]}
+    diff = config_changes(saved.to_dict(), new.to_dict())
     if diff:
         raise ValueError(f"{str(path)!r} holds a run with a different config {{key: (saved, new)}} = {diff}; "
                          "use another output folder or delete this one")

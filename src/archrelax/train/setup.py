@@ -61,7 +61,8 @@ class RunState:
 def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> RunState:
     """The model side of the run in ``folder``: resumed from its ``checkpoints/last.pt`` when there is one, else
     built afresh (from ``cfg.init_from`` when set) for ``data`` (a DataSplits: classes and input shape)."""
-    ck = resume_point(folder, cfg.restart)  # last.pt verified (on the CPU: RNG states must stay there)
+    # last.pt verified (on the CPU: RNG states must stay there), and the folder's config and log agreeing with it
+    ck = resume_point(folder, cfg.restart, config=cfg)
     if ck is not None:
         return _resumed(cfg, ck, device)
     return _fresh(cfg, data, device)
@@ -134,11 +135,15 @@ def has_relaxed(model: nn.Module) -> bool:
 
 # ---- the three starts --------------------------------------------------------------------------------------
 def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
-    from archrelax.models import create_model
+    from archrelax.models import create_model, data_kwargs, format_input_shape, parse_input_shape
 
-    c, h, w = data.train.images.shape[1:]
-    kw = {**cfg.model_kwargs, "num_classes": len(data.classes), "in_channels": int(c),
-          "input_size": int(h) if h == w else [int(h), int(w)]}
+    shape = tuple(int(s) for s in data.train.images.shape[1:])
+    if cfg.input_shape is not None and parse_input_shape(cfg.input_shape) != shape:
+        raise ValueError(f"input_shape {cfg.input_shape} but the data {cfg.data!r} has images of shape "
+                         f"{format_input_shape(shape)}; give --input-shape {format_input_shape(shape)} (the model is "
+                         "built for the data it trains on)")
+    kw = {**cfg.model_kwargs, **data_kwargs(cfg.model, len(data.classes), shape, input_shape=cfg.input_shape is not None,
+                                            kwargs=cfg.model_kwargs)}
     torch.manual_seed(cfg.seed)
     snap, offset = None, 0.0
     if cfg.init_from is not None:
@@ -146,8 +151,10 @@ def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
         src, arch = _source_from_snapshot(cfg, snap, kw)
         offset = float(snap.get("global_epoch", snap["epoch"]))
     else:
-        src = create_model(cfg.model, **kw)
+        src = create_model(cfg.model, input_shape=cfg.input_shape, **kw)
         arch = {"model": cfg.model, "model_kwargs": kw, "relax_chain": [], "relax_layers": None}
+        if cfg.input_shape is not None:  # only then: the arch records of every other model stay as they were
+            arch["input_shape"] = cfg.input_shape
     src = src.to(device)
     if cfg.relax is not None:
         from archrelax.embed.relax import relax

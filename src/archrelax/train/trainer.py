@@ -34,7 +34,7 @@ def train(config: TrainConfig | dict, out_dir: str | os.PathLike, *, lock: RunLo
     "error", "stop_reason", "epoch", "global_epoch", "step", "metrics", "out_dir"}``, the last evaluation as
     ``metrics``.
 
-    SIGTERM, SIGINT or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
+    SIGTERM, SIGINT, SIGHUP or SIGUSR1 (in the main thread) stop the run after the current step: checkpoint written,
     status ``interrupted``, then :class:`archrelax.signals.Interrupted` is raised (``exit_code`` 128 + the
     signal number). Rerunning resumes at that very step.
     """

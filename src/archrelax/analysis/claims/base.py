@@ -3,9 +3,10 @@ checks that it does), the thirteen claims in words and the typed :class:`Claim` 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from archrelax.store.results import plain
 
 __all__ = ["Verdict", "VERDICTS", "ClaimThresholds", "THRESHOLDS", "ClaimInfo", "CLAIMS", "Claim"]
 
@@ -115,20 +116,4 @@ class Claim:
     numbers: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["anchors"] = list(self.anchors)
-        d["numbers"] = _plain(self.numbers)
-        return d
-
-
-def _plain(v: Any) -> Any:
-    """JSON-ready: NaN/inf -> None, tuples -> lists, keys -> str."""
-    if isinstance(v, dict):
-        return {str(k): _plain(x) for k, x in v.items()}
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, float) and not math.isfinite(v):
-        return None
-    if hasattr(v, "item") and not isinstance(v, (str, bytes)):  # numpy scalars
-        return _plain(v.item())
-    return v
+        return plain(self)  # the store's encoder: NaN/inf -> None, tuples -> lists, numpy scalars -> numbers

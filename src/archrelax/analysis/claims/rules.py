@@ -15,7 +15,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .base import CLAIMS, Claim, ClaimThresholds, Verdict
-from .evidence import RELAXED, Evidence, RunView, finite
+from archrelax.store.view import WENT_WRONG
+
+from .evidence import PAPER_KINDS, Evidence, RunView, finite
 from .stats import Paired, holm, paired, spearman, t_interval
 
 __all__ = ["RULES"]
@@ -78,12 +80,26 @@ def _directional(d: Paired, th: ClaimThresholds, direction: str, p: float | None
 
 def _unfinished(ev: Evidence, *kinds: str) -> str:
     """"; 3 of 10 planned efcn/cnn runs not finished" (empty when all are)."""
-    return _left(ev.planned(*kinds), "/".join(kinds))
+    return _left(ev.of_kind(*kinds), "/".join(kinds))
 
 
 def _left(planned: Sequence[RunView], what: str) -> str:
-    left = [v for v in planned if not v.done]
-    return f"; {len(left)} of {len(planned)} planned {what} runs not finished" if left else ""
+    """"; 3 of 10 planned efcn/cnn runs not finished", and the runs that went wrong named as such (a failed run
+    is not one that has yet to finish: it needs a rerun, and `archrelax status` says why it failed)."""
+    wrong: dict[str, list[str]] = defaultdict(list)
+    for v in planned:
+        if not v.done and v.status in WENT_WRONG:
+            wrong[v.status].append(v.id)
+    waiting = sum(not v.done and v.status not in WENT_WRONG for v in planned)
+    parts = [f"{len(ids)} {state}" for state, ids in wrong.items()] + ([f"{waiting} not finished"] if waiting else [])
+    if not parts:
+        return ""
+    if not wrong:
+        return f"; {waiting} of {len(planned)} planned {what} runs not finished"
+    ids = [i for state in wrong.values() for i in state]
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    return (f"; of {len(planned)} planned {what} runs, {', '.join(parts)} ({shown}: see `archrelax status`; "
+            "`archrelax run` retries failed runs)")
 
 
 def _with(verdict_reason: tuple[Verdict, str], extra: str) -> tuple[Verdict, str]:
@@ -94,8 +110,8 @@ def _with(verdict_reason: tuple[Verdict, str], extra: str) -> tuple[Verdict, str
 def _analysis(ev: Evidence, no: int, name: str) -> tuple[Any, Claim | None]:
     """The typed result of analysis ``name``, or the claim's verdict when it cannot be read from it."""
     cmd = f"run `archrelax analyse {ev.exp.root} --only {name}` (or list it under `analyses` in the spec)"
-    if name in ev.problems:
-        return None, _claim(no, "not enough evidence", f"analysis {name} unreadable: {ev.problems[name]}",
+    if name in ev.result_problems:
+        return None, _claim(no, "not enough evidence", f"analysis {name} unreadable: {ev.result_problems[name]}",
                             measure=cmd)
     res = ev.results.get(name)
     if res is None:
@@ -104,6 +120,13 @@ def _analysis(ev: Evidence, no: int, name: str) -> tuple[Any, Claim | None]:
         return None, _claim(no, "not enough evidence", f"analysis {name} failed: {res.error.strip()[-300:]}",
                             measure=cmd)
     return res, None
+
+
+def _efcn_analysis(ev: Evidence, no: int, name: str) -> tuple[Any, Claim | None]:
+    """:func:`_analysis` for a claim about the eFCN runs: first, the verdict when the plan has none."""
+    if not ev.of_kind("efcn"):
+        return None, _not_measured(no, "the plan has no eFCN runs", _measure_efcn(ev))
+    return _analysis(ev, no, name)
 
 
 def _finals(runs: Sequence[RunView], key: str = "test_acc") -> dict[int, float]:
@@ -122,7 +145,7 @@ def _by_tw(runs: Sequence[RunView]) -> dict[float, list[RunView]]:
 def _gains(ev: Evidence, kind: str = "efcn") -> dict[float, dict[int, float]]:
     """t_w -> seed -> final test accuracy of the relaxed run minus that of the CNN it branched from."""
     out: dict[float, dict[int, float]] = {}
-    for t, runs in _by_tw(ev.of_kind(kind)).items():
+    for t, runs in _by_tw(ev.done_runs(kind)).items():
         g = {}
         for v in runs:
             cnn = ev.cnn_of(v)
@@ -134,7 +157,7 @@ def _gains(ev: Evidence, kind: str = "efcn") -> dict[float, dict[int, float]]:
 
 
 def _planned_tws(ev: Evidence, kind: str = "efcn") -> list[float]:
-    return sorted({float(v.t_w) for v in ev.planned(kind) if v.t_w is not None})
+    return sorted({float(v.t_w) for v in ev.of_kind(kind) if v.t_w is not None})
 
 
 def _measure_efcn(ev: Evidence) -> str:
@@ -143,14 +166,14 @@ def _measure_efcn(ev: Evidence) -> str:
 
 # ---- 1: no jump at the switch, the loss keeps decreasing ---------------------------------------------------------
 def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
-    planned = ev.planned(*RELAXED)
+    planned = ev.of_kind(*PAPER_KINDS)
     if not planned:
         return _not_measured(1, "the plan has no relaxed runs", _measure_efcn(ev))
     jumps, ratios, no_ref, failures = {}, {}, [], []
     for v in planned:
         if v.status == "diverged":
             failures.append(f"{v.id} diverged (NaN/inf loss)")
-    for v in ev.of_kind(*RELAXED):
+    for v in ev.done_runs(*PAPER_KINDS):
         first, parent = v.first(), ev.parent(v)
         ref = parent.at(float(first.get("global_epoch", first["epoch"]))) if first and parent else None
         l0, lp, end = (finite(first.get("train_loss")) if first else None,
@@ -166,7 +189,7 @@ def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
         ratios[v.id] = end / l0 if l0 > 0 else 0.0
         if end > l0:
             failures.append(f"{v.id} ends above its start (train loss {l0:.4g} at the switch, {end:.4g} at the end)")
-    seeds = sorted({ev.runs[r].seed for r in jumps})
+    seeds = sorted({ev.run(r).seed for r in jumps})
     nums = {"jump": jumps, "final_over_switch_loss": ratios, "tolerance": th.jump_tol,
             "without_reference": no_ref}
     stat = "—"
@@ -184,7 +207,7 @@ def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
                           "parent at the snapshot step (trained by an archrelax that evaluated only at eval_times)",
                           measure="retrain the CNNs with this archrelax, which evaluates at every snapshot step "
                           "(delete their run folders and `archrelax run` the experiment again)", numbers=nums)
-        return _claim(1, "not enough evidence", "no relaxed run finished yet" + _unfinished(ev, *RELAXED),
+        return _claim(1, "not enough evidence", "no relaxed run finished yet" + _unfinished(ev, *PAPER_KINDS),
                       numbers=nums)
     extra = f" ({len(no_ref)} run(s) without a parent evaluation at the switch not checked)" if no_ref else ""
     return _claim(1, "supported", f"all {len(jumps)} finished relaxed runs: no jump beyond the tolerance and the "
@@ -193,14 +216,14 @@ def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 2: eFCN(t_w = 0) beats the vanilla FCN ---------------------------------------------------------------------
 def claim_2(ev: Evidence, th: ClaimThresholds) -> Claim:
-    e0 = [v for v in ev.planned("efcn") if v.t_w == 0]
-    fcn = ev.planned("fcn")
+    e0 = [v for v in ev.of_kind("efcn") if v.t_w == 0]
+    fcn = ev.of_kind("fcn")
     if not e0 or not fcn:
         todo = ([] if fcn else ["add `fcn` to `baselines`"]) + ([] if e0 else ["add `0` to `switch_times` (with "
                                                                                "`fc` in `targets`)"])
         return _not_measured(2, "the plan has no " + " and no ".join(
             (["vanilla FCN"] if not fcn else []) + (["eFCN at t_w = 0"] if not e0 else [])), " and ".join(todo))
-    d = paired(_finals([v for v in e0 if v.done]), _finals(ev.of_kind("fcn")))
+    d = paired(_finals([v for v in e0 if v.done]), _finals(ev.done_runs("fcn")))
     verdict = _with(_directional(d, th, "greater"), _left(e0 + fcn, "efcn/fcn") if d.n < th.min_seeds else "")
     stat = (f"final test accuracy, eFCN(t_w=0) − FCN of the same seed: {_msd(d)}; one-sided paired t-test "
             f"{_p(d.p_greater)}")
@@ -209,17 +232,17 @@ def claim_2(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 3: no overfitting after the switch -----------------------------------------------------------------------
 def claim_3(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("efcn"):
+    if not ev.of_kind("efcn"):
         return _not_measured(3, "the plan has no eFCN runs", _measure_efcn(ev))
     change: dict[float, dict[int, float]] = defaultdict(dict)
     falls = {}
-    for v in ev.of_kind("efcn"):
+    for v in ev.done_runs("efcn"):
         first, end = v.first(), v.final("test_acc")
         start = finite(first.get("test_acc")) if first else None
         if start is None or end is None or v.t_w is None:
             continue
         change[float(v.t_w)][v.seed] = end - start
-        best = max(x for r in v.rows if (x := finite(r.get("test_acc"))) is not None)
+        best = v.best("test_acc", max)
         falls[v.id] = best - end
     if not change:
         return _claim(3, "not enough evidence", "no eFCN run with an evaluation at its switch finished yet"
@@ -253,7 +276,7 @@ def claim_3(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 4: released late enough, the eFCN beats the CNN -----------------------------------------------------------------
 def claim_4(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("efcn"):
+    if not ev.of_kind("efcn"):
         return _not_measured(4, "the plan has no eFCN runs", _measure_efcn(ev))
     per_tw = {t: paired(g) for t, g in _gains(ev).items() if g}
     if not per_tw:
@@ -286,7 +309,7 @@ def claim_5(ev: Evidence, th: ClaimThresholds) -> Claim:
     if len(tws) < 3:
         return _not_measured(5, f"the plan has eFCN runs at {len(tws)} switch time(s); an intermediate one needs 3",
                              "list at least 3 `switch_times` (first, intermediate, last) with `fc` in `targets`")
-    finals = {t: _finals(runs) for t, runs in _by_tw(ev.of_kind("efcn")).items()}
+    finals = {t: _finals(runs) for t, runs in _by_tw(ev.done_runs("efcn")).items()}
     gains = {t: g for t, g in _gains(ev).items() if g}
     if len(gains) < 3 or tws[0] not in gains or tws[-1] not in gains:  # the ends are the planned ones
         return _claim(5, "not enough evidence", f"gains at {len(gains)} switch time(s) so far (3 needed, the "
@@ -333,7 +356,7 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
     along = {p.file: p for p in res.points if p.kind == "cnn" and p.where == "snapshot" and p.eigenvalues}
     by_seed: dict[int, list[tuple[float, float, float]]] = defaultdict(list)  # seed -> (t_w, gain, λ_max)
     gains = _gains(ev)
-    for v in ev.of_kind("efcn"):
+    for v in ev.done_runs("efcn"):
         g = gains.get(float(v.t_w), {}).get(v.seed) if v.t_w is not None else None
         point = along.get(ev.snapshot_file(v) or "")
         if g is not None and point is not None and math.isfinite(point.lambda_max):
@@ -364,9 +387,7 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 7: wider basins at the end ----------------------------------------------------------------------------------
 def claim_7(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("efcn"):
-        return _not_measured(7, "the plan has no eFCN runs", _measure_efcn(ev))
-    res, bad = _analysis(ev, 7, "sharpness")
+    res, bad = _efcn_analysis(ev, 7, "sharpness")
     if bad:
         return bad
     ends = [p for p in res.points if p.where == "final" and p.eigenvalues]
@@ -394,7 +415,7 @@ def claim_8(ev: Evidence, th: ClaimThresholds) -> Claim:
         return _not_measured(8, "fewer than 3 eFCN switch times: no rank correlation over t_w",
                              "list at least 3 `switch_times` with `fc` in `targets`")
     by_seed: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for v in ev.of_kind("efcn"):
+    for v in ev.done_runs("efcn"):
         delta = v.final("offlocal_ratio")
         if delta is not None and v.t_w is not None:
             by_seed[v.seed].append((float(v.t_w), delta))
@@ -418,9 +439,7 @@ def claim_8(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 9: off-local alone at chance; both parts beat local alone ------------------------------------------------------
 def claim_9(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("efcn"):
-        return _not_measured(9, "the plan has no eFCN runs", _measure_efcn(ev))
-    res, bad = _analysis(ev, 9, "ablation")
+    res, bad = _efcn_analysis(ev, 9, "ablation")
     if bad:
         return bad
     k = ev.num_classes()
@@ -458,7 +477,7 @@ def claim_9(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 10: the local blocks hardly change ---------------------------------------------------------------------------
 def claim_10(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not [v for v in ev.planned("efcn") if v.t_w]:
+    if not [v for v in ev.of_kind("efcn") if v.t_w]:
         return _not_measured(10, "the plan has no eFCN run released after t_w = 0",
                              "add a switch time > 0 with `fc` in `targets`")
     res, bad = _analysis(ev, 10, "ablation")
@@ -489,9 +508,7 @@ def claim_10(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 11: interpolation: an intermediate point beats both ends ----------------------------------------------------------
 def claim_11(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("efcn"):
-        return _not_measured(11, "the plan has no eFCN runs", _measure_efcn(ev))
-    res, bad = _analysis(ev, 11, "interpolation")
+    res, bad = _efcn_analysis(ev, 11, "interpolation")
     if bad:
         return bad
     alphas = np.asarray(res.alphas, dtype=float)
@@ -517,9 +534,9 @@ def claim_11(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 12: eLCN: a similar gain at about 10x less memory -----------------------------------------------------------------
 def claim_12(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("elcn") or not ev.planned("efcn"):
+    if not ev.of_kind("elcn") or not ev.of_kind("efcn"):
         return _not_measured(12, "the plan lacks " + " and ".join(
-            k for k, x in (("eLCN runs", ev.planned("elcn")), ("eFCN runs", ev.planned("efcn"))) if not x),
+            k for k, x in (("eLCN runs", ev.of_kind("elcn")), ("eFCN runs", ev.of_kind("efcn"))) if not x),
             "put both `fc` and `lc` in `targets` (eFCN and eLCN from the same switch times)")
     res, bad = _analysis(ev, 12, "memory")
     if bad:
@@ -528,7 +545,7 @@ def claim_12(ev: Evidence, th: ClaimThresholds) -> Claim:
     if not mem.get("lc") or not mem.get("fc"):
         return _claim(12, "not enough evidence", "the memory analysis has no eLCN/eFCN rows")
     ratio = mem["fc"] / mem["lc"]
-    e, l = _by_tw(ev.of_kind("efcn")), _by_tw(ev.of_kind("elcn"))
+    e, l = _by_tw(ev.done_runs("efcn")), _by_tw(ev.done_runs("elcn"))
     per_seed: dict[int, list[float]] = defaultdict(list)
     for t in sorted(set(e) & set(l)):
         for s, x in paired(_finals(l[t]), _finals(e[t])).diffs.items():
@@ -559,15 +576,15 @@ def claim_12(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 13: hierarchical relaxation beats the best single one --------------------------------------------------------------
 def claim_13(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.planned("hier"):
+    if not ev.of_kind("hier"):
         return _not_measured(13, "the plan has no hierarchical runs",
                              "add `lc>fc` to `targets` (the grid `hierarchical.t_w1` × `t_w2`)")
     best_h: dict[int, float] = {}
     best_s: dict[int, float] = {}
-    for v in ev.of_kind("hier"):
+    for v in ev.done_runs("hier"):
         if (x := v.final("test_acc")) is not None:
             best_h[v.seed] = max(best_h.get(v.seed, -1.0), x)
-    for v in ev.of_kind("efcn", "elcn"):
+    for v in ev.done_runs("efcn", "elcn"):
         if (x := v.final("test_acc")) is not None:
             best_s[v.seed] = max(best_s.get(v.seed, -1.0), x)
     d = paired(best_h, best_s)
