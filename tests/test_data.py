@@ -313,6 +313,42 @@ def test_torchvision_cifar_folder_from_synthetic_arrays(tmp_path, source):
     assert torch.equal(e.test.images, d.test.images)
 
 
+def _covering_prefix(labels: np.ndarray) -> int:
+    """The length of the shortest prefix of ``labels`` holding every class that ``labels`` holds."""
+    return max(int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)) + 1
+
+
+def test_first_subset_is_the_stored_order_of_both_splits(tmp_path):
+    """subset='first' takes the first N of each split as the files hold them (the paper's data_size), whatever
+    data_seed; one image fewer than the shortest prefix with every class is refused, naming the missing class."""
+    arrays = _write_cifar(tmp_path / "data", hundred=False)
+    m_train, m_test = _covering_prefix(arrays["train_labels"]), _covering_prefix(arrays["test_labels"])
+    kw = dict(root=tmp_path / "data", cache_dir=tmp_path / "c", subset="first")
+    d = load_data("cifar10", train_size=m_train, test_size=m_test, seed=3, **kw)
+    assert torch.equal(d.train.images, torch.from_numpy(arrays["train"][:m_train]))
+    assert torch.equal(d.test.labels, torch.from_numpy(arrays["test_labels"][:m_test]))
+    e = load_data("cifar10", train_size=m_train, test_size=m_test, seed=0, **kw)
+    assert torch.equal(e.train.images, d.train.images) and torch.equal(e.test.images, d.test.images)
+    mean, std = channel_stats(d.train.images)  # statistics of the subset, as for a stratified one
+    assert torch.equal(d.mean, mean) and torch.equal(d.std, std)
+    missing = int(arrays["train_labels"][m_train - 1])
+    with pytest.raises(ValueError, match=rf"train_size={m_train - 1} with subset 'first': .*lack class\(es\) "
+                       rf"\[{missing}\].*use subset 'stratified'"):
+        load_data("cifar10", train_size=m_train - 1, **kw)
+    strat = load_data("cifar10", train_size=m_train, root=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert len(strat.train) == m_train  # the default is the stratified subset, as before
+
+
+def test_first_subset_of_a_class_sorted_folder_is_refused(tmp_path):
+    root = _make_folder(tmp_path / "ds")  # stored class by class: a, a, a, a, b, ...
+    with pytest.raises(ValueError, match=r"first 6 images lack class\(es\) \[2\] of the split's 3.*imagefolder"):
+        load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6, subset="first")
+    d = load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6)  # stratified: every class
+    assert d.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match=r"subset 'random' is not valid; allowed: stratified, first"):
+        load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6, subset="random")
+
+
 def test_cifar_missing_files_say_where_and_how(tmp_path, monkeypatch):
     monkeypatch.delenv("ARCHRELAX_DOWNLOAD", raising=False)
     with pytest.raises(FileNotFoundError, match=r"cifar-10-batches-py lacks data_batch_1.*download=True"):

@@ -337,6 +337,7 @@ class ExperimentSpec:
     train_size: int | None = _from_config("train_size", "")
     test_size: int | None = _from_config("test_size", "")
     data_seed: int = _from_config("data_seed", "")
+    subset: Literal["stratified", "first"] = _from_config("subset", "")
     relax_layers: list[str] | None = _from_config("relax_layers", "", "layers to relax (names or globs; null: every conv)")
     seeds: list[int] = _opt([0], "training seeds: one CNN (and its relaxed runs) per seed")
     train: TrainOptions = field(default_factory=TrainOptions, metadata={"doc": "options shared by all runs"})

@@ -169,6 +169,10 @@ class TrainConfig:
                                      spec="top")
     test_size: int | None = setting(None, "test subset size (default: all)", check=_positive, group="data", spec="top")
     data_seed: int = setting(0, "seed of the subsets", group="data", spec="top")
+    subset: Literal["stratified", "first"] = setting(
+        "stratified", "how train_size/test_size pick images: stratified (class proportions kept, drawn by data_seed) "
+        "or first (the first N in the source's stored order, as the paper's code; each class must appear)",
+        group="data", spec="top", omit_default=True)
     augment: list[str] = setting([], "on-device batch augmentations, e.g. crop,flip", check=_augment, group="data",
                                  spec="train")
     # optimisation

@@ -72,7 +72,8 @@ def load_run_data(cfg: TrainConfig):
     """The DataSplits ``cfg`` trains on (``archrelax.data.load_data`` with the config's data settings)."""
     from archrelax.data import load_data
 
-    return load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.data_seed)
+    return load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.data_seed,
+                     subset=cfg.subset)
 
 
 def make_feeds(cfg: TrainConfig, data, device: torch.device) -> tuple[Any, dict[str, Any]]:
