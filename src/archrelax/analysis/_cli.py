@@ -12,14 +12,19 @@ _OPTIONS = tuple(f.name for f in dataclasses.fields(AnalysisSettings) if not isi
 # what each option means, for --help (its default is read from AnalysisSettings; a test checks every option has one)
 HELP = {
     "device": "device the analyses run on: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
-    "seed": "seed of the fixed data subsets and of the random probes (Hutchinson vectors, power-iteration starts)",
+    "seed": "seed of the fixed data subsets and of the random probes (Hutchinson vectors, Lanczos starts)",
     "batch_size": "images per forward pass of the evaluations and Hessian-vector products (memory, not results)",
     "sharpness_samples": "training images in the fixed subset the Hessian of the mean cross-entropy is taken on",
     "sharpness_k": "top Hessian eigenvalues estimated per point (largest magnitude first)",
-    "sharpness_tol": "power iteration stops once the Rayleigh quotient changes by less than this, relatively; an "
-                     "estimate is marked converged when its residual ||Hv - λv||/|λ| <= sqrt(tol)",
-    "sharpness_max_iter": "power-iteration steps per eigenvalue at most (an estimate still moving then is marked "
-                          "unconverged)",
+    "sharpness_tol": "an eigenvalue θ is converged once its residual ||Hv - θv|| <= sqrt(tol)·|θ| (Lanczos stops "
+                     "when every one of the k is)",
+    "sharpness_max_iter": "Hessian-vector products of the Lanczos run at most, all k eigenvalues together (an "
+                          "estimate not converged by then is marked unconverged and left out of the claims)",
+    "sharpness_basis": "Lanczos vectors kept (memory: basis x parameters x 4 bytes); a full basis restarts from its "
+                       "best Ritz vectors (thick restart)",
+    "sharpness_blocks": "also the top eigenvalue of each relaxed (or conv) layer's own Hessian block (per-layer "
+                        "sharpness)",
+    "workers": "processes for the per-run analysis jobs (default: the spec's workers); the results do not change",
     "trace_probes": "Rademacher probes of the Hutchinson estimate of the Hessian's trace (its standard error "
                     "shrinks as 1/sqrt(probes))",
     "eval_train_samples": "training images (a fixed subset) the interpolation curves are evaluated on",
