@@ -4,7 +4,7 @@ The model is the eFCN (or ``--relax lc``: the eLCN) of VanillaCNN on CIFAR-sized
 back to back: one training step exactly like the trainer's (forward, cross-entropy, backward, SGD step with
 momentum, batch ``--batch-size``), ``offlocal_ratio`` (δ), ``cnn_distance``, and ``subspace_distances`` (δ,
 off-sharing ratio and CNN distance in one pass, what the trainer calls). Medians are reported as ratios
-to the step. Target (issue 11): δ and cnn_distance each <= 0.10 of a step of the VanillaCNN eFCN.
+to the step. Target: δ and cnn_distance each <= 0.10 of a step of the VanillaCNN eFCN.
 
 Off-local noise is added to the relaxed weights first (so the distances are not 0 and every part is
 exercised), and the values are printed next to a float64 reference computed from the definitions with

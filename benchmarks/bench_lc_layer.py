@@ -51,7 +51,7 @@ from archrelax.embed.locally_connected import LocallyConnected2d
 from archrelax.models import create_model
 
 MODELS = {"vanilla": "vanilla_cnn", "alexnet": "alexnet"}
-TARGETS = {"vanilla.features.3": 0.8, "alexnet.features.3": 0.8}  # GEMM-fraction targets (issue 11)
+TARGETS = {"vanilla.features.3": 0.8, "alexnet.features.3": 0.8}  # GEMM-fraction targets
 GEMM_N = 2048
 
 

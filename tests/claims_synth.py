@@ -4,7 +4,8 @@ so the folder is exactly what `archrelax run` + `archrelax analyse` write, witho
 
 ``Synth()`` is an experiment in which all thirteen claims hold with 3 seeds: a CNN trained 8 epochs with
 snapshots at t_w = 0, 1, 2, 4; eFCN and eLCN from each; FCN and LCN baselines; one hierarchical run
-(t_w1 = 1, t_w2 = 2); every analysis the claims read. Change its fields (or its runs) before ``write()``.
+(t_w1 = 1, t_w2 = 2); every analysis the claims read. Change its fields (or its runs) before ``write()``; with
+"attn" in ``kinds`` also attention runs from each snapshot (claims 14 and 15).
 """
 from __future__ import annotations
 
@@ -80,6 +81,7 @@ class Synth:
     fcn_below_efcn0: float = 0.03  # FCN final test accuracy = eFCN(0)'s minus this
     elcn_minus_efcn: float = -0.002
     hier_above_single: float = 0.01
+    attn_gain: dict[float, float] | None = None  # attention runs (kind "attn" in kinds): gain per t_w (default: gain's)
     fall_after_switch: float | None = None  # set: the last t_w's eFCNs end this far below their switch accuracy
     delta: dict[float, float] | None = None  # final δ per t_w (default 0.4 / (1 + t_w))
     lam_along: dict[float, float] = field(default_factory=lambda: {0.0: 5.0, 1.0: 20.0, 2.0: 40.0, 4.0: 15.0})
@@ -113,6 +115,10 @@ class Synth:
                 if "efcn" in self.kinds:
                     self._add(SynthRun(f"efcn-tw{t:g}-s{s}", "efcn", s, t, self.relaxed_epochs, sw["train_loss"],
                                        0.001, sw["test_acc"], acc, delta, t_w=t, parent=cnn.id, snapshot_epoch=t))
+                if "attn" in self.kinds:
+                    self._add(SynthRun(f"attn-tw{t:g}-s{s}", "attn", s, t, self.relaxed_epochs, sw["train_loss"],
+                                       0.002, sw["test_acc"], cnn_final + (self.attn_gain or self.gain)[t]
+                                       + noise(s, t + 2), 0.0, t_w=t, parent=cnn.id, snapshot_epoch=t))
                 if "elcn" in self.kinds:
                     self._add(SynthRun(f"elcn-tw{t:g}-s{s}", "elcn", s, t, self.relaxed_epochs, sw["train_loss"],
                                        0.001, sw["test_acc"], acc + self.elcn_minus_efcn + noise(s, t + 1) / 2,

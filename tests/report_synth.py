@@ -104,12 +104,16 @@ def plan_entries(seeds: int = 2) -> dict[str, dict]:
     return plan
 
 
+# the analyses its spec asks for (the report draws a section for each, and notes the ones not computed yet)
+ANALYSES = ("memory", "distance", "sharpness", "ablation", "templates", "interpolation")
+
+
 def make_experiment(root: Path, *, partial: bool = False) -> Path:
     """Write the folder; ``partial``: some runs never started, one failed, one running, fewer analyses."""
     exp = Path(root)
     exp.mkdir(parents=True, exist_ok=True)
     (exp / "spec.yaml").write_text("name: synthetic\nmodel: vanilla_cnn\ndata: mnist5k\nseeds: 2\n"
-                                   f"t_w: {list(TWS)}\n")
+                                   f"t_w: {list(TWS)}\nanalyses: [{', '.join(ANALYSES)}]\n")
     plan = plan_entries()
     (exp / "plan.json").write_text(json.dumps(plan, indent=1))
     rows = []

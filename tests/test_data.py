@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from archrelax.data import BatchFeed, DataSplits, load_data
+from archrelax.data import BatchFeed, DataSplits, data_shape, load_data
 from archrelax.data.splits import channel_stats, stratified_subset
 
 # torchvision >= 0.29 deprecates its image codecs (moving to TorchCodec); the tests' own encode_png calls warn
@@ -151,6 +151,25 @@ def test_imagefolder_png_pixels_labels_and_ignored_files(tmp_path):
 def test_grayscale_folder_gives_one_channel(tmp_path):
     d = load_data(f"imagefolder:{_make_folder(tmp_path / 'g', channels=1)}", cache_dir=tmp_path / "c")
     assert d.train.images.shape == (12, 1, 8, 8) and d.mean.shape == (1,)
+
+
+def test_data_shape_is_what_load_data_gives_without_decoding(tmp_path, monkeypatch):
+    gray = _make_folder(tmp_path / "g", channels=1, size=6, classes=("a", "b"))
+    zipped = _zip_tree(_make_folder(tmp_path / "rgb", size=5), tmp_path / "rgb.zip", top="rgb/")
+    cifar = tmp_path / "data"
+    _write_cifar(cifar, hundred=True)
+    cases = [("mnist5k", None), ("synthetic:2x9x7:4:8:4", None), (f"imagefolder:{gray}", None),
+             ("imagefolder:rgb.zip", tmp_path), ("cifar100", cifar)]
+    want = {}
+    for source, root in cases:
+        d = load_data(source, root=root, cache_dir=tmp_path / "c")
+        want[source] = (len(d.classes), tuple(d.train.images.shape[1:]))
+    import archrelax.data.imagefolder as imagefolder
+
+    monkeypatch.setattr(imagefolder, "_decode_all", None)  # decoding the data set would fail: data_shape must not
+    assert {source: data_shape(source, root) for source, root in cases} == want
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        data_shape(f"imagefolder:{tmp_path / 'missing'}")
 
 
 def test_cache_hit_identical_and_invalidated_by_changes(tmp_path):
@@ -292,6 +311,42 @@ def test_torchvision_cifar_folder_from_synthetic_arrays(tmp_path, source):
     sub = "cifar-100-python" if source == "cifar100" else "cifar-10-batches-py"
     e = load_data(source, root=tmp_path / "data" / sub, cache_dir=tmp_path / "c")
     assert torch.equal(e.test.images, d.test.images)
+
+
+def _covering_prefix(labels: np.ndarray) -> int:
+    """The length of the shortest prefix of ``labels`` holding every class that ``labels`` holds."""
+    return max(int(np.flatnonzero(labels == c)[0]) for c in np.unique(labels)) + 1
+
+
+def test_first_subset_is_the_stored_order_of_both_splits(tmp_path):
+    """subset='first' takes the first N of each split as the files hold them (the paper's data_size), whatever
+    data_seed; one image fewer than the shortest prefix with every class is refused, naming the missing class."""
+    arrays = _write_cifar(tmp_path / "data", hundred=False)
+    m_train, m_test = _covering_prefix(arrays["train_labels"]), _covering_prefix(arrays["test_labels"])
+    kw = dict(root=tmp_path / "data", cache_dir=tmp_path / "c", subset="first")
+    d = load_data("cifar10", train_size=m_train, test_size=m_test, seed=3, **kw)
+    assert torch.equal(d.train.images, torch.from_numpy(arrays["train"][:m_train]))
+    assert torch.equal(d.test.labels, torch.from_numpy(arrays["test_labels"][:m_test]))
+    e = load_data("cifar10", train_size=m_train, test_size=m_test, seed=0, **kw)
+    assert torch.equal(e.train.images, d.train.images) and torch.equal(e.test.images, d.test.images)
+    mean, std = channel_stats(d.train.images)  # statistics of the subset, as for a stratified one
+    assert torch.equal(d.mean, mean) and torch.equal(d.std, std)
+    missing = int(arrays["train_labels"][m_train - 1])
+    with pytest.raises(ValueError, match=rf"train_size={m_train - 1} with subset 'first': .*lack class\(es\) "
+                       rf"\[{missing}\].*use subset 'stratified'"):
+        load_data("cifar10", train_size=m_train - 1, **kw)
+    strat = load_data("cifar10", train_size=m_train, root=tmp_path / "data", cache_dir=tmp_path / "c")
+    assert len(strat.train) == m_train  # the default is the stratified subset, as before
+
+
+def test_first_subset_of_a_class_sorted_folder_is_refused(tmp_path):
+    root = _make_folder(tmp_path / "ds")  # stored class by class: a, a, a, a, b, ...
+    with pytest.raises(ValueError, match=r"first 6 images lack class\(es\) \[2\] of the split's 3.*imagefolder"):
+        load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6, subset="first")
+    d = load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6)  # stratified: every class
+    assert d.train.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    with pytest.raises(ValueError, match=r"subset 'random' is not valid; allowed: stratified, first"):
+        load_data(f"imagefolder:{root}", cache_dir=tmp_path / "c", train_size=6, subset="random")
 
 
 def test_cifar_missing_files_say_where_and_how(tmp_path, monkeypatch):

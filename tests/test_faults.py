@@ -1,4 +1,4 @@
-"""The table of faults and bad inputs (issue 9): one test per row, each asserting the outcome.
+"""The table of faults and bad inputs: one test per row, each asserting the outcome.
 
 "before": the code this work started from (71b6fde), run on this machine; "after": what the row asserts.
 Rows marked [slurm] are in tests/test_slurm.py (a real one-node cluster; they skip without one); rows
@@ -36,7 +36,7 @@ marked [area] call the check that lives beside the code concerned (test_config, 
 | one byte flipped in the tensor data of `checkpoints/last.pt` of a stopped `archrelax train`, then the same command (rows from here: before = c424527) | `resuming R at step 49`, rc 0, `done` at train accuracy 0.10 from the damaged weights (the issue's run: `diverged`, a final state that `archrelax run` never retries) | rc 2, one line naming the file and both restarts; status `damaged`; `--restart intact` resumes at the latest intact snapshot (step 40), `--restart scratch` at step 0; both end with the metrics and weights of an uninterrupted run |
 | the same in an experiment: `archrelax run`, then `archrelax run` again | the CNN resumed from the damaged weights and ended `done` | the first marks it `damaged` (the log, `archrelax status`, summary.csv; the epoch where it stopped kept) while the others finish; the second restarts it from its latest intact snapshot: summary equals an uninterrupted run's |
 | one label byte flipped in the decoded data cache (`imagefolder-*.pt`) | rc 0, no word, that label swapped | one warning naming the cache, decoded again from the source: the labels right, the cache rewritten |
-| `archrelax train --relax fc --from SNAP` with one byte of SNAP flipped | rc 0, trained from the damaged weights | rc 2, one line naming the snapshot and what to do; the run `failed`, nothing trained |
+| `archrelax train --relax fc --from SNAP` with one byte of SNAP flipped | rc 0, trained from the damaged weights | rc 2, one line naming the snapshot and what to do; nothing trained, no run folder left |
 | `archrelax analyse` with one byte of a run's `final.pt` flipped | analysed from the damaged weights | the run under `missing`, the reason naming the damaged file |
 | `relax()` of `fc(relu(self.conv(x) / self.conv.weight.abs().mean()))`, and `archrelax train --relax fc --from SNAP` of it [area] | an eFCN whose outputs differ by up to 536; its first metrics row: train loss 225 (the CNN's snapshot: 3.2), rc 0 | RelaxCheckError naming the likely causes (also for a functional conv); `check=False` skips it; the command: rc 2, one line, nothing trained |
 | `pytest` on a machine without Slurm | `1 failed, 636 passed, 9 skipped`: test_slurm_options_reach_submitit, "Could not detect srun" | skipped with the reason ("no sbatch on PATH ..."), asserted with PATH emptied |
@@ -52,12 +52,26 @@ marked [area] call the check that lives beside the code concerned (test_config, 
 | metrics.jsonl, or final.pt, of a done run deleted, then the same command | rc 0, `done at epoch 10: train acc nan, test acc nan`; rc 0, `done` with no final weights | rc 2, one line: done, but its record is incomplete (what is missing), and the fixes; `--restart intact` trains it again (from scratch: no snapshot's rows are in the empty log; from last.pt at the end: final.pt rewritten), to the uninterrupted run's metrics and weights |
 | `archrelax status` of an experiment with one done run's log cut and another's final.pt deleted | both `done`, rc 0 | both `incomplete`, the error column saying what is missing, rc 1 |
 | config.json edited (lr 0.1 -> 0.2) and the matching command run (`--lr 0.2`) | the lr-0.1 checkpoint resumed, rc 0, its final.pt recording lr 0.2 | rc 2, one line naming config.json, last.pt and the key (`lr: 0.1 -> 0.2`), with `--restart scratch` too; status `failed`, checkpoint and log untouched |
+| an experiment copied (`cp -a A B`), A's runs deleted, then a run of B retrained and `archrelax analyse B --force` (rows from here: before = 03867ac, the tests run on it) | B's config.json files hold `init_from` = absolute paths into A | every recorded path relative to B; the run retrains from B's own snapshot; the analysis gives A's numbers from B's files |
+| a file an analysis read replaced by other content of the same size, mtime kept | (the cache key was path, size and mtime: not run, the two runs' files differ in size there) | recomputed: the key is the content digest the file carries |
+| `kill -9` of the worker training the CNN, `archrelax run --workers 2`, the FCN baseline training beside it | the CNN `failed: BrokenProcessPool: A process in the process pool was terminated abruptly while the future was running or pending.` (the issue's probe: a finished run reported so too, a healthy one stopped) | the CNN `failed: worker process N was killed by SIGKILL ... while it trained cnn-...`; the baseline trains on to `done`, no error; rc 1 |
+| `archrelax run --force OTHER-SPEC EXP` while an `archrelax run` trains in EXP | rc 0, spec and plan replaced while the first process trained on | rc 2, one line: the folder is in use (`archrelax run` pid N on host H), nothing changed; accepted once that run ended |
+| `archrelax report` after a writer was killed (a `.report-new-*` folder left; or killed between its renames: report/ gone, `.report-old-*` left) | the debris stays for good | cleared; report/ whole |
+| `--set 'seeds=[0,'`, `--set 'train={lr: 0.1'` | a yaml traceback (the issue: 53 lines) | rc 2, one line naming the key, the value and the column; nothing created |
+| a spec file that is not YAML | 9 lines of PyYAML's message with carets | one line naming the file, line, column and the key (`in the value of 'seeds' from line 2`) |
+| `archrelax run --workers 0` (or `-2`) | rc 2, but spec.yaml, plan.json and summary.csv written first | rc 2, one line by the spec's own check (`'workers' = 0 is out of range`), nothing created |
+| a relaxed run whose CNN snapshot was deleted after the CNN wrote it | "was not written: run ... ended with status 'done' at epoch 2 before this switch time" (false) | "is missing: run ... is 'done' at epoch 2, past this switch time 1, so it wrote the file, which has been deleted or moved since", with the fixes |
+| `train.tensorboard: true` without the tensorboard package: `archrelax run`, `archrelax train --tensorboard` | validation passed, every run failed at its start, rc 1 | rc 2, one line naming the key, the package and `--set train.tensorboard=false`; nothing created |
+| `archrelax run EXP --set train.tensorboard=false` on a folder made with it true (also force_memory, checkpoint_every_s) | refused: "holds a different spec ... train.tensorboard: True -> False" | accepted: a runtime setting changes no run id; nothing retrained (train.lr still refused) |
+| `archrelax train --data imagefolder:/missing --out D` | rc 2, D left with config.json, status.json and .lock | rc 2, one line naming the path; no D |
+| a run that failed (its error.log written) then succeeded on the next `archrelax run` | the old traceback kept in error.log beside `done` | error.log removed with the failure it recorded |
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import fcntl
+import importlib.util
 import io
 import json
 import os
@@ -940,7 +954,8 @@ def test_train_from_a_damaged_snapshot_fails_naming_it(snap_reference, tmp_path)
         f"archrelax train: error: checkpoint {str(snap)!r} is damaged: its content does not match the digest written "
         f"with it ({lines[0].split('(')[1].split(')')[0]}); the file changed after it was written (a disk, memory or "
         "copy error): restore it from a copy, or train the run that wrote it again"], lines
-    assert status(out)["status"] == "failed" and not (out / "final.pt").exists()
+    # a start that fails before anything is trained leaves no folder it created (nothing of the run to keep)
+    assert not out.exists()
 
 
 def test_analysis_of_a_damaged_final_lists_the_run_as_missing(small_experiment, tmp_path):
@@ -1011,3 +1026,224 @@ def test_every_third_party_import_is_declared():
                 for d in project["dependencies"] + sum(project["optional-dependencies"].values(), [])}
     undeclared = {m: dists.get(m) for m in third if not {d.lower() for d in dists.get(m, [m])} & declared}
     assert not undeclared, f"imported by src/ but not declared in pyproject.toml: {undeclared}"
+
+
+# ---- an experiment as a whole: its copies, its workers, its sessions, its messages ----------------------------
+
+
+def test_copied_experiment_trains_and_analyses_from_its_own_files(small_experiment, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(small_experiment, a)  # copy2: contents and mtimes, as `cp -a`
+    ref = _cli("analyse", str(a), "--only", "distance", "--quiet")
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    shutil.copytree(a, b)
+    shutil.rmtree(a / "runs")  # the original changed (here: gone): the copy must not notice
+    for cfg in b.glob("runs/*/config.json"):  # before: init_from pointed into the original folder
+        init = json.loads(cfg.read_text())["init_from"]
+        assert init is None or (not Path(init).is_absolute() and (cfg.parent / init).resolve().is_relative_to(b)), init
+    efcn = next(b.glob("runs/efcn-tw1-*"))
+    shutil.rmtree(efcn)  # trained again, from the copy's own snapshot
+    r = _cli("run", str(b))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert status(efcn)["status"] == "done"
+    r = _cli("analyse", str(b), "--only", "distance", "--force", "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    got, want = (json.loads((e / "analysis" / "distance.json").read_text()) for e in (b, a))
+    assert not got["missing"] and [c["run"] for c in got["curves"]] == [c["run"] for c in want["curves"]]
+    # the same numbers: the copy's own files, of the same content (the retrained run is deterministic)
+    assert (got["curves"], got["gain"]) == (want["curves"], want["gain"])
+
+
+def test_analysis_cache_follows_content_not_size_and_mtime(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    assert _cli("analyse", str(exp), "--only", "templates", "--quiet").returncode == 0
+    # other weights in a run's final.pt (another run's: intact, of the same size, so the same architecture), with
+    # its old mtime: what a size+mtime key cannot see
+    finals = sorted(exp.glob("runs/*/final.pt"))
+    fcn, other = next((a, b) for a in finals for b in finals
+                      if a != b and a.stat().st_size == b.stat().st_size and a.read_bytes() != b.read_bytes())
+    st = fcn.stat()
+    shutil.copyfile(other, fcn)
+    os.utime(fcn, ns=(st.st_atime_ns, st.st_mtime_ns))
+    r = _cli("analyse", str(exp), "--only", "templates")
+    assert r.returncode == 0 and "templates: computing" in r.stderr, r.stderr  # before: "templates: up to date"
+    assert "up to date" not in r.stderr
+
+
+def _running(exp: Path, pattern: str, step: int = 2) -> dict:
+    """The status.json of the run folder ``pattern`` once it trains at ``step`` or later."""
+    def ready() -> dict | None:
+        for st in exp.glob(f"runs/{pattern}/status.json"):
+            with contextlib.suppress(json.JSONDecodeError, OSError):
+                d = json.loads(st.read_text())
+                if d.get("status") == "running" and (d.get("step") or 0) >= step:
+                    return d
+        return None
+
+    wait_for(ready, what=f"run {pattern} to train")
+    return ready()
+
+
+def test_kill_9_of_one_worker_fails_its_run_only(tmp_path):
+    # the CNN (120 steps) and the FCN baseline (40 steps) train side by side; the CNN's worker is killed
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(yaml.safe_dump({**SPEC, "relaxed": {"epochs": 20, "until_zero_loss": False}}))
+    exp = tmp_path / "exp"
+    proc = _start_run(spec, exp, "--workers", "2")
+    try:
+        cnn = _running(exp, "cnn-*")
+        _running(exp, "fcn-*")
+        os.kill(cnn["pid"], signal.SIGKILL)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 1, err[-3000:]  # runs did not finish: the CNN and its dependants
+    rows = {r["kind"]: r for r in summary(exp)}
+    assert rows["cnn"]["status"] == "failed", rows["cnn"]
+    assert f"worker process {cnn['pid']} was killed by SIGKILL" in rows["cnn"]["error"], rows["cnn"]
+    # before: the healthy run was stopped, and a finished one reported "A process in the process pool was
+    # terminated abruptly"
+    assert rows["fcn"]["status"] == "done" and not rows["fcn"]["error"], rows["fcn"]
+    assert "terminated abruptly" not in out + err
+
+
+def test_force_with_another_spec_is_refused_while_a_run_trains(spec_file, tmp_path):
+    exp = tmp_path / "exp"
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**SPEC, "train": {**SPEC["train"], "lr": 0.1}}))
+    proc = _start_run(spec_file, exp)
+    try:
+        _cnn_mid_run(exp, proc, step=4)
+        saved = {p: p.read_bytes() for p in (exp / "spec.yaml", exp / "plan.json")}
+        r = _cli("run", str(other), "--out", str(exp), "--force")  # before: accepted, the old process trained on
+        lines = r.stderr.strip().splitlines()
+        assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+        assert lines[0].startswith(f"archrelax run: error: experiment folder {str(exp)!r} is in use (`archrelax run` "
+                                   f"pid {proc.pid} on host "), lines
+        assert {p: p.read_bytes() for p in saved} == saved
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=120)
+    assert _cli("run", str(other), "--out", str(exp), "--force", "--dry-run").returncode == 0  # free again
+
+
+def test_report_clears_what_a_killed_writer_left(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    assert _cli("report", str(exp), "--no-analyse").returncode == 0
+    # what kill -9 leaves at each point of a report's write: a half-built new folder; and, between the two
+    # renames, the previous report moved aside with report/ gone
+    (exp / ".report-new-k1llme" / "fig").mkdir(parents=True)
+    (exp / ".report-new-k1llme" / "fig" / "half.png").write_bytes(b"\x89PNG")
+    (exp / "report").rename(exp / ".report-old-k1llme")
+    (exp / ".report-new-k2llme").mkdir()
+    r = _cli("report", str(exp), "--no-analyse")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in exp.glob(".report-*")) == []  # before: both .report-new-* left for good
+    assert (exp / "report" / "index.html").is_file()
+
+
+@pytest.mark.parametrize("args, where", [
+    (["--set", "seeds=[0,"], ("(--set): 'seeds' = '[0,' is not valid YAML: expected the node content, but found "
+                              "'<stream end>' (column 4)")),
+    (["--set", "train={lr: 0.1"], "(--set): 'train' = '{lr: 0.1' is not valid YAML: "),
+], ids=["list", "mapping"])
+def test_set_value_that_is_not_yaml_is_one_line(tmp_path, spec_file, args, where):
+    r = _cli("run", str(spec_file), *args, "--out", str(tmp_path / "exp"))
+    lines = r.stderr.strip().splitlines()  # before: a 53-line yaml traceback
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+        f"archrelax run: error: invalid experiment spec {where}"), lines
+    assert not (tmp_path / "exp").exists()
+
+
+def test_spec_file_that_is_not_yaml_is_one_line_naming_the_key(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: a\nseeds: [0,\ntargets: [fc]\n")
+    r = _cli("run", str(bad), "--out", str(tmp_path / "exp"))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"archrelax run: error: invalid experiment spec ({bad}): not valid YAML: expected ',' or ']', but got "
+        "'<stream end>' (line 4, column 1, in the value of 'seeds' from line 2)"], r.stderr
+    assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("args, problem", [
+    (["--workers", "0"], "(--workers 0): 'workers' = 0 is out of range; allowed: an integer >= 1"),
+    (["--workers", "-2", "--executor", "local"], "(--executor local --workers -2): 'workers' = -2 is out of range"),
+])
+def test_bad_workers_is_refused_before_anything_is_written(tmp_path, spec_file, args, problem):
+    r = _cli("run", str(spec_file), *args, "--out", str(tmp_path / "exp"))
+    assert not (tmp_path / "exp").exists()  # before: spec.yaml, plan.json and summary.csv written, then rc 2
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and lines[0].startswith(
+        f"archrelax run: error: invalid experiment spec {problem}"), lines
+
+
+def test_missing_snapshot_message_says_the_file_went_away(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    efcn = next(exp.glob("runs/efcn-tw1-*"))
+    shutil.rmtree(efcn)
+    cnn = next(exp.glob("runs/cnn-*"))
+    (cnn / "snapshots" / "epoch_1.pt").unlink()
+    r = _cli("run", str(exp))
+    assert r.returncode == 1
+    err = status(efcn)["error"]  # before: "ended with status 'done' at epoch 2 before this switch time" (false)
+    assert err.startswith(f"snapshot runs/{cnn.name}/snapshots/epoch_1.pt is missing: run {cnn.name} is 'done' at "
+                          "epoch 2, past this switch time 1, so it wrote the file, which has been deleted or moved "
+                          "since"), err
+    assert "before this switch time" not in err
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tensorboard") is not None, reason="tensorboard is installed here")
+def test_tensorboard_without_the_package_is_refused_before_anything(tmp_path, spec_file):
+    r = _cli("run", str(spec_file), "--set", "train.tensorboard=true", "--out", str(tmp_path / "exp"))
+    # before: validation passed, every run failed at its start (6 dependants failed), the analyses ran anyway
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "archrelax run: error: 'train.tensorboard' = true needs the tensorboard package, which is not installed here: "
+        "pip install 'archrelax[tensorboard]', or --set train.tensorboard=false (it changes no run)"], r.stderr
+    assert not (tmp_path / "exp").exists()
+    r = _cli("train", *TRAIN_ARGS, "--tensorboard", "--out", str(tmp_path / "run"))
+    assert r.returncode == 2 and "--tensorboard needs the tensorboard package" in r.stderr, r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_runtime_training_setting_is_not_a_spec_change(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    saved = yaml.safe_load((exp / "spec.yaml").read_text())
+    saved["train"]["tensorboard"] = True  # the issue's folder: made with tensorboard on
+    (exp / "spec.yaml").write_text(yaml.safe_dump(saved))
+    before = summary(exp)
+    for kv in ("train.tensorboard=false", "train.force_memory=true", "train.checkpoint_every_s=5"):
+        r = _cli("run", str(exp), "--set", kv)  # before: refused as "a different spec" (it changes no run id)
+        assert r.returncode == 0 and "4 already finished, 0 to run" in r.stdout, r.stderr[-2000:]
+    assert summary(exp) == before
+    r = _cli("run", str(exp), "--set", "train.lr=0.2")
+    assert r.returncode == 2 and "train.lr: 0.05 -> 0.2" in r.stderr  # a key that changes runs still is
+
+
+def test_train_with_a_missing_data_path_leaves_no_folder(tmp_path):
+    out = tmp_path / "D"
+    r = _cli("train", "vanilla_cnn", "--data", "imagefolder:/no/such/folder", "--out", str(out))
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        "archrelax train: error: data 'imagefolder:/no/such/folder': /no/such/folder does not exist (expected a "
+        "folder or .zip with train/ and test/)"], r.stderr
+    assert not out.exists()  # before: config.json, status.json and .lock in D
+
+
+def test_error_log_goes_when_the_run_succeeds(small_experiment, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(small_experiment, exp)
+    efcn = next(exp.glob("runs/efcn-tw1-*"))
+    shutil.rmtree(efcn)
+    snap = next(exp.glob("runs/cnn-*")) / "snapshots" / "epoch_1.pt"
+    intact = snap.read_bytes()
+    snap.write_bytes(intact[:100])
+    assert _cli("run", str(exp)).returncode == 1
+    assert status(efcn)["status"] == "failed" and (efcn / "error.log").is_file()
+    snap.write_bytes(intact)
+    assert _cli("run", str(exp)).returncode == 0
+    assert status(efcn)["status"] == "done"
+    assert not (efcn / "error.log").exists()  # before: the old traceback kept beside a run that succeeded

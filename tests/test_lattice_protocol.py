@@ -199,16 +199,16 @@ def test_paths_from_set_and_an_empty_comparison_is_refused():
 # ---- the preset and a small experiment of every kind ---------------------------------------------------------
 
 
-def test_lattice_preset_plans_the_four_corners_and_a_soft_run_at_each_switch_time():
+def test_lattice_preset_plans_the_four_corners_a_soft_and_an_attention_run_at_each_switch_time():
     spec = load_spec(preset="lattice")
     plan = make_plan(spec)
     switch = spec.switch_list()
     for seed in spec.seeds:
         runs = [r for r in plan.values() if r.seed == seed]
-        for kind in ("cont", "wide", "elcn", "efcn", "soft"):
+        for kind in ("cont", "wide", "elcn", "efcn", "soft", "attn"):
             assert sorted(r.t_w for r in runs if r.kind == kind) == switch, kind
         assert {r.config["relax"] for r in runs if r.kind == "wide"} == {"wide:full"}
-        assert [r.kind for r in runs].count("cnn") == 1 and len(runs) == 1 + 5 * len(switch)
+        assert [r.kind for r in runs].count("cnn") == 1 and len(runs) == 1 + 6 * len(switch)
     assert set(spec.analyses) >= {"memory", "distance"}
 
 
@@ -238,7 +238,7 @@ def test_a_small_experiment_of_every_new_kind_runs_and_reports(tmp_path):
     assert {r.kind for r in plan.values()} == {"cnn", "cont", "wide", "tiled", "elcn", "efcn", "soft", "path"}
     assert all(exp.run(i).read_status().status == "done" for i in plan)
     dist = read_result(exp.result_path("distance"), "distance")
-    assert {g.kind for g in dist.gain} == {k for k in RELAXED_KINDS if k != "hier"}
+    assert {g.kind for g in dist.gain} == {k for k in RELAXED_KINDS if k not in ("hier", "attn")}
     memory = read_result(exp.result_path("memory"), "memory")
     assert [r.form for r in memory.rows] == ["cnn", "lc", "fc", "wide:full", "tiled:2", "fc_ref"]
     soft = next(r for r in plan.values() if r.kind == "soft")

@@ -356,7 +356,7 @@ def test_bf16_autocast_lockstep_runs_and_tracks_separate_runs(cnns, tmp_path):
         assert b["metrics"]["train_loss"] == pytest.approx(a["metrics"]["train_loss"], rel=1e-2)
 
 
-# ---- the lattice and the soft release (issue 10) in lockstep ------------------------------------------------
+# ---- the lattice and the soft release in lockstep ------------------------------------------------
 
 
 @pytest.mark.parametrize("to", ["wide:full", "tiled:2", "fc@features.0"])

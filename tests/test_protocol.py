@@ -3,8 +3,8 @@ failures, resume after a real SIGKILL). Training uses tiny synthetic data so the
 from __future__ import annotations
 
 import csv
-import re
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -168,12 +168,16 @@ def test_run_writes_store_and_second_run_does_no_training(tiny_experiment, tmp_p
     assert yaml.safe_load((exp / "spec.yaml").read_text())["name"] == "tiny"
     plan = store.read_plan()
     assert list(plan) == list(make_plan(spec_from_dict(TINY))) == [r["id"] for r in rows]  # order kept on disk
-    # the relaxed runs started from the CNN's snapshots (paths of the folder they ran in, copied from)
+    # the relaxed runs started from the CNN's snapshots, recorded relative to their own folder (so the
+    # experiment folder can be copied or moved whole)
     for rid, run in plan.items():
-        cfg = yaml.safe_load((exp / "runs" / rid / "config.json").read_text())
+        folder = exp / "runs" / rid
+        cfg = yaml.safe_load((folder / "config.json").read_text())
         want = Path(run.snapshot) if run.depends_on else None  # switch times on the step grid: exact names
-        assert (cfg["init_from"] and Path(cfg["init_from"]).relative_to(tiny_experiment.resolve())) == want
-        assert store.snapshot_for(run) == (Path(cfg["init_from"]) if run.depends_on else None)
+        assert cfg["init_from"] is None or not Path(cfg["init_from"]).is_absolute()
+        got = cfg["init_from"] and Path(os.path.normpath(folder / cfg["init_from"])).relative_to(exp)
+        assert got == want
+        assert store.snapshot_for(run) == (store.root / want if run.depends_on else None)
 
     files = {p: p.stat().st_mtime_ns for p in (exp / "runs").rglob("*") if p.is_file() and p.name != ".lock"}
     logs: list[str] = []
@@ -204,8 +208,9 @@ def test_failing_run_does_not_stop_others_and_shows_in_status(tiny_experiment, t
     assert status[fcn.id]["status"] == "done"
     assert store.run(efcn1.id).error_log_path.read_text().startswith("Traceback")
 
-    assert cli_main(["status", str(exp)]) == 0
+    assert cli_main(["status", str(exp)]) == 1  # a failed run: the exit status says so (0 only when none went wrong)
     out = capsys.readouterr().out
+    assert "1 run(s) went wrong (failed)" in out
     line = next(ln for ln in out.splitlines() if ln.startswith(efcn1.id))
     assert "failed" in line and "epoch_1.pt" in line
     assert out.strip().endswith("4 runs: 3 done, 1 failed")
@@ -338,7 +343,7 @@ def test_demo_command_prints_summary_and_writes_report(tmp_path, capsys):
         page = (tmp_path / "demo" / "report" / "index.html").read_text()
         # no analysis was requested (analyses=[]): the overview says so, not "--no-analyse"
         note = re.search(r"<p>Analyses: (.*?)</p>", page, re.S).group(1)
-        assert note.startswith("missing (no result yet): memory, distance") and "--no-analyse" not in note, note
+        assert note.strip() == "none", note  # the report computes and lists only the spec's analyses
         assert 'id="claims"' in page
     assert re.search(r"claims of the paper: .*not enough evidence.* \(details: `archrelax claims ", out), out
 
@@ -358,3 +363,73 @@ def test_analysis_settings_are_validated_and_read_back_from_the_experiment(tmp_p
     s = settings_from_spec(root)
     assert s.trace_probes == 3 and s.sharpness_max_iter == 10  # override, and the demo preset's own value
     assert settings_from_spec(tmp_path).trace_probes == 10  # no spec: the defaults
+
+
+# ---- archrelax run --dry-run ---------------------------------------------------------------------------
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Every path under ``root`` (and root itself) with its bytes and mtime: equal only if nothing was written."""
+    out = {}
+    for p in [root, *sorted(root.rglob("*"))] if root.exists() else []:
+        st = p.lstat()
+        out[str(p.relative_to(root))] = (p.read_bytes() if p.is_file() else None, st.st_mtime_ns, st.st_size)
+    return out
+
+
+def test_dry_run_of_a_fresh_folder_prints_plan_footprint_and_guard_and_creates_nothing(tmp_path, capsys):
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "new" / "exp"
+    before = _tree(tmp_path)
+    assert cli_main(["run", str(spec_file), "--out", str(out), "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert _tree(tmp_path) == before and not out.parent.exists()
+    assert "does not exist yet" in text and "plan: 4 runs, 0 finished, 4 to run (executor local, 1 worker)" in text
+    for run in make_plan(spec_from_dict(TINY)).values():  # every run id, with its kind, t_w and seed, no status
+        row = next(ln for ln in text.splitlines() if ln.startswith(run.id)).split()
+        assert row == [run.id, run.kind, *([f"{run.t_w:g}"] if run.t_w is not None else []), "0", "-"], row
+    assert "footprint of vanilla_cnn on 1x28x28 inputs" in text and "eFCN params" in text  # archrelax footprint's table
+    guard = text.split("memory guard")[1]
+    assert re.search(r"  fc \(efcn, fcn: 3 runs\): needs [\d.]+ [kMG]?B on cpu: fits \([\d.]+ [kMG]?B available\)",
+                     guard), guard
+    # with --preset, and the guard's bytes are relax()'s own count
+    from archrelax.embed.relax import memory_need
+    from archrelax.models import create_model
+
+    need = sum(memory_need(create_model("vanilla_cnn", width=2, num_classes=2, in_channels=1, input_size=28),
+                           "fc").values())
+    from archrelax.embed.footprint import _human_bytes
+
+    assert f"needs {_human_bytes(need)} on cpu" in guard
+    assert cli_main(["run", "--preset", "demo", "--set", "targets=[lc]", "--out", str(out), "--dry-run"]) == 0
+    assert "  lc (elcn: 5 runs)" in capsys.readouterr().out and not out.parent.exists()
+
+
+def test_dry_run_of_an_existing_experiment_shows_status_and_writes_nothing(tiny_experiment, tmp_path, capsys,
+                                                                          monkeypatch):
+    exp = tmp_path / "tiny"
+    shutil.copytree(tiny_experiment, exp)
+    spec_file = tmp_path / "tiny.yaml"
+    spec_file.write_text(yaml.safe_dump(TINY))
+    before = _tree(tmp_path)
+    for argv in (["run", str(exp)], ["run", str(spec_file), "--out", str(exp)]):
+        assert cli_main([*argv, "--dry-run"]) == 0
+        text = capsys.readouterr().out
+        assert "plan: 4 runs, 4 finished, 0 to run" in text
+        assert all(next(ln for ln in text.splitlines() if ln.startswith(rid)).split()[-1] == "done"
+                   for rid in Store(exp).read_plan())
+    # another spec: the refusal `archrelax run` would give, exit status 1; with --force the plan it would train
+    assert cli_main(["run", str(exp), "--set", "train.lr=0.2", "--dry-run"]) == 1
+    text = capsys.readouterr().out
+    assert "would refuse this spec" in text and "train.lr: 0.05 -> 0.2" in text and "4 to run" in text
+    assert cli_main(["run", str(exp), "--set", "train.lr=0.2", "--force", "--dry-run"]) == 0
+    capsys.readouterr()
+    # a relaxation that would not fit: relax()'s guard refuses it, so the dry run says so (exit status 1)
+    monkeypatch.setattr(sys.modules["archrelax.embed.relax"], "available_memory", lambda device: 999)
+    assert cli_main(["run", str(exp), "--dry-run"]) == 1
+    assert "on cpu: does not fit (999 B available" in capsys.readouterr().out
+    # options checked as by `archrelax run`: a bad --workers is refused, still nothing written
+    assert cli_main(["run", str(exp), "--workers", "0", "--dry-run"]) == 2
+    assert "workers" in capsys.readouterr().err
+    assert _tree(tmp_path) == before

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from archrelax.embed import DenseConv, LocallyConnected1d, LocallyConnected2d, RelaxedConv, relax, transfer
-from archrelax.embed.relax import available_memory
+from archrelax.embed.relax import available_memory, memory_need
 
 F64 = torch.float64
 # torch's own performance note about Functional.conv1 ('same' padding with an even kernel)
@@ -365,6 +365,25 @@ def test_memory_guard():
     assert isinstance(exc.value, ValueError)  # so the CLI prints it as a user error
     free = available_memory(torch.device("cpu"))
     assert free is not None and 0 < free < 1 << 50
+
+
+@pytest.mark.parametrize("to, layers", [("fc", None), ("lc", None), ("fc", ["1"]), ("attn", None), ("tiled:2", "0")])
+def test_memory_need_is_what_the_guard_counts(monkeypatch, to, layers):
+    import sys
+
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Conv2d(3, 4, 3, stride=2))
+    before = copy.deepcopy(model.state_dict())
+    need = memory_need(model, to, (1, 2, 9, 9), layers)
+    cpu = torch.device("cpu")
+    assert list(need) == [cpu] and need[cpu] > 0
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    # the guard refuses one byte short of that count and passes at it
+    mod = sys.modules["archrelax.embed.relax"]  # the module (archrelax.embed.relax is also the function's name)
+    monkeypatch.setattr(mod, "available_memory", lambda device: need[cpu] - 1)
+    with pytest.raises(MemoryError):
+        relax(model, to, (1, 2, 9, 9), layers=layers)
+    monkeypatch.setattr(mod, "available_memory", lambda device: need[cpu])
+    relax(model, to, (1, 2, 9, 9), layers=layers)
 
 
 # ---------------------------------------------------------------------------------------------------------

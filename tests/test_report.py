@@ -88,11 +88,13 @@ def test_partial_report_says_what_is_missing(partial):
     assert "RuntimeError: loss is NaN at step 40" in secs["runs"]["text"]  # the error, in full, under the table
 
 
-def test_empty_experiment_folder_renders_every_section_with_notes(tmp_path):
+def test_empty_experiment_folder_renders_the_sections_it_can_with_notes(tmp_path):
     index = write_report(tmp_path, analyse=False)
     secs = parse_report(index.read_text())
-    assert set(EXPECTED_SECTIONS) <= set(secs)
-    for sid in EXPECTED_SECTIONS:
+    # no plan and no spec: nothing asks for eFCN, eLCN, hierarchical or lattice runs or for any analysis, so the
+    # page has no section for them (a box of "missing" notes for what nobody asked for would mislead)
+    assert list(secs) == ["claims", "overview", "curves-efcn", "runs", "spec"], list(secs)
+    for sid in secs:
         assert secs[sid]["missing"], f"section {sid} neither shows nor explains anything"
     assert not any(s["imgs"] for s in secs.values())
     with pytest.raises(FileNotFoundError, match="does-not-exist"):

@@ -139,13 +139,19 @@ def test_snapshot_for_is_the_nearest_whole_step_until_the_run_started(tmp_path):
     parent.append_metrics({"epoch": 1.0, "step": 2})  # 2 steps per epoch: t = 0.3 is step round(0.6) = 1
     assert exp.snapshot_for(efcn) == tmp_path.resolve() / "runs/cnn/snapshots/epoch_0.5.pt"
     assert [t for t, _ in parent.snapshots()] == []
-    # once started, the file the run was given is the truth (while it exists)
-    other = tmp_path / "elsewhere" / "epoch_0.5.pt"
-    other.parent.mkdir()
+    # once started, the file the run was given is the truth (while it exists): relative to the run's folder
+    other = tmp_path / "runs" / "cnn-old" / "snapshots" / "epoch_0.5.pt"
+    other.parent.mkdir(parents=True)
     other.write_bytes(b"x")
-    exp.run("efcn").write_config({"init_from": str(other)})
-    assert exp.snapshot_for(efcn) == other
-    other.unlink()  # moved away: back to the parent's file in this folder
+    exp.run("efcn").write_config({"init_from": "../cnn-old/snapshots/epoch_0.5.pt"})
+    assert exp.snapshot_for(efcn) == other.resolve()
+    # an absolute path (older versions) is read as the same file of this folder, never outside it
+    copy_of = tmp_path.parent / f"{tmp_path.name}-original" / "runs" / "cnn-old" / "snapshots" / "epoch_0.5.pt"
+    copy_of.parent.mkdir(parents=True)
+    copy_of.write_bytes(b"y")
+    exp.run("efcn").write_config({"init_from": str(copy_of)})
+    assert exp.snapshot_for(efcn) == other.resolve()
+    other.unlink()  # gone here: back to the parent's file in this folder, not the original's
     assert exp.snapshot_for(efcn) == parent.snapshot_path(0.5)
 
 
@@ -348,11 +354,18 @@ def test_rerun_of_a_finished_experiment_recomputes_no_analysis(tmp_path):
     assert {p: p.stat().st_mtime_ns for p in index.parent.rglob("*") if p.is_file()} == page  # nothing redrawn
     write_report(exp, analyse=False)  # another note on the page: drawn again
     assert index.stat().st_mtime_ns != page[index]
-    # an input that does change is seen: a run's final weights
-    final = next((exp / "runs").glob("efcn-*/final.pt"))
-    os.utime(final, ns=(time.time_ns(), time.time_ns()))
+    # the key is the inputs' content: a new time alone (a copy, a touch) recomputes nothing ...
     from archrelax.analysis import analyse_experiment
 
+    finals = sorted((exp / "runs").glob("efcn-*/final.pt"))
+    stamp = finals[0].stat()
+    os.utime(finals[0], ns=(time.time_ns(), time.time_ns()))
+    analyse_experiment(exp, only=["memory", "templates"], progress=False)
+    assert (out / "templates.json").stat().st_mtime_ns == first["templates.json"][0]
+    # ... and an input whose content changes is seen, even at the same size and time: a run's final weights
+    shutil.copyfile(finals[1], finals[0])
+    os.utime(finals[0], ns=(stamp.st_atime_ns, stamp.st_mtime_ns))
+    assert finals[0].stat().st_size == stamp.st_size
     analyse_experiment(exp, only=["memory", "templates"], progress=False)
     assert (out / "memory.json").stat().st_mtime_ns == first["memory.json"][0]  # reads only the CNN's arch
     assert (out / "templates.json").stat().st_mtime_ns != first["templates.json"][0]
@@ -361,15 +374,24 @@ def test_rerun_of_a_finished_experiment_recomputes_no_analysis(tmp_path):
 # ---- defect 5: a start that failed before training ------------------------------------------------------------
 
 
-def test_folder_of_a_start_that_failed_before_training_takes_the_corrected_command(tmp_path, capsys):
+def test_folder_of_a_start_that_failed_before_training_takes_the_corrected_command(tmp_path, capsys, monkeypatch):
     out = tmp_path / "run"
     # a typo in --model-kwargs is refused before anything is written (the factory's signature is checked first)
     assert cli_main([*TRAIN, "--model-kwargs", '{"widht": 2}', "--epochs", "1", "--out", str(out)]) == 2
     assert "widht" in capsys.readouterr().err and not out.exists()
-    # a missing data path fails inside the trainer: the folder holds a config and a failed status, no training state
+    # so is a missing data path (the data source is checked first)
     assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--data", "imagefolder:/no/such",
                      "--out", str(out)]) == 2
-    assert "/no/such" in capsys.readouterr().err
+    assert "/no/such" in capsys.readouterr().err and not out.exists()
+    # a start that fails inside the trainer (the memory guard, at set-up) in a folder the user made: the folder
+    # holds a config and a failed status, no training state (a folder this command created would be removed)
+    out.mkdir()
+    relax_module = sys.modules["archrelax.embed.relax"]  # the module: archrelax.embed.relax is also the function
+    with monkeypatch.context() as m:
+        m.setattr(relax_module, "available_memory", lambda device: 0)
+        assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--relax", "fc",
+                         "--out", str(out)]) == 2
+    assert "needs about" in capsys.readouterr().err
     assert RunFolder(out).read_status().status == "failed" and (out / "config.json").is_file()
     assert not RunFolder(out).has_training_state()
     assert cli_main([*TRAIN, "--model-kwargs", '{"width": 2}', "--epochs", "1", "--out", str(out)]) == 0

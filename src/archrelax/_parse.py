@@ -15,7 +15,9 @@ import difflib
 import typing
 from typing import Any
 
-from ._typed import NO, coerce, describe, yaml_load
+import yaml
+
+from ._typed import NO, coerce, describe, yaml_load, yaml_problem
 
 __all__ = ["build", "set_key", "keys", "unknown_key", "type_at", "plain_copy"]
 
@@ -111,20 +113,27 @@ def set_key(root: type, data: dict[str, Any], key: str, raw: str) -> None:
     """``data[key.sub] = raw`` in place, ``raw`` parsed as YAML (numbers in any ordinary notation such as 1e-3;
     ``fc,lc`` for a list field is a list). ValueError with the problem line for a key ``root`` does not have.
     Typing and range checks are :func:`build`'s, on the merged data."""
-    value = yaml_load(raw) if raw.strip() else None
     parts = key.split(".")
     tp = type_at(root, parts)
     if tp is None:
         prefix = ".".join(parts[:-1])
         raise ValueError(unknown_key(root, parts[-1], prefix + "." if prefix else "", _siblings(root, parts[:-1])))
+    value = _yaml_value(key, raw) if raw.strip() else None
     if isinstance(value, str) and "," in value and typing.get_origin(tp) is list:
-        value = [yaml_load(v) for v in value.split(",")]
+        value = [_yaml_value(key, v) for v in value.split(",")]
     node = data
     for p in parts[:-1]:
         if not isinstance(node.get(p), dict):
             node[p] = {}
         node = node[p]
     node[parts[-1]] = value
+
+
+def _yaml_value(key: str, raw: str) -> Any:
+    try:
+        return yaml_load(raw)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{key!r} = {raw!r} is not valid YAML: {yaml_problem(e, raw, lines=False)}") from None
 
 
 def plain_copy(x: Any) -> Any:

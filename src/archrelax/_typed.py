@@ -20,7 +20,7 @@ from typing import Any, Literal, Union
 
 import yaml
 
-__all__ = ["NO", "coerce", "conforms", "describe", "yaml_load", "parse_float", "parse_int"]
+__all__ = ["NO", "coerce", "conforms", "describe", "yaml_load", "yaml_problem", "parse_float", "parse_int"]
 
 NO = object()  # "cannot be converted"
 
@@ -38,6 +38,42 @@ _Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456
 def yaml_load(text: str) -> Any:
     """``yaml.safe_load`` with every ordinary number notation read as a number."""
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
+_KEY_LINE = re.compile(r"^(\s*)(?:-\s+)?([^\s#:'\"{}\[\],][^:#]*?)\s*:(?:\s|$)")
+
+
+def yaml_problem(e: yaml.YAMLError, text: str, *, lines: bool = True) -> str:
+    """One line saying where and why ``text`` is not valid YAML: ``"expected ..., but found ... (line 2, column 1,
+    in the value of 'seeds' from line 1)"``, instead of PyYAML's several lines with a caret. Lines and columns count
+    from 1 (``lines=False``: the column only, for a one-line value); the key is the mapping key (dotted) whose value
+    was being read when parsing failed, when the error says where that began."""
+    problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+    at = getattr(e, "problem_mark", None)
+    if at is None:
+        return problem
+    where = f"line {at.line + 1}, column {at.column + 1}" if lines else f"column {at.column + 1}"
+    began = getattr(e, "context_mark", None)
+    key = _key_at(text, began.line) if began is not None and lines else None
+    if key is not None:
+        where += f", in the value of {key!r}" + (f" from line {began.line + 1}" if began.line != at.line else "")
+    return f"{problem} ({where})"
+
+
+def _key_at(text: str, line: int) -> str | None:
+    """The dotted mapping key whose entry is on ``line`` (0-based) or the nearest line above it, by indentation."""
+    path: list[tuple[int, str]] = []
+    found = None
+    for i, row in enumerate(text.splitlines()[: line + 1]):
+        m = _KEY_LINE.match(row)
+        if not m:
+            continue
+        indent = len(m.group(1))
+        while path and path[-1][0] >= indent:
+            path.pop()
+        path.append((indent, m.group(2).strip()))
+        found = ".".join(k for _, k in path)
+    return found
 
 
 def _union_args(tp: Any) -> tuple | None:

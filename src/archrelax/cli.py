@@ -14,6 +14,7 @@ _COMMAND_MODULES = (
     "archrelax.train._cli",  # train
     "archrelax.analysis._cli",  # analyse ...
     "archrelax.report._cli",  # report
+    "archrelax.store._cli",  # export
     "archrelax.embed._cli",  # footprint
     "archrelax.data._cli",  # data
     "archrelax.models._cli",  # models
@@ -25,10 +26,30 @@ def build_parser() -> argparse.ArgumentParser:
         prog="archrelax",
         description="Embed CNNs into their eLCN/eFCN equivalents, train across the relaxation, analyse and report.",
     )
+    parser.add_argument("--version", action="version", version=f"archrelax {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMAND_MODULES:
         importlib.import_module(name).register(sub)
     return parser
+
+
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml); the package's own when it runs from a source tree."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("archrelax")
+    except PackageNotFoundError:
+        from . import __version__
+
+        return __version__
+
+
+def _cwd_on_path() -> None:
+    """Put the current folder first on sys.path, as ``python -m`` does: a ``mymodels:net`` factory beside the
+    user's spec imports. A console script's sys.path starts with the script's own folder instead."""
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
 
 
 def _os_error(e: OSError) -> str:
@@ -42,6 +63,7 @@ def _os_error(e: OSError) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    _cwd_on_path()
     exit_after_stop(True)  # this process ends after a clean stop: a second signal then is ignored, not fatal
     try:
         rc = args.func(args)

@@ -9,6 +9,35 @@ from .settings import AnalysisSettings
 
 # every setting with a scalar value becomes an option: --sharpness-samples N etc.
 _OPTIONS = tuple(f.name for f in dataclasses.fields(AnalysisSettings) if not isinstance(f.default, tuple))
+# what each option means, for --help (its default is read from AnalysisSettings; a test checks every option has one)
+HELP = {
+    "device": "device the analyses run on: auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps",
+    "seed": "seed of the fixed data subsets and of the random probes (Hutchinson vectors, Lanczos starts)",
+    "batch_size": "images per forward pass of the evaluations and Hessian-vector products (memory, not results)",
+    "sharpness_samples": "training images in the fixed subset the Hessian of the mean cross-entropy is taken on",
+    "sharpness_k": "top Hessian eigenvalues estimated per point (largest magnitude first)",
+    "sharpness_tol": "an eigenvalue θ is converged once its residual ||Hv - θv|| <= sqrt(tol)·|θ| (Lanczos stops "
+                     "when every one of the k is)",
+    "sharpness_max_iter": "Hessian-vector products of the Lanczos run at most, all k eigenvalues together (an "
+                          "estimate not converged by then is marked unconverged and left out of the claims)",
+    "sharpness_basis": "Lanczos vectors kept (memory: basis x parameters x 4 bytes); a full basis restarts from its "
+                       "best Ritz vectors (thick restart)",
+    "sharpness_blocks": "also the top eigenvalue of each relaxed (or conv) layer's own Hessian block (per-layer "
+                        "sharpness)",
+    "workers": "processes for the per-run analysis jobs (default: the spec's workers); the results do not change",
+    "trace_probes": "Rademacher probes of the Hutchinson estimate of the Hessian's trace (its standard error "
+                    "shrinks as 1/sqrt(probes))",
+    "eval_train_samples": "training images (a fixed subset) the interpolation curves are evaluated on",
+    "eval_test_samples": "test images (a fixed subset) the ablation and interpolation are evaluated on; the report "
+                         "states the size",
+    "alphas": "points α in [0, 1] of each interpolation curve, both ends included",
+    "interp_start": "where the interpolation starts: switch (the relaxed run's start, its embedded snapshot) or "
+                    "cnn_end (the CNN's final weights)",
+    "interp_end": "where it ends: efcn_end (the eFCN's final weights), cnn_end or switch",
+    "interp_max_runs": "interpolate at most this many finished eFCNs, in plan order; none: every one",
+    "template_count": "units of the first relaxed layer drawn as templates (largest off-local norm first)",
+}
+_METAVAR = {int: "N", float: "X", str: "NAME"}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,9 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"only these analyses: {', '.join(names)}")
     p.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
+    defaults = AnalysisSettings()
     for name in _OPTIONS:
-        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None, metavar="V",
-                       help=f"override AnalysisSettings.{name}")
+        default = getattr(defaults, name)
+        shown = "none" if default is None else default
+        p.add_argument("--" + name.replace("_", "-"), dest=name, default=None,
+                       metavar=_METAVAR.get(type(default), "N"),
+                       help=f"{HELP.get(name, name.replace('_', ' '))} (default: {shown}, or the spec's "
+                            f"analysis_settings.{name})".replace("%", "%%"))
     p.set_defaults(func=_analyse)
 
     p = subparsers.add_parser(
@@ -58,8 +92,12 @@ def _analyse(args: argparse.Namespace) -> int:
             overrides[name] = _cast(raw, default)
         except ValueError as e:
             raise ValueError(f"--{name.replace('_', '-')} {raw!r}: expected {type(default or 0).__name__}") from e
-    results = analyse_experiment(exp, only=args.only, progress=not args.quiet,
-                                 settings=dataclasses.replace(defaults, **overrides), force=args.force)
+    try:  # the settings' own checks, before anything is computed or written
+        settings = dataclasses.replace(defaults, **overrides)
+    except ValueError as e:
+        given = " ".join(f"--{k.replace('_', '-')} {getattr(args, k)}" for k in overrides)
+        raise ValueError(f"{given}: {e}" if given else str(e)) from None
+    results = analyse_experiment(exp, only=args.only, progress=not args.quiet, settings=settings, force=args.force)
     failed = 0
     for name, res in results.items():
         state = f"error: {res.error}" if res.error else f"{len(res.missing)} missing"

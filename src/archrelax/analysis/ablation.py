@@ -67,10 +67,12 @@ def local_change(end: nn.Module, switch: nn.Module) -> dict[str, float]:
 # ---- the experiment runner (archrelax.analysis.experiment) -------------------------------------------------
 @register_analysis("ablation", params=("seed", "eval_test_samples"), inputs=weight_files)
 def run(ctx: Context) -> AblationResult:
-    """Every finished relaxed run (efcn, elcn, hier): both parts, local only, off-local only; local drift (one job
-    per run: in the worker processes when there are several)."""
+    """Every finished relaxed run (efcn, elcn, hier, ...; attention runs skipped): both parts, local only, off-local
+    only; local drift (one job per run: in the worker processes when there are several)."""
     res = AblationResult()
-    runs = ctx.finished(ctx.of_kind(*RELAXED_KINDS), res.missing)
+    res.missing += [Missing(run=r.id, reason="an attention run: no off-local weights to ablate (its reach is in the "
+                            "attention, measured in its metrics)") for r in ctx.of_kind("attn")]
+    runs = ctx.finished(ctx.of_kind(*(k for k in RELAXED_KINDS if k != "attn")), res.missing)
     for rec, missing in run_jobs(ctx, _record, [r.id for r in runs], "ablation"):
         res.missing += missing
         if rec is not None:

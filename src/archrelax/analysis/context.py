@@ -143,7 +143,7 @@ class Context:
 
         c = self.config(run)
         return load_data(c.get("data", "mnist5k"), c.get("data_root"), train_size=c.get("train_size"),
-                         test_size=c.get("test_size"), seed=c.get("data_seed", 0))
+                         test_size=c.get("test_size"), seed=c.get("data_seed", 0), subset=c.get("subset", "stratified"))
 
     def data(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Normalised fixed subsets: "hessian" (train), "train" and "test", from the first CNN's data config."""

@@ -3,9 +3,10 @@
 Each analysis (``archrelax.analysis.registry``; its runner lives in its own module) writes one typed result
 (``archrelax.store.results``) as ``analysis/<name>.json``. The cache key (``fingerprint``) is built from
 what the result depends on, by content: the plan's content hash, the runs' states, the settings it uses,
-and the (path relative to the experiment, size, mtime) of the files it reads (metrics logs, snapshots,
-final weights). Files that a rerun of a finished experiment rewrites (plan.json, spec.yaml, summary.csv)
-enter by content only, so such a rerun recomputes nothing. A partial experiment is fine: what is finished
+and the (path relative to the experiment, content digest: ``archrelax.integrity.file_digest``) of the files
+it reads (metrics logs, snapshots, final weights). So a rerun of a finished experiment (which rewrites
+plan.json, spec.yaml and summary.csv with the same content) recomputes nothing, nor does a copy of the folder
+(``cp -r``, new times), and a file replaced by other content is seen whatever its size and time. A partial experiment is fine: what is finished
 is analysed and the rest is listed under ``missing``.
 """
 from __future__ import annotations
@@ -51,14 +52,15 @@ class AnalysisResults(dict):
 
 def fingerprint(ctx: "Context", name: str, params: dict[str, Any]) -> str:
     """The cache key of analysis ``name`` over ``ctx``'s experiment (see the module docstring)."""
+    from archrelax.integrity import file_digest
+
     analysis = get_analysis(name)
     files = []
     for f in sorted(set(analysis.inputs(ctx))):
         try:
-            st = f.stat()
-            files.append([ctx.rel(f), st.st_size, st.st_mtime_ns])
+            files.append([ctx.rel(f), file_digest(f)])
         except FileNotFoundError:
-            files.append([ctx.rel(f), None, None])
+            files.append([ctx.rel(f), None])
     key = {"analysis": name, "version": RESULT_TYPES[name].VERSION, "plan": plan_digest(ctx.plan),
            "statuses": ctx.statuses() if analysis.statuses else None, "files": files, "params": params}
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()

@@ -15,6 +15,12 @@ from archrelax.store.results import INTERPOLATION_ENDPOINTS, INTERPOLATION_METHO
 __all__ = ["AnalysisSettings", "make_settings", "settings_from_spec"]
 
 
+# the least value of each integer setting (alphas: both endpoints; interp_max_runs may also be None: all)
+_AT_LEAST = {"seed": 0, "batch_size": 1, "sharpness_samples": 1, "sharpness_k": 1, "sharpness_max_iter": 1,
+             "trace_probes": 1, "eval_train_samples": 1, "eval_test_samples": 1, "alphas": 2, "interp_max_runs": 1,
+             "template_count": 1}
+
+
 @dataclasses.dataclass
 class AnalysisSettings:
     """Costs of the analyses; defaults keep the demo to seconds per model on 2 CPUs."""
@@ -40,6 +46,13 @@ class AnalysisSettings:
     template_count: int = 8
 
     def __post_init__(self) -> None:
+        # every count and size in range, so a bad value is refused before any result is written
+        for name, low in _AT_LEAST.items():
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, int) and not isinstance(value, bool) and value >= low):
+                raise ValueError(f"analysis setting {name}={value!r}; allowed: an integer >= {low}")
+        if not self.sharpness_tol > 0:
+            raise ValueError(f"analysis setting sharpness_tol={self.sharpness_tol!r}; allowed: a number > 0")
         if self.workers is not None and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
                                          or self.workers < 1):
             raise ValueError(f"workers={self.workers!r}; valid: an integer >= 1, or None (the spec's workers)")

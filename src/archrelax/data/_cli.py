@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from .splits import SUBSETS
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -16,9 +18,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "synthetic[:CxHxW[:K[:NTR[:NTE]]]]")
     p.add_argument("--data-root", default=None, help="folder of cifar10/cifar100 (default $ARCHRELAX_DATA or "
                    "~/.cache/archrelax/datasets); base of a relative imagefolder PATH")
-    p.add_argument("--train-size", type=int, default=None, help="stratified training subset size (default: all)")
-    p.add_argument("--test-size", type=int, default=None, help="stratified test subset size (default: all)")
-    p.add_argument("--data-seed", type=int, default=0, help="seed of the subsets (default 0)")
+    p.add_argument("--train-size", type=int, default=None, help="training subset size (default: all)")
+    p.add_argument("--test-size", type=int, default=None, help="test subset size (default: all)")
+    p.add_argument("--data-seed", type=int, default=0, help="seed of the stratified subsets (default 0)")
+    p.add_argument("--subset", choices=SUBSETS, default="stratified", help="how the subsets pick images: "
+                   "stratified (class proportions kept, default) or first (the first N in the stored order)")
     p.add_argument("--cache-dir", default=None, help="default $ARCHRELAX_CACHE or ~/.cache/archrelax")
     p.add_argument("--download", action="store_true", help="download cifar10/cifar100 if missing (default: never)")
     p.set_defaults(func=_run)
@@ -29,7 +33,7 @@ def _run(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     d = load_data(args.source, args.data_root, train_size=args.train_size, test_size=args.test_size,
-                  seed=args.data_seed, cache_dir=args.cache_dir, download=args.download or None)
+                  seed=args.data_seed, subset=args.subset, cache_dir=args.cache_dir, download=args.download or None)
     elapsed = time.perf_counter() - t
     classes = ", ".join(d.classes[:10]) + (f", ... ({len(d.classes)})" if len(d.classes) > 10 else "")
     print(f"{d.name}: {len(d.train)} train / {len(d.test)} test images of shape {d.input_shape} (C, H, W), "

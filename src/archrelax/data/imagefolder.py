@@ -173,6 +173,23 @@ def list_classes(path: Path) -> list[str]:
     return list(_classes(names, f"{root}train/", f"{path}/{root}train"))
 
 
+def image_shape(path: Path) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, (C, H, W) of the images) of ``path``, decoding one image: the shape
+    :func:`decode_imagefolder` gives every image (1 channel for grayscale, else 3) when they all share it."""
+    tree: _Zip | _Folder = _Zip(path, read=False) if path.is_file() else _Folder(path)  # the listing, one member
+    names = tree.names()
+    root = _find_root(names, path)
+    classes = _classes(names, f"{root}train/", f"{path}/{root}train")
+    first = next(iter(classes.values()))[0]
+    data = tree.read(first) if isinstance(tree, _Folder) else torch.frombuffer(bytearray(tree.zf.read(first)),
+                                                                                dtype=torch.uint8)
+    try:
+        img = decode_image(data, mode=ImageReadMode.UNCHANGED)
+    except RuntimeError as e:
+        raise ValueError(f"imagefolder {path}/{first}: corrupt or unreadable image ({e})") from e
+    return len(classes), (1 if img.shape[0] == 1 else 3, int(img.shape[1]), int(img.shape[2]))
+
+
 def decode_imagefolder(path: Path) -> dict[str, Any]:
     """Decode both splits: ``{"classes", "train_images", "train_labels", "test_images", "test_labels"}``."""
     if not path.exists():

@@ -204,6 +204,25 @@ def check(source: str, root: str | os.PathLike | None, download: bool) -> None:
 
 
 
+# (classes, (C, H, W)) of the fixed data sets, as their decoders give them
+SHAPES = {"mnist5k": (10, (1, 28, 28)), "cifar10": (10, (3, 32, 32)), "cifar100": (100, (3, 32, 32))}
+
+
+def shape(source: str, root: str | os.PathLike | None) -> tuple[int, tuple[int, int, int]]:
+    """(number of classes, (C, H, W) of an image) of ``source`` without decoding it (an image folder: one image),
+    for what a model built for the data needs before any data is loaded (``archrelax run --dry-run``)."""
+    kind, _, options = source.partition(":")
+    if kind in SHAPES and not options:
+        return SHAPES[kind]
+    if kind == "synthetic":
+        c, h, w, k, _, _ = parse_synthetic(options)
+        return k, (c, h, w)
+    name, key, _ = resolve(source, root, download=False)  # unknown sources and missing paths: resolve's errors
+    from .imagefolder import image_shape
+
+    return image_shape(Path(key["path"]))
+
+
 Decoder = Callable[[], dict[str, Any]]
 
 

@@ -73,6 +73,28 @@ def stratified_subset(labels: torch.Tensor, size: int, seed: int, num_classes: i
     return torch.sort(keep).values
 
 
+SUBSETS = ("stratified", "first")  # how a subset size picks its images (load_data's ``subset``)
+
+
+def first_subset(labels: torch.Tensor, size: int, num_classes: int) -> torch.Tensor:
+    """Indices ``0 .. size - 1``: the first ``size`` samples in the stored order, as the paper's code takes
+    ``data_size`` images (the first batch of an unshuffled loader). For cifar10/cifar100 that order is the
+    official files' (classes mixed); an ImageFolder stores class by class, where the first N would hold few
+    classes, so a subset that lacks a class of its split is refused rather than trained on another task.
+    """
+    n = labels.shape[0]
+    if not 0 < size <= n:
+        raise ValueError(f"subset size {size} must be between 1 and the split's {n} images")
+    present = torch.bincount(labels, minlength=num_classes) > 0
+    kept = torch.bincount(labels[:size], minlength=num_classes) > 0
+    missing = (present & ~kept).nonzero().flatten().tolist()
+    if missing:
+        raise ValueError(f"the first {size} images lack class(es) {missing} of the split's "
+                         f"{int(present.sum())}: its stored order is not mixed (an imagefolder is stored class by "
+                         "class) or the subset is too small; use subset 'stratified' (class proportions kept)")
+    return torch.arange(size)
+
+
 def channel_stats(images: torch.Tensor, chunk: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and std (population) of uint8 images (N, C, H, W), in [0, 1] units.
 

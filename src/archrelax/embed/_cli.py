@@ -25,6 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--in-channels", type=int, default=None, help="input channels (default: the factory's)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
                    help="input spatial size: N or H W (default: the factory's)")
+    p.add_argument("--input-shape", default=None, metavar="CxHxW",
+                   help="input shape of a model that does not say it (torchvision's: no in_channels/input_size), "
+                        "e.g. 3x224x224 (default: the model's)")
     p.add_argument("--batch-size", type=int, default=None, metavar="B",
                    help="batch size of the attention workspace (default: the most any batch needs)")
     p.add_argument("--json", action="store_true", help="print the footprint as JSON instead of a table")
@@ -45,7 +48,7 @@ def _footprint(args: argparse.Namespace) -> int:
         if len(args.input_size) not in (1, 2):
             raise ValueError(f"--input-size {args.input_size}: give N or H W")
         kw["input_size"] = args.input_size[0] if len(args.input_size) == 1 else tuple(args.input_size)
-    model = create_model(args.model, **kw)
+    model = create_model(args.model, input_shape=args.input_shape, **kw)
     targets = ["cnn"]
     for t in args.to:
         for u in _TO.get(t, (t,)):

@@ -68,7 +68,7 @@ from .connectivity import ConvGeometry, index_map
 from .targets import DEFAULT_ALPHA, RelaxTarget
 
 __all__ = ["AttentionConvNd", "AttentionConv1d", "AttentionConv2d", "target_coords", "key_dim_for",
-           "attention_param_count", "DEFAULT_KEY_DIM"]
+           "attention_param_count", "attention_cost", "DEFAULT_KEY_DIM"]
 
 DEFAULT_KEY_DIM = 8  # content width cap: d_k = min(C_in, 8) unless "attn:dk=K" says otherwise
 
@@ -83,6 +83,16 @@ def attention_param_count(geom: ConvGeometry, key_dim: int | None = None) -> int
     the content maps (2·T·d_k·C_in)."""
     conv = math.prod(geom.conv_weight_shape) + (geom.out_channels if geom.bias else 0)
     return conv + geom.T * (1 + geom.dim + 2 * key_dim_for(geom, key_dim) * geom.in_channels)
+
+
+def attention_cost(geom: ConvGeometry) -> float:
+    """How much bigger than its conv the attention of ``geom`` is: the attention's entries per sample (heads ×
+    queries × keys, T·P·(Q + 1)) over the conv's multiply-adds per sample (P·T·C_in/g·C_out), i.e.
+    (Q + 1)·g / (C_in·C_out). Every entry costs an exp and, with content, 2·C_in multiply-adds more, so this is
+    what decides whether a layer is affordable: VanillaCNN's first conv (3→64 on 32x32: every output over all
+    1024 input pixels) reads 5.3 (24.5 on mnist's 28x28 with width 32) and ran 450x its eLCN; its other convs
+    and AlexNet's read 0.0001-0.05 and ran 2-11x (benchmarks/bench_attention.py)."""
+    return (geom.Q + 1) * geom.groups / (geom.in_channels * geom.out_channels)
 
 
 def _unravel(idx: Tensor, shape: tuple[int, ...]) -> Tensor:
@@ -115,17 +125,10 @@ class AttentionConvNd(RelaxedConv):
     positional attention only); ``chunk_bytes``: the memory budget of one attention chunk; ``seed``: the seed of
     W_k's initial draw in ``from_conv`` (default ``torch.initial_seed()``; the global RNG is not advanced)."""
 
-    _dim: int | None = None
-
     def __init__(self, geometry: ConvGeometry, *, alpha: float | None = None, key_dim: int | None = None,
                  chunk_bytes: int | None = None, seed: int | None = None, device: Any = None,
                  dtype: torch.dtype | None = None, _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial) to start from a conv")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use AttentionConv{geometry.dim}d")
+        self._check_geometry(geometry)  # before anything below reads it
         if key_dim is not None and (isinstance(key_dim, bool) or int(key_dim) != key_dim or key_dim < 0):
             raise ValueError(f"{type(self).__name__}: key_dim={key_dim!r} must be an int >= 0 (0: positional only)")
         if alpha is not None and not 0 < float(alpha) < math.inf:
@@ -259,12 +262,16 @@ class AttentionConvNd(RelaxedConv):
         out[..., g.Q] = 0.5 * neg_alpha.view(1, -1)
         return out
 
-    def positional_grads(self, p0: int, p1: int, g_pos: Tensor) -> tuple[Tensor, Tensor]:
+    def positional_grads(self, p0: int, p1: int, g_pos: Tensor, alpha: Tensor | None = None,
+                         offset: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(∂/∂α (T,), ∂/∂offset (T, dim))`` from ``g_pos`` ``(p1 − p0, T, Q + 1)``, the gradient of
         :meth:`positional_logits`, without a graph: the logits are separable per spatial dim, −α Σ_d (r_d − τ_d)²,
-        so only the marginal sums of ``g_pos`` over the key grid's other dims are needed (no key-sized temporary)."""
+        so only the marginal sums of ``g_pos`` over the key grid's other dims are needed (no key-sized temporary).
+        ``alpha``, ``offset``: the values the forward used (default: the layer's own; a backward passes the ones
+        it saved, so that a layer whose parameters were swapped since, as lockstep's members share one, is right)."""
         g = self.geometry
-        t = self.tap_coords[p0:p1] + self.offset.detach()  # (Pc, T, dim)
+        alpha = (self.alpha if alpha is None else alpha).detach()
+        t = self.tap_coords[p0:p1] + (self.offset if offset is None else offset).detach()  # (Pc, T, dim)
         grid = g_pos[..., : g.Q].unflatten(-1, g.in_spatial)  # (Pc, T, *in_spatial)
         g_alpha = -0.5 * g_pos[..., g.Q].sum(0)  # the null key's −α/2
         g_tau = []
@@ -273,7 +280,7 @@ class AttentionConvNd(RelaxedConv):
             diff = torch.arange(n, device=t.device, dtype=t.dtype) - t[..., d : d + 1]  # r_d − τ_d
             g_alpha = g_alpha - (marginal * diff.square()).sum((0, 2))
             g_tau.append((marginal * diff).sum(2))  # (Pc, T): ∂/∂τ_d = 2α Σ_q g (r_d − τ_d)
-        return g_alpha, torch.stack(g_tau, -1).sum(0) * (2 * self.alpha.detach()).view(-1, 1)
+        return g_alpha, torch.stack(g_tau, -1).sum(0) * (2 * alpha).view(-1, 1)
 
     def _queries(self, xf: Tensor) -> Tensor:
         """``(B, P, T, C_in)``: q̃ = W_kᵀ W_q x[:, :, κ_p] / √d_k, so that the content logit of key q is q̃ · x_q

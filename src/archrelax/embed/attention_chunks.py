@@ -147,7 +147,7 @@ class _ChunkAttention(torch.autograd.Function):
         g_alpha = g_offset = None
         if want_pos:
             g_pos = gl[0] if rows == 1 else torch.sum(gl, 0, out=_scratch(_GRAD, gl.shape[1:], vals))  # ga is spent
-            g_alpha, g_offset = layer.positional_grads(p0, p1, g_pos.view(p1 - p0, -1, keys))
+            g_alpha, g_offset = layer.positional_grads(p0, p1, g_pos.view(p1 - p0, -1, keys), alpha, offset)
         return None, None, None, g_qt, g_vals, g_alpha, g_offset
 
 

@@ -83,18 +83,30 @@ class RelaxedConv(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
+    _dim: int | None = None  # 1 or 2 in the Conv1d/Conv2d-like classes; None: any
+
     def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
                  _init: bool = True) -> None:
         super().__init__()
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial) to start from a conv")
+        self._check_geometry(geometry)
         self.geometry = geometry
         # (P, T) source index; non-persistent so it follows .to(device) without entering the state dict
         self.register_buffer("index", index_map(geometry).to(device), persistent=False)
         self._allocate(device, dtype)
         if _init:
             self.reset_parameters()
+
+    def _check_geometry(self, geometry: ConvGeometry, from_conv: str = "conv, in_spatial") -> None:
+        """Refuse what this class cannot be built from, naming what to use instead: not a ConvGeometry (the
+        arguments of ``from_conv`` that start from a conv), or a geometry of the other dimension (the class of
+        that dimension). Subclasses call it before anything of theirs that reads the geometry."""
+        name = type(self).__name__
+        if not isinstance(geometry, ConvGeometry):
+            raise TypeError(f"{name} takes a ConvGeometry, got {type(geometry).__name__}; "
+                            f"use {name}.from_conv({from_conv}) to start from a conv")
+        if self._dim is not None and geometry.dim != self._dim:
+            raise ValueError(f"{name} needs a {self._dim}d geometry, got dim={geometry.dim}; "
+                             f"use {name.removesuffix(f'{self._dim}d')}{geometry.dim}d")
 
     # ---- to implement -----------------------------------------------------------------------------------
     def _allocate(self, device: Any, dtype: torch.dtype | None) -> None:

@@ -7,10 +7,12 @@ functional conv (``F.conv2d(x, self.w)``) that the relaxation cannot see, or bra
 changes. So after building the relaxed model, ``relax`` runs both models on an input shaped like its
 example input and compares the outputs.
 
-The input: the example input with every floating tensor replaced by seeded standard-normal values of the same
-shape, dtype and device (the example is often zeros, on which a conv shows only its bias); integer tensors
-(token ids, masks) are kept. Both models run in eval mode (dropout off, BatchNorm on its running statistics;
-each module's mode restored afterwards), under ``no_grad``, from the same RNG state, with buffers restored.
+The input: the example input at a batch of at least 2, every floating tensor replaced by seeded standard-normal
+values of the same shape, dtype and device (the example is often zeros, on which a conv shows only its bias);
+integer tensors (token ids, masks) are kept. Both models run in eval mode (dropout off, BatchNorm on its running
+statistics; each module's mode restored afterwards), under ``no_grad``, from the same RNG state, with buffers
+restored. That is the pass ``relax`` learns the layers' input shapes from (``footprint.probe``): the source's
+output from it is reused here, so the source runs once.
 
 Tolerance: ``max|y_relaxed − y| <= tol · max|y|`` over the output tensors, with tol = min(1024·eps, 0.1) of the
 output dtype: float32 1.2e-4, float64 2.3e-13, bfloat16 and float16 0.1 (gross failures only). Measured on the
@@ -26,7 +28,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .footprint import ExampleInput, _state_preserved, example_inputs
+from .footprint import ExampleInput, Probe, eval_forward, probe_inputs
 
 __all__ = ["RelaxCheckError", "check_relaxed", "relative_error", "tolerance"]
 
@@ -53,39 +55,18 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-def _randomised(obj: Any, gen: torch.Generator) -> Any:
-    """``obj`` with each floating tensor replaced by standard-normal values (same shape, dtype, device)."""
-    if isinstance(obj, torch.Tensor):
-        if not obj.is_floating_point():
-            return obj
-        return torch.randn(obj.shape, generator=gen, dtype=torch.float32).to(device=obj.device, dtype=obj.dtype)
-    if isinstance(obj, dict):
-        return {k: _randomised(v, gen) for k, v in obj.items()}
-    if isinstance(obj, (tuple, list)):
-        return type(obj)(_randomised(v, gen) for v in obj)
-    return obj
-
-
-def _eval_outputs(model: nn.Module, args: tuple, kwargs: dict) -> list[torch.Tensor]:
-    modes = {m: m.training for m in model.modules()}
+def relative_error(source: nn.Module, relaxed: nn.Module, example_input: ExampleInput, *,
+                   reference: Probe | None = None) -> tuple[float, float, torch.dtype]:
+    """``(max|y_relaxed − y|, max|y|, dtype)`` over every output tensor, on the randomised example input
+    (:func:`~archrelax.embed.footprint.probe_inputs`). ``reference``: the probe relax() made of the source (its
+    input and eval-mode output), so the source does not run twice."""
+    if reference is None:
+        args, kwargs = probe_inputs(source, example_input)
+        want = _tensors(eval_forward(source, args, kwargs))
+    else:
+        args, kwargs, want = reference.args, reference.kwargs, _tensors(reference.output)
     try:
-        with _state_preserved(model):
-            model.eval()
-            torch.manual_seed(0)  # the same RNG state for both models (random ops that eval mode leaves on)
-            return _tensors(model(*args, **kwargs))
-    finally:
-        for m, mode in modes.items():
-            m.training = mode
-
-
-def relative_error(source: nn.Module, relaxed: nn.Module, example_input: ExampleInput) -> tuple[float, float, torch.dtype]:
-    """``(max|y_relaxed − y|, max|y|, dtype)`` over every output tensor, on the randomised example input."""
-    args, kwargs = example_inputs(source, example_input)
-    gen = torch.Generator().manual_seed(0)
-    args, kwargs = _randomised(args, gen), _randomised(kwargs, gen)
-    want = _eval_outputs(source, args, kwargs)
-    try:
-        got = _eval_outputs(relaxed, args, kwargs)
+        got = _tensors(eval_forward(relaxed, args, kwargs))
     except (RuntimeError, TypeError, ValueError, IndexError) as e:  # e.g. F.conv2d given an eFCN's 2-d weight
         raise _ForwardFailed(f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
     if len(want) != len(got) or any(a.shape != b.shape for a, b in zip(want, got)):
@@ -107,16 +88,17 @@ class _ForwardFailed(Exception):
 
 
 def check_relaxed(source: nn.Module, relaxed: nn.Module, example_input: ExampleInput, to: str,
-                  names: list[str]) -> None:
+                  names: list[str], *, reference: Probe | None = None) -> None:
     """Raise :class:`RelaxCheckError` when ``relaxed`` does not compute ``source``'s function to float tolerance
     (module docstring); ``names``: the relaxed layers, for the message. A source output that is not finite on
-    the randomised input cannot be compared: the check is skipped. So is a model with no input to run: no
+    the randomised input cannot be compared: the check is skipped. ``reference``: relax()'s probe of the source
+    (its input and output), reused. A model with no input to run is not checked: no
     ``example_input`` and no ``input_shape`` (a relaxation of layers already relaxed, which needs no forward
     pass; the relaxation that made them checked the forward)."""
-    if example_input is None and getattr(source, "input_shape", None) is None:
+    if reference is None and example_input is None and getattr(source, "input_shape", None) is None:
         return
     try:
-        diff, scale, dtype = relative_error(source, relaxed, example_input)
+        diff, scale, dtype = relative_error(source, relaxed, example_input, reference=reference)
     except _ForwardFailed as e:
         what = f"its forward() fails on a random input shaped like the example input ({e})"
     else:

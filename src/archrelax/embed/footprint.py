@@ -21,7 +21,7 @@ from torch import nn
 from .connectivity import ConvGeometry
 
 __all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "workspace_bound", "capture_input_spatial",
-           "example_tensor", "example_inputs", "ExampleInput"]
+           "probe", "Probe", "probe_inputs", "eval_forward", "example_tensor", "example_inputs", "ExampleInput"]
 
 TARGETS = ("cnn", "lc", "fc")  # plus the lattice's string forms "wide:K", "wide:full", "tiled:T", "attn" (targets.py)
 # optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
@@ -130,22 +130,27 @@ def _bad(example_input: Any, why: str = "") -> ValueError:
                       f"give {_FORMS}")
 
 
-def _zeros(model: nn.Module, shape: Sequence[int], declared: Any) -> torch.Tensor:
+def _zeros(model: nn.Module, shape: Sequence[int], declared: Any, min_batch: int = 1) -> torch.Tensor:
     """Zeros of ``shape`` on the model's device and dtype; a shape as long as the declared (C, H, W) gets a
-    batch of 2 prepended (2, so train-mode BatchNorm1d layers accept it)."""
+    batch of 2 prepended (2, so train-mode BatchNorm1d layers accept it). ``min_batch``: a batch shape's first
+    dim raised to at least this (a shape one longer than the declared one, or of an image batch (B, C, H, W) when
+    none is declared)."""
     shape = tuple(int(s) for s in shape)
     if _is_shape(declared) and len(shape) == len(declared):
         shape = (2, *shape)
+    batched = len(shape) == len(declared) + 1 if _is_shape(declared) else len(shape) >= 4
+    if batched and shape[0] < min_batch:
+        shape = (min_batch, *shape[1:])
     ref = next((p for p in model.parameters() if p.is_floating_point()), None)
     return torch.zeros(shape, device=ref.device if ref is not None else None,
                        dtype=ref.dtype if ref is not None else None)
 
 
-def _one(model: nn.Module, x: Any, declared: Any, whole: Any) -> torch.Tensor:
+def _one(model: nn.Module, x: Any, declared: Any, whole: Any, min_batch: int = 1) -> torch.Tensor:
     if isinstance(x, torch.Tensor):
         return x
     if _is_shape(x):
-        return _zeros(model, x, declared)
+        return _zeros(model, x, declared, min_batch)
     raise _bad(whole, f"{_describe(x)} is neither a tensor nor a shape of ints")
 
 
@@ -162,7 +167,8 @@ def _takes_keywords(model: nn.Module, keys: Sequence[str]) -> bool:
     return set(keys) <= named
 
 
-def example_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def example_inputs(model: nn.Module, example_input: ExampleInput, *, min_batch: int = 1
+                   ) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """The positional and keyword arguments of the one forward pass that reveals the layers' input shapes.
 
     - a tensor, or a shape (a tuple of ints, e.g. ``(1, 3, 32, 32)``): the one positional argument. A shape
@@ -173,7 +179,8 @@ def example_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple
       the dict positionally in every case.)
     - None: ``model.input_shape``, which may itself be a shape, a tuple of shapes or a dict of shapes.
 
-    Shapes become zeros on the device and dtype of the model's first float parameter.
+    Shapes become zeros on the device and dtype of the model's first float parameter; ``min_batch`` raises the
+    batch of a shape (its first dim) to at least that many.
     """
     declared = getattr(model, "input_shape", None)
     if example_input is None:
@@ -182,12 +189,12 @@ def example_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple
         example_input = tuple(declared) if _is_shape(declared) else declared
     whole = example_input
     if isinstance(example_input, torch.Tensor) or _is_shape(example_input):
-        return (_one(model, example_input, declared, whole),), {}
+        return (_one(model, example_input, declared, whole, min_batch),), {}
     if isinstance(example_input, Mapping):
         if not example_input or not all(isinstance(k, str) for k in example_input):
             raise _bad(whole, "a dict needs string keys and at least one entry")
         decl = declared if isinstance(declared, Mapping) else {}
-        values = {k: _one(model, v, decl.get(k), whole) for k, v in example_input.items()}
+        values = {k: _one(model, v, decl.get(k), whole, min_batch) for k, v in example_input.items()}
         return ((), values) if _takes_keywords(model, list(values)) else ((values,), {})
     if isinstance(example_input, (tuple, list)) and all(isinstance(s, int) for s in example_input):
         raise _bad(whole, "a shape needs integers >= 0 and at least one of them")
@@ -198,10 +205,11 @@ def example_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple
         for i, x in enumerate(example_input):
             d = decl[i] if i < len(decl) else None
             if isinstance(x, Mapping):  # a dict argument, e.g. forward(batch)
-                args.append({k: _one(model, v, (d or {}).get(k) if isinstance(d, Mapping) else None, whole)
+                args.append({k: _one(model, v, (d or {}).get(k) if isinstance(d, Mapping) else None, whole,
+                                     min_batch)
                              for k, v in x.items()})
             else:
-                args.append(_one(model, x, d, whole))
+                args.append(_one(model, x, d, whole, min_batch))
         return tuple(args), {}
     raise _bad(whole)
 
@@ -236,15 +244,69 @@ def _state_preserved(model: nn.Module) -> Iterator[None]:
                 buf.copy_(value)
 
 
-def capture_input_spatial(
-    model: nn.Module, example_input: ExampleInput, modules: Mapping[str, nn.Module]
-) -> dict[str, tuple[int, ...]]:
-    """Input spatial shape of each module in ``modules`` (name -> module), from one forward pass.
+def randomised(obj: Any, gen: torch.Generator) -> Any:
+    """``obj`` with each floating tensor replaced by standard-normal values (same shape, dtype, device); other
+    tensors (token ids, masks) and values kept. An example input is often zeros, on which a conv shows only its bias."""
+    if isinstance(obj, torch.Tensor):
+        if not obj.is_floating_point():
+            return obj
+        return torch.randn(obj.shape, generator=gen, dtype=torch.float32).to(device=obj.device, dtype=obj.dtype)
+    if isinstance(obj, dict):
+        return {k: randomised(v, gen) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(randomised(v, gen) for v in obj)
+    return obj
 
-    The model's buffers and the RNG are restored afterwards. Modules the pass never reached are absent
-    from the result. A module called twice with different spatial shapes raises ValueError.
+
+def probe_inputs(model: nn.Module, example_input: ExampleInput) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """The arguments of the probe (and of relax's check): :func:`example_inputs` at a batch of at least 2, every
+    floating tensor replaced by seeded standard-normal values."""
+    args, kwargs = example_inputs(model, example_input, min_batch=2)
+    gen = torch.Generator().manual_seed(0)
+    return randomised(args, gen), randomised(kwargs, gen)
+
+
+@contextlib.contextmanager
+def _mode(model: nn.Module, training: bool) -> Iterator[None]:
+    """Every module in train (or eval) mode inside; each module's own mode restored afterwards."""
+    modes = {m: m.training for m in model.modules()}
+    model.train(training)
+    try:
+        yield
+    finally:
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def eval_forward(model: nn.Module, args: tuple, kwargs: dict) -> Any:
+    """``model(*args, **kwargs)`` in eval mode (dropout off, BatchNorm on its running statistics) under no_grad,
+    from a fixed RNG state, without side effects: modes, buffers and the global RNG restored."""
+    with _state_preserved(model), _mode(model, False):
+        torch.manual_seed(0)  # the same RNG state for every model (random ops that eval mode leaves on)
+        return model(*args, **kwargs)
+
+
+@dataclass
+class Probe:
+    """One forward pass of the probe input: the arguments it fed, each module's input spatial shape, and the
+    model's output in eval mode (what relax's check compares the relaxed model with)."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    spatial: dict[str, tuple[int, ...]]
+    output: Any
+
+
+def probe(model: nn.Module, example_input: ExampleInput, modules: Mapping[str, nn.Module]) -> Probe:
+    """Input spatial shape of each module in ``modules`` (name -> module), and the model's output, from one forward
+    pass in eval mode (:func:`eval_forward`) of :func:`probe_inputs` (a batch of at least 2).
+
+    Eval mode, so that a BatchNorm at batch 1 or a dropout does not get in the way, and the same pass is the
+    reference of relax's check. Modules that only run in train mode (auxiliary heads, e.g. GoogLeNet's) get their
+    shapes from a second pass in train mode, also without side effects. Modules neither pass reached are absent
+    from ``spatial``. A module called twice with different spatial shapes raises ValueError.
     """
-    args, kwargs = example_inputs(model, example_input)
+    args, kwargs = probe_inputs(model, example_input)
     seen: dict[int, tuple[int, ...]] = {}
     clashes: dict[int, set[tuple[int, ...]]] = {}
     names = {id(m): n for n, m in modules.items()}
@@ -257,15 +319,23 @@ def capture_input_spatial(
         if prev != spatial:
             clashes.setdefault(id(mod), {prev}).add(spatial)
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in {id(m): m for m in modules.values()}.values()]
+    def run(training: bool) -> Any:
+        try:
+            if not training:
+                return eval_forward(model, args, kwargs)
+            with _state_preserved(model), _mode(model, True):
+                return model(*args, **kwargs)
+        except (RuntimeError, TypeError, KeyError, IndexError) as e:  # a shape or signature mismatch: say what was fed
+            raise ValueError(f"the forward pass of example_input ({_fed(args, kwargs)}) through "
+                             f"{type(model).__name__}{' in train mode' if training else ''} failed: "
+                             f"{type(e).__name__}: {e}; pass an input the model accepts: {_FORMS}") from e
+
+    unique = {id(m): m for m in modules.values()}
+    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in unique.values()]
     try:
-        with _state_preserved(model):
-            try:
-                model(*args, **kwargs)
-            except (RuntimeError, TypeError, KeyError, IndexError) as e:  # a shape or signature mismatch: say what was fed
-                raise ValueError(f"the forward pass of example_input ({_fed(args, kwargs)}) through "
-                                 f"{type(model).__name__} failed: {type(e).__name__}: {e}; pass an input the model "
-                                 f"accepts: {_FORMS}") from e
+        output = run(False)
+        if any(i not in seen for i in unique):
+            run(True)
     finally:
         for h in handles:
             h.remove()
@@ -275,7 +345,15 @@ def capture_input_spatial(
             f"a conv layer is called more than once with different input shapes ({detail}); a relaxed layer is "
             "tied to one input shape: give each call its own module, or exclude it with layers="
         )
-    return {n: seen[id(m)] for n, m in modules.items() if id(m) in seen}
+    return Probe(args, kwargs, {n: seen[id(m)] for n, m in modules.items() if id(m) in seen}, output)
+
+
+def capture_input_spatial(
+    model: nn.Module, example_input: ExampleInput, modules: Mapping[str, nn.Module]
+) -> dict[str, tuple[int, ...]]:
+    """Input spatial shape of each module in ``modules`` (name -> module), from the probe (:func:`probe`: eval
+    mode, a batch of at least 2; modes, buffers and RNG restored). Modules the pass never reached are absent."""
+    return probe(model, example_input, modules).spatial
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -423,14 +501,16 @@ def _conv_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 
 def layer_geometries(
-    model: nn.Module, example_input: ExampleInput, layers: Mapping[str, nn.Module]
+    model: nn.Module, example_input: ExampleInput, layers: Mapping[str, nn.Module], *, probed: Probe | None = None
 ) -> dict[str, ConvGeometry]:
-    """ConvGeometry of each layer in ``layers``: relaxed layers report theirs, convs get theirs from one
-    forward pass. Convs never reached by the pass raise ValueError."""
+    """ConvGeometry of each layer in ``layers``: relaxed layers report theirs, convs get theirs from the probe's
+    forward pass (``probed``: one already made over these convs). Convs never reached by the pass raise ValueError."""
     from .base import RelaxedConv
 
     convs = {n: m for n, m in layers.items() if not isinstance(m, RelaxedConv)}
-    spatial = capture_input_spatial(model, example_input, convs) if convs else {}
+    if probed is None and convs:
+        probed = probe(model, example_input, convs)
+    spatial = probed.spatial if convs else {}
     missing = [n for n in convs if n not in spatial]
     if missing:
         raise ValueError(

@@ -406,15 +406,10 @@ class _LCKernelFn(torch.autograd.Function):
 class LocallyConnectedNd(RelaxedConv):
     """Locally-connected layer for ``geometry.dim`` spatial dims; use LocallyConnected1d / 2d."""
 
-    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
                  _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use LocallyConnected{geometry.dim}d")
+        self._check_geometry(geometry)
         if geometry.padding_mode != "zeros":
             raise ValueError(
                 f"a locally-connected layer supports padding_mode='zeros' only, got {geometry.padding_mode!r}: "

@@ -24,13 +24,13 @@ from .attention import AttentionConv1d, AttentionConv2d, AttentionConvNd
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
 from .dense import DenseConv
-from .footprint import ExampleInput, layer_geometries, param_count, workspace_bound
+from .footprint import ExampleInput, layer_geometries, param_count, probe, workspace_bound
 from .locally_connected import LocallyConnected1d, LocallyConnected2d, LocallyConnectedNd
 from .targets import NEXT, TARGET_FORMS, RelaxTarget, parse_target
 from .tiled import TiledConv1d, TiledConv2d, TiledConvNd, tile_layout
 from .wide import WideConv1d, WideConv2d, WideConvNd, wide_layout
 
-__all__ = ["relax", "transfer", "relaxed_layers", "next_targets", "available_memory", "RelaxMemoryError"]
+__all__ = ["relax", "transfer", "relaxed_layers", "next_targets", "available_memory", "memory_need", "RelaxMemoryError"]
 
 TARGETS = ("lc", "fc", "wide", "tiled", "attn")  # kinds; their string forms are in TARGET_FORMS
 LayerSelector = str | Sequence[str] | Callable[[str, nn.Module], bool] | None
@@ -137,16 +137,31 @@ def available_memory(device: torch.device) -> int | None:
         return None
 
 
-def _guard_memory(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], target: RelaxTarget) -> None:
-    """Fail before allocating when the relaxed parameters alone would not fit on their device."""
+def _need(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], target: RelaxTarget) -> dict[torch.device, int]:
+    """Bytes the relaxed layers of ``plan`` need on each device: their parameters, plus an attention layer's chunk
+    workspace (the largest: layers run one by one)."""
     need: dict[torch.device, int] = {}
-    work: dict[torch.device, int] = {}  # an attention layer's chunk workspace (the largest: layers run one by one)
+    work: dict[torch.device, int] = {}
     for m, geom in plan.values():
         w = m.weight
         need[w.device] = need.get(w.device, 0) + param_count(geom, target.spec) * w.element_size()
         work[w.device] = max(work.get(w.device, 0), workspace_bound(geom, target.spec, w.element_size()))
-    for device, nbytes in need.items():
-        nbytes += work[device]
+    return {device: nbytes + work[device] for device, nbytes in need.items()}
+
+
+def memory_need(model: nn.Module, to: str | RelaxTarget, example_input: ExampleInput = None,
+                layers: LayerSelector = None) -> dict[torch.device, int]:
+    """What ``relax(model, to, example_input, layers)``'s memory guard counts, without relaxing anything: bytes per
+    device of the relaxed layers it would make (compare with :func:`available_memory`; ``archrelax run --dry-run``
+    prints the verdict). The model is not changed."""
+    target = parse_target(to)
+    todo, geoms, _, _ = _layers_to_relax(model, target, layers, example_input, type(model).__name__)
+    return _need({n: (m, geoms[n]) for n, m in todo.items()}, target)
+
+
+def _guard_memory(plan: Mapping[str, tuple[nn.Module, ConvGeometry]], target: RelaxTarget) -> None:
+    """Fail before allocating when the relaxed parameters alone would not fit on their device."""
+    for device, nbytes in _need(plan, target).items():
         free = available_memory(device)
         if free is not None and nbytes > free:
             raise RelaxMemoryError(
@@ -211,8 +226,10 @@ def relax(
     example_input: a tensor, or an input batch shape (a model's ``(C, H, W)`` ``input_shape`` gets a batch
         dimension; None uses ``model.input_shape``); for a forward() of several inputs, a tuple of those
         (positional arguments) or a dict of them (keyword arguments, or a forward(batch) taking a dict): see
-        ``footprint.example_inputs``. One forward pass under no_grad reveals input shapes; buffers such as
-        BatchNorm statistics are restored after it. The input model is never changed.
+        ``footprint.example_inputs``. One forward pass reveals input shapes (``footprint.probe``: in eval mode,
+        at a batch of at least 2, on seeded random values shaped like the example; modes, buffers and RNG restored
+        after it; convs that only run in train mode from a second pass in train mode); the check reuses its
+        output. The input model is never changed.
     layers: None (all), names or fnmatch globs of module paths, or a predicate ``(name, module) -> bool``.
     force: skip the memory guard (which fails when the relaxed parameters exceed the available memory).
     check: compare the result's output with ``model``'s on a random input shaped like ``example_input`` (eval
@@ -224,6 +241,30 @@ def relax(
     target = parse_target(to, kernel_size=kernel_size, tile=tile)
     spec = target.spec
     out = copy.deepcopy(model)
+    todo, geoms, paths, probed = _layers_to_relax(out, target, layers, example_input, type(model).__name__)
+    if not force:
+        _guard_memory({n: (m, geoms[n]) for n, m in todo.items()}, target)
+    names = list(todo)
+    for n in names:
+        # swap in layer by layer and drop the old one, so its memory is freed before the next is built
+        old = todo.pop(n)
+        new = _relaxed_layer(old, geoms[n], target, n)
+        for path in paths[id(old)]:
+            _set_submodule(out, path, new)
+        del old, new
+    if check:  # the relaxed model computes the source's function (.check): a forward() that defeats the swap raises
+        from .check import check_relaxed
+
+        check_relaxed(model, out, example_input, spec, names, reference=probed)
+    return out
+
+
+def _layers_to_relax(out: nn.Module, target: RelaxTarget, layers: LayerSelector, example_input: ExampleInput,
+                     model_name: str) -> tuple[dict[str, nn.Module], dict[str, ConvGeometry], dict[int, list[str]], Any]:
+    """The layers of ``out`` that relax() swaps, by the path that names each (a module shared by several paths is
+    one layer), their geometries, every path of each (by module id), and the probe's output (``footprint.probe``,
+    None when every selected layer is already relaxed: the check's reference); the refusals, naming the layers."""
+    spec = target.spec
     candidates, blocked = _candidates(out, target.kind)
     if blocked and layers is not None and not callable(layers):
         patterns = [layers] if isinstance(layers, str) else list(layers)
@@ -239,7 +280,7 @@ def relax(
             detail = f"layers={layers!r} selected none of {list(candidates)}"
         else:
             detail = "it has no Conv1d/Conv2d layer"
-        raise ValueError(f"relax(to={spec!r}): nothing to relax in {type(model).__name__}: {detail}")
+        raise ValueError(f"relax(to={spec!r}): nothing to relax in {model_name}: {detail}")
     for name in selected:
         _check_supported(name, candidates[name], target.kind)
     # a module shared by several paths is one layer: named by its first selected path, swapped at all paths
@@ -248,30 +289,14 @@ def relax(
         paths.setdefault(id(m), []).append(n)
     first = {id(candidates[n]): n for n in reversed(selected)}
     todo = {n: candidates[n] for n in sorted(first.values(), key=selected.index)}
-    geoms = layer_geometries(out, example_input, todo)
+    # one forward pass of the source (eval mode, batch >= 2, modes and buffers restored): the convs' input shapes,
+    # and the output the check compares the relaxed model with
+    convs = {n: m for n, m in todo.items() if not isinstance(m, RelaxedConv)}
+    probed = probe(out, example_input, convs) if convs else None
+    geoms = layer_geometries(out, example_input, todo, probed=probed)
     for n, m in todo.items():
         _check_geometry(n, m, geoms[n], target)
-    if not force:
-        _guard_memory({n: (m, geoms[n]) for n, m in todo.items()}, target)
-    del candidates
-    names = list(todo)
-    for n in names:
-        # swap in layer by layer and drop the old one, so its memory is freed before the next is built
-        old = todo.pop(n)
-        new = _relaxed_layer(old, geoms[n], target, n)
-        for path in paths[id(old)]:
-            _set_submodule(out, path, new)
-        del old, new
-    if check:
-        _check_result(model, out, example_input, spec, names)
-    return out
-
-
-def _check_result(model: nn.Module, out: nn.Module, example_input: ExampleInput, spec: str, names: list[str]) -> None:
-    """The relaxed model computes the source's function (:mod:`.check`): a forward() that defeats the swap raises."""
-    from .check import check_relaxed
-
-    check_relaxed(model, out, example_input, spec, names)
+    return todo, geoms, paths, probed
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -70,16 +70,10 @@ def _tile_of(geom: ConvGeometry, tile: tuple[int, ...]) -> Tensor:
 class TiledConvNd(RelaxedConv):
     """Tiled conv for ``geometry.dim`` spatial dims; use TiledConv1d / TiledConv2d (see module docstring)."""
 
-    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, tile: Size, device: Any = None,
                  dtype: torch.dtype | None = None, _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial, tile=T) to start from a conv")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use TiledConv{geometry.dim}d")
+        self._check_geometry(geometry, "conv, in_spatial, tile=T")
         if geometry.padding_mode != "zeros":
             raise ValueError(
                 f"a tiled conv supports padding_mode='zeros' only, got {geometry.padding_mode!r} (like the eLCN: the "

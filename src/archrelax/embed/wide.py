@@ -95,16 +95,10 @@ def _tap_positions(geom: ConvGeometry, wide: ConvGeometry, offsets: tuple[int, .
 class WideConvNd(RelaxedConv):
     """Wide conv for ``geometry.dim`` spatial dims; use WideConv1d / WideConv2d (see module docstring)."""
 
-    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, kernel_size: Size | str, device: Any = None,
                  dtype: torch.dtype | None = None, _init: bool = True) -> None:
-        if not isinstance(geometry, ConvGeometry):
-            raise TypeError(f"{type(self).__name__} takes a ConvGeometry, got {type(geometry).__name__}; "
-                            f"use {type(self).__name__}.from_conv(conv, in_spatial, kernel_size=K) to start from a conv")
-        if self._dim is not None and geometry.dim != self._dim:
-            raise ValueError(f"{type(self).__name__} needs a {self._dim}d geometry, got dim={geometry.dim}; "
-                             f"use WideConv{geometry.dim}d")
+        self._check_geometry(geometry, "conv, in_spatial, kernel_size=K")
         # set before RelaxedConv.__init__, whose _allocate needs the wide shape
         self.wide_geometry, self.offsets = wide_layout(geometry, kernel_size)
         self.kernel_size_spec = "full" if kernel_size == "full" else (

@@ -22,7 +22,8 @@ def _relaxed_baseline(to: str, base: str, layers: Any, base_kw: dict[str, Any]) 
     from archrelax.embed import RelaxedConv
     from archrelax.embed.relax import relax
 
-    cnn = create_model(base, **base_kw)
+    # a base that does not say its input shape (torchvision's) gets it from create_model(..., input_shape=)
+    cnn = create_model(base, input_shape=base_kw.pop("input_shape", None), **base_kw)
     model = relax(cnn, to=to, example_input=torch.zeros(1, *cnn.input_shape), layers=layers)
     n = 0
     for module in model.modules():
@@ -41,7 +42,13 @@ def fcn(*, base: str = "vanilla_cnn", layers: Any = None, **base_kw: Any) -> nn.
     return _relaxed_baseline("fc", base, layers, base_kw)
 
 
+fcn.takes_input_shape = True  # create_model hands its input_shape to the base model
+
+
 @register_model("lcn")
 def lcn(*, base: str = "vanilla_cnn", layers: Any = None, **base_kw: Any) -> nn.Module:
     """eLCN architecture of ``base`` (built with ``base_kw``), freshly initialised."""
     return _relaxed_baseline("lc", base, layers, base_kw)
+
+
+lcn.takes_input_shape = True

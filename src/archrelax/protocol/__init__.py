@@ -16,7 +16,8 @@ from ..store import ExperimentFolder as Store
 from .executors import GroupJob, InProcessExecutor, ProcessExecutor, RunJob, execute, run_group, run_one
 from .plan import KINDS, Run, make_plan
 from .slurm import SubmititExecutor, job_states, submit_detached, submitit_executor
-from .spec import ExperimentSpec, SpecError, list_presets, load_spec, preset_path, spec_from_dict, spec_to_dict
+from .spec import (RUNTIME_KEYS, ExperimentSpec, SpecError, list_presets, load_spec, preset_path, spec_from_dict,
+                   spec_to_dict)
 from .table import format_status, format_summary
 
 __all__ = [
@@ -55,13 +56,37 @@ def lockstep_device(spec: ExperimentSpec, executor: str | None = None) -> str:
 
 def check_inputs(plan: dict[str, Run]) -> None:
     """Fail before anything is written or trained when an input every run needs is bad (a typo in a data path
-    must not leave a folder of failed runs behind): today each data source (missing path, unreadable zip, one
-    class, ...), checked without decoding it. (The model factory's arguments are checked when the spec is
+    must not leave a folder of failed runs behind): the optional packages the runs' settings need
+    (``train.tensorboard: true``), and each data source (missing path, unreadable zip, one class, ...), checked
+    without decoding it. (The model factory's arguments are checked when the spec is
     parsed.)"""
     from ..data import check_data
+    from ..train.config import missing_packages  # plain data, no torch
 
+    for name, pkg in dict.fromkeys(m for r in plan.values() for m in missing_packages(r.config)):
+        key = f"train.{name}"  # the only place such settings have in a spec
+        raise ValueError(f"'{key}' = true needs the {pkg} package, which is not installed here: "
+                         f"pip install 'archrelax[{pkg}]', or --set {key}=false (it changes no run)")
     for source, root in dict.fromkeys((r.config["data"], r.config.get("data_root")) for r in plan.values()):
         check_data(source, root)
+
+
+def check_start(spec: ExperimentSpec, exp: ExperimentFolder, plan: dict[str, Run], *, executor: str | None = None,
+                workers: int | None = None, detach: bool = False) -> list[str]:
+    """What :func:`run_experiment` checks before it writes anything: the command line's executor and workers (by
+    the spec's own checks), ``detach``'s cluster, and the inputs of the runs still to train
+    (:func:`check_inputs`); returns those runs' ids, in plan order. Reads the folder, writes nothing."""
+    given = {k: v for k, v in (("executor", executor), ("workers", workers)) if v is not None}
+    if given:
+        spec_from_dict({**spec_to_dict(spec), **given}, " ".join(f"--{k} {v}" for k, v in given.items()))
+    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
+        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
+                else f"slurm.cluster {spec.slurm.cluster!r}")
+        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
+                         "a detached run leaves no process behind to run local jobs")
+    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
+    check_inputs({rid: plan[rid] for rid in todo})  # a bad data path creates nothing
+    return todo
 
 
 def _normalised(data: dict[str, Any]) -> dict[str, Any]:
@@ -75,8 +100,9 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     """Plan ``spec`` into ``out_dir`` and train every unfinished run; returns the experiment folder.
 
     Rerunning is safe and cheap: finished runs are skipped, interrupted ones resume from their checkpoint.
-    A folder holding a different spec (other than in executor, workers, lockstep, slurm, analyses and
-    analysis_settings) is refused with the differing keys (SpecMismatchError), nothing written; with
+    A folder holding a different spec (other than in the keys that change no run, ``spec.RUNTIME_KEYS``: executor,
+    workers, lockstep, slurm, analyses, analysis_settings and the runtime training settings such as
+    train.tensorboard) is refused with the differing keys (SpecMismatchError), nothing written; with
     ``force=True`` its spec and plan are replaced, and only the runs whose configuration changed are
     trained (run ids hash configs).
 
@@ -85,19 +111,27 @@ def run_experiment(spec: ExperimentSpec, out_dir: str | Path, *, executor: str |
     ``spec.lockstep``: runs that can share a process are trained together, one job per group
     (:func:`archrelax.protocol.schedule.execute`; detached: groups within the runs waiting for one job).
     """
-    if detach and ((executor or spec.executor) != "slurm" or spec.slurm.cluster != "slurm"):
-        what = (f"executor {executor or spec.executor!r}" if (executor or spec.executor) != "slurm"
-                else f"slurm.cluster {spec.slurm.cluster!r}")
-        raise ValueError(f"--detach needs a Slurm cluster (--executor slurm, slurm.cluster: slurm), not {what}: "
-                         "a detached run leaves no process behind to run local jobs")
     exp = ExperimentFolder(out_dir)
     plan = make_plan(spec)
-    todo = [rid for rid in plan if not exp.run(rid).read_status().finished]
-    check_inputs({rid: plan[rid] for rid in todo})  # before anything is written: a bad data path creates nothing
-    exp.root.mkdir(parents=True, exist_ok=True)
-    exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised)
-    exp.write_plan(plan)
-    exp.write_summary(plan)
+    todo = check_start(spec, exp, plan, executor=executor, workers=workers, detach=detach)
+
+    def write() -> None:
+        exp.write_spec(spec_to_dict(spec), force=force, normalise=_normalised, runtime=RUNTIME_KEYS)
+        exp.write_plan(plan)
+        exp.write_summary(plan)
+
+    # held until this returns: while it is, no other `archrelax run` may give the folder another plan
+    session = exp.begin(plan, write)
+    try:
+        return _train_plan(spec, exp, plan, todo, executor=executor, workers=workers, poll_s=poll_s, detach=detach,
+                           log=log)
+    finally:
+        session.release()
+
+
+def _train_plan(spec: ExperimentSpec, exp: ExperimentFolder, plan: dict[str, Run], todo: list[str], *,
+                executor: str | None, workers: int | None, poll_s: float, detach: bool,
+                log: Callable[[str], None]) -> Path:
     if not todo:  # nothing to train: no executor (worker processes, Slurm folders) is started
         log(f"{len(plan)} runs planned: {len(plan)} already finished, 0 to run")
         return exp.root

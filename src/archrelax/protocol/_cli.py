@@ -28,12 +28,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="with --executor slurm: submit every unfinished run at once (relaxed runs wait for their "
                         "CNN's job: afterok) and return; follow with `archrelax status`, rerun to submit what is "
                         "missing (never a second job for a run whose job is queued or running)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="write nothing: check what `archrelax run` checks before it starts, then print the plan (run "
+                        "ids, kind, t_w, seed, status where the run's folder exists), the model's footprint as CNN "
+                        "and as each target it is relaxed to, and the memory guard's verdict per relaxation (bytes "
+                        "needed, available memory); exit status 1 if the run would be refused or a relaxation not fit")
     p.add_argument("--poll", type=float, default=2.0, help=argparse.SUPPRESS)
     p.set_defaults(func=cmd_run)
 
     p = subparsers.add_parser("status", help="table of an experiment's runs",
                               description="Show every run of an experiment: kind, t_w, status, epoch, best test "
-                                          "accuracy and the start of any error.")
+                                          "accuracy and the start of any error.",
+                              epilog="Exit status: 0 when no run has failed (runs may still be pending, running or "
+                                     "interrupted); 1 when a run is failed, diverged, damaged or corrupt (its "
+                                     "status.json unreadable); 2 when the experiment folder cannot be read.")
     p.add_argument("experiment", help="experiment folder")
     p.set_defaults(func=cmd_status)
 
@@ -73,6 +81,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = args.out
     if out is None:
         out = spec_path if spec_path is not None and spec_path.is_dir() else Path("experiments") / spec.name
+    if args.dry_run:
+        from .dryrun import dry_run
+
+        text, ok = dry_run(spec, out, executor=args.executor, workers=args.workers, force=args.force,
+                           detach=args.detach)
+        print(text)
+        return 0 if ok else 1
     t0 = time.perf_counter()
     root = run_experiment(spec, out, executor=args.executor, workers=args.workers, poll_s=args.poll,
                           force=args.force, detach=args.detach)
@@ -110,11 +125,13 @@ def _claims_line(root: Path) -> None:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from . import Store
-    from .table import status_table
+    from .table import PROBLEM_STATES, status_table
 
     text, counts = status_table(Store(args.experiment))
     print(text)
-    return 1 if counts.get("corrupt") or counts.get("incomplete") else 0  # an unreadable or incomplete record
+    # a script waiting on an experiment learns from the exit status that a run went wrong or its record is
+    # incomplete (its row says how)
+    return 1 if any(counts.get(s) for s in (*PROBLEM_STATES, "incomplete")) else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

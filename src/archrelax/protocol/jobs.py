@@ -31,18 +31,22 @@ def _train(config: dict[str, Any], out_dir: Path, lock: RunLock) -> dict[str, An
 
 
 def _init_from(exp: ExperimentFolder, run: Run) -> str | None:
-    """Absolute snapshot path for ``config['init_from']`` (None when it cannot be known yet).
+    """``config['init_from']`` of a run: its snapshot (``snapshot_for``), relative to the run's own folder (where
+    the trainer reads a relative path from: ``TrainConfig.init_path``), so an experiment folder copied or moved
+    whole trains from its own files. None for a run from scratch, or while the snapshot cannot be known yet.
 
-    ``snapshot_for`` keeps the file a started run was given while it exists (a re-planned parent with the
-    same training identity has a new folder but the same weights), so the trainer's resume check, which
-    compares configs, still accepts it. When the whole experiment folder moved, the saved config is pointed
-    at the same snapshot in the new place.
+    ``snapshot_for`` keeps the file a started run was given while it exists (a re-planned parent with the same
+    training identity has a new folder but the same weights), so the trainer's resume check, which compares
+    configs, still accepts it. A saved config that names the snapshot otherwise (an absolute path written by an
+    older version, a folder that moved) is rewritten to the relative path of the same file here.
     """
     path = exp.snapshot_for(run)
-    new = None if path is None else str(path)
+    if path is None:
+        return None
     folder = exp.run(run.id)
+    new = os.path.relpath(path, folder.path)
     saved = folder.read_config()
-    if saved is not None and new and saved.get("init_from") not in (None, new) and Path(new).is_file():
+    if saved is not None and saved.get("init_from") not in (None, new) and path.is_file():
         folder.write_config({**saved, "init_from": new})
     return new
 
@@ -219,13 +223,37 @@ def _config(exp: ExperimentFolder, run: Run) -> dict[str, Any] | None:
     config = {**run.config, "init_from": _init_from(exp, run)}
     if exp.run(run.id).read_status().status == "damaged":  # its checkpoint is: resume from its latest intact snapshot
         config["restart"] = "intact"
-    if run.depends_on is not None and not (config["init_from"] and Path(config["init_from"]).is_file()):
-        parent = exp.run(run.depends_on).read_status()
-        err = (f"snapshot {run.snapshot} was not written: run {run.depends_on} ended with status "
-               f"{parent.status!r} at epoch {parent.epoch:g} before this switch time")
-        exp.run(run.id).write_status("failed", error=err)
+    snapshot = exp.snapshot_for(run)
+    if run.depends_on is not None and not (snapshot is not None and snapshot.is_file()):
+        exp.run(run.id).write_status("failed", error=_missing_snapshot(exp, run))
         return None
     return config
+
+
+def _missing_snapshot(exp: ExperimentFolder, run: Run) -> str:
+    """Why the snapshot ``run`` starts from is not there: its parent ended before the step that writes it, or the
+    parent passed that step (so it wrote the file) and the file has gone since."""
+    parent = exp.run(run.depends_on)
+    st = parent.read_status()
+    t = float(run.snapshot_epoch)
+    spe = parent.steps_per_epoch()
+    if st.status == "pending":
+        passed = False
+    elif st.step is not None and spe is not None:
+        passed = st.step >= round(t * spe)  # the trainer's snapshot step (train.schedule.time_steps)
+    else:
+        passed = st.epoch >= t
+    where = f"run {run.depends_on} is {st.status!r} at epoch {st.epoch:g}"
+    if passed:
+        return (f"snapshot {run.snapshot} is missing: {where}, past this switch time {t:g}, so it wrote the file, "
+                "which has been deleted or moved since; put it back, or delete the folder "
+                f"runs/{run.depends_on} so that the next `archrelax run` trains that run again (the same snapshot)")
+    if st.finished:
+        why = f" (stop reason {st.stop_reason})" if st.stop_reason else ""
+        return (f"snapshot {run.snapshot} was not written: {where}: it ended{why} before this switch time {t:g}, "
+                "so this snapshot will not exist; choose switch times within the parent's length")
+    return (f"snapshot {run.snapshot} was not written: {where}: it stopped before this switch time {t:g}; the next "
+            "`archrelax run` retries it, then this run")
 
 
 def _record_failure(folder: Any, e: Exception, tb: str) -> None:

@@ -29,6 +29,7 @@ from ..store.plan import KINDS, RELAXED_KINDS, Run, plan_from_json, plan_to_json
 from ..store.run import format_epoch
 from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConfig
 from ..train.soft import SoftSchedule
+from .attention import attention_layers, attention_target, conv_costs, is_attention
 from .paths import parse_target_spec
 from .spec import ExperimentSpec
 
@@ -85,7 +86,10 @@ def _snap_epoch(t: float) -> float:
 
 
 def _tag(text: str) -> str:
-    """A target or schedule string as a run-id part: 'wide:5x3' -> 'wide-5x3', 'exp:0.5' -> 'exp0.5'."""
+    """A target or schedule string as a run-id part: 'wide:5x3' -> 'wide-5x3', 'exp:0.5' -> 'exp0.5',
+    'attn:alpha=32,dk=0' -> 'attn-alpha32-dk0'."""
+    if text.startswith("attn"):
+        return text.replace(":", "-").replace(",", "-").replace("=", "")
     return text.replace(":", "-") if text.startswith(("wide", "tiled")) else text.replace(":", "")
 
 
@@ -101,6 +105,7 @@ class _Node:
     layers: tuple[str, ...] | None = None
     soft: tuple[float, str, str] | None = None
     name: str | None = None  # the first path that made it (its id prefix), for kind "path"
+    attn_default: bool = False  # an attention run on the convs the protocol picks for attention (its layers)
     snaps: set[float] = field(default_factory=set)
     run: Run | None = None
 
@@ -111,7 +116,7 @@ class _Node:
     def kind_and_prefix(self) -> tuple[str, str]:
         chain = self.chain
         times = "-".join(_tw(n.at) for n in chain)
-        whole = all(n.layers is None for n in chain)
+        whole = all(n.layers is None or n.attn_default for n in chain)
         if self.soft is not None:
             lam, sched, toward = self.soft
             parts = ["soft"] + ([_tag(self.to)] if self.to != "fc" else []) + ([toward] if toward != "cnn" else [])
@@ -128,15 +133,21 @@ class _Node:
         return "path", f"path-{self.name}-{times}"
 
 
-def _nodes(spec: ExperimentSpec) -> list[_Node]:
+def _nodes(spec: ExperimentSpec, attn: _AttentionLayers) -> list[_Node]:
     """Every relaxed run of one seed as a node of the tree of switches rooted at the CNN; a run reached in
-    several ways (a target, the grid, a path) is one node, saving the snapshots all its children need."""
+    several ways (a target, the grid, a path) is one node, saving the snapshots all its children need. An
+    attention run relaxes the convs ``attn`` picks (the spec's ``attention`` section), at its α."""
     table: dict[tuple, _Node] = {}
 
     def node(parent: _Node | None, at: float, to: str | None, layers=None, soft=None, name=None) -> _Node:
+        default = False
+        if is_attention(to):  # the spec's spelling: attention.alpha where it names no α
+            to = attention_target(to, spec.attention.alpha)
+            default = layers is None
+            layers = attn.layers(layers, name)
         key = (None if parent is None else id(parent), at, to, layers, soft)
         if key not in table:
-            table[key] = _Node(parent, at, to, layers, soft, name)
+            table[key] = _Node(parent, at, to, layers, soft, name, default)
         if parent is not None:
             parent.snaps.add(_snap_epoch(at - parent.at))
         return table[key]
@@ -146,23 +157,43 @@ def _nodes(spec: ExperimentSpec) -> list[_Node]:
         if target == "lc>fc":
             continue
         for t in switch:
-            node(None, t, None if target == "cnn" else parse_target_spec(target))
+            node(None, t, None if target == "cnn" else target if is_attention(target) else parse_target_spec(target))
     for a, b in spec.grid():
         node(node(None, a, "lc"), b, "fc")
     for lam, sched in spec.soft.grid():
         for t in switch:
             node(None, t, parse_target_spec(spec.soft.target), soft=(lam, sched, spec.soft.toward))
-    for p in spec.path_list():
+    for p, raw in zip(spec.path_list(), spec.paths):  # a valid spec: one parsed path per entry
         parent = None
-        for st in p.steps:
-            parent = node(parent, st.at, st.to, st.layers, name=p.name)
+        for st, given in zip(p.steps, raw["steps"]):
+            to = given["to"] if is_attention(st.to) else st.to  # as written: does it name its α?
+            parent = node(parent, st.at, to, st.layers, name=p.name)
     return list(table.values())
+
+
+class _AttentionLayers:
+    """The convs of the attention runs (:func:`~archrelax.protocol.attention.attention_layers`), computed once per
+    plan and only when it has attention runs (the model is built on the experiment's data for it)."""
+
+    def __init__(self, spec: ExperimentSpec):
+        self.spec, self.costs, self.memo = spec, None, {}
+
+    def layers(self, layers: tuple[str, ...] | None, path: str | None) -> tuple[str, ...]:
+        if layers not in self.memo:
+            if self.costs is None:
+                self.costs = conv_costs(self.spec)
+            where = "'attention.layers'" if layers is None else f"'paths' {path!r} step layers"
+            self.memo[layers] = attention_layers(self.spec, layers, where=where, costs=self.costs)
+        return self.memo[layers]
 
 
 def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
     """The run graph of ``spec``: id -> Run, parents before children: the CNN, its relaxed runs by kind
-    (efcn, elcn, hier, then cont, wide, tiled, soft, path), then the baselines; per seed."""
+    (efcn, elcn, hier, then cont, wide, tiled, attn, soft, path), then the baselines; per seed. Attention runs
+    relax the convs :func:`~archrelax.protocol.attention.attention_layers` picks (which builds the model on the
+    experiment's data: a plan with attention runs loads it once)."""
     plan: dict[str, Run] = {}
+    attn = _AttentionLayers(spec)
     relaxed = {**_stop(spec.relaxed), "optimizer_state": spec.relaxed.optimizer_state,
                "soft_lambda": spec.relaxed.soft_lambda, "soft_schedule": SoftSchedule.parse(spec.relaxed.soft_schedule).spec,
                "soft_toward": spec.relaxed.soft_toward}  # canonical spelling: 'exp:1e-1' and 'exp:0.1' are one run
@@ -172,7 +203,7 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
         lr = {"lr": spec.relaxed.lr} if spec.relaxed.lr is not None else {}
         if spec.relaxed.eval_times is not None:  # relaxed runs are the expensive ones: may evaluate less often
             lr["eval_times"] = spec.relaxed.eval_times
-        nodes = _nodes(spec)
+        nodes = _nodes(spec, attn)
         roots = {n.at for n in nodes if n.parent is None}
         # the CNN saves a snapshot at every switch time (and, with a grid or paths, at 0)
         cnn_snaps = sorted(set(spec.switch_list()) | roots | ({0.0} if spec.grid() or paths else set()))

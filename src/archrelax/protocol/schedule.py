@@ -107,7 +107,7 @@ class _Schedule:
         recorded in each member's folder: one entry in flight."""
         adopted: dict[str, list[str]] = {}
         jobs_by_id: dict[str, Any] = {}
-        for rid, job in self.executor.adopt({rid: self.exp.run(rid).read_job() for rid in self.todo}).items():
+        for rid, job in self.executor.adopt({rid: self.exp.read_job(rid) for rid in self.todo}).items():
             adopted.setdefault(str(job.job_id), []).append(rid)
             jobs_by_id.setdefault(str(job.job_id), job)
         for job_id, rids in adopted.items():
@@ -195,7 +195,7 @@ class _Schedule:
             # which job owns the runs, for `status` and for reruns: every member of a group names it
             if hasattr(self.executor, "record") and (rec := self.executor.record(job)) is not None:
                 for rid in g:
-                    self.exp.run(rid).write_job(rec)
+                    self.exp.write_job(rid, rec)
 
 
 def _job_outcomes(exp: ExperimentFolder, ids: Key, job: Any, t0: float) -> list[dict[str, Any]]:

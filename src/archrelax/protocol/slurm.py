@@ -327,7 +327,7 @@ def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmO
         raise ValueError(f"--detach needs a Slurm cluster (slurm.cluster: slurm), not {options.cluster!r}: "
                          "with a local submitit executor the jobs would die with this process")
     folders = {rid: exp.run(rid) for rid in plan}
-    records = {rid: f.read_job() for rid, f in folders.items()}
+    records = {rid: exp.read_job(rid) for rid in folders}
     states = job_states(r.job_id for r in records.values() if r is not None)
     if states is None:
         raise RuntimeError("cannot read the Slurm job states (`squeue` failed): nothing submitted, since a run "
@@ -378,7 +378,7 @@ def submit_detached(exp: ExperimentFolder, plan: dict[str, Run], options: SlurmO
                 notes = ([f"{DEPENDENCY}:{dep}"] if dep else []) + (
                     [f"lockstep with {len(unit) - 1} other run(s)"] if len(unit) > 1 else [])
                 for rid in unit:  # a group's job is every member's job
-                    folders[rid].write_job(rec)
+                    exp.write_job(rid, rec)
                     job_of[rid] = rec.job_id
                     outcome[rid] = f"submitted: slurm {rec.job_id}" + (f" ({'; '.join(notes)})" if notes else "")
         todo = [rid for rid in todo if rid not in outcome]

@@ -29,8 +29,10 @@ import yaml
 
 from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
-from .._typed import conforms, yaml_load
-from ..train.config import TrainConfig, soft_problem
+from .._typed import conforms, yaml_load, yaml_problem
+from ..store import SPEC_RUNTIME_KEYS
+from ..train.config import TrainConfig, soft_problem, soft_target_problem
+from .attention import is_attention
 from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
 
 __all__ = [
@@ -41,10 +43,12 @@ __all__ = [
     "RelaxedOptions",
     "HierarchicalOptions",
     "SoftOptions",
+    "AttentionOptions",
     "PathStep",
     "RelaxPath",
     "SlurmOptions",
     "EXPERIMENT_DEFAULTS",
+    "RUNTIME_KEYS",
     "load_spec",
     "spec_from_dict",
     "spec_to_dict",
@@ -86,7 +90,10 @@ class SpecError(ValueError):
 
     def __init__(self, problems: list[str], source: str = "spec"):
         self.problems = list(problems)
-        head = f"invalid experiment spec ({source}): {len(problems)} problem{'s' * (len(problems) != 1)}"
+        if len(self.problems) == 1:  # one line
+            super().__init__(f"invalid experiment spec ({source}): {self.problems[0]}")
+            return
+        head = f"invalid experiment spec ({source}): {len(problems)} problems"
         super().__init__(head + "\n  - " + "\n  - ".join(self.problems))
 
 
@@ -169,6 +176,13 @@ def _check_train_options(cls: type | None = None) -> None:
 
 
 _check_train_options()
+
+# The spec keys that change no run (rerunning an experiment with other values of these is the same experiment,
+# and spec.yaml takes the new ones): where and how runs execute, what is analysed afterwards (the store's
+# SPEC_RUNTIME_KEYS), and the training settings that are runtime fields of TrainConfig (tensorboard, checkpoint
+# frequency, the memory guard's override).
+RUNTIME_KEYS: tuple[str, ...] = SPEC_RUNTIME_KEYS + tuple(
+    f"train.{f.name}" for f in dataclasses.fields(TrainOptions) if _CONFIG[f.name].metadata["runtime"])
 
 
 @dataclass
@@ -264,6 +278,29 @@ class SoftOptions:
         return [(float(lam), SoftSchedule.parse(s).spec) for lam in self.lambdas for s in self.schedules]
 
 
+# α at the embedding of the protocol's attention runs whose target names none: the smallest that keeps the
+# embedding within float32's 1e-6 of the CNN (leak e^(-α/2) = 1.1e-7), so that the attention's own gradients are
+# e^(-16) rather than relax()'s exact-to-the-bit α = 80, whose e^(-40) leaves them at 1e-17 (docs/architecture.md,
+# "The attention layer", for the measured trade-off)
+PROTOCOL_ALPHA = 32.0
+
+
+@dataclass
+class AttentionOptions:
+    """The attention runs (``attn`` targets): which convs they relax, and their α when the target names none.
+    A conv's attention costs about :func:`~archrelax.embed.attention.attention_cost` times its conv (the
+    attention's entries over the conv's multiply-adds); the runs relax the convs up to ``max_cost``."""
+
+    layers: list[str] | None = _opt(None, "convs the attention runs relax (names/globs); null: every conv of "
+                                    "relax_layers whose attention_cost is at most max_cost")
+    max_cost: float = _opt(1.0, "largest attention_cost (the attention's heads × queries × keys per sample over the "
+                           "conv's multiply-adds) of a conv the attention runs relax; VanillaCNN's first conv reads "
+                           "5-25, its others 0.002-0.05", _positive)
+    alpha: float = _opt(PROTOCOL_ALPHA, "α at the embedding of an 'attn' target that names none ('attn:alpha=A' "
+                        "overrides it); relax()'s own default is 80 (exact to the bit, but the attention's gradients "
+                        "are then 1e-17)", _positive)
+
+
 @dataclass
 class SlurmOptions:
     """Slurm resources (``executor: slurm``), passed to submitit.AutoExecutor."""
@@ -294,11 +331,13 @@ class ExperimentSpec:
     model: str = _from_config("model", "")
     model_kwargs: dict[str, Any] = _from_config("model_kwargs", "", "model options, e.g. {width: 64}; checked against "
                                                 "the factory's parameters before any run starts")
+    input_shape: str | None = _from_config("input_shape", "")
     data: str = _from_config("data", "", "data source: " + ", ".join(DATA_SOURCES))
     data_root: str | None = _from_config("data_root", "")
     train_size: int | None = _from_config("train_size", "")
     test_size: int | None = _from_config("test_size", "")
     data_seed: int = _from_config("data_seed", "")
+    subset: Literal["stratified", "first"] = _from_config("subset", "")
     relax_layers: list[str] | None = _from_config("relax_layers", "", "layers to relax (names or globs; null: every conv)")
     seeds: list[int] = _opt([0], "training seeds: one CNN (and its relaxed runs) per seed")
     train: TrainOptions = field(default_factory=TrainOptions, metadata={"doc": "options shared by all runs"})
@@ -307,9 +346,11 @@ class ExperimentSpec:
     switch_times: Union[str, list[float]] = _opt("log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs", _times_text)
     switch_min: float = _opt(1.0, "smallest non-zero switch time of 'log:N'", _positive)
     targets: list[str] = _opt(["fc"], "relaxations from each switch time: fc, lc, lc>fc (the grid), cnn (the CNN "
-                              "continued), wide:K, wide:full, tiled:T", _targets)
+                              "continued), wide:K, wide:full, tiled:T, attn (see 'attention')", _targets)
     hierarchical: HierarchicalOptions = field(default_factory=HierarchicalOptions, metadata={"doc": "the 'lc>fc' grid"})
     soft: SoftOptions = field(default_factory=SoftOptions, metadata={"doc": "soft-release runs from every switch time"})
+    attention: AttentionOptions = field(default_factory=AttentionOptions,
+                                        metadata={"doc": "the attention runs: their layers and α"})
     paths: list[dict[str, Any]] = _opt([], "relaxation paths: [{name, steps: [{at, to, layers}]}], per-layer switch "
                                        "times, each step from the previous step's run")
     baselines: list[Literal["fcn", "lcn"]] = _opt(["fcn"], "from-scratch baselines of the same size")
@@ -389,7 +430,7 @@ def _check_model(spec: ExperimentSpec) -> list[str]:
         return [f"'model' = {name!r} is not a registered model{'; did you mean ' + repr(close[0]) + '?' if close else ''} "
                 f"(registered: {', '.join(sorted(names))}; or 'pkg.module:factory')"]
     try:
-        check_model_kwargs(name, spec.model_kwargs, data_keys=True)
+        check_model_kwargs(name, spec.model_kwargs, data_keys=True, input_shape=spec.input_shape is not None)
     except ValueError as e:
         return [f"'model_kwargs' = {_show_mapping(spec.model_kwargs)}: {e}"]
     return []
@@ -426,6 +467,7 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         problems.append(f"'soft' has lambdas {spec.soft.lambdas} and schedules {spec.soft.schedules}: soft runs are "
                         "their product; allowed: both empty (no soft runs) or both non-empty")
     lr = spec.relaxed.lr if spec.relaxed.lr is not None else spec.train.lr
+    _check_soft_attention(spec, problems)
     for key, lam in [("relaxed.soft_lambda", spec.relaxed.soft_lambda)] + [("soft.lambdas", x) for x in spec.soft.lambdas]:
         bad = soft_problem(lam, spec.train.optimizer, lr, spec.train.momentum)
         if bad:
@@ -484,6 +526,19 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         pairs = ", ".join(f"({a:g}, {b:g})" for a, b in too_far)
         problems.append(f"'hierarchical' pairs {pairs} need the eLCN to train t_w2 - t_w1 > {relaxed_end:g} epochs "
                         f"(the relaxed runs' length); allowed: t_w2 - t_w1 <= {relaxed_end:g}, or raise 'relaxed.max_epochs'")
+
+
+def _check_soft_attention(spec: ExperimentSpec, problems: list[str]) -> None:
+    """A soft release is not defined for attention (TrainConfig refuses it): say so before anything runs."""
+    if spec.soft.grid() and is_attention(spec.soft.target):
+        problems.append(f"'soft.target' = {spec.soft.target!r}: {soft_target_problem(spec.soft.target)}")
+    attn = [t for t in spec.targets if is_attention(t)] + [st.to for p in parse_paths(spec.paths, []) for st in p.steps
+                                                       if is_attention(st.to)]
+    if spec.relaxed.soft_lambda > 0 and attn:
+        problems.append(f"'relaxed.soft_lambda' = {spec.relaxed.soft_lambda:g} makes every relaxed run soft, and the "
+                        f"attention runs ({', '.join(map(repr, dict.fromkeys(attn)))}) cannot be: "
+                        f"{soft_target_problem(attn[0])}; or keep relaxed.soft_lambda 0 and list the soft runs "
+                        "of other targets in the 'soft' section")
 
 
 def spec_from_dict(data: dict[str, Any], source: str = "spec") -> ExperimentSpec:
@@ -545,10 +600,11 @@ def load_spec(path: str | Path | None = None, *, preset: str | None = None,
             src = src / "spec.yaml"
         if not src.is_file():
             raise FileNotFoundError(f"spec file {str(src)!r} does not exist")
+        text = src.read_text(encoding="utf-8")
         try:
-            data = yaml_load(src.read_text(encoding="utf-8")) or {}
+            data = yaml_load(text) or {}
         except yaml.YAMLError as e:
-            raise SpecError([f"not valid YAML: {e}"], str(src)) from e
+            raise SpecError([f"not valid YAML: {yaml_problem(e, text)}"], str(src)) from None
         if not isinstance(data, dict):
             raise SpecError([f"the file must hold a mapping of keys, got {type(data).__name__}"], str(src))
     try:

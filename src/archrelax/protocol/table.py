@@ -2,8 +2,11 @@
 from __future__ import annotations
 
 from ..store import ExperimentFolder
+from ..store.view import WENT_WRONG
 
-__all__ = ["format_status", "status_table", "format_summary", "render"]
+__all__ = ["format_status", "status_table", "format_summary", "render", "PROBLEM_STATES"]
+
+PROBLEM_STATES = WENT_WRONG  # the states `archrelax status` exits 1 on
 
 
 def render(header: list[str], rows: list[list[str]]) -> str:
@@ -73,7 +76,10 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
     table = render(["run", "kind", "t_w", "status", *(["job"] if jobs else []), "epoch", "best test acc", "error"],
                    rows)
     tally = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    return f"{table}\n{len(plan)} runs: {tally}", counts
+    bad = sum(counts.get(s, 0) for s in PROBLEM_STATES)
+    warn = (f"{bad} run(s) went wrong ({', '.join(s for s in PROBLEM_STATES if counts.get(s))}): their rows say why; "
+            "`archrelax run` on the folder retries failed and damaged runs\n") if bad else ""
+    return f"{table}\n{warn}{len(plan)} runs: {tally}", counts  # the tally last: what a script reads
 
 
 def format_summary(exp: ExperimentFolder) -> str:

@@ -10,13 +10,16 @@ a meta tag), so rerunning a finished experiment redraws nothing.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
+import os
 import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
 from ..store import ExperimentFolder, ExperimentView
 from ..store.atomic import atomic_write_text, umask
@@ -35,28 +38,40 @@ def load_experiment(path: str | Path) -> ExperimentView:
     return ExperimentView.open(path, require_plan=False)
 
 
-def _run_analyses(exp_dir: Path) -> str:
+def _run_analyses(exp: ExperimentView) -> str:
+    """Bring the spec's analyses (its ``analyses`` list, and only those) up to date; the overview's note."""
+    names = list(exp.spec.get("analyses") or [])
+    if not names:
+        return analysis_note(exp.path, None, ran=False)
     # lazy: the analyses pull in torch and the models; the report itself needs neither
     from archrelax.analysis.experiment import analyse_experiment
 
     try:
-        outcome = analyse_experiment(exp_dir)
+        outcome = analyse_experiment(exp.path, only=names)
     except Exception as e:  # partial experiments must still get a page; the error is shown on it
         return f"FAILED, cached results (if any) shown as they are:\n{analysis_error(e)}"
-    return analysis_note(exp_dir, outcome)
+    return analysis_note(exp.path, outcome)
 
 
-def analysis_note(exp_dir: Path, outcome: "AnalysisResults | None") -> str:
+def analysis_note(exp_dir: Path, outcome: "AnalysisResults | None", *, ran: bool | None = None) -> str:
     """What the overview says about the analyses: which were computed now, reused from the cache, failed,
-    and which have no result at all. ``outcome`` None: no analysis pass ran before this page (--no-analyse)."""
+    and which of the spec's have no result at all. ``outcome`` None: no analysis pass ran before this page
+    (--no-analyse; ``ran=False``: none was asked for, the spec lists no analyses)."""
     from archrelax.store import ExperimentFolder, StoreError
     from archrelax.store.results import RESULT_TYPES
 
     exp = ExperimentFolder(exp_dir)
+    try:
+        listed = list((exp.read_spec() or {}).get("analyses") or [])
+    except StoreError:
+        listed = []
     present = [n for n in RESULT_TYPES if exp.result_path(n).is_file()]
-    missing = [n for n in RESULT_TYPES if n not in present]
+    missing = [n for n in RESULT_TYPES if n not in present and n in listed]  # only what the spec asked for
     parts = []
-    if outcome is None:
+    if outcome is None and ran is False:
+        parts.append("the spec lists none (its `analyses` key)" + (
+            "; results computed by hand shown as they are: " + ", ".join(present) if present else ""))
+    elif outcome is None:
         def when(n: str) -> str:
             try:
                 res = exp.read_result(n)
@@ -84,8 +99,10 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
                  analysed: "AnalysisResults | None" = None) -> Path:
     """Write ``experiment_dir/report/index.html`` (and ``report/fig/*.png``); return the page's path.
 
-    ``analyse``: first run ``archrelax.analysis.experiment.analyse_experiment`` (cached, so cheap when
-    nothing changed); with False only existing ``analysis/*.json`` files are used. ``analysed``: the outcome
+    ``analyse``: first bring the analyses the spec lists (its ``analyses`` key) up to date
+    (``archrelax.analysis.experiment.analyse_experiment``, cached, so cheap when nothing changed); with False
+    only existing ``analysis/*.json`` files are used. The page has a section for each listed analysis and for
+    any other whose result is there. ``analysed``: the outcome
     of an analysis pass the caller has just run (e.g. ``archrelax demo``), so that the overview says what
     it computed and reused (no second pass is run).
     Raises FileNotFoundError when ``experiment_dir`` is not a folder.
@@ -97,8 +114,15 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
     if analysed is not None:
         note = analysis_note(exp_dir, analysed)
     else:
-        note = _run_analyses(exp_dir) if analyse else analysis_note(exp_dir, None)
-    out = ExperimentFolder(exp_dir).report_dir  # the store owns the layout
+        note = _run_analyses(exp) if analyse else analysis_note(exp_dir, None)
+    folder = ExperimentFolder(exp_dir)
+    out = folder.report_dir  # the store owns the layout
+    with _one_writer(folder.lock_path):  # so whatever a writer left beside report/ is debris of one that was killed
+        _clear_debris(exp_dir, out)
+        return _write(exp, exp_dir, out, note)
+
+
+def _write(exp: ExperimentView, exp_dir: Path, out: Path, note: str) -> Path:
     index = out / "index.html"
     key = _inputs_key(exp, note)
     if _up_to_date(index, key):  # a rerun of a finished experiment: same page, nothing redrawn
@@ -130,6 +154,34 @@ def write_report(experiment_dir: str | Path, *, analyse: bool = True,
         raise
     shutil.rmtree(old, ignore_errors=True)
     return index
+
+
+@contextlib.contextmanager
+def _one_writer(lock_path: Path) -> Iterator[None]:
+    """One report writer at a time per experiment: the experiment's lock (``ExperimentFolder.lock_path``, a blocking
+    flock, which ``archrelax run`` also takes while it writes a plan). A folder where it cannot be opened
+    (read-only) can hold no half-written report either: the page's own writes then fail, naming report/."""
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _clear_debris(exp_dir: Path, out: Path) -> None:
+    """What a killed writer left (the writers' lock held, so no writer owns it): its ``.report-new-*`` folder, and
+    the previous report as ``.report-old-*`` when it died between the two renames (put back as report/ if that is
+    gone, so a failure of this writer still leaves the last whole report)."""
+    olds = sorted(exp_dir.glob(".report-old-*"), key=lambda p: p.stat().st_mtime)
+    if olds and not out.exists():
+        olds.pop().rename(out)
+    for p in [*exp_dir.glob(".report-new-*"), *olds]:
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _inputs_key(exp: ExperimentView, note: str) -> str:

@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               "says what is missing.")
     p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (spec.yaml, plan.json, runs/)")
     p.add_argument("--no-analyse", action="store_true",
-                   help="do not bring the analyses up to date first; use analysis/*.json as they are")
+                   help="do not bring the spec's analyses (its `analyses` list) up to date first; use "
+                        "analysis/*.json as they are")
     p.add_argument("--open", action="store_true", help="open the page in the default web browser")
     p.set_defaults(func=_report)

@@ -34,7 +34,7 @@ REF_STYLE = {  # reference runs trained without a switch
 }
 REF_NAME = {"cnn": "CNN", "fcn": "vanilla FCN", "lcn": "vanilla LCN", "efcn": "eFCN", "elcn": "eLCN",
             "hier": "CNN→eLCN→eFCN", "cont": "CNN continued", "wide": "wide conv", "tiled": "tiled conv",
-            "soft": "soft eFCN", "path": "path"}
+            "soft": "soft eFCN", "path": "path", "attn": "attention"}
 
 
 @dataclass
@@ -151,6 +151,13 @@ def training_curves(curves: Sequence[Curve], path: Path, *, title: str, relaxed_
     return _save(fig, path)
 
 
+def _spread(n: int, *, up_to: bool = False) -> str:
+    """What a point and its bar are: "mean ± std, 3 seeds", "mean ± std, up to 3 seeds", or "1 seed" (no bar)."""
+    if n <= 1:
+        return "1 seed"
+    return f"mean ± std, {'up to ' if up_to else ''}{n} seeds"
+
+
 def _mean_std(values: Sequence[float]) -> tuple[float, float]:
     v = np.asarray(values, dtype=float)
     return float(v.mean()), float(v.std(ddof=0)) if len(v) > 1 else 0.0
@@ -169,14 +176,14 @@ def final_vs_tw(points: dict[float, list[float]], refs: dict[str, list[float]], 
         m, s = _mean_std([scale * v for v in vals])
         style = REF_STYLE.get(kind, REF_STYLE["fcn"])
         a.axhline(m, color=style["color"], ls=style["ls"], lw=style["lw"],
-                  label=f"{REF_NAME.get(kind, kind)} (mean ± std, {len(vals)} seed{'s' * (len(vals) > 1)})")
+                  label=f"{REF_NAME.get(kind, kind)} ({_spread(len(vals))})")
         if s > 0:
             a.axhspan(m - s, m + s, color=style["color"], alpha=0.12, lw=0)
     if tws:
         ms = [_mean_std([scale * v for v in points[t]]) for t in tws]
         n = max(len(points[t]) for t in tws)
         a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color="tab:blue", capsize=4,
-                   label=f"{label} (mean ± std, up to {n} seed{'s' * (n > 1)})")
+                   label=f"{label} ({_spread(n, up_to=True)})")
     _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
     a.set_ylabel(ylabel)
     a.set_title(title)
@@ -268,8 +275,8 @@ def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequenc
     fig, ax = _figure(2)
     ok = np.ones(len(epoch), bool) if eig_ok is None else np.asarray(eig_ok, bool)
     ep = np.asarray(epoch, float)
-    for a, y, err, name, mask in ((ax[0, 0], eig, eig_err, "top Hessian eigenvalue λ_max (nats)", ok),
-                                  (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats)", None)):
+    for a, y, err, name, mask in ((ax[0, 0], eig, eig_err, "top Hessian eigenvalue λ_max (nats/param²)", ok),
+                                  (ax[0, 1], trace, trace_err, "Hessian trace, Hutchinson (nats/param²)", None)):
         y = np.asarray(y, float)
         e = None if err is None else np.asarray(err, float)
         m = np.ones(len(y), bool) if mask is None else mask
@@ -412,7 +419,8 @@ def lattice_figure(corners: Sequence[str], points: dict[str, dict[float, list[fl
                    memory: dict[str, int | None], path: Path, *, title: str,
                    cnn_final: Sequence[float] = ()) -> Path:
     """Left: final test accuracy (%) of each corner against t_w (mean ± std over seeds); the CNN trained to its
-    end as a band. Right: parameter memory of each corner (MiB, log scale; absent when not measured)."""
+    end as a band. Right: parameter memory of each corner (MiB, log scale, each bar labelled with its size and its
+    ratio to the smallest; absent when not measured)."""
     fig, ax = _figure(2, size=(6.0, 4.4))
     a, m = ax[0]
     if cnn_final:
@@ -436,13 +444,20 @@ def lattice_figure(corners: Sequence[str], points: dict[str, dict[float, list[fl
     a.legend(fontsize=8, loc="best")
     known = [(i, c, memory.get(c)) for i, c in enumerate(corners) if memory.get(c)]
     if known:
-        m.barh([c for _, c, _ in known], [b / 2**20 for _, _, b in known],
-               color=[CORNER_COLOURS(i % 10) for i, _, _ in known])
+        mib = [b / 2**20 for _, _, b in known]
+        m.barh([c for _, c, _ in known], mib, color=[CORNER_COLOURS(i % 10) for i, _, _ in known])
+        # a log axis spans the corners' range (the eFCN's memory is hundreds of times the CNN's) but misreads ratios:
+        # each bar says its size and its ratio to the smallest corner, which is what a reader compares
+        small = min(mib)
+        for y, v in enumerate(mib):
+            m.text(v, y, f" {v:,.3g} MiB" + (f" ({v / small:.3g}×)" if v > small * 1.0005 else ""), va="center",
+                   fontsize=7)
         m.set_xscale("log")
+        m.set_xlim(min(mib) / 2, max(mib) * 40)  # room for the labels right of the longest bar
         m.xaxis.set_major_formatter(_PLAIN)
         m.invert_yaxis()
         m.tick_params(axis="y", labelsize=8)
-        m.set_xlabel("parameter memory (MiB, log scale)")
+        m.set_xlabel("parameter memory (MiB, log scale; × = ratio to the smallest)")
         m.grid(True, axis="x", alpha=0.3)
     else:
         m.text(0.5, 0.5, "memory not measured\n(the memory analysis)", ha="center", va="center",
@@ -513,5 +528,57 @@ def corner_distance_figure(corners: Sequence[str], curves: dict[str, list[tuple[
             a.legend(fontsize=8, loc="best")
         else:
             a.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=a.transAxes)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+# the attention runs' measures (metrics.jsonl keys, embed.attention_measures.MEASURE_KEYS), one panel each
+ATTENTION_PANELS = (
+    ("attn_offtarget", "off-target share", "attention mass off the conv's tap (δ-like; log, floored at 1e-12)", True),
+    ("attn_content_share", "content share", "½‖A − A_pos‖₁: attention that is content-based (log, floored)", True),
+    ("attn_mean_distance", "mean distance (input pixels)", "attention-weighted key distance to the receptive field's "
+     "centre (ConViT's nonlocality)", False),
+    ("attn_alpha_mean", "α (mean; band: min-max over heads)", "positional sharpness α", False),
+    ("attn_offset_mean", "‖offset‖ (mean; dashed: max), input pixels", "how far the heads' focus moved", False),
+)
+LOG_FLOOR = 1e-12
+
+
+def attention_figure(labels: Sequence[str], curves: dict[str, list[Curve]], path: Path, *, title: str) -> Path:
+    """The attention runs' distance from their conv over training, one panel per measure of
+    :data:`ATTENTION_PANELS`, every run coloured by its label (its target), ● at the switch (where each measure is
+    the conv's own, up to the leak e^(−α/2)). ``curves[label]``: the runs (``values`` keyed by the metrics' names)."""
+    fig, ax = _figure(3, 2, size=(5.0, 3.6))
+    axes = ax.reshape(-1)
+    for k, (key, ylabel, what, log) in enumerate(ATTENTION_PANELS):
+        a = axes[k]
+        for i, label in enumerate(labels):
+            col = CORNER_COLOURS(i % 10)
+            for j, c in enumerate(curves.get(label, [])):
+                y = c.values.get(key)
+                if y is None or len(y) != len(c.epoch) or not len(y):
+                    continue
+                x, y = np.asarray(c.epoch, float), np.asarray(y, float)
+                if log:
+                    y = np.maximum(y, LOG_FLOOR)
+                a.plot(x, y, color=col, lw=1.3, alpha=0.85, label=label if j == 0 else None)
+                a.plot(x[:1], y[:1], marker="o", ms=5, color=col, mec="black", mew=0.5)
+                lo, hi = (c.values.get(f"attn_alpha_{s}") for s in ("min", "max")) if key == "attn_alpha_mean" else (None, None)
+                if lo is not None and hi is not None and len(lo) == len(x) == len(hi):
+                    a.fill_between(x, lo, hi, color=col, alpha=0.15, lw=0)
+                top = c.values.get("attn_offset_max") if key == "attn_offset_mean" else None
+                if top is not None and len(top) == len(x):
+                    a.plot(x, top, color=col, lw=1.0, ls="--", alpha=0.7)
+        _time_axis(a)
+        if log and a.lines:
+            a.set_yscale("log")
+        a.set_ylabel(ylabel)
+        a.set_title(what + "; ● = switch", fontsize=8)
+        if not a.lines:
+            a.text(0.5, 0.5, "not recorded", ha="center", va="center", transform=a.transAxes)
+    handles = [h for h in axes[0].get_legend_handles_labels()[0]]
+    axes[-1].axis("off")
+    if handles:
+        axes[-1].legend(handles=handles, loc="center", fontsize=8, title="runs")
     fig.suptitle(title)
     return _save(fig, path)

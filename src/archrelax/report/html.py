@@ -71,7 +71,9 @@ body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; margin:
        padding: 0 24px 48px; color: #1d1d1f; }
 h1 { margin: 24px 0 4px; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 4px; margin-top: 36px; }
 .meta { color: #555; } .intro { color: #333; max-width: 980px; }
-nav ol { columns: 3; } nav a { text-decoration: none; }
+nav ol { display: grid; grid-template-columns: repeat(auto-fill, minmax(380px, 1fr)); gap: 2px 28px;
+         padding-left: 0; list-style-position: inside; } nav li { overflow-wrap: anywhere; }
+nav a { text-decoration: none; }
 figure { margin: 12px 0 20px; } figure img { max-width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { color: #555; font-size: 13px; }
 .missing { background: #fff6e0; border-left: 4px solid #e0a000; padding: 6px 14px; margin: 10px 0; }

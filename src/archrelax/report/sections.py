@@ -149,9 +149,15 @@ def overview(exp: ExperimentView, ctx: Ctx, sec: Section, analysis_note: str) ->
 def training(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section:
     refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn")
     name = NAME[relaxed]
-    sec = Section(f"curves-{relaxed}", f"Training curves: CNN, vanilla {name[1:]} and {name}(t_w)",
-                  f"Training loss and test accuracy against time. Each {name}(t_w) starts from the CNN's "
-                  f"snapshot at t_w (marked ●) on the CNN's clock; one line per seed.")
+    kinds = {r.kind for r in exp.runs}
+    # the title names what the plan holds: no "vanilla FCN" on a page whose spec asked for no baseline
+    parts = ["CNN"] + [f"vanilla {name[1:]}" for k in refs[1:] if k in kinds] + ([f"{name}(t_w)"] if relaxed in kinds
+                                                                              else [])
+    title = "Training curves: " + ", ".join(parts[:-1]) + (" and " if len(parts) > 1 else "") + parts[-1]
+    sec = Section(f"curves-{relaxed}", title,
+                  "Training loss and test accuracy against time" + (
+                      f". Each {name}(t_w) starts from the CNN's snapshot at t_w (marked ●) on the CNN's clock"
+                      if relaxed in kinds else "") + "; one line per seed.")
     curves, none = [], []
     for r in exp.runs:
         if r.kind in refs + (relaxed,):
@@ -162,9 +168,8 @@ def training(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section:
                    f"{name} coloured by switch time", lambda p: F.training_curves(
                        curves, p, title=f"CNN, vanilla {name[1:]} and {name}(t_w)", relaxed_kind=relaxed))
     sec.notes += none
-    for k in refs + (relaxed,):
-        if not any(r.kind == k for r in exp.runs):
-            sec.notes.append(f"the plan has no {NAME[k]} run")
+    if not any(r.kind == "cnn" for r in exp.runs):
+        sec.notes.append("the plan has no CNN run")
     return sec
 
 
@@ -189,18 +194,16 @@ def final_vs_tw(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section
         rows = []
         for t in sorted(points):
             v = 100 * np.asarray(points[t])
-            rows.append([f"{t:g}", len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+            rows.append([f"{t:g}", len(v), _mean_std(v),
                          f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
         for k, vals in ref_vals.items():
             if vals:
                 v = 100 * np.asarray(vals)
-                rows.append([NAME[k], len(v), f"{v.mean():.2f} ± {v.std():.2f}",
+                rows.append([NAME[k], len(v), _mean_std(v),
                              f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
-        sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%)",
+        sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%): mean ± std over seeds",
                                "gain over CNN (% points)"], rows))
     sec.notes += _not_done(exp, relaxed, *refs)
-    if not any(r.kind == relaxed for r in exp.runs):
-        sec.notes.append(f"the plan has no {name} runs")
     return sec
 
 
@@ -222,8 +225,6 @@ def hierarchical(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
                    lambda p: F.heatmap(tw1, tw2, acc, p, title="CNN→eLCN→eFCN final test accuracy",
                                        cnn_acc=float(np.mean(cnn)) if cnn else None))
     sec.notes += _not_done(exp, "hier")
-    if not any(r.kind == "hier" for r in exp.runs):
-        sec.notes.append("the plan has no hierarchical runs")
 
 
 @_from_analysis("Distance from the CNN subspace: δ(t) and gain against δ")
@@ -252,7 +253,9 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
     """Top eigenvalue of the training-loss Hessian (Lanczos on Hessian-vector products; each with its residual
     bound ‖Hv − λv‖, within which H has an eigenvalue) and an estimate of its trace (Hutchinson off the Lanczos
     basis) with its standard error, on a fixed training subset. A value that did not reach the tolerance is drawn
-    hollow and left out of the means and the claims."""
+    hollow and left out of the means and the claims. The loss is the mean cross-entropy in nats, so both are
+    curvatures in nats per squared unit of parameter (nats/param²): they compare runs of one parametrisation."""
+    sec.body.append(f"<p>{escape(_subset(data.params, 'sharpness_samples', 'training'))}.</p>")
     pts = [p for p in data.points if p.eigenvalues]
     for p in pts:
         if not p.lambda_max_converged:
@@ -278,7 +281,7 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
         err = [float(np.std([p.trace for p in along[e]])) if len(along[e]) > 1
                else float(np.nan_to_num(along[e][0].trace_stderr)) for e in ep]
         switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
-        ctx.figure(sec, "sharpness_cnn", "λ_max and Hessian trace (nats) along the CNN's trajectory; "
+        ctx.figure(sec, "sharpness_cnn", f"λ_max and Hessian trace ({CURVATURE}) along the CNN's trajectory; "
                    "dotted lines: switch times; hollow: not converged", lambda p: F.sharpness_along(
                        ep, eig, tr, err, switches, p, title="sharpness along the CNN (mean over seeds)",
                        eig_err=eig_err, eig_ok=eig_ok))
@@ -293,7 +296,7 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
         elif p.kind in ("cnn", "fcn", "lcn"):
             refs[p.kind].append(p)
     if relaxed or refs:
-        for key, lab in (("eig", "top Hessian eigenvalue λ_max (nats)"), ("trace", "Hessian trace (nats)")):
+        for key, lab in (("eig", f"top Hessian eigenvalue λ_max ({CURVATURE})"), ("trace", f"Hessian trace ({CURVATURE})")):
             val = (lambda p: p.lambda_max) if key == "eig" else (lambda p: p.trace)
             ok = (lambda p: p.lambda_max_converged) if key == "eig" else (lambda p: True)
             ctx.figure(sec, f"sharpness_end_{key}", f"{lab} at the end of each run against t_w"
@@ -304,22 +307,22 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
                            title=f"{lab.split(' (')[0]} at the end of training", ylabel=lab,
                            unconverged={k: [(t, val(p)) for t, v in d.items() for p in v if not ok(p)]
                                         for k, d in relaxed.items()}))
-        sec.body.append(table(["run", "epoch", "train loss (nats)", "λ_max (nats)", "± bound (nats)",
-                               "trace (nats)", "± stderr (nats)", "converged"],
+        sec.body.append(table(["run", "epoch", "train loss on the subset (nats)", f"λ_max ({CURVATURE})",
+                               f"± bound ({CURVATURE})", f"trace ({CURVATURE})", f"± stderr ({CURVATURE})", "converged"],
                               [[_label(p), p.epoch, p.loss, p.lambda_max, _bound(p), p.trace, p.trace_stderr,
                                 p.lambda_max_converged] for p in ends]))
     else:
         sec.notes.append("no end-of-run sharpness points yet")
     blocks = [(p, b) for p in pts for b in p.blocks]
     if blocks:
-        sec.body.append(table(["run", "epoch", "layer", "parameters", "λ_max of the layer's block (nats)",
+        sec.body.append(table(["run", "epoch", "layer", "parameters", f"λ_max of the layer's block ({CURVATURE})",
                                "relative residual", "converged"],
                               [[_label(p), p.epoch, b.layer, b.params, b.eigenvalue, b.residual, b.converged]
                                for p, b in blocks]))
 
 
 def _bound(p: R.SharpnessPoint) -> float | None:
-    """The top eigenvalue's residual bound (nats): stored, or from the relative residual of older records."""
+    """The top eigenvalue's residual bound (nats/param²): stored, or from the relative residual of older records."""
     if p.eig_bound:
         return p.eig_bound[0]
     return abs(p.lambda_max) * p.eig_residual[0] if p.eig_residual else None
@@ -340,13 +343,20 @@ def ablation(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.AblationResult
     parts = ("both", "local", "offlocal")
     acc = {p: [float(np.mean([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
     err = {p: [float(np.std([getattr(r.test_acc, p) for r in g])) for g in groups.values()] for p in parts}
-    ctx.figure(sec, "ablation", "test accuracy (%) of both / local-only / off-local-only parts, mean ± std "
-               "over seeds", lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final "
-                                                       "relaxed networks"))
+    where = _subset(data.params, "eval_test_samples", "test")
+    sec.body.append(f"<p>{escape(where)}: \"both parts\" is the final network itself, so it differs from the "
+                    "run's final test accuracy (the whole test set, last column) by the subset alone.</p>")
+    seeds = max(len(g) for g in groups.values())
+    ctx.figure(sec, "ablation", f"test accuracy (%) of both / local-only / off-local-only parts, "
+               f"{'mean ± std over seeds' if seeds > 1 else 'one seed'}; {where}",
+               lambda p: F.ablation_bars(list(groups), acc, err, p, title="ablation of the final relaxed networks"))
+    final = {v.id: v.final("test_acc") for v in exp.runs}
     rows = [[_label(r)] + [100 * getattr(r.test_acc, p) for p in parts]
+            + [None if final.get(r.run) is None else 100 * final[r.run]]
             + ["; ".join(f"{k}: {v:.3g}" for k, v in r.local_change.items()) or "—"] for r in runs]
-    sec.body.append(table(["run", "both (%)", "local only (%)", "off-local only (%)",
-                           "local-block change since switch (relative)"], rows))
+    sec.body.append(table(["run", "both (%, subset)", "local only (%, subset)", "off-local only (%, subset)",
+                           "final test accuracy (%, whole test set)", "local-block change since switch (relative)"],
+                          rows))
 
 
 @_from_analysis("What the off-local weights learn: templates")
@@ -391,10 +401,26 @@ def interpolation(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.Interpola
         sec.notes.append(f"{len(labels) - 10} more interpolation curves not drawn")
         curves = [c for c in curves if c["label"] in labels[:10]]
     if curves and alphas:
-        ctx.figure(sec, "interpolation", "loss (nats) and accuracy (%) along α; train solid, test dashed",
+        sizes = (f"{_subset(data.params, 'eval_train_samples', 'training')}; "
+                 f"{_subset(data.params, 'eval_test_samples', 'test')}")
+        ctx.figure(sec, "interpolation", f"loss (nats) and accuracy (%) along α; train solid, test dashed. {sizes}",
                    lambda p: F.interpolation_figure(alphas, curves, p, title="interpolation in weight and output space"))
     else:
         sec.notes.append("no interpolation curves yet")
+
+
+# λ_max and the trace are second derivatives of the mean cross-entropy (nats) in the parameters
+CURVATURE = "nats/param²"
+
+
+def _subset(params: dict[str, Any], key: str, split: str) -> str:
+    """"on 500 test images at most (a fixed subset, eval_test_samples, seed 0)", from an analysis result's params."""
+    n = params.get(key)
+    if not isinstance(n, int):
+        return f"on a fixed subset of the {split} images (its size was not recorded)"
+    seed = params.get("seed")
+    return (f"on {n:,} {split} images at most (a fixed subset: {key}" + (f", seed {seed}" if seed is not None else "")
+            + ")")
 
 
 def _bytes(n: Any) -> str:
@@ -482,6 +508,7 @@ def _corner(exp: ExperimentView, r: RunView) -> tuple[tuple, str, str | None] | 
         "elcn": ((2, ""), "sharing released (eLCN)", "lc"),
         "tiled": ((3, str(relax)), f"sharing released in tiles ({relax or 'tiled'})", relax),
         "efcn": ((4, ""), "both released (eFCN)", "fc"),
+        "attn": ((6, str(relax)), f"offsets released ({relax or 'attn'})", relax),
     }[r.kind]
     return ((*key, _soft_label(cfg)), f"{label}, soft {_soft_label(cfg)}", form) if soft else (key, label, form)
 
@@ -504,11 +531,17 @@ def _lattice_points(exp: ExperimentView
     return labels, points, forms
 
 
+def _mean_std(v: np.ndarray) -> str:
+    """"66.00 ± 0.35" over several seeds; one seed's value alone (a spread of one value is no spread)."""
+    return f"{v[0]:.2f}" if len(v) == 1 else f"{v.mean():.2f} ± {v.std():.2f}"
+
+
 def _cell(vals: list[float] | None, scale: float = 100.0) -> str:
+    """"66.00 ± 0.35 (2)": mean ± std over seeds (number of seeds); "81.10 (1 seed)" for one."""
     if not vals:
         return "—"
     v = scale * np.asarray(vals)
-    return f"{v.mean():.2f} ± {v.std():.2f} ({len(v)})"
+    return f"{_mean_std(v)} ({len(v)})" if len(v) > 1 else f"{_mean_std(v)} (1 seed)"
 
 
 @_section("lattice", "The lattice: every corner at every switch time")
@@ -620,7 +653,7 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     recorded = False
     for r in exp.runs:
         c = _corner(exp, r)
-        if c is None or r.kind == "cont":
+        if c is None or r.kind in ("cont", "attn"):  # attention: δ is 0 by construction; its own section measures it
             continue
         key, label, _ = c
         x, d = r.series("offlocal_ratio")
@@ -654,6 +687,61 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         sec.body.append(table(["corner", "t_w (epochs)", "seeds", "final δ (mean)", "final off-sharing (mean)"], rows))
 
 
+# ---- attention: the convs made self-attention, and how far they moved from them -------------------------------
+_ATTN_FINALS = (("attn_offtarget", "off-target share", ".2g"), ("attn_content_share", "content share", ".2g"),
+                ("attn_mean_distance", "mean distance (px)", ".3f"), ("attn_alpha_mean", "α mean", ".4g"),
+                ("attn_alpha_min", "α min", ".4g"), ("attn_offset_max", "‖offset‖ max (px)", ".2g"))
+
+
+@_section("attention", "Attention runs: how far each moved from its conv")
+def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
+    """Runs that made convs positional self-attention (targets attn, attn:alpha=A,dk=K: one head per tap, exact at
+    the switch up to a leak e^(−α/2)), measured at every evaluation on a fixed probe batch of test images: the
+    off-target share (attention mass away from the conv's tap, δ-like: 0 on the conv), the content share
+    (½‖A − A_pos‖₁), the mean distance of the attention (ConViT's nonlocality, input pixels; the conv's own at
+    the switch), α and the offsets' lengths. Table: final test accuracy (%) beside the CNN continued from the
+    same snapshot, and the final measures, means over seeds (number of seeds)."""
+    runs = exp.of_kind("attn")
+    if not runs:
+        sec.notes.append("the plan has no attention runs (spec target attn, see docs/protocol.md)")
+        return
+    curves: dict[str, list[F.Curve]] = defaultdict(list)
+    finals: dict[tuple[str, float], list[RunView]] = defaultdict(list)
+    for r in runs:
+        target = _config(r).get("relax") or "attn"
+        x, _ = r.series("attn_offtarget")
+        if x:
+            vals = {k: r.series(k)[1] for k in ("attn_offtarget", "attn_content_share", "attn_mean_distance",
+                                                "attn_alpha_mean", "attn_alpha_min", "attn_alpha_max",
+                                                "attn_offset_mean", "attn_offset_max")}
+            curves[target].append(F.Curve(kind=r.kind, seed=r.seed, t_w=r.t_w, epoch=x, values=vals))
+        if r.done and r.t_w is not None:
+            finals[(target, r.t_w)].append(r)
+    labels = sorted({_config(r).get("relax") or "attn" for r in runs})
+    if curves:
+        ctx.figure(sec, "attention", "the attention runs' measures against epochs on the CNN's clock, coloured by "
+                   "target (● = the switch)", lambda p: F.attention_figure(labels, curves, p,
+                                                                          title="attention: distance from the conv"))
+    else:
+        sec.notes.append("no attention run has recorded its measures yet (attn_* in metrics.jsonl)")
+    cont: dict[float, list[float]] = defaultdict(list)
+    for r in exp.done_runs("cont"):
+        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+            cont[r.t_w].append(v)
+    rows = []
+    for (target, t), done in sorted(finals.items()):
+        acc = [v for r in done if (v := r.final("test_acc")) is not None]
+        row = [target, f"{t:g}", _cell(acc), _cell(cont.get(t))]
+        for key, _, spec in _ATTN_FINALS:
+            vals = [v for r in done if (v := r.final(key)) is not None]
+            row.append(format(float(np.mean(vals)), spec) if vals else "not recorded")
+        rows.append(row)
+    if rows:
+        sec.body.append(table(["target", "t_w (epochs)", "final test acc (%)", "CNN continued (%)"]
+                              + [name for _, name, _ in _ATTN_FINALS], rows))
+    sec.notes += _not_done(exp, "attn")
+
+
 # ---- the claims -------------------------------------------------------------------------------------------
 
 
@@ -678,14 +766,15 @@ def claims(exp: ExperimentView, ctx: Ctx, titles: dict[str, str]) -> Section:
         return sec
     rows = []
     for c in found:
-        links = [f'<a href="#{escape(a)}">{escape(titles.get(a, a))}</a>' for a in c.anchors]
+        shown = [a for a in c.anchors if a in titles]  # a section the spec did not ask for is not on the page
+        links = [f'<a href="#{escape(a)}">{escape(titles[a])}</a>' for a in shown]
         cls = "verdict-" + c.verdict.replace(" ", "-")
-        word = f'<a class="verdict {cls}" href="#{escape(c.anchors[0])}">{escape(c.verdict)}</a>' if c.anchors \
+        word = f'<a class="verdict {cls}" href="#{escape(shown[0])}">{escape(c.verdict)}</a>' if shown \
             else f'<span class="verdict {cls}">{escape(c.verdict)}</span>'
         why = escape(c.reason) + (f"<br><em>to measure:</em> {escape(c.measure)}" if c.measure else "")
         rows.append(f'<tr id="claim-{c.number}"><td class="num">{c.number}</td><td>{escape(c.text)}</td>'
                     f'<td>{escape(c.statistic)}</td><td class="num">{c.n_seeds}</td>'
-                    f'<td>{word}<div class="why">{why}</div></td><td>{"<br>".join(links)}</td></tr>')
+                    f'<td>{word}<div class="why">{why}</div></td><td>{"<br>".join(links) or "—"}</td></tr>')
     head = "".join(f"<th>{h}</th>" for h in ("#", "claim", "statistic on this experiment", "seeds",
                                              "verdict", "read from"))
     sec.body.append(f'<div class="tablewrap"><table class="claims"><thead><tr>{head}</tr></thead>'
@@ -696,14 +785,45 @@ def claims(exp: ExperimentView, ctx: Ctx, titles: dict[str, str]) -> Section:
     return sec
 
 
+def requested_analyses(exp: ExperimentView) -> list[str]:
+    """The analyses the page has sections for: the spec's ``analyses``, and any other whose result is in
+    analysis/ (computed by hand: ``archrelax analyse --only``), in the order of the analyses' registry."""
+    from archrelax.store.results import RESULT_TYPES
+
+    listed = exp.spec.get("analyses") or []
+    have = set(exp.results) | set(exp.result_problems)
+    return [n for n in RESULT_TYPES if n in listed or n in have]
+
+
+# kinds of run that make the lattice's sections (beyond the paper's eFCN and eLCN, which have their own)
+_LATTICE_ONLY = tuple(k for k in LATTICE_KINDS if k not in PAPER_KINDS)
+
+
 def build_all(exp: ExperimentView, ctx: Ctx, analysis_note: str) -> list[Section]:
-    secs = [overview(exp, ctx, analysis_note), training(exp, ctx, "efcn"), final_vs_tw(exp, ctx, "efcn"),
-            final_vs_tw(exp, ctx, "elcn"), hierarchical(exp, ctx), distance(exp, ctx), sharpness(exp, ctx),
-            ablation(exp, ctx), templates(exp, ctx), interpolation(exp, ctx), memory(exp, ctx),
-            runs_table(exp, ctx), spec(exp, ctx), lattice(exp, ctx), soft_schedules(exp, ctx),
-            lattice_distance(exp, ctx)]
-    if any(r.kind == "elcn" for r in exp.runs):  # eLCN curves beside the eFCN ones when the plan has them
-        secs.insert(2, training(exp, ctx, "elcn"))
+    """The sections this experiment asks for: those of the kinds of run its plan holds and of the analyses its
+    spec lists (or that were computed); the overview, the runs and the spec always. A section for something the
+    spec never asked for would be a box of "missing" notes that are not missing."""
+    kinds = {r.kind for r in exp.runs}
+    analyses = requested_analyses(exp)
+    by_analysis = {"distance": distance, "sharpness": sharpness, "ablation": ablation, "templates": templates,
+                   "interpolation": interpolation, "memory": memory}
+    secs = [overview(exp, ctx, analysis_note)]
+    if kinds & {"efcn", "fcn"} or "elcn" not in kinds:  # the CNN's curves are always on the page
+        secs.append(training(exp, ctx, "efcn"))
+    if "elcn" in kinds:  # eLCN curves beside the eFCN ones when the plan has them
+        secs.append(training(exp, ctx, "elcn"))
+    secs += [final_vs_tw(exp, ctx, k) for k in ("efcn", "elcn") if k in kinds]
+    if "hier" in kinds:
+        secs.append(hierarchical(exp, ctx))
+    secs += [by_analysis[n](exp, ctx) for n in by_analysis if n in analyses]
+    secs += [runs_table(exp, ctx), spec(exp, ctx)]
+    if kinds & set(_LATTICE_ONLY):
+        secs.append(lattice(exp, ctx))
+    if any(float(_config(r).get("soft_lambda") or 0) > 0 for r in exp.runs):
+        secs.append(soft_schedules(exp, ctx))
+    if kinds & set(_LATTICE_ONLY):
+        secs.append(lattice_distance(exp, ctx))
+    if "attn" in kinds:  # the attention runs' own measures
+        secs.append(attention(exp, ctx))
     # first on the page, built last: its verdicts link to the sections above by their titles
     return [claims(exp, ctx, {s.id: s.title for s in secs})] + secs
-

@@ -15,7 +15,8 @@ No torch import: ``archrelax status`` stays fast.
 from __future__ import annotations
 
 from .atomic import append_line, atomic_write_bytes, atomic_write_json, atomic_write_text, file_mode
-from .errors import DamagedCheckpointError, DamagedFileError, RunBusyError, SpecMismatchError, StoreError
+from .errors import (DamagedCheckpointError, DamagedFileError, ExperimentBusyError, RunBusyError, SpecMismatchError,
+                     StoreError)
 from .experiment import SPEC_RUNTIME_KEYS, SUMMARY_COLUMNS, ExperimentFolder, spec_changes
 from .job import JobRecord
 from .lock import RunLock, lock_holder
@@ -29,7 +30,8 @@ __all__ = [
     "ExperimentFolder", "RunFolder", "ExperimentView", "RunView", "Run", "Status", "JobRecord", "State", "STATES",
     "FINISHED", "ENDED", "STOP_REASONS",
     "SUMMARY_COLUMNS", "SPEC_RUNTIME_KEYS", "RESULT_TYPES", "AnalysisResult",
-    "StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "SpecMismatchError", "RunLock", "lock_holder",
+    "StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "ExperimentBusyError", "SpecMismatchError",
+    "RunLock", "lock_holder",
     "read_metrics", "append_metrics", "truncate_metrics", "read_result", "write_result",
     "plan_to_json", "plan_from_json", "plan_digest", "spec_changes", "format_epoch", "parse_epoch", "failure_state",
     "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "append_line", "file_mode",

@@ -1,7 +1,8 @@
 """Errors of the store. Each message names the file, what is wrong with it and what to do."""
 from __future__ import annotations
 
-__all__ = ["StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "SpecMismatchError"]
+__all__ = ["StoreError", "DamagedFileError", "DamagedCheckpointError", "RunBusyError", "ExperimentBusyError",
+           "SpecMismatchError"]
 
 
 class StoreError(ValueError):
@@ -36,6 +37,18 @@ class RunBusyError(RuntimeError):
         self.folder, self.holder = str(folder), holder
         super().__init__(f"run folder {self.folder!r} is in use: held by {holder}; wait for that process to end "
                          "(or stop it: a stopped run resumes from its last checkpoint), or use another folder")
+
+
+class ExperimentBusyError(RuntimeError):
+    """A new plan for an experiment folder while other processes use it (``ExperimentFolder.begin``): another
+    ``archrelax run`` in progress, or a run held by a live process. ``holders``: what holds it, one string each."""
+
+    def __init__(self, folder: object, holders: list[str]):
+        self.folder, self.holders = str(folder), list(holders)
+        super().__init__(
+            f"experiment folder {self.folder!r} is in use ({'; '.join(self.holders)}): its plan cannot change now (the "
+            "other process would go on training runs dropped from it); nothing was changed. Wait for it to end, or "
+            "stop it (a stopped run resumes from its last checkpoint), then rerun")
 
 
 class SpecMismatchError(ValueError):

@@ -6,6 +6,9 @@ EXPERIMENT/
   plan.json            the run graph, id -> Run (archrelax.store.plan), in order
   runs/<id>/           one run folder each (archrelax.store.run)
   summary.csv          one row per run (SUMMARY_COLUMNS), regenerated after every run
+  .lock                the experiment's lock: held while a plan is compared and written (ExperimentFolder.begin),
+                       and while the report is written (one writer at a time)
+  .sessions/           one lock file per `archrelax run` in progress, held for its whole life, naming it
   analysis/<name>.json the analysis results (archrelax.store.results), + templates.npz
   report/index.html    the report, figures in report/fig/
 ```
@@ -18,18 +21,24 @@ report, the analyses) catch it per run and show it there ("corrupt", with the me
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import io
 import json
 import os
+import socket
+import uuid
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import yaml
 
+from .._typed import yaml_problem
 from .atomic import atomic_write_text
-from .errors import _ABSENT, SpecMismatchError, StoreError
-from .plan import Run, plan_from_json, plan_to_json
+from .errors import _ABSENT, ExperimentBusyError, SpecMismatchError, StoreError
+from .job import JobRecord
+from .lock import RunLock, lock_holder
+from .plan import Run, plan_digest, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
 from .run import RunFolder
 from .view import read_run
@@ -68,9 +77,65 @@ class ExperimentFolder:
     runs_dir = property(lambda self: self.root / "runs")
     analysis_dir = property(lambda self: self.root / "analysis")
     report_dir = property(lambda self: self.root / "report")
+    lock_path = property(lambda self: self.root / ".lock")
+    sessions_dir = property(lambda self: self.root / ".sessions")
 
     def run(self, run_id: str) -> RunFolder:
         return RunFolder(self.runs_dir / run_id)
+
+    # ---- who uses the folder: the experiment's lock and the sessions of `archrelax run` -------------------------
+    def begin(self, plan: dict[str, Run], write: Callable[[], Any]) -> RunLock:
+        """Start a session of ``archrelax run`` on this folder (a new one is created): under the experiment's lock
+        (``.lock``, held for this call only), refuse ``plan`` when it differs from the saved plan while the folder is
+        in use (another session, or a run of the saved plan held by a live process: :class:`ExperimentBusyError`
+        naming each, before anything is written), then ``write()`` (spec, plan, summary) and register this session
+        in ``.sessions/``. Returns the session's lock, held until released (or this process ends); the same plan
+        again (a rerun, a second scheduler helping) is always accepted."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # every session starts under it: no plan changes between check and write
+            if self._plan_changes(plan):
+                sessions = self._sessions()
+                who = {h.split(" (since")[0] for h in sessions}  # a session's own runs are not named again
+                busy = [f"`archrelax run` {h}" for h in sessions] + [
+                    f"run {rid} by {h}" for rid, h in self._held_runs() if h.split(" (since")[0] not in who]
+                if busy:
+                    raise ExperimentBusyError(self.root, busy)
+            write()
+            name = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}.lock"
+            return _Session(self.sessions_dir / name).acquire()
+        finally:
+            os.close(fd)
+
+    def sessions(self) -> list[str]:
+        """``"pid N on host H (since T)"`` of each ``archrelax run`` in progress on this folder."""
+        return [h for p in sorted(self.sessions_dir.glob("*.lock")) if (h := lock_holder(p)) is not None]
+
+    def _sessions(self) -> list[str]:
+        """:meth:`sessions`, removing the files of sessions whose process died (the experiment's lock held: no
+        session is between creating its file and locking it)."""
+        live = []
+        for p in sorted(self.sessions_dir.glob("*.lock")):
+            holder = lock_holder(p)
+            if holder is None:
+                p.unlink(missing_ok=True)
+            else:
+                live.append(holder)
+        return live
+
+    def _plan_changes(self, plan: dict[str, Run]) -> bool:
+        if not self.plan_path.is_file():
+            return True
+        try:
+            return plan_digest(self.read_plan()) != plan_digest(plan)
+        except StoreError:
+            return True
+
+    def _held_runs(self) -> list[tuple[str, str]]:
+        """``(run id, holder)`` of the runs in runs/ that a live process holds (a Slurm job, `archrelax train`)."""
+        ids = sorted(p.name for p in self.runs_dir.iterdir() if p.is_dir()) if self.runs_dir.is_dir() else []
+        return [(rid, h) for rid in ids if (h := self.run(rid).holder()) is not None]
 
     # ---- spec ------------------------------------------------------------------------------------------------
     def read_spec_text(self) -> str | None:
@@ -87,36 +152,47 @@ class ExperimentFolder:
         try:
             data = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:
-            raise StoreError(self.spec_path, f"{str(self.spec_path)!r} is not valid YAML: {e}") from None
+            raise StoreError(self.spec_path, f"{str(self.spec_path)!r} is not valid YAML: {yaml_problem(e, text)}") from None
         if not isinstance(data, dict):
             raise StoreError(self.spec_path, f"{str(self.spec_path)!r} must hold a mapping of keys")
         return data
 
     def write_spec(self, spec: dict[str, Any], *, force: bool = False,
-                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   runtime: Iterable[str] = SPEC_RUNTIME_KEYS) -> None:
         """Write spec.yaml, refusing to replace a different experiment's spec.
 
-        "Different": any key outside :data:`SPEC_RUNTIME_KEYS` whose value differs from the saved spec (both
-        first passed through ``normalise``, e.g. parse-and-dump, so defaults and spellings compare equal). A
+        "Different": any key outside ``runtime`` (dotted keys that change no run: :data:`SPEC_RUNTIME_KEYS`, and
+        the protocol adds the runtime training settings such as ``train.tensorboard``) whose value differs from
+        the saved spec (both first passed through ``normalise``, e.g. parse-and-dump, so defaults and spellings
+        compare equal). A
         folder with a plan.json but no spec.yaml counts as different. Raises :class:`SpecMismatchError`
         listing the dotted keys (old -> new) before anything is written; ``force=True`` replaces it.
         """
         if not force:
-            old = self.read_spec()
-            if old is None and self.plan_path.is_file():
-                raise SpecMismatchError(self.root, [("spec.yaml", _ABSENT, "the new spec")])
-            if old is not None:
-                if normalise is not None:
-                    try:
-                        old = normalise(old)
-                    except ValueError as e:
-                        raise StoreError(self.spec_path, f"{str(self.spec_path)!r} cannot be read as a spec "
-                                         f"by this version ({e}); use --force to replace it") from None
-                changes = spec_changes(old, normalise(spec) if normalise is not None else spec)
-                if changes:
-                    raise SpecMismatchError(self.root, changes)
+            self.check_spec(spec, normalise=normalise, runtime=runtime)
         text = yaml.safe_dump(spec, sort_keys=False, default_flow_style=None)
         atomic_write_text(self.spec_path, "# resolved experiment spec (archrelax run)\n" + text)
+
+    def check_spec(self, spec: dict[str, Any], *,
+                   normalise: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                   runtime: Iterable[str] = SPEC_RUNTIME_KEYS) -> None:
+        """:meth:`write_spec`'s refusal without writing: :class:`SpecMismatchError` when the folder holds a
+        different spec (a plan.json without spec.yaml counts as one), :class:`StoreError` when its spec.yaml cannot
+        be read as a spec; nothing when the folder holds none or the same one."""
+        old = self.read_spec()
+        if old is None and self.plan_path.is_file():
+            raise SpecMismatchError(self.root, [("spec.yaml", _ABSENT, "the new spec")])
+        if old is not None:
+            if normalise is not None:
+                try:
+                    old = normalise(old)
+                except ValueError as e:
+                    raise StoreError(self.spec_path, f"{str(self.spec_path)!r} cannot be read as a spec "
+                                     f"by this version ({e}); use --force to replace it") from None
+            changes = spec_changes(old, normalise(spec) if normalise is not None else spec, runtime)
+            if changes:
+                raise SpecMismatchError(self.root, changes)
 
     # ---- plan ------------------------------------------------------------------------------------------------
     def read_plan(self) -> dict[str, Run]:
@@ -160,21 +236,25 @@ class ExperimentFolder:
         """THE snapshot ``run`` starts from; None for runs from scratch, or while it cannot be known yet.
 
         Once the run has started, its config.json's ``init_from`` is the truth (the file the trainer loaded)
-        while that file exists. Otherwise (not started, or the experiment folder moved) it is the parent's
-        snapshot at the nearest whole step: the trainer snapshots at step round(t · steps_per_epoch) and names
-        the file by that step's epoch, so the name is known once the parent has taken a step. The path may not
-        exist yet (the parent is still training): callers check ``is_file()``.
+        while that file exists: a path relative to the run's folder (as the protocol writes it), or an absolute
+        one (written by older versions), read as the same file in this folder, never outside it (a copy of an
+        experiment must not train or analyse from the original's files). Otherwise (not started, or the file
+        is gone) it is the parent's snapshot at the nearest whole step: the trainer snapshots at step
+        round(t · steps_per_epoch) and names the file by that step's epoch, so the name is known once the
+        parent has taken a step. The path may not exist yet (the parent is still training): callers check
+        ``is_file()``.
         """
         if run.depends_on is None or run.snapshot_epoch is None:
             return None
+        folder = self.run(run.id)
         try:
-            started = self.run(run.id).read_config() or {}
+            started = folder.read_config() or {}
         except StoreError:
             started = {}
         init = started.get("init_from")
         if init:
-            path = Path(init) if Path(init).is_absolute() else self.root / init
-            if path.is_file():
+            path = self.inside(Path(init)) if Path(init).is_absolute() else Path(os.path.normpath(folder.path / init))
+            if path is not None and path.is_file():
                 return path
         parent = self.run(run.depends_on)
         t = float(run.snapshot_epoch)
@@ -184,6 +264,31 @@ class ExperimentFolder:
         if spe is None:
             return None
         return parent.snapshot_path(round(t * spe) / spe)  # the trainer's rounding (train.schedule.time_steps)
+
+    def inside(self, path: Path) -> Path | None:
+        """An absolute path recorded by an older version, as the same file of this folder: itself when it is in
+        this folder, else its ``runs/<id>/...`` tail here (the folder was copied or moved); None otherwise."""
+        if path.is_relative_to(self.root):
+            return path
+        parts = path.parts
+        at = [i for i, p in enumerate(parts[:-2]) if p == self.runs_dir.name]
+        return self.root.joinpath(*parts[at[-1]:]) if at else None
+
+    # ---- job records ----------------------------------------------------------------------------------------
+    def write_job(self, run_id: str, record: JobRecord) -> None:
+        """``runs/<id>/job.json``, its submitit folder relative to this folder when inside it (a moved experiment
+        still finds its job files)."""
+        folder = Path(record.folder) if record.folder else None
+        if folder is not None and folder.is_absolute() and folder.is_relative_to(self.root):
+            record = dataclasses.replace(record, folder=str(folder.relative_to(self.root)))
+        self.run(run_id).write_job(record)
+
+    def read_job(self, run_id: str) -> JobRecord | None:
+        """The run's job record (None when none was written), its submitit folder as an absolute path."""
+        record = self.run(run_id).read_job()
+        if record is not None and record.folder and not Path(record.folder).is_absolute():
+            record = dataclasses.replace(record, folder=str(self.root / record.folder))
+        return record
 
     # ---- summary.csv -----------------------------------------------------------------------------------------
     def summary_row(self, run: Run) -> dict[str, str]:
@@ -240,10 +345,21 @@ class ExperimentFolder:
         return path
 
 
+class _Session(RunLock):
+    """The lock file of one ``archrelax run`` session: removed when released (a killed session's file is removed
+    by the next :meth:`ExperimentFolder.begin`)."""
+
+    def release(self) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)  # before unlocking: a reader never finds the file free and then gone
+        super().release()
+
+
 def spec_changes(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str] = SPEC_RUNTIME_KEYS
                  ) -> list[tuple[str, Any, Any]]:
     """``[(dotted key, old, new)]`` for every key whose value differs (mappings are compared key by key;
-    lists and scalars as wholes). Keys under ``ignore`` (top-level names) are left out."""
+    lists and scalars as wholes). Keys in ``ignore`` (dotted: ``slurm``, ``train.tensorboard``) and everything
+    under them are left out."""
     skip = set(ignore)
     out: list[tuple[str, Any, Any]] = []
 
@@ -251,7 +367,7 @@ def spec_changes(old: dict[str, Any], new: dict[str, Any], ignore: Iterable[str]
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:
                 key = f"{prefix}{k}"
-                if not prefix and k in skip:
+                if key in skip:
                     continue
                 walk(a.get(k, _ABSENT), b.get(k, _ABSENT), key + ".")
         elif a != b:

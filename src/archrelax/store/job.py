@@ -1,7 +1,7 @@
 """job.json: the batch job last submitted for a run (``archrelax run --executor slurm``, detached or not).
 
 ```
-RUN/job.json   {"job_id": "123_0", "cluster": "slurm", "folder": "/abs/EXPERIMENT/slurm",
+RUN/job.json   {"job_id": "123_0", "cluster": "slurm", "folder": "slurm",
                 "dependency": "afterok:122_0" | null, "submitted": ISO time, "host": submitting host}
 ```
 
@@ -9,7 +9,8 @@ It says which job owns a run, so that a rerun (after the login node or the sched
 submits no second job for a run whose job is still queued or running, and ``archrelax status`` can show
 that job's state beside the run's. It says nothing about the run itself: status.json stays the run's one
 state. ``job_id`` is Slurm's (``<array>_<task>`` for a task of a job array); ``folder`` is submitit's
-folder of job files and logs (the job's ``<job_id>_0_log.err`` is there).
+folder of job files and logs (the job's ``<job_id>_0_log.err`` is there), relative to the experiment folder when
+inside it (``ExperimentFolder.write_job`` / ``read_job``).
 """
 from __future__ import annotations
 

@@ -14,16 +14,17 @@ __all__ = ["Run", "plan_to_json", "plan_from_json", "plan_digest", "KINDS", "REL
 
 # The kinds of runs, in plan order. cnn: the CNN; efcn / elcn / wide / tiled: one relaxation of the whole model
 # from a CNN snapshot (both constraints released / sharing released / locality released / sharing released in
-# tiles); cont: the CNN itself continued from its snapshot with the relaxed runs' settings (the lattice's
-# bottom corner); soft: a relaxation trained with the penalty λ(t)·‖θ − Pθ‖² (the spec's `soft` section);
+# tiles); attn: the convs where it fits made positional self-attention (the fixed offsets released); cont: the
+# CNN itself continued from its snapshot with the relaxed runs' settings (the lattice's bottom corner); soft: a
+# relaxation trained with the penalty λ(t)·‖θ − Pθ‖² (the spec's `soft` section);
 # hier: CNN -> eLCN -> eFCN (the 'lc>fc' grid); path: any other step of a relaxation path; fcn / lcn: baselines.
-KINDS = ("cnn", "efcn", "elcn", "hier", "cont", "wide", "tiled", "soft", "path", "fcn", "lcn")
-RELAXED_KINDS = ("efcn", "elcn", "hier", "wide", "tiled", "soft", "path")  # relaxed layers, from a parent snapshot
+KINDS = ("cnn", "efcn", "elcn", "hier", "cont", "wide", "tiled", "attn", "soft", "path", "fcn", "lcn")
+RELAXED_KINDS = ("efcn", "elcn", "hier", "wide", "tiled", "attn", "soft", "path")  # relaxed layers, from a parent snapshot
 # the relaxations of the paper (eFCN, eLCN, CNN -> eLCN -> eFCN): what its claims and its figures are about
 PAPER_KINDS = ("efcn", "elcn", "hier")
 # the lattice's corners at a switch time: the CNN continued, locality released, sharing released (in full or in
-# tiles), both released; soft runs release both softly
-LATTICE_KINDS = ("cont", "wide", "elcn", "tiled", "efcn", "soft")
+# tiles), both released; soft runs release both softly; beyond the lattice, attention (the offsets released)
+LATTICE_KINDS = ("cont", "wide", "elcn", "tiled", "efcn", "soft", "attn")
 
 
 @dataclass(frozen=True)

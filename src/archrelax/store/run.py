@@ -8,7 +8,7 @@ RUN/
   checkpoints/last.pt  resume point
   snapshots/epoch_<t>.pt  requested snapshots, t = format_epoch(step / steps_per_epoch)
   final.pt             final weights
-  error.log            traceback of a failure the trainer could not record itself
+  error.log            traceback of the failure status.json records (removed by a status that records none)
   .lock                flock held by the process training the run (archrelax.store.lock)
   job.json             the batch job last submitted for the run (archrelax.store.job; Slurm executor only)
 ```
@@ -46,6 +46,7 @@ FINISHED: tuple[str, ...] = ("done", "diverged")  # never trained again
 ENDED: tuple[str, ...] = FINISHED + ("failed", "damaged")  # the last word of the process that trained it: it
 # goes no further until a rerun (a scheduler waiting for a snapshot of such a run waits no more)
 STOP_REASONS = ("epochs", "zero_loss", "max_epochs")  # why a done run stopped
+_FAILURES = ("failed", "damaged")  # the states whose error.log (a traceback) stays beside them
 
 
 def failure_state(e: BaseException) -> State:
@@ -192,6 +193,8 @@ class RunFolder:
                      global_epoch=None if global_epoch is None else float(global_epoch), step=step,
                      n_metrics=n_metrics, updated=_now(), pid=os.getpid(), host=socket.gethostname())
         atomic_write_json(self.status_path, new.to_json())
+        if status not in _FAILURES:  # error.log is the traceback of the failure status.json records: none now
+            self.error_log_path.unlink(missing_ok=True)
         return new
 
     def progress(self) -> dict[str, Any]:

@@ -37,7 +37,12 @@ from .run import RunFolder
 if TYPE_CHECKING:  # experiment.py writes summary.csv from read_run below
     from .experiment import ExperimentFolder
 
-__all__ = ["RunView", "ExperimentView", "read_run", "finite"]
+__all__ = ["RunView", "ExperimentView", "read_run", "finite", "WENT_WRONG"]
+
+# the states in which a run went wrong (as opposed to not finished yet): it stopped with an error, its loss became
+# NaN/inf, its checkpoint no longer matches its digest, or its status.json cannot be read. `archrelax status` exits 1
+# on them and the claims name such runs as what they are
+WENT_WRONG = ("failed", "diverged", "damaged", "corrupt")
 
 
 def finite(v: Any) -> float | None:

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import shutil
 import typing
 from pathlib import Path
 from typing import Any, Callable, Literal
 
 from archrelax._typed import parse_float, parse_int
 
-from .config import TrainConfig, option_name
+from .config import TrainConfig, missing_packages, option_name
 
 GROUPS = ("data", "relaxation", "optimisation", "length and records", "execution")
 
@@ -47,13 +49,13 @@ def _arg_type(fn: Callable[[str], Any]) -> Callable[[str], Any]:
 
 
 def _times(text: str) -> str | list[float]:
-    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs."""
-    if text.startswith("log:") or text == "every":
-        return text
-    try:
-        return [parse_float(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2") from None
+    """'log:N' / 'every' stay strings; '0,0.5,2' becomes a list of epochs (``schedule.parse_times``, as TrainConfig)."""
+    from .schedule import parse_times
+
+    value = parse_times(text)
+    if value is text and not (text.startswith("log:") or text == "every"):
+        raise ValueError(f"{text!r}: use 'log:N', 'every' or comma-separated epochs like 0,0.5,2")
+    return value
 
 
 def _kwargs(text: str) -> dict:
@@ -161,17 +163,43 @@ def _shown(value: Any) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    from archrelax.data import check_data
     from archrelax.models import check_model_kwargs
 
     from .trainer import train
 
     cfg = config_from_args(args)
-    if cfg.init_from is not None and not Path(cfg.init_from).is_file():
-        raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
-    # before the run folder is created: a typo in --model-kwargs leaves nothing behind
-    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True)
-    result = train(cfg, args.out)
+    if cfg.init_from is not None:
+        if not Path(cfg.init_from).is_file():
+            raise FileNotFoundError(f"--from {cfg.init_from!r}: no such snapshot file")
+        # a path typed on the command line is relative to where it was typed; in the config, relative means
+        # relative to the run folder (TrainConfig.init_path)
+        cfg = dataclasses.replace(cfg, init_from=os.path.abspath(cfg.init_from))
+    # before the run folder is created: a typo in --model-kwargs, a missing data path or package leaves nothing
+    check_model_kwargs(cfg.model, cfg.model_kwargs, data_keys=True, input_shape=cfg.input_shape is not None)
+    for name, pkg in missing_packages(cfg.to_dict()):
+        raise ValueError(f"{option_name(_FIELDS[name])} needs the {pkg} package, which is not installed here: "
+                         f"pip install 'archrelax[{pkg}]'")
+    check_data(cfg.data, cfg.data_root)
+    result = _train_new_or_resumed(cfg, Path(args.out), train)
     m = result["metrics"] or {}
     print(f"{result['status']} at epoch {result['epoch']:g}: train acc {m.get('train_acc', float('nan')):.4f}, "
           f"test acc {m.get('test_acc', float('nan')):.4f} -> {args.out}")
     return 0 if result["status"] == "done" else 1
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+
+
+def _train_new_or_resumed(cfg: TrainConfig, out: Path, train: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """``train(cfg, out)``; a start that fails before anything is trained into a folder this command created
+    (a model that cannot be built, data that cannot be read, out of memory while relaxing) leaves no folder."""
+    new = not out.exists()
+    try:
+        return train(cfg, out)
+    except BaseException:
+        from archrelax.store import RunFolder
+
+        if new and out.is_dir() and not RunFolder(out).has_training_state():
+            shutil.rmtree(out, ignore_errors=True)
+        raise

@@ -39,7 +39,7 @@ from typing import Any, Callable, Literal
 from archrelax._typed import conforms, describe, yaml_load
 
 __all__ = ["TrainConfig", "RUNTIME_FIELDS", "NOT_IDENTITY", "OMIT_DEFAULT", "SPEC_PLACES", "LOCKSTEP_FREE",
-           "setting", "option_name", "soft_problem", "lockstep_key"]
+           "setting", "option_name", "soft_problem", "soft_target_problem", "missing_packages", "lockstep_key"]
 
 # where an experiment spec sets a field: "train" (train.*), "top" (a top-level key), "stop" (cnn.* and
 # relaxed.*), "relaxed" (relaxed.* only); None: set per run by the plan, or by the executor
@@ -49,18 +49,19 @@ Check = Callable[[Any], "str | None"]
 
 def setting(default: Any, help: str, *, flag: str | None = None, group: str | None = None,
             check: Check | None = None, spec: str | None = None, runtime: bool = False,
-            identity: bool = True, omit_default: bool = False) -> Any:
+            identity: bool = True, omit_default: bool = False, needs: str | None = None) -> Any:
     """A TrainConfig field with its declaration in the metadata.
 
     help: one line (``--help``, the spec's docs, docs/config.md). flag: the option's spelling when it is not
     ``--<name-with-dashes>`` ("" for a positional argument). group: its ``--help`` section. check:
     ``value -> None | "what is allowed"``, for a value already of the field's type (None never checked).
-    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring.
+    spec: see :data:`SPEC_PLACES`. runtime / identity / omit_default: see the module docstring. needs: the
+    optional package (an extra of the same name) a true value needs (:func:`missing_packages`).
     """
     if spec not in SPEC_PLACES:
         raise ValueError(f"setting spec={spec!r} is not one of {SPEC_PLACES}")
     meta = {"help": help, "flag": flag, "group": group, "check": check, "spec": spec, "runtime": runtime,
-            "identity": identity and not runtime, "omit_default": omit_default}
+            "identity": identity and not runtime, "omit_default": omit_default, "needs": needs}
     if isinstance(default, (list, dict)):
         return field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -100,6 +101,16 @@ def _augment(v: str | list[str]) -> str | None:
     return None
 
 
+def _input_shape(v: str) -> str | None:
+    from archrelax.models import parse_input_shape  # the registry owns the spelling
+
+    try:
+        parse_input_shape(v)
+    except ValueError:
+        return "CxHxW with positive integers, e.g. 3x32x32"
+    return None
+
+
 def _target(v: str) -> str | None:
     from archrelax.embed.targets import target_problem  # the lattice owns its target strings
 
@@ -125,13 +136,19 @@ class TrainConfig:
                          "'pkg.module:factory'", flag="", spec="top")
     model_kwargs: dict[str, Any] = setting({}, "model options, e.g. {\"width\": 32}; classes, channels and input "
                                            "size come from the data", spec="top")
+    input_shape: str | None = setting(None, "the model's input shape CxHxW (e.g. 3x32x32), for a model that does not say "
+                                      "it (no input_shape attribute, no in_channels/input_size options: torchvision's); "
+                                      "it must equal the data's, and the factory then gets only num_classes from the "
+                                      "data (default: the model says it)", check=_input_shape, spec="top",
+                                      omit_default=True)
     relax: str | None = setting(None, "train the model's exact relaxation: lc (eLCN), fc (eFCN), wide:K, wide:KxK, "
-                                "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles)",
+                                "wide:full (locality released), tiled:T, tiled:TxT (sharing released in tiles), attn, "
+                                "attn:alpha=A,dk=K (positional self-attention, one head per tap)",
                                 check=_target, group="relaxation")
     relax_layers: list[str] | None = setting(None, "conv names/globs to relax (default: all)", group="relaxation",
                                              spec="top")
-    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set)",
-                                    flag="--from", group="relaxation")
+    init_from: str | None = setting(None, "snapshot whose weights start this run (embedded when relax is set); a "
+                                    "relative path is read from the run folder", flag="--from", group="relaxation")
     optimizer_state: Literal["reset", "carry"] = setting(
         "reset", "with a snapshot to start from: a fresh optimiser, or its buffers carried through the embedding",
         group="relaxation", spec="relaxed")
@@ -152,6 +169,10 @@ class TrainConfig:
                                      spec="top")
     test_size: int | None = setting(None, "test subset size (default: all)", check=_positive, group="data", spec="top")
     data_seed: int = setting(0, "seed of the subsets", group="data", spec="top")
+    subset: Literal["stratified", "first"] = setting(
+        "stratified", "how train_size/test_size pick images: stratified (class proportions kept, drawn by data_seed) "
+        "or first (the first N in the source's stored order, as the paper's code; each class must appear)",
+        group="data", spec="top", omit_default=True)
     augment: list[str] = setting([], "on-device batch augmentations, e.g. crop,flip", check=_augment, group="data",
                                  spec="train")
     # optimisation
@@ -195,7 +216,7 @@ class TrainConfig:
     progress: bool | None = setting(None, "progress bar (default: only when stderr is a terminal)", group="execution",
                                     runtime=True)
     tensorboard: bool = setting(False, "also log metrics to OUT/tensorboard", group="execution", spec="train",
-                                runtime=True)
+                                runtime=True, needs="tensorboard")
     checkpoint_every_steps: int | None = setting(None, "also checkpoint every N steps (checkpoints are always "
                                                  "written at epoch ends)", check=_at_least_one, group="execution",
                                                  spec="train", runtime=True)
@@ -223,6 +244,19 @@ class TrainConfig:
         """Target and schedule strings in their canonical spelling ('wide:05' is 'wide:5', 'exp:2.0' is
         'exp:2'), so that equal settings are equal configs (resume check, run ids); invalid ones are left for
         :meth:`validate` to name."""
+        if isinstance(self.input_shape, (list, tuple)) or (isinstance(self.input_shape, str)
+                                                             and _input_shape(self.input_shape) is None):
+            from archrelax.models import format_input_shape, parse_input_shape
+
+            try:
+                self.input_shape = format_input_shape(parse_input_shape(self.input_shape))
+            except ValueError:
+                pass  # validate() names it
+        from .schedule import parse_times  # "0,1" means the epochs [0, 1] here as on the command line
+
+        for name in ("eval_times", "snapshots"):
+            if isinstance(getattr(self, name), str):
+                setattr(self, name, parse_times(getattr(self, name)))
         if isinstance(self.relax, str) and _target(self.relax) is None:
             from archrelax.embed.targets import parse_target
 
@@ -264,6 +298,17 @@ class TrainConfig:
         bad = soft_problem(self.soft_lambda, self.optimizer, self.lr, self.momentum)
         if bad:
             raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r}: {bad}")
+        bad = soft_target_problem(self.relax) if self.soft_lambda > 0 else None
+        if bad:
+            raise ValueError(f"TrainConfig.soft_lambda={self.soft_lambda!r} with relax={self.relax!r}: {bad}")
+
+    def init_path(self, run_dir: str | os.PathLike) -> Path | None:
+        """``init_from`` as a file (None when unset): a relative path is relative to the run folder ``run_dir``, so
+        that a folder holding both, an experiment, trains from its own files wherever it is copied or moved."""
+        if self.init_from is None:
+            return None
+        path = Path(self.init_from)
+        return path if path.is_absolute() else Path(os.path.normpath(Path(run_dir) / path))
 
     @property
     def horizon(self) -> float:
@@ -294,6 +339,21 @@ class TrainConfig:
         return cls.from_dict(json.loads(path.read_text()))
 
 
+def missing_packages(config: dict[str, Any]) -> list[tuple[str, str]]:
+    """``[(field, package)]`` for each setting of ``config`` (plain data) whose value needs an optional package that
+    is not installed here (``tensorboard: true`` without tensorboard). Checked before a run's folder is written
+    (``archrelax train``, ``archrelax run``), not when a config is read: a run recorded with such a value may be
+    resumed without it (they are runtime fields)."""
+    import importlib.util
+
+    out = []
+    for f in dataclasses.fields(TrainConfig):
+        pkg = f.metadata["needs"]
+        if pkg and config.get(f.name) and importlib.util.find_spec(pkg) is None:
+            out.append((f.name, pkg))
+    return out
+
+
 def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str | None:
     """Why λ = ``lam`` cannot be trained with this optimiser, or None. The penalty's curvature is 2λ on the
     released directions: SGD with heavy-ball momentum β is stable on it only while lr·2λ < 2(1 + β)."""
@@ -301,6 +361,18 @@ def soft_problem(lam: float, optimizer: str, lr: float, momentum: float) -> str 
         return (f"with SGD, lr·λ = {lr:g}·{lam:g} = {lr * lam:g} >= 1 + momentum = {1 + momentum:g}, where the "
                 f"penalty's own dynamics diverge (curvature 2λ); allowed: λ < {(1 + momentum) / lr:g} "
                 "(lr·λ = 0.5 without momentum makes each step project exactly)")
+    return None
+
+
+def soft_target_problem(relax: str | None) -> str | None:
+    """Why a soft release of target ``relax`` is not defined, or None. An attention layer's weight is the conv's
+    weight itself, always in the CNN subspace: its penalty reads 0 (its reach is in α, the offsets and the content
+    maps, which no projection of the lattice measures), so a soft attention run would silently train the hard
+    one."""
+    if isinstance(relax, str) and relax.split(":")[0] == "attn":
+        return ("the soft release is not defined for attention (its weight is the conv's, always in the CNN subspace: "
+                "the penalty reads 0); allowed: soft_lambda 0 (the hard release), or a lattice target (fc, lc, "
+                "wide:K, tiled:T)")
     return None
 
 

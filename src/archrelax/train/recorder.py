@@ -40,7 +40,19 @@ from .setup import RunState, has_relaxed
 from .soft import soft_lambda
 from .step import Losses
 
-__all__ = ["Recorder", "prepare_folder", "run_result", "check_lock"]
+__all__ = ["Recorder", "prepare_folder", "run_result", "check_lock", "probe_batch", "PROBE_SIZE"]
+
+# images of the fixed probe batch that the attention measures read (the first ones of the test split, as the
+# evaluation feed gives them: no shuffle, no augmentation, no RNG drawn); 32 keep the measures at about 0.4 of a
+# training step on the lattice preset's shapes, a few % of the evaluation they join (bench_attention_measures.py)
+PROBE_SIZE = 32
+
+
+def probe_batch(eval_feeds: dict[str, Any], n: int = PROBE_SIZE) -> torch.Tensor:
+    """``(n, C, H, W)``: the first ``n`` test images, normalised as evaluated (the unshuffled evaluation feed has
+    its own generator, so drawing this batch consumes no RNG)."""
+    x, _ = next(iter(eval_feeds["test"].epoch(0)))
+    return x[:n]
 
 
 class Recorder:
@@ -65,6 +77,8 @@ class Recorder:
         self.weights: Callable[[bool], dict[str, Any]] | None = None
         self.writer = self.bar = None
         self.epoch_end_checkpoints, self.attached = True, False
+        self.probe: torch.Tensor | None = None
+        self.attention = False
 
     # ---- status ------------------------------------------------------------------------------------------
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
@@ -102,13 +116,18 @@ class Recorder:
             {0, self.total} | self.snap_steps
 
     def attach(self, run: RunState, losses: Callable[[], Losses],
-               weights: Callable[[bool], dict[str, Any]] | None = None) -> None:
+               weights: Callable[[bool], dict[str, Any]] | None = None, probe: torch.Tensor | None = None) -> None:
         """The model side, set up (``setup.set_up``): ``losses()`` evaluates it, ``weights(with_optimizer)`` gives
-        its part of a checkpoint (default ``run.weights``). A fresh run starts its metrics log empty, a resumed one
-        goes on from its checkpoint (``_resume``). The status says so before the log is cut back to the rows kept:
-        status.json never records more rows than the log holds."""
+        its part of a checkpoint (default ``run.weights``), ``probe`` (:func:`probe_batch`) is the input batch the
+        attention measures read (None: positional attention only). A fresh run starts its metrics log empty, a
+        resumed one goes on from its checkpoint (``_resume``). The status says so before the log is cut back to the
+        rows kept: status.json never records more rows than the log holds."""
+        from archrelax.embed.attention import AttentionConvNd
+
         self.run, self.losses, self.weights, self.attached = run, losses, weights or run.weights, True
         self.device, self.relaxed, self.global_offset = run.device, has_relaxed(run.model), run.global_offset
+        self.attention = any(isinstance(m, AttentionConvNd) for m in run.model.modules())
+        self.probe = probe if self.attention else None
         if run.checkpoint is None:
             self.run_stats, self.rows = self._zero_stats(), RowsDigest()
             self.write_status("running")
@@ -251,14 +270,18 @@ class Recorder:
 
     def measures(self) -> dict[str, Any]:
         """What a metrics row holds beside the losses, measured on the run's model at this step: δ and the other
-        subspace distances (relaxed models), the lr of the next update, and for soft runs λ(t) of the next update
-        and the ‖θ − Pθ‖² it multiplies. A per-evaluation measure of the model belongs here."""
+        subspace distances (relaxed models), for models with attention layers their distance from the conv
+        (``attention_measures`` on the probe batch, eval mode: mean distance, content share, off-target share,
+        output distance, α and offset statistics), the lr of the next update, and for soft runs λ(t) of the next
+        update and the ‖θ − Pθ‖² it multiplies. A per-evaluation measure of the model belongs here."""
         model, cfg, m = self.run.model, self.cfg, {}
         if self.relaxed:
             from archrelax.embed.subspace import subspace_distances
 
             d = subspace_distances(model)  # one pass: δ, off-sharing and CNN distance
             m.update(offlocal_ratio=d.offlocal_ratio, offsharing_ratio=d.offsharing_ratio, cnn_distance=d.cnn_distance)
+        if self.attention:
+            m.update(_attention_measures(model, self.probe))
         m["lr"] = self.lr()
         if cfg.soft_lambda > 0:
             from archrelax.embed.penalty import constraint_penalty
@@ -403,6 +426,20 @@ def run_result(folder: RunFolder, status: Status) -> dict[str, Any]:
     return {"status": status.status, "error": status.error, "stop_reason": status.stop_reason,
             "epoch": status.epoch, "global_epoch": status.global_epoch, "step": status.step,
             "metrics": rows[-1] if rows else None, "out_dir": str(folder.path)}
+
+
+def _attention_measures(model: torch.nn.Module, probe: torch.Tensor | None) -> dict[str, float]:
+    """``attention_measures`` of ``model`` on ``probe`` in eval mode (no dropout; the mode restored after): pure,
+    so the trajectory is the same with or without them (the measures restore buffers and RNG themselves)."""
+    from archrelax.embed.attention_measures import attention_measures
+
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            return attention_measures(model, probe)
+    finally:
+        model.train(was)
 
 
 def _describe(e: BaseException) -> str:

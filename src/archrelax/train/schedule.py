@@ -9,7 +9,27 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["lr_at", "time_steps"]
+__all__ = ["lr_at", "time_steps", "parse_times"]
+
+
+def parse_times(value: Any) -> Any:
+    """Evaluation/snapshot times as written anywhere (``archrelax train --eval-times``, ``TrainConfig``, a spec):
+    ``"log:N"`` and ``"every"`` stay strings; ``"0,0.5,2"`` (comma-separated epochs, any number notation) becomes
+    ``[0.0, 0.5, 2.0]``; a list or tuple of numbers becomes a list of floats. Anything else is returned unchanged,
+    for the caller's check to name (so this never hides a bad value)."""
+    from archrelax._typed import parse_float
+
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("log:") or text == "every":
+            return text
+        try:
+            return [parse_float(t) for t in text.split(",") if t.strip()]
+        except ValueError:
+            return value
+    if isinstance(value, (list, tuple)) and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in value):
+        return [float(t) for t in value]
+    return value
 
 
 def lr_at(step: int, steps_per_epoch: int, *, lr: float, schedule: str = "constant", warmup_epochs: float = 0.0,

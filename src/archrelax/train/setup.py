@@ -32,7 +32,7 @@ from archrelax.store import RunFolder
 from .checkpoint import load_checkpoint, resume_point, rng_state, set_rng_state
 from .config import TrainConfig
 
-__all__ = ["RunState", "set_up", "load_run_data", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
+__all__ = ["RunState", "set_up", "load_run_data", "model_kwargs_for", "make_feeds", "make_optimizer", "determinism", "has_relaxed"]
 
 
 @dataclass
@@ -65,14 +65,15 @@ def set_up(cfg: TrainConfig, folder: RunFolder, data, device: torch.device) -> R
     ck = resume_point(folder, cfg.restart, config=cfg)
     if ck is not None:
         return _resumed(cfg, ck, device)
-    return _fresh(cfg, data, device)
+    return _fresh(cfg, data, device, folder)
 
 
 def load_run_data(cfg: TrainConfig):
     """The DataSplits ``cfg`` trains on (``archrelax.data.load_data`` with the config's data settings)."""
     from archrelax.data import load_data
 
-    return load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.data_seed)
+    return load_data(cfg.data, cfg.data_root, train_size=cfg.train_size, test_size=cfg.test_size, seed=cfg.data_seed,
+                     subset=cfg.subset)
 
 
 def make_feeds(cfg: TrainConfig, data, device: torch.device) -> tuple[Any, dict[str, Any]]:
@@ -132,22 +133,37 @@ def has_relaxed(model: nn.Module) -> bool:
     return any(isinstance(m, RelaxedConv) for m in model.modules())
 
 
+def model_kwargs_for(cfg: TrainConfig, num_classes: int, image_shape: tuple[int, ...]) -> dict[str, Any]:
+    """The factory arguments of ``cfg.model`` for data of ``num_classes`` classes and (C, H, W) ``image_shape``
+    (``create_model(cfg.model, input_shape=cfg.input_shape, **kw)``): the config's ``model_kwargs`` with the data's
+    (``models.data_kwargs``); a ``cfg.input_shape`` other than the data's is a ValueError."""
+    from archrelax.models import data_kwargs, format_input_shape, parse_input_shape
+
+    shape = tuple(int(s) for s in image_shape)
+    if cfg.input_shape is not None and parse_input_shape(cfg.input_shape) != shape:
+        raise ValueError(f"input_shape {cfg.input_shape} but the data {cfg.data!r} has images of shape "
+                         f"{format_input_shape(shape)}; give --input-shape {format_input_shape(shape)} (the model is "
+                         "built for the data it trains on)")
+    return {**cfg.model_kwargs, **data_kwargs(cfg.model, num_classes, shape, input_shape=cfg.input_shape is not None,
+                                              kwargs=cfg.model_kwargs)}
+
+
 # ---- the three starts --------------------------------------------------------------------------------------
-def _fresh(cfg: TrainConfig, data, device: torch.device) -> RunState:
+def _fresh(cfg: TrainConfig, data, device: torch.device, folder: RunFolder) -> RunState:
     from archrelax.models import create_model
 
-    c, h, w = data.train.images.shape[1:]
-    kw = {**cfg.model_kwargs, "num_classes": len(data.classes), "in_channels": int(c),
-          "input_size": int(h) if h == w else [int(h), int(w)]}
+    kw = model_kwargs_for(cfg, len(data.classes), data.train.images.shape[1:])
     torch.manual_seed(cfg.seed)
     snap, offset = None, 0.0
     if cfg.init_from is not None:
-        snap = load_checkpoint(cfg.init_from)
+        snap = load_checkpoint(cfg.init_path(folder.path))
         src, arch = _source_from_snapshot(cfg, snap, kw)
         offset = float(snap.get("global_epoch", snap["epoch"]))
     else:
-        src = create_model(cfg.model, **kw)
+        src = create_model(cfg.model, input_shape=cfg.input_shape, **kw)
         arch = {"model": cfg.model, "model_kwargs": kw, "relax_chain": [], "relax_layers": None}
+        if cfg.input_shape is not None:  # only then: the arch records of every other model stay as they were
+            arch["input_shape"] = cfg.input_shape
     src = src.to(device)
     if cfg.relax is not None:
         from archrelax.embed.relax import relax

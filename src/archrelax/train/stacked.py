@@ -13,9 +13,10 @@ keeps a large GPU busy) in one call:
   (an eLCN of several groups is exactly several eLCNs: one batched GEMM per class over ``R·groups·n_c``);
 - dropout (torch's dropout family): member by member, each drawing from its own RNG state (``rng``), so every
   member draws exactly what a run of its own would (same op, same generator state, same shape);
-- the other relaxed layers (the lattice's ``WideConv``, ``TiledConv``, any ``RelaxedConv``): member by member in
-  both modes, each member's slice through the layer's own ``forward`` (a parameter-free copy of the layer
-  given the member's weights for the call), so they are exact but not batched.
+- the other relaxed layers (the lattice's ``WideConv``, ``TiledConv``, the ``AttentionConv`` layers, any
+  ``RelaxedConv``): member by member in both modes, each member's slice through the layer's own ``forward`` (a
+  parameter-free copy of the layer given the member's parameters for the call: weight, bias and the others, such
+  as an attention layer's α, offsets and content maps), so they are exact but not batched.
 
 or *member by member* (the default elsewhere): each member's slice through the very op its own layer calls
 (``F.linear``, ``F.conv2d``, the eLCN kernel), on views from ``unbind`` (whose backward stacks the gradients in
@@ -50,7 +51,8 @@ from .checkpoint import rng_state, set_rng_state
 
 __all__ = ["NotStackable", "Members", "stack_models", "check_stacked", "SUPPORTED"]
 
-SUPPORTED = ("DenseConv", "LocallyConnected1d/2d", "other relaxed layers (WideConv, TiledConv: member by member)",
+SUPPORTED = ("DenseConv", "LocallyConnected1d/2d",
+             "other relaxed layers (WideConv, TiledConv, AttentionConv1d/2d: member by member)",
              "nn.Conv1d/2d", "nn.Linear", "dropout (nn.Dropout, Dropout1d/2d/3d)",
              "parameter-free modules that treat samples independently (activations, pooling, flatten, ...)")
 
@@ -189,30 +191,40 @@ class StackedLocallyConnected(_Stacked):
 
 
 class StackedRelaxed(_Stacked):
-    """R relaxed layers of a kind without a batched form (WideConv, TiledConv, ...): member by member in both modes,
-    each slice through the layer's own ``forward``, on a copy of the layer that holds no parameters (``inner``)
-    and is given the member's ``weight`` and ``bias`` for the call."""
+    """R relaxed layers of a kind without a batched form (WideConv, TiledConv, AttentionConv, ...): member by member
+    in both modes, each slice through the layer's own ``forward``, on a copy of the layer that holds no parameters
+    (``inner``) and is given the member's parameters for the call: ``weight``, ``bias`` and any others the layer has
+    (an attention layer's α, offsets and content maps, stacked here under their own names, in the layer's order)."""
 
-    def __init__(self, members: Members, layer: RelaxedConv, weight: Tensor, bias: Tensor | None):
+    def __init__(self, members: Members, layer: RelaxedConv, weight: Tensor, bias: Tensor | None,
+                 extra: dict[str, Tensor] | None = None):
         super().__init__(members, weight, bias)
+        self.extra = tuple(extra or ())
+        for name, t in (extra or {}).items():
+            setattr(self, name, nn.Parameter(t))
         memo = {id(p): None for p in layer.parameters(recurse=False)}
         inner = copy.deepcopy(layer, memo)
-        for name in ("weight", "bias"):
+        for name in ("weight", "bias", *self.extra):
             inner._parameters.pop(name, None)
         self.inner = inner
 
-    def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:
+    def _call(self, x: Tensor, params: dict[str, Tensor | None]) -> Tensor:
         inner = self.inner
-        inner.weight, inner.bias = w, b  # plain attributes: the layer's forward reads self.weight / self.bias
+        for name, t in params.items():  # plain attributes: the layer's forward reads self.weight, self.alpha, ...
+            setattr(inner, name, t)
         try:
             return inner(x)
         finally:
-            inner.weight = inner.bias = None
+            for name in params:
+                setattr(inner, name, None)
 
-    def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
-        ws = self.weight.unbind(0)
-        bs = self.bias.unbind(0) if self.bias is not None else (None,) * R
-        return torch.cat([self._member(xr, w, b) for xr, w, b in zip(x.split(B), ws, bs)])
+    def forward(self, x: Tensor) -> Tensor:
+        m = self.members
+        B = m.split(x)
+        names = ("weight", "bias", *self.extra)
+        # unbind's backward stacks the members' gradients in one copy
+        slices = {n: (None,) * m.R if getattr(self, n) is None else getattr(self, n).unbind(0) for n in names}
+        return torch.cat([self._call(xr, {n: s[r] for n, s in slices.items()}) for r, xr in enumerate(x.split(B))])
 
 
 class StackedRandom(nn.Module):
@@ -346,7 +358,9 @@ def stack_models(models: Sequence[nn.Module], rng: Sequence[dict[str, Any] | Non
         elif kind == "conv":
             new = StackedConv(members, mod, w, b)
         elif kind == "relaxed":
-            new = StackedRelaxed(members, mod, w, b)
+            extra = {n: _stacked_param(models, f"{path}.{n}") for n, _ in mod.named_parameters(recurse=False)
+                     if n not in ("weight", "bias")}
+            new = StackedRelaxed(members, mod, w, b, extra)
         else:
             new = StackedLocallyConnected(members, mod, w, b)
         _set(net, path, new)

@@ -33,10 +33,12 @@ __all__ = ["Claim", "ClaimInfo", "ClaimThresholds", "THRESHOLDS", "CLAIMS", "VER
 
 def evaluate_claims(experiment: str | Path | ExperimentFolder, thresholds: ClaimThresholds = THRESHOLDS
                     ) -> list[Claim]:
-    """The verdict on every claim, in order 1..13. FileNotFoundError when ``experiment`` has no plan.json;
-    anything missing or damaged inside it becomes a verdict's reason, never an exception."""
+    """The verdict on every claim, in order 1..13, then those asked only of plans with their kinds of run (14, 15:
+    the attention runs). FileNotFoundError when ``experiment`` has no plan.json; anything missing or damaged inside
+    it becomes a verdict's reason, never an exception."""
     ev = load_evidence(experiment)
-    return [RULES[n](ev, thresholds) for n in sorted(CLAIMS)]
+    return [RULES[n](ev, thresholds) for n in sorted(CLAIMS)
+            if not CLAIMS[n].only_with or ev.of_kind(*CLAIMS[n].only_with)]
 
 
 def claims_json(experiment: str | Path | ExperimentFolder, claims: list[Claim],

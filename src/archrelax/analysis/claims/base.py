@@ -1,5 +1,6 @@
 """The vocabulary of the claims: verdicts, thresholds (in ONE place: docs/claims.md repeats them and a test
-checks that it does), the thirteen claims in words and the typed :class:`Claim` each evaluation returns."""
+checks that it does), the thirteen claims in words (and claims 1 and 4 for attention runs, asked only of plans
+that have them) and the typed :class:`Claim` each evaluation returns."""
 from __future__ import annotations
 
 import dataclasses
@@ -45,13 +46,16 @@ THRESHOLDS = ClaimThresholds()
 @dataclass(frozen=True)
 class ClaimInfo:
     """A claim of the paper: its words, a short name, how it is tested ("seeds": a statistic over seeds;
-    "runs": a check of every run; "both") and the report sections (anchors) its evidence is drawn in."""
+    "runs": a check of every run; "both") and the report sections (anchors) its evidence is drawn in;
+    ``only_with``: the kinds of run it is about when it is asked only of a plan that has them (the attention
+    runs' claims, which are not the paper's)."""
 
     number: int
     short: str
     text: str
     test: Literal["seeds", "runs", "both"]
     anchors: tuple[str, ...]
+    only_with: tuple[str, ...] = ()  # kinds of run: asked only of a plan that has runs of one of them
 
 
 CLAIMS: dict[int, ClaimInfo] = {c.number: c for c in (
@@ -90,6 +94,13 @@ CLAIMS: dict[int, ClaimInfo] = {c.number: c for c in (
     ClaimInfo(13, "hierarchical beats single relaxation",
               "Hierarchical relaxation (CNN → eLCN(t_w1) → eFCN(t_w2)) gains beyond the best single relaxation.",
               "seeds", ("hierarchical",)),
+    ClaimInfo(14, "attention: no jump at the switch",
+              "Claim 1 for the attention runs: after the switch to self-attention the training loss keeps decreasing "
+              "(no jump beyond float noise: the embedding is exact up to e^(−α/2)).", "runs", ("attention",),
+              only_with=("attn",)),
+    ClaimInfo(15, "late attention beats the CNN",
+              "Claim 4 for the attention runs: released late enough, the attention beats the CNN (some t_w with a "
+              "positive paired gain).", "seeds", ("attention", "lattice"), only_with=("attn",)),
 )}
 
 

@@ -1,5 +1,6 @@
-"""The thirteen claims, each a function ``(evidence, thresholds) -> Claim``. docs/claims.md states each rule
-in words; the order of the checks below is the order of the verdict rule there.
+"""The thirteen claims, and claims 1 and 4 again for the attention runs (14, 15), each a function
+``(evidence, thresholds) -> Claim``. docs/claims.md states each rule in words; the order of the checks below is
+the order of the verdict rule there.
 
 Common ground: "final" = the last evaluation of a finished (``done``) run; accuracies are fractions, shown
 in percentage points (pp). Paired differences are taken within a seed (:mod:`.stats`); a statistical
@@ -15,6 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .base import CLAIMS, Claim, ClaimThresholds, Verdict
+from archrelax.store.view import WENT_WRONG
+
 from .evidence import PAPER_KINDS, Evidence, RunView, finite
 from .stats import Paired, holm, paired, spearman, t_interval
 
@@ -82,8 +85,22 @@ def _unfinished(ev: Evidence, *kinds: str) -> str:
 
 
 def _left(planned: Sequence[RunView], what: str) -> str:
-    left = [v for v in planned if not v.done]
-    return f"; {len(left)} of {len(planned)} planned {what} runs not finished" if left else ""
+    """"; 3 of 10 planned efcn/cnn runs not finished", and the runs that went wrong named as such (a failed run
+    is not one that has yet to finish: it needs a rerun, and `archrelax status` says why it failed)."""
+    wrong: dict[str, list[str]] = defaultdict(list)
+    for v in planned:
+        if not v.done and v.status in WENT_WRONG:
+            wrong[v.status].append(v.id)
+    waiting = sum(not v.done and v.status not in WENT_WRONG for v in planned)
+    parts = [f"{len(ids)} {state}" for state, ids in wrong.items()] + ([f"{waiting} not finished"] if waiting else [])
+    if not parts:
+        return ""
+    if not wrong:
+        return f"; {waiting} of {len(planned)} planned {what} runs not finished"
+    ids = [i for state in wrong.values() for i in state]
+    shown = ", ".join(ids[:3]) + (f" and {len(ids) - 3} more" if len(ids) > 3 else "")
+    return (f"; of {len(planned)} planned {what} runs, {', '.join(parts)} ({shown}: see `archrelax status`; "
+            "`archrelax run` retries failed runs)")
 
 
 def _with(verdict_reason: tuple[Verdict, str], extra: str) -> tuple[Verdict, str]:
@@ -150,14 +167,20 @@ def _measure_efcn(ev: Evidence) -> str:
 
 # ---- 1: no jump at the switch, the loss keeps decreasing ---------------------------------------------------------
 def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
-    planned = ev.of_kind(*PAPER_KINDS)
+    return _no_jump(ev, th, 1, PAPER_KINDS)
+
+
+def _no_jump(ev: Evidence, th: ClaimThresholds, no: int, kinds: tuple[str, ...], what: str = "relaxed") -> Claim:
+    """Claim ``no``: every finished run of ``kinds`` starts where its parent was and ends below its start."""
+    planned = ev.of_kind(*kinds)
     if not planned:
-        return _not_measured(1, "the plan has no relaxed runs", _measure_efcn(ev))
+        return _not_measured(no, f"the plan has no {what} runs",
+                             _measure_efcn(ev) if no == 1 else "add `attn` to `targets`")
     jumps, ratios, no_ref, failures = {}, {}, [], []
     for v in planned:
         if v.status == "diverged":
             failures.append(f"{v.id} diverged (NaN/inf loss)")
-    for v in ev.done_runs(*PAPER_KINDS):
+    for v in ev.done_runs(*kinds):
         first, parent = v.first(), ev.parent(v)
         ref = parent.at(float(first.get("global_epoch", first["epoch"]))) if first and parent else None
         l0, lp, end = (finite(first.get("train_loss")) if first else None,
@@ -182,19 +205,19 @@ def claim_1(ev: Evidence, th: ClaimThresholds) -> Claim:
                 f"{th.jump_tol:g}) over {len(jumps)} runs; final / switch train loss: median "
                 f"{np.median(list(ratios.values())):.3g}, largest {max(ratios.values()):.3g}")
     if failures:
-        return _claim(1, "contradicted", "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more"
+        return _claim(no, "contradicted", "; ".join(failures[:3]) + (f"; and {len(failures) - 3} more"
                                                                      if len(failures) > 3 else ""),
                       stat, len(seeds), nums)
     if not jumps:
         if no_ref:
-            return _claim(1, "not measured", f"{len(no_ref)} finished relaxed run(s) but no evaluation of the "
+            return _claim(no, "not measured", f"{len(no_ref)} finished {what} run(s) but no evaluation of the "
                           "parent at the snapshot step (trained by an archrelax that evaluated only at eval_times)",
                           measure="retrain the CNNs with this archrelax, which evaluates at every snapshot step "
                           "(delete their run folders and `archrelax run` the experiment again)", numbers=nums)
-        return _claim(1, "not enough evidence", "no relaxed run finished yet" + _unfinished(ev, *PAPER_KINDS),
+        return _claim(no, "not enough evidence", f"no {what} run finished yet" + _unfinished(ev, *kinds),
                       numbers=nums)
     extra = f" ({len(no_ref)} run(s) without a parent evaluation at the switch not checked)" if no_ref else ""
-    return _claim(1, "supported", f"all {len(jumps)} finished relaxed runs: no jump beyond the tolerance and the "
+    return _claim(no, "supported", f"all {len(jumps)} finished {what} runs: no jump beyond the tolerance and the "
                   f"train loss ends below its value at the switch{extra}", stat, len(seeds), nums)
 
 
@@ -260,30 +283,37 @@ def claim_3(ev: Evidence, th: ClaimThresholds) -> Claim:
 
 # ---- 4: released late enough, the eFCN beats the CNN -----------------------------------------------------------------
 def claim_4(ev: Evidence, th: ClaimThresholds) -> Claim:
-    if not ev.of_kind("efcn"):
-        return _not_measured(4, "the plan has no eFCN runs", _measure_efcn(ev))
-    per_tw = {t: paired(g) for t, g in _gains(ev).items() if g}
+    return _late_beats_cnn(ev, th, 4, "efcn", "eFCN")
+
+
+def _late_beats_cnn(ev: Evidence, th: ClaimThresholds, no: int, kind: str, name: str) -> Claim:
+    """Claim ``no``: some switch time's runs of ``kind`` (``name`` in words) beat their CNN, paired per seed."""
+    if not ev.of_kind(kind):
+        return _not_measured(no, f"the plan has no {name} runs",
+                             _measure_efcn(ev) if kind == "efcn" else f"add `{kind}` to `targets`")
+    per_tw = {t: paired(g) for t, g in _gains(ev, kind).items() if g}
     if not per_tw:
-        return _claim(4, "not enough evidence", "no eFCN run and its CNN both finished yet" + _unfinished(ev, "efcn", "cnn"))
+        return _claim(no, "not enough evidence", f"no {name} run and its CNN both finished yet"
+                      + _unfinished(ev, kind, "cnn"))
     tested = [t for t, d in per_tw.items() if d.n >= th.min_seeds]
     adj = dict(zip(tested, holm([per_tw[t].p_greater for t in tested])))
     best = max(per_tw, key=lambda t: per_tw[t].mean)
     d = per_tw[best]
     seeds = sorted({s for x in per_tw.values() for s in x.diffs})
-    stat = (f"gain = eFCN − its CNN, final test accuracy; best t_w={_t(best)}: {_msd(d)}"
+    stat = (f"gain = {name} − its CNN, final test accuracy; best t_w={_t(best)}: {_msd(d)}"
             + (f", Holm-adjusted {_p(adj[best])}" if best in adj else "")
             + "; mean gain per t_w: " + ", ".join(f"{_t(t)}: {_pp(x.mean)}" for t, x in per_tw.items()) + " pp")
     nums = {"gain": {t: x.diffs for t, x in per_tw.items()}, "holm_p_greater": adj, "best_t_w": best}
     winners = [t for t, p in adj.items() if p < th.alpha]
     if winners:
-        return _claim(4, "supported", "the eFCN beats its CNN at t_w = " + ", ".join(
+        return _claim(no, "supported", f"the {name} beats its CNN at t_w = " + ", ".join(
             f"{_t(t)} (Holm {_p(adj[t])})" for t in winners), stat, len(seeds), nums)
     if d.n >= th.min_seeds and d.p_less < th.alpha:
-        return _claim(4, "contradicted", f"even the best t_w ({_t(best)}) loses to the CNN ({_p(d.p_less)})",
+        return _claim(no, "contradicted", f"even the best t_w ({_t(best)}) loses to the CNN ({_p(d.p_less)})",
                       stat, len(seeds), nums)
     if not tested:
-        return _claim(4, "not enough evidence", _few(th, d.n) + _unfinished(ev, "efcn", "cnn"), stat, len(seeds), nums)
-    return _claim(4, "not enough evidence", f"no t_w's gain is significant after Holm's correction (best t_w "
+        return _claim(no, "not enough evidence", _few(th, d.n) + _unfinished(ev, kind, "cnn"), stat, len(seeds), nums)
+    return _claim(no, "not enough evidence", f"no t_w's gain is significant after Holm's correction (best t_w "
                   f"{_t(best)}: {_p(adj.get(best, math.nan))})", stat, len(seeds), nums)
 
 
@@ -599,7 +629,16 @@ def claim_13(ev: Evidence, th: ClaimThresholds) -> Claim:
     return _claim(13, *verdict, stat, d.n, {"diff": d.diffs, "p": d.p_greater})
 
 
+# ---- 14, 15: claims 1 and 4 for the attention runs (asked only of a plan that has them) ---------------------------
+def claim_14(ev: Evidence, th: ClaimThresholds) -> Claim:
+    return _no_jump(ev, th, 14, ("attn",), "attention")
+
+
+def claim_15(ev: Evidence, th: ClaimThresholds) -> Claim:
+    return _late_beats_cnn(ev, th, 15, "attn", "attention")
+
+
 RULES: dict[int, Callable[[Evidence, ClaimThresholds], Claim]] = {
     1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9,
-    10: claim_10, 11: claim_11, 12: claim_12, 13: claim_13,
+    10: claim_10, 11: claim_11, 12: claim_12, 13: claim_13, 14: claim_14, 15: claim_15,
 }

@@ -92,26 +92,15 @@ def holm(pvalues: Sequence[float]) -> list[float]:
 
 
 def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (ties get average ranks); NaN when either side is constant or n < 3."""
+    """Spearman's rank correlation (scipy's; ties get average ranks); NaN when either side is constant or n < 3."""
     if len(x) != len(y):
         raise ValueError(f"spearman: {len(x)} x values but {len(y)} y values")
-    if len(x) < 3:
+    a, b = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:  # no ranking to correlate (scipy would warn, then say NaN)
         return math.nan
-    rx, ry = _ranks(x), _ranks(y)
-    if rx.std() == 0 or ry.std() == 0:
-        return math.nan
-    return float(np.corrcoef(rx, ry)[0, 1])
+    from scipy import stats  # lazy, as for the t-tests
 
-
-def _ranks(v: Sequence[float]) -> np.ndarray:
-    a = np.asarray(v, dtype=float)
-    order = np.argsort(a, kind="stable")
-    ranks = np.empty(len(a))
-    ranks[order] = np.arange(1, len(a) + 1)
-    for value in np.unique(a):  # average ranks of ties
-        tie = a == value
-        ranks[tie] = ranks[tie].mean()
-    return ranks
+    return float(stats.spearmanr(a, b).statistic)
 
 
 def t_interval(d: Paired, level: float) -> tuple[float, float]:
