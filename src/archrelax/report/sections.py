@@ -279,10 +279,10 @@ def _sharpness_curve(exp: ExperimentView, ctx: Ctx, sec: Section, dense: list[Ru
         ep = [float(m.get("global_epoch", m.get("epoch", 0.0))) for m in rows]
         curves.append((r.seed, ep, [float(m["lambda_max"]) for m in rows],
                        [bool(m.get("lambda_max_converged")) and math.isfinite(m["lambda_max"]) for m in rows]))
-        bad = [e for e, ok in zip(ep, curves[-1][3]) if not ok]
+        bad = [fmt(e) for e, ok in zip(ep, curves[-1][3]) if not ok]
         if bad:
             sec.notes.append(f"{_label(r)}: λ_max along training not converged at {len(bad)} of {len(ep)} "
-                             f"evaluations (epochs {', '.join(fmt(e) for e in bad[:8])}{', ...' if len(bad) > 8 else ''})")
+                             f"evaluations (epochs {', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''})")
     cfg = _config(dense[0])
     snaps = None
     if data is not None:

@@ -326,9 +326,10 @@ class Recorder:
         return m
 
     def _sharpness(self) -> dict[str, Any]:
-        """λ_max of the mean loss over the fixed subset (``sharpness_batch``) from ``sharpness_products`` Hessian-vector
-        products warm-started from the last evaluation's eigenvector (the first: ``HessianOperator.start_vector`` of
-        the run's seed), with its residual bound ‖Hv − λv‖ and whether it met the analyses' tolerance (residual ≤
+        """λ_max of the mean loss over the fixed subset (``sharpness_batch``) from ``sharpness_products``
+        Hessian-vector products warm-started from the last evaluation's eigenvector (an until-zero-loss check's
+        unrecorded evaluation included; the first: ``HessianOperator.start_vector`` of the run's seed), with its
+        residual bound ‖Hv − λv‖ and whether it met the analyses' tolerance (residual ≤
         √tol·|λ|, ``AnalysisSettings.sharpness_tol``). Pure: eval mode inside, the mode restored, parameters and
         their ``.grad`` untouched, no global RNG drawn (``analysis.sharpness``), so the trajectory is the same
         with it or without it."""
