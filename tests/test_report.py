@@ -180,3 +180,38 @@ def test_overview_says_what_was_computed_reused_failed_and_missing(tmp_path):
     note = parse_report(write_report(exp, analyse=False).read_text())["overview"]["text"]
     assert "not run (--no-analyse): cached results shown as they are: memory (from 2026-11-28T11:00:00+00:00)" in note
     assert "missing (no result yet): templates, interpolation" in note
+
+
+def _with_sharpness_rows(exp: Path) -> None:
+    """The CNNs' rows carry λ_max along training (as a CNN trained with sharpness_products writes them); seed 0's
+    second evaluation did not converge."""
+    for seed in (0, 1):
+        run = exp / "runs" / f"cnn-s{seed}"
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        for i, r in enumerate(rows):
+            r.update(lambda_max=10.0 + 5 * r["global_epoch"] / (1 + 0.1 * r["global_epoch"] ** 2) + seed,
+                     lambda_max_residual=0.01, lambda_max_converged=not (seed == 0 and i == 1))
+        (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = json.loads((exp / "plan.json").read_text())
+    for seed in (0, 1):
+        plan[f"cnn-s{seed}"]["config"] |= {"sharpness_products": 8, "sharpness_samples": 64}
+    (exp / "plan.json").write_text(json.dumps(plan))
+
+
+def test_sharpness_along_training_is_drawn_from_the_cnn_rows(tmp_path):
+    exp = make_experiment(tmp_path / "dense")
+    _with_sharpness_rows(exp)
+    index = write_report(exp, analyse=False)
+    sec = parse_report(index.read_text())["sharpness"]
+    assert len(sec["imgs"]) == FIGURES["sharpness"] + 1 and any("sharpness_cnn_dense" in s for s in sec["imgs"])
+    assert "from 8 Hessian-vector products on 64 training images" in index.read_text()  # the figure's caption
+    assert any("λ_max along training not converged at 1 of" in m for m in sec["missing"]), sec["missing"]
+    _check_images(index, parse_report(index.read_text()))
+
+    # without the snapshot analysis the section is still there, with the dense curve and a note on the rest
+    bare = make_experiment(tmp_path / "bare")
+    _with_sharpness_rows(bare)
+    (bare / "analysis" / "sharpness.json").unlink()
+    (bare / "spec.yaml").write_text((bare / "spec.yaml").read_text().replace("sharpness, ", "").replace(", sharpness", ""))
+    sec = parse_report(write_report(bare, analyse=False).read_text())["sharpness"]
+    assert len(sec["imgs"]) == 1 and any("sharpness.json is missing" in m for m in sec["missing"])

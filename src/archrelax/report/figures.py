@@ -294,6 +294,34 @@ def sharpness_along(epoch: Sequence[float], eig: Sequence[float], trace: Sequenc
     return _save(fig, path)
 
 
+def sharpness_curve(curves: Sequence[tuple[int, Sequence[float], Sequence[float], Sequence[bool]]],
+                    switches: Sequence[float], path: Path, *, title: str,
+                    snapshots: tuple[Sequence[float], Sequence[float]] | None = None) -> Path:
+    """The CNN's λ_max at every evaluation, one line per seed (``curves``: (seed, epochs, values, converged)),
+    switch times marked. A value that did not converge is a hollow marker off the line (not a measurement);
+    ``snapshots``: (epochs, values) of the snapshot analysis's converged λ_max, for comparison."""
+    fig, ax = _figure(1)
+    a = ax[0, 0]
+    pal = colormaps["tab10"]
+    for i, (seed, ep, y, ok) in enumerate(curves):
+        ep, y, m = np.asarray(ep, float), np.asarray(y, float), np.asarray(ok, bool)
+        a.plot(ep[m], y[m], marker=".", ms=4, lw=1, color=pal(i % 10), label=f"seed {seed}")
+        if (~m).any():
+            a.plot(ep[~m], y[~m], ls="none", marker="o", mfc="none", mec=pal(i % 10),
+                   label="not converged" if i == 0 else None)
+    if snapshots is not None and len(snapshots[0]):
+        a.plot(snapshots[0], snapshots[1], ls="none", marker="s", mfc="none", mec="black", ms=7,
+               label="snapshot analysis (mean over seeds)")
+    for i, s in enumerate(switches):
+        a.axvline(s, color="tab:blue", ls=":", lw=1, alpha=0.7, label="switch times t_w" if i == 0 else None)
+    _time_axis(a)
+    a.set_ylabel("top Hessian eigenvalue λ_max (nats/param²)")
+    a.set_title("λ_max along the CNN's training (every evaluation)")
+    a.legend(fontsize=8, loc="best")
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
 def sharpness_ends(points: dict[str, dict[float, list[float]]], refs: dict[str, list[float]],
                    path: Path, *, title: str, ylabel: str,
                    unconverged: dict[str, list[tuple[float, float]]] | None = None) -> Path:

@@ -8,6 +8,7 @@ is missing.
 from __future__ import annotations
 
 import functools
+import math
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -248,13 +249,58 @@ def distance(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.DistanceResult
         sec.notes.append("no finished relaxed run with a final δ yet")
 
 
-@_from_analysis("Sharpness: along the CNN and at the end of every run")
-def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResult) -> None:
+def _dense_sharpness(exp: ExperimentView) -> list[RunView]:
+    """The CNNs whose metrics rows carry λ_max along training (``sharpness_products``)."""
+    return [r for r in exp.runs if r.kind == "cnn" and any("lambda_max" in m for m in r.metrics)]
+
+
+@_section("sharpness", "Sharpness: along the CNN and at the end of every run")
+def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     """Top eigenvalue of the training-loss Hessian (Lanczos on Hessian-vector products; each with its residual
     bound ‖Hv − λv‖, within which H has an eigenvalue) and an estimate of its trace (Hutchinson off the Lanczos
     basis) with its standard error, on a fixed training subset. A value that did not reach the tolerance is drawn
     hollow and left out of the means and the claims. The loss is the mean cross-entropy in nats, so both are
-    curvatures in nats per squared unit of parameter (nats/param²): they compare runs of one parametrisation."""
+    curvatures in nats per squared unit of parameter (nats/param²): they compare runs of one parametrisation.
+    A CNN trained with ``sharpness_products`` also has λ_max at every evaluation (a few products warm-started
+    from the previous evaluation's eigenvector), drawn first."""
+    dense = _dense_sharpness(exp)
+    if dense:
+        _sharpness_curve(exp, ctx, sec, dense, exp.results.get("sharpness"))
+    data = _analysis(exp, "sharpness", sec)
+    if data is not None:
+        _sharpness_points(exp, ctx, sec, data)
+
+
+def _sharpness_curve(exp: ExperimentView, ctx: Ctx, sec: Section, dense: list[RunView],
+                     data: R.SharpnessResult | None) -> None:
+    curves = []
+    for r in dense:
+        rows = [m for m in r.metrics if m.get("lambda_max") is not None]
+        ep = [float(m.get("global_epoch", m.get("epoch", 0.0))) for m in rows]
+        curves.append((r.seed, ep, [float(m["lambda_max"]) for m in rows],
+                       [bool(m.get("lambda_max_converged")) and math.isfinite(m["lambda_max"]) for m in rows]))
+        bad = [fmt(e) for e, ok in zip(ep, curves[-1][3]) if not ok]
+        if bad:
+            sec.notes.append(f"{_label(r)}: λ_max along training not converged at {len(bad)} of {len(ep)} "
+                             f"evaluations (epochs {', '.join(bad[:8])}{', ...' if len(bad) > 8 else ''})")
+    cfg = _config(dense[0])
+    snaps = None
+    if data is not None:
+        along: dict[float, list[float]] = defaultdict(list)
+        for p in data.points:
+            if p.kind == "cnn" and p.where == "snapshot" and p.eigenvalues and p.lambda_max_converged:
+                along[p.epoch].append(p.lambda_max)
+        snaps = (sorted(along), [float(np.mean(along[e])) for e in sorted(along)])
+    switches = sorted({r.t_w for r in exp.runs if r.kind in ("efcn", "elcn") and r.t_w is not None})
+    how = (f", from {cfg['sharpness_products']} Hessian-vector products on {cfg['sharpness_samples']} training "
+           "images (a fixed subset)" if cfg.get("sharpness_products") and cfg.get("sharpness_samples") else "")
+    caption = (f"λ_max ({CURVATURE}) of the CNN at every evaluation{how}; dotted lines: switch times; hollow: not "
+               "converged" + ("; squares: the snapshot analysis" if snaps and snaps[0] else ""))
+    ctx.figure(sec, "sharpness_cnn_dense", caption, lambda p: F.sharpness_curve(
+        curves, switches, p, title="sharpness along the CNN's training", snapshots=snaps))
+
+
+def _sharpness_points(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResult) -> None:
     sec.body.append(f"<p>{escape(_subset(data.params, 'sharpness_samples', 'training'))}.</p>")
     pts = [p for p in data.points if p.eigenvalues]
     for p in pts:
@@ -815,6 +861,8 @@ def build_all(exp: ExperimentView, ctx: Ctx, analysis_note: str) -> list[Section
     secs += [final_vs_tw(exp, ctx, k) for k in ("efcn", "elcn") if k in kinds]
     if "hier" in kinds:
         secs.append(hierarchical(exp, ctx))
+    if _dense_sharpness(exp):  # the CNN's rows carry λ_max: its section, whether or not the analysis is listed
+        analyses = [*analyses, "sharpness"]
     secs += [by_analysis[n](exp, ctx) for n in by_analysis if n in analyses]
     secs += [runs_table(exp, ctx), spec(exp, ctx)]
     if kinds & set(_LATTICE_ONLY):
