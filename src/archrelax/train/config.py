@@ -13,7 +13,8 @@ Two kinds of fields are not part of what a run computes:
 - ``runtime=True`` (:data:`RUNTIME_FIELDS`): how a run is watched, how often it saves, whether the memory
   guard may be overridden; never its numbers. A run may be resumed with other values of these, and they
   are left out of a planned run's id and identity.
-- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots`` only.
+- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots`` and
+  ``snapshot_every_eval``.
   Which epochs a run saves does not change its training trajectory, so it is left out of the *training
   identity* that a child run hashes (an eFCN started from the CNN's epoch-2 snapshot is the same run
   whatever other snapshots the CNN keeps). But it is not a runtime field: it is part of the run's own id
@@ -208,6 +209,9 @@ class TrainConfig:
     snapshots: str | list[float] = setting([], "snapshot epochs: log:N or epochs like 0,0.5,2",
                                            check=lambda v: _times(v, every=False), group="length and records",
                                            identity=False)
+    snapshot_every_eval: bool = setting(False, "also a snapshot at every evaluation (what a switch time chosen from "
+                                        "the evaluations, switch_times: auto, starts from)",
+                                        group="length and records", identity=False, omit_default=True)
     seed: int = setting(0, "seed of initialisation and batch order", group="length and records")
     # how it runs
     device: str = setting("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps", group="execution", spec="train")
