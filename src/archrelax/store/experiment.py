@@ -49,7 +49,7 @@ from .view import read_run
 __all__ = ["ExperimentFolder", "SUMMARY_COLUMNS", "SPEC_RUNTIME_KEYS", "spec_changes"]
 
 SUMMARY_COLUMNS = (
-    "id", "kind", "seed", "t_w", "t_w2", "status", "epochs",
+    "id", "kind", "seed", "t_w", "t_w2", "auto", "status", "epochs",
     "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
     "best_train_loss", "best_train_acc", "best_test_loss", "best_test_acc",
     "final_offlocal_ratio", "wall_time", "error",
@@ -363,7 +363,7 @@ class ExperimentFolder:
         errors = dict.fromkeys([v.error or "", *v.problems])  # a corrupt status.json's message once
         return {
             "id": run.id, "kind": run.kind, "seed": str(run.seed), "t_w": _num(run.t_w), "t_w2": _num(run.t_w2),
-            "status": v.status, "epochs": _num(v.epoch),
+            "auto": run.auto or "", "status": v.status, "epochs": _num(v.epoch),
             **{f"final_{k}": _num(v.final(k)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
             "best_train_loss": _num(v.best("train_loss", min)), "best_train_acc": _num(v.best("train_acc", max)),
             "best_test_loss": _num(v.best("test_loss", min)), "best_test_acc": _num(v.best("test_acc", max)),
