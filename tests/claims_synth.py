@@ -13,6 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -95,6 +96,9 @@ class Synth:
     memory: tuple[int, int] = (1_000_000, 10_000_000)  # eLCN, eFCN parameter bytes
     analyses: tuple[str, ...] = ("memory", "sharpness", "ablation", "interpolation")
     cnn_evals_at_snapshots: bool = True
+    # set: the CNN's rows carry λ_max along training (TrainConfig.sharpness_products), this function of the epoch
+    # plus 0.5·seed, converged with residual 1e-4
+    lam_rows: Callable[[float], float] | None = None
     # set: an automatic-t_w run per seed (claim 16), at the t_w of the largest lam_along (rule peak-sharpness),
     # ending this far above the eFCN at the best fixed t_w; an eFCN, or an eLCN where kinds have no efcn
     auto_above_best: float | None = None
@@ -172,6 +176,9 @@ class Synth:
             rows = r.rows()
             if r.kind == "cnn" and not self.cnn_evals_at_snapshots:
                 rows = [x for x in rows if x["global_epoch"] not in self.tws]  # an old trainer's eval_times
+            if r.kind == "cnn" and self.lam_rows is not None:
+                rows = [{**x, "lambda_max": self.lam_rows(x["global_epoch"]) + 0.5 * r.seed,
+                         "lambda_max_residual": 1e-4, "lambda_max_converged": True} for x in rows]
             if r.status != "pending":  # metrics.jsonl in one write (the trainer appends; the format is the same)
                 atomic_write_text(folder.metrics_path, "".join(json.dumps(x) + "\n" for x in
                                                                (rows if r.status == "done" else rows[:2])))

@@ -154,7 +154,7 @@ def test_every_spec_key_of_a_setting_has_its_type_and_check():
 def test_runtime_and_identity_are_one_declaration():
     assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory",
                               "restart")
-    assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots"}
+    assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots", "sharpness_products", "sharpness_samples"}
     # the trainer's resume check and the plan's ids use these: see the tests below and test_train.py
 
 
@@ -178,6 +178,26 @@ def test_demo_plan_ids_are_unchanged_and_runtime_keys_change_no_id():
     assert list(again) == DEMO_IDS and [r.identity for r in again.values()] == [r.identity for r in plan.values()]
     assert all(r.config["force_memory"] for r in again.values())
     assert not set(make_plan(load_spec(preset="demo", overrides=["train.momentum=0.8"]))) & set(DEMO_IDS)
+
+
+def test_sharpness_along_training_is_a_measurement_of_the_cnn_only():
+    """cnn.sharpness_products makes the CNN another run (it must record the rows) whose children are the same
+    runs (its weights are not changed by measuring them); off, no id changes (the demo's ids above)."""
+    plan = make_plan(load_spec(preset="demo"))
+    on = make_plan(load_spec(preset="demo", overrides=["cnn.sharpness_products=4", "cnn.sharpness_samples=32"]))
+    assert list(on)[1:] == DEMO_IDS[1:] and list(on)[0] != DEMO_IDS[0]
+    cnn = next(r for r in on.values() if r.kind == "cnn")
+    assert (cnn.config["sharpness_products"], cnn.config["sharpness_samples"]) == (4, 32)
+    assert cnn.identity == plan[DEMO_IDS[0]].identity
+    assert all(r.config["sharpness_products"] == 0 for r in on.values() if r.kind != "cnn")
+    relaxed = make_plan(load_spec(preset="demo", overrides=["relaxed.sharpness_products=2"]))
+    assert list(relaxed)[0] == DEMO_IDS[0] and not set(list(relaxed)[1:]) & set(DEMO_IDS)
+    with pytest.raises(SpecError, match="sharpness_products"):
+        load_spec(preset="demo", overrides=["cnn.sharpness_products=-1"])
+    with pytest.raises(ValueError, match=r"sharpness_samples=0 is not valid; allowed: an integer >= 1"):
+        TrainConfig(sharpness_samples=0)
+    with pytest.raises(ValueError, match=r"sharpness_products=-2 is not valid; allowed: an integer >= 0"):
+        TrainConfig(sharpness_products=-2)
 
 
 def test_spec_defaults_that_differ_from_train_are_the_table():

@@ -80,8 +80,11 @@ SOFT_OFF = {"soft_lambda": 0.0, "soft_schedule": "const", "soft_toward": "cnn"}
 
 
 def _stop(rule) -> dict[str, Any]:
+    """The TrainConfig fields of a ``cnn.*`` or ``relaxed.*`` section: its stopping rule and its measures along
+    training."""
     return {"epochs": rule.epochs, "until_zero_loss": rule.until_zero_loss, "max_epochs": rule.max_epochs,
-            "loss_threshold": rule.loss_threshold}
+            "loss_threshold": rule.loss_threshold, "sharpness_products": rule.sharpness_products,
+            "sharpness_samples": rule.sharpness_samples}
 
 
 def _snap_epoch(t: float) -> float:

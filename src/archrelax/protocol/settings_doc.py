@@ -46,7 +46,8 @@ def settings_rows() -> list[dict[str, str]]:
         spec_keys = keys.get(name, [])
         differ = [(k, v) for k, v in spec_keys if v != default or type(v) is not type(default)]
         run_id = ("no (runtime)" if f.metadata["runtime"] else
-                  "yes, not in identity" if not f.metadata["identity"] else
+                  "when not the default, not in identity" if not f.metadata["identity"] and f.metadata["omit_default"]
+                  else "yes, not in identity" if not f.metadata["identity"] else
                   "yes, when not the default" if f.metadata["omit_default"] else "yes")
         rows.append({
             "field": f"`{name}`",

@@ -200,13 +200,16 @@ RUNTIME_KEYS: tuple[str, ...] = SPEC_RUNTIME_KEYS + tuple(
 @dataclass
 class StopRule:
     """How long a run trains: a fixed ``epochs``, or ``until_zero_loss`` capped at ``max_epochs`` (the CNN's
-    defaults; see :class:`RelaxedOptions` for the relaxed runs')."""
+    defaults; see :class:`RelaxedOptions` for the relaxed runs'), and the phase's per-evaluation measures
+    (``sharpness_products``: λ_max along training)."""
 
     epochs: float | None = _from_config("epochs", "cnn", "fixed length in epochs (null: use until_zero_loss)")
     until_zero_loss: bool = _from_config("until_zero_loss", "cnn")
     max_epochs: float | None = _from_config("max_epochs", "cnn", "cap when until_zero_loss")
     loss_threshold: float | None = _from_config("loss_threshold", "cnn",
                                                 "train loss counted as zero (null: 100 % train accuracy)")
+    sharpness_products: int = _from_config("sharpness_products", "cnn")
+    sharpness_samples: int = _from_config("sharpness_samples", "cnn")
 
     def length(self) -> float | None:
         """The longest this rule can train (None when unbounded)."""
@@ -222,6 +225,8 @@ class RelaxedOptions(StopRule):
     max_epochs: float | None = _from_config("max_epochs", "relaxed", "cap when until_zero_loss")
     loss_threshold: float | None = _from_config("loss_threshold", "relaxed",
                                                 "train loss counted as zero (null: 100 % train accuracy)")
+    sharpness_products: int = _from_config("sharpness_products", "relaxed")
+    sharpness_samples: int = _from_config("sharpness_samples", "relaxed")
     optimizer_state: Literal["reset", "carry"] = _from_config(
         "optimizer_state", "relaxed", "fresh optimiser, or carry the CNN's embedded state")
     lr: float | None = _from_config("lr", "relaxed", "learning rate of relaxed runs (null: train.lr)")

@@ -13,16 +13,18 @@ Two kinds of fields are not part of what a run computes:
 - ``runtime=True`` (:data:`RUNTIME_FIELDS`): how a run is watched, how often it saves, whether the memory
   guard may be overridden; never its numbers. A run may be resumed with other values of these, and they
   are left out of a planned run's id and identity.
-- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots`` and
-  ``snapshot_every_eval``.
-  Which epochs a run saves does not change its training trajectory, so it is left out of the *training
-  identity* that a child run hashes (an eFCN started from the CNN's epoch-2 snapshot is the same run
+- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots``,
+  ``snapshot_every_eval`` and the sharpness along training (``sharpness_products``, ``sharpness_samples``: a
+  measurement that leaves the weights, the mode and the RNG as they were). Which epochs a run saves does not change
+  its training trajectory, so it is left out of the *training identity* that a child run hashes (an eFCN started
+  from the CNN's epoch-2 snapshot is the same run
   whatever other snapshots the CNN keeps). But it is not a runtime field: it is part of the run's own id
   (a CNN asked for one more snapshot is a new run, which must save it), and a run cannot be resumed with
-  other snapshot epochs (those already passed would silently be missing).
+  other snapshot epochs (those already passed would silently be missing; rows already written would lack
+  λ_max, or have it from another subset).
 
 A third flag concerns settings added after run ids existed: ``omit_default=True`` (:data:`OMIT_DEFAULT`, the
-soft-release fields) enters a planned run's id only when the value differs from the field's default, so the
+soft-release fields, the sharpness fields) enters a planned run's id only when the value differs from the field's default, so the
 plans of every older spec keep their ids (a run at the default computes what it always did).
 """
 from __future__ import annotations
@@ -213,6 +215,14 @@ class TrainConfig:
                                         "the evaluations, switch_times: auto, starts from)",
                                         group="length and records", identity=False, omit_default=True)
     seed: int = setting(0, "seed of initialisation and batch order", group="length and records")
+    sharpness_products: int = setting(0, "λ_max of the training loss at every evaluation, from this many Hessian-vector "
+                                      "products (Lanczos steps) warm-started from the previous evaluation's eigenvector "
+                                      "(0: off); rows get lambda_max, lambda_max_residual, lambda_max_converged",
+                                      check=lambda v: None if v >= 0 else "an integer >= 0 (0: off)", group="length and records", spec="stop", identity=False,
+                                      omit_default=True)
+    sharpness_samples: int = setting(256, "training images of the fixed subset (drawn by data_seed) whose mean loss "
+                                     "sharpness_products measures, the same at every evaluation", check=_at_least_one,
+                                     group="length and records", spec="stop", identity=False, omit_default=True)
     # how it runs
     device: str = setting("auto", "auto (cuda > mps > cpu), cpu, cuda, cuda:N, mps", group="execution", spec="train")
     amp: Literal["bf16"] | None = setting(None, "bf16 autocast (GPU)", group="execution", spec="train")

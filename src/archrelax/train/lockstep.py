@@ -59,7 +59,7 @@ from archrelax.store import RunFolder, RunLock
 
 from .checkpoint import rng_state, set_rng_state
 from .config import LOCKSTEP_FREE, RUNTIME_FIELDS, TrainConfig, lockstep_key
-from .recorder import Recorder, check_lock, prepare_folder, probe_batch
+from .recorder import Recorder, check_lock, prepare_folder, probe_batch, sharpness_batch
 from .setup import determinism, load_run_data, make_feeds, make_optimizer, set_up
 from .stacked import NotStackable, check_stacked, stack_models
 from .step import Losses, UpdateStep, evaluate_splits, set_lr
@@ -102,7 +102,10 @@ class _Member:
         rec.schedule(len(self.feed))
         self.run = set_up(cfg, rec.folder, shared.data, shared.device)
         self.rng = rng_state(shared.device)  # this run's training RNG stream, as a run of its own holds it now
-        rec.attach(self.run, losses=self.losses, weights=self.weights, probe=probe_batch(shared.eval_feeds))
+        # λ_max along training: on the member's own model (its parameters, views of the stack's, hold its weights),
+        # member by member, as a run of its own computes it
+        rec.attach(self.run, losses=self.losses, weights=self.weights, probe=probe_batch(shared.eval_feeds),
+                   hessian=sharpness_batch(cfg, shared.data, shared.device))
 
     def losses(self) -> Losses:
         """Batched: from the stack's evaluation of every member; otherwise the member's own model (its parameters

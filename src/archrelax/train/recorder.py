@@ -40,7 +40,11 @@ from .setup import RunState, has_relaxed
 from .soft import soft_lambda
 from .step import Losses
 
-__all__ = ["Recorder", "prepare_folder", "run_result", "check_lock", "probe_batch", "PROBE_SIZE"]
+__all__ = ["Recorder", "prepare_folder", "run_result", "check_lock", "probe_batch", "sharpness_batch", "PROBE_SIZE",
+           "SHARPNESS_KEYS"]
+
+# the row keys of the sharpness along training (TrainConfig.sharpness_products > 0), in every row of such a run
+SHARPNESS_KEYS = ("lambda_max", "lambda_max_residual", "lambda_max_converged")
 
 # images of the fixed probe batch that the attention measures read (the first ones of the test split, as the
 # evaluation feed gives them: no shuffle, no augmentation, no RNG drawn); 32 keep the measures at about 0.4 of a
@@ -53,6 +57,22 @@ def probe_batch(eval_feeds: dict[str, Any], n: int = PROBE_SIZE) -> torch.Tensor
     its own generator, so drawing this batch consumes no RNG)."""
     x, _ = next(iter(eval_feeds["test"].epoch(0)))
     return x[:n]
+
+
+def sharpness_batch(cfg: TrainConfig, data: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """``(x (n, C, H, W), y (n,))``: the fixed subset whose mean loss's λ_max every evaluation measures (None when
+    ``cfg.sharpness_products`` is 0): ``cfg.sharpness_samples`` training images drawn by a generator seeded with
+    ``cfg.data_seed`` (so the CNN, its relaxed runs and every member of a lockstep group read the same subset),
+    normalised as evaluated (no augmentation). Draws no global RNG."""
+    if cfg.sharpness_products == 0:
+        return None
+    from archrelax.data import BatchFeed
+
+    images, labels = data.train.images, data.train.labels
+    n = min(cfg.sharpness_samples, len(images))
+    idx = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.data_seed))[:n].to(images.device)
+    feed = BatchFeed(images[idx], labels[idx], n, mean=data.mean, std=data.std, device=device, shuffle=False)
+    return next(iter(feed.epoch(0)))
 
 
 class Recorder:
@@ -79,6 +99,8 @@ class Recorder:
         self.epoch_end_checkpoints, self.attached = True, False
         self.probe: torch.Tensor | None = None
         self.attention = False
+        self.hessian: tuple[torch.Tensor, torch.Tensor] | None = None  # sharpness_batch
+        self.sharpness_vector: torch.Tensor | None = None  # the last λ_max's eigenvector (n,): the next warm start
 
     # ---- status ------------------------------------------------------------------------------------------
     def write_status(self, status: str, error: str | None = None, reason: str | None = None) -> None:
@@ -118,18 +140,24 @@ class Recorder:
             self.snap_steps |= self.eval_steps
 
     def attach(self, run: RunState, losses: Callable[[], Losses],
-               weights: Callable[[bool], dict[str, Any]] | None = None, probe: torch.Tensor | None = None) -> None:
+               weights: Callable[[bool], dict[str, Any]] | None = None, probe: torch.Tensor | None = None,
+               hessian: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """The model side, set up (``setup.set_up``): ``losses()`` evaluates it, ``weights(with_optimizer)`` gives
         its part of a checkpoint (default ``run.weights``), ``probe`` (:func:`probe_batch`) is the input batch the
-        attention measures read (None: positional attention only). A fresh run starts its metrics log empty, a
-        resumed one goes on from its checkpoint (``_resume``). The status says so before the log is cut back to the
-        rows kept: status.json never records more rows than the log holds."""
+        attention measures read (None: positional attention only), ``hessian`` (:func:`sharpness_batch`) the examples
+        of the λ_max along training (needed when ``sharpness_products`` > 0). A fresh run starts its metrics log
+        empty, a resumed one goes on from its checkpoint (``_resume``). The status says so before the log is cut
+        back to the rows kept: status.json never records more rows than the log holds."""
         from archrelax.embed.attention import AttentionConvNd
 
         self.run, self.losses, self.weights, self.attached = run, losses, weights or run.weights, True
         self.device, self.relaxed, self.global_offset = run.device, has_relaxed(run.model), run.global_offset
         self.attention = any(isinstance(m, AttentionConvNd) for m in run.model.modules())
         self.probe = probe if self.attention else None
+        if self.cfg.sharpness_products and hessian is None:
+            raise ValueError(f"sharpness_products={self.cfg.sharpness_products} needs the examples it measures on "
+                             "(attach(hessian=sharpness_batch(...)))")
+        self.hessian = hessian if self.cfg.sharpness_products else None
         if run.checkpoint is None:
             self.run_stats, self.rows = self._zero_stats(), RowsDigest()
             self.write_status("running")
@@ -145,6 +173,8 @@ class Recorder:
         p = ck["progress"]
         self.step, self.n_metrics, self.elapsed = ck["step"], p["n_metrics"], p["elapsed"]
         self.run_stats = {k: v.to(self.device) if torch.is_tensor(v) else v for k, v in p["run_stats"].items()}
+        v = p.get("sharpness_vector")  # the warm start of the next λ_max: the rows then go on bit for bit
+        self.sharpness_vector = v.to(self.device) if v is not None else None
         self.rows = RowsDigest(self.folder.read_metrics()[: self.n_metrics])
         self.write_status("running")
         self.folder.truncate_metrics(self.n_metrics)
@@ -268,6 +298,9 @@ class Recorder:
         m = {"epoch": epoch, "global_epoch": self.global_offset + epoch, "step": self.step,
              "train_loss": train_loss, "train_acc": train_acc, "test_loss": test_loss, "test_acc": test_acc}
         m.update(self.measures())
+        if self.hessian is not None:  # after the losses: a diverged model's Hessian has no top eigenvalue to find
+            m.update(self._sharpness() if math.isfinite(train_loss) else
+                     {"lambda_max": math.nan, "lambda_max_residual": math.nan, "lambda_max_converged": False})
         if record:
             self._record(m)
         return m
@@ -277,7 +310,8 @@ class Recorder:
         subspace distances (relaxed models), for models with attention layers their distance from the conv
         (``attention_measures`` on the probe batch, eval mode: mean distance, content share, off-target share,
         output distance, α and offset statistics), the lr of the next update, and for soft runs λ(t) of the next
-        update and the ‖θ − Pθ‖² it multiplies. A per-evaluation measure of the model belongs here."""
+        update and the ‖θ − Pθ‖² it multiplies. A per-evaluation measure of the model belongs here (λ_max, which
+        needs the losses' verdict on divergence first, is :meth:`_sharpness`, called by :meth:`evaluate`)."""
         model, cfg, m = self.run.model, self.cfg, {}
         if self.relaxed:
             from archrelax.embed.subspace import subspace_distances
@@ -294,6 +328,24 @@ class Recorder:
             with torch.no_grad():
                 m["soft_penalty"] = float(constraint_penalty(model, cfg.soft_toward))
         return m
+
+    def _sharpness(self) -> dict[str, Any]:
+        """λ_max of the mean loss over the fixed subset (``sharpness_batch``) from ``sharpness_products`` Hessian-vector
+        products warm-started from the last evaluation's eigenvector (the first: ``HessianOperator.start_vector`` of
+        the run's seed), with its residual bound ‖Hv − λv‖ and whether it met the analyses' tolerance (residual ≤
+        √tol·|λ|, ``AnalysisSettings.sharpness_tol``). Pure: eval mode inside, the mode restored, parameters and
+        their ``.grad`` untouched, no global RNG drawn (``analysis.sharpness``), so the trajectory is the same
+        with it or without it."""
+        # imported here: analysis imports train (checkpoints) inside its functions, and train imports analysis only
+        # here, so neither package's import pulls in the other
+        from archrelax.analysis.settings import AnalysisSettings
+        from archrelax.analysis.sharpness import top_eigenvalue
+
+        x, y = self.hessian
+        top = top_eigenvalue(self.run.model, x, y, v0=self.sharpness_vector, products=self.cfg.sharpness_products,
+                             tol=AnalysisSettings.sharpness_tol, seed=self.cfg.seed)
+        self.sharpness_vector = top.vector
+        return {"lambda_max": top.value, "lambda_max_residual": top.residual, "lambda_max_converged": top.converged}
 
     def _record(self, m: dict[str, Any]) -> None:
         m = {**m, "wall_time": self._wall(), "peak_mem_bytes": _peak_memory(self.device)}
@@ -313,11 +365,14 @@ class Recorder:
     def state(self, with_optimizer: bool = True) -> dict[str, Any]:
         """A checkpoint of this step (docs/architecture.md): the model side's ``weights`` and the run's progress."""
         w, epoch = self.weights(with_optimizer), self.step / self.spe
+        progress = {"n_metrics": self.n_metrics, "metrics_digest": self.rows.hexdigest(), "elapsed": self._wall(),
+                    "run_stats": dict(self.run_stats)}
+        if self.sharpness_vector is not None:
+            progress["sharpness_vector"] = self.sharpness_vector
         return {"format": FORMAT, "model": w["model"], "optimizer": w["optimizer"], "param_names": w["param_names"],
                 "config": self.cfg.to_dict(), "arch": w["arch"], "epoch": epoch,
                 "global_epoch": self.global_offset + epoch, "step": self.step, "rng": w["rng"],
-                "progress": {"n_metrics": self.n_metrics, "metrics_digest": self.rows.hexdigest(),
-                             "elapsed": self._wall(), "run_stats": dict(self.run_stats)}}
+                "progress": progress}
 
     def _save(self, path: Path, with_optimizer: bool = True) -> None:
         atomic_torch_save(self.state(with_optimizer), path)

@@ -16,7 +16,7 @@ from archrelax.store import RunFolder, RunLock, read_metrics
 from archrelax.utils import resolve_device
 
 from .config import TrainConfig
-from .recorder import Recorder, check_lock, prepare_folder, probe_batch
+from .recorder import Recorder, check_lock, prepare_folder, probe_batch, sharpness_batch
 from .setup import RunState, determinism, load_run_data, make_feeds, set_up
 from .step import UpdateStep, evaluate_splits
 
@@ -62,7 +62,7 @@ def _train(cfg: TrainConfig, folder: RunFolder) -> dict[str, Any]:
             rec.schedule(len(feed))
             run = set_up(cfg, folder, data, device)
             rec.attach(run, losses=lambda: evaluate_splits(run.forward, eval_feeds, cfg.amp)[0],
-                       probe=probe_batch(eval_feeds))
+                       probe=probe_batch(eval_feeds), hessian=sharpness_batch(cfg, data, device))
             return fit(rec, run, feed, stop)
     except Interrupted:
         raise  # the run saved its state and wrote status 'interrupted' itself

@@ -380,23 +380,68 @@ def _converged(points: list[Any]) -> tuple[list[Any], list[str], str]:
 
 
 # ---- 6: largest gain where the CNN is sharpest --------------------------------------------------------------------
+def _dense_curves(ev: Evidence) -> dict[int, RunView]:
+    """seed -> its CNN, for the CNNs whose metrics rows carry λ_max along training (``sharpness_products``)."""
+    return {v.seed: v for v in ev.of_kind("cnn") if any("lambda_max" in r for r in v.metrics)}
+
+
+@dataclasses.dataclass(frozen=True)
+class _CurvePoint:
+    """A λ_max row of a CNN's log in the shape ``_converged`` reads."""
+
+    run: str
+    epoch: float
+    lambda_max: float
+    lambda_max_converged: bool
+
+
+def _curve(v: RunView) -> list[_CurvePoint]:
+    return [_CurvePoint(v.id, float(r.get("global_epoch", r.get("epoch", 0.0))), float(r["lambda_max"]),
+                        bool(r.get("lambda_max_converged"))) for r in v.metrics if r.get("lambda_max") is not None]
+
+
 def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
+    """ρ(gain(t_w), λ_max of the CNN at t_w) per seed. λ_max is read from the CNN's own rows along training when
+    they carry it (every evaluation, the snapshots' included: the sharpest epoch is then the curve's peak, which
+    may lie between two switch times), else from the sharpness analysis of its snapshots."""
     if len(_planned_tws(ev)) < 3:
         return _not_measured(6, "fewer than 3 eFCN switch times: no rank correlation over t_w",
                              "list at least 3 `switch_times` with `fc` in `targets`")
-    res, bad = _analysis(ev, 6, "sharpness")
-    if bad:
-        return bad
-    kept, unconverged, note = _converged([p for p in res.points if p.kind == "cnn" and p.where == "snapshot"
-                                          and p.eigenvalues])
-    along = {p.file: p for p in kept}
+    dense = _dense_curves(ev)
+    peak_of: dict[int, float] = {}  # seed -> epoch of its CNN's sharpest converged evaluation (dense curve)
+    if dense:
+        curves = {s: _curve(v) for s, v in dense.items()}
+        kept, unconverged, note = _converged([p for c in curves.values() for p in c])
+        ok = {id(p) for p in kept}
+        at = {(s, p.epoch): p for s, c in curves.items() for p in c if id(p) in ok}
+        for s, c in curves.items():
+            good = [p for p in c if id(p) in ok]
+            if good:
+                peak_of[s] = max(good, key=lambda p: p.lambda_max).epoch
+
+        def lam_at(v: RunView) -> float | None:
+            p = at.get((v.seed, float(v.t_w)))
+            return p.lambda_max if p is not None else None
+        source = "along training"
+    else:
+        res, bad = _analysis(ev, 6, "sharpness")
+        if bad:
+            return bad
+        kept, unconverged, note = _converged([p for p in res.points if p.kind == "cnn" and p.where == "snapshot"
+                                              and p.eigenvalues])
+        along = {p.file: p for p in kept}
+
+        def lam_at(v: RunView) -> float | None:
+            p = along.get(ev.snapshot_file(v) or "")
+            return p.lambda_max if p is not None else None
+        source = "snapshots"
     by_seed: dict[int, list[tuple[float, float, float]]] = defaultdict(list)  # seed -> (t_w, gain, λ_max)
     gains = _gains(ev)
     for v in ev.done_runs("efcn"):
         g = gains.get(float(v.t_w), {}).get(v.seed) if v.t_w is not None else None
-        point = along.get(ev.snapshot_file(v) or "")
-        if g is not None and point is not None and math.isfinite(point.lambda_max):
-            by_seed[v.seed].append((float(v.t_w), g, point.lambda_max))
+        lam = lam_at(v) if v.t_w is not None else None
+        if g is not None and lam is not None and math.isfinite(lam):
+            by_seed[v.seed].append((float(v.t_w), g, lam))
     rho, dist, peaks = {}, {}, {}
     for s, rows in sorted(by_seed.items()):
         rows.sort()
@@ -406,20 +451,28 @@ def claim_6(ev: Evidence, th: ClaimThresholds) -> Claim:
         r = spearman(g, lam)
         if math.isfinite(r):
             rho[s] = r
-        dist[s] = abs(int(np.argmax(g)) - int(np.argmax(lam)))
-        peaks[s] = (tw[int(np.argmax(g))], tw[int(np.argmax(lam))])
+        best = int(np.argmax(g))
+        if s in peak_of:  # the curve's peak, and the switch time nearest to it
+            sharp = peak_of[s]
+            dist[s] = abs(best - int(np.argmin([abs(t - sharp) for t in tw])))
+        else:
+            sharp = tw[int(np.argmax(lam))]
+            dist[s] = abs(best - int(np.argmax(lam)))
+        peaks[s] = (tw[best], sharp)
     d = paired(rho)
     if not dist:
         return _claim(6, "not enough evidence", "no seed has gains and CNN sharpness at 3 switch times yet"
-                      + _unfinished(ev, "efcn", "cnn") + note, numbers={"unconverged": unconverged})
+                      + _unfinished(ev, "efcn", "cnn") + note, numbers={"unconverged": unconverged, "source": source})
+    where = (f"; λ_max from the CNN's rows along training ({sum(len(c) for c in curves.values())} evaluations)"
+             if dense else "")
     stat = (f"Spearman ρ(gain(t_w), λ_max of the CNN at t_w) per seed: mean {_msd(d, 1, '')}, "
-            f"one-sided t-test {_p(d.p_greater)}; (best t_w, sharpest t_w) per seed: "
+            f"one-sided t-test {_p(d.p_greater)}; (best t_w, sharpest {'epoch' if dense else 't_w'}) per seed: "
             + ", ".join(f"s{s}: ({_t(a)}, {_t(b)})" for s, (a, b) in peaks.items())
-            + f"; mean index distance {np.mean(list(dist.values())):.2g} switch times" + note)
+            + f"; mean index distance {np.mean(list(dist.values())):.2g} switch times" + where + note)
     verdict = _with(_directional(d, th, "greater"),
                     (_unfinished(ev, "efcn", "cnn") if d.n < th.min_seeds else "") + note)
     return _claim(6, *verdict, stat, d.n, {"rho": rho, "index_distance": dist, "best_and_sharpest_t_w": peaks,
-                                           "p": d.p_greater, "unconverged": unconverged})
+                                           "p": d.p_greater, "unconverged": unconverged, "source": source})
 
 
 # ---- 7: wider basins at the end ----------------------------------------------------------------------------------
