@@ -72,8 +72,8 @@ def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
         place = f.metadata["spec"]
         if place in ("train", "top"):
             base[f.name] = copy.deepcopy(getattr(spec.train if place == "train" else spec, f.name))
-    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [], "seed": seed,
-            **SOFT_OFF}
+    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [],
+            "snapshot_every_eval": False, "seed": seed, **SOFT_OFF}
 
 
 SOFT_OFF = {"soft_lambda": 0.0, "soft_schedule": "const", "soft_toward": "cnn"}
@@ -221,8 +221,8 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
         # the CNN saves a snapshot at every switch time (and, with a grid or paths, at 0); with automatic switch
         # times at every evaluation too, so that whichever the rule picks has one
         cnn_snaps = sorted(set(spec.switch_list()) | roots | ({0.0} if spec.grid() or paths else set()))
-        every = {"snapshot_every_eval": True} if spec.auto_rules() else {}
-        cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps, **every})
+        cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps,
+                                                  "snapshot_every_eval": bool(spec.auto_rules())})
         plan[cnn.id] = cnn
         order = {k: i for i, k in enumerate(KINDS)}
         labelled = [(n, *n.kind_and_prefix()) for n in nodes]

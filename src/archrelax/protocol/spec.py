@@ -566,12 +566,9 @@ def _check_auto(spec: ExperimentSpec, problems: list[str]) -> None:
     ``snapshot_every_eval``.)"""
     if not spec.auto_rules():  # an invalid value was not set: the default has none
         return
-    products = getattr(spec.cnn, "sharpness_products", None)
+    products = spec.cnn.sharpness_products
     what = f"'switch_times' = {_show(spec.switch_times)} asks for a time chosen from λ_max along the CNN's training"
-    if products is None:
-        problems.append(f"{what}, which this version does not measure (no key 'cnn.sharpness_products'); "
-                        "allowed: fixed switch times")
-    elif not products > 0:
+    if not products > 0:
         problems.append(f"{what}, and 'cnn.sharpness_products' = {products} measures none; allowed: "
                         "cnn.sharpness_products > 0 (e.g. 20: Hessian-vector products per λ_max estimate at every "
                         "CNN evaluation), or fixed switch times")
