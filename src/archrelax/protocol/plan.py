@@ -55,8 +55,8 @@ def _make(prefix: str, kind: str, seed: int, config: dict, parent: Run | None = 
         snapshot = f"runs/{parent.id}/snapshots/epoch_{format_epoch(snap_epoch)}.pt"
     identity = _digest({k: v for k, v in keyed.items() if k not in NOT_IDENTITY})
     return Run(id=f"{prefix}-{_digest(keyed)[:8]}", kind=kind, seed=seed, config=config,
-               depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w, t_w2=t_w2,
-               identity=identity, auto=auto)
+               depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w,
+               t_w2=t_w2, identity=identity, auto=auto)
 
 
 def _tw(t: float, auto: str | None = None) -> str:

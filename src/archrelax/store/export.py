@@ -1,8 +1,8 @@
 """One tidy table of an experiment's metrics: a row per evaluation of every run, for pandas, R or a spreadsheet.
 
 ``archrelax export EXP`` writes it (CSV, or Parquet where pyarrow is installed): the columns :data:`ID_COLUMNS`
-say which run and when (``t_w``: the switch time, also of an automatic one: ``auto`` names its rule; ``global_epoch`` is on the CNN's clock, as the report draws it), then every metric any
-run recorded, in the order they first appear (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, δ,
+say which run and when (``t_w``: the switch time, also an automatic one's, whose rule ``auto`` names;
+``global_epoch`` is on the CNN's clock, as the report draws it), then every metric any run recorded, in the order they first appear (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, δ,
 ``lr``, ...; docs/architecture.md, metrics.jsonl). A cell is empty where a run did not record that metric;
 non-finite values are ``nan`` / ``inf`` (pandas reads them as such). Read through the
 :class:`~archrelax.store.ExperimentView`, so a run's rows are the metrics policy's (a torn last line skipped),

@@ -722,10 +722,11 @@ def claim_16(ev: Evidence, th: ClaimThresholds) -> Claim:
     d = paired(mine, _finals(fixed[best]))
     lo, hi = t_interval(d, th.equivalence_level)
     m = th.equivalence_margin
-    stat = (f"eFCN at t_w = auto ({rule}; chosen per seed: " + ", ".join(f"s{s}: {_t(t)}" for s, t in sorted(chosen.items()))
-            + f") − eFCN at the best fixed t_w ({_t(best)}, by mean final test accuracy over seeds), final test accuracy "
-            f"per seed: {_msd(d)}, {th.equivalence_level:.0%} CI [{_pp(lo)}, {_pp(hi)}] pp (not worse: lower end above "
-            f"−{_pp(m, False)} pp)" + (f"; rules left out: {', '.join(others)}" if others else ""))
+    per_seed = ", ".join(f"s{s}: {_t(t)}" for s, t in sorted(chosen.items()))
+    stat = (f"eFCN at t_w = auto ({rule}; chosen per seed: {per_seed}) − eFCN at the best fixed t_w ({_t(best)}, by "
+            f"mean final test accuracy over seeds), final test accuracy per seed: {_msd(d)}, "
+            f"{th.equivalence_level:.0%} CI [{_pp(lo)}, {_pp(hi)}] pp (not worse: lower end above −{_pp(m, False)} pp)"
+            + (f"; rules left out: {', '.join(others)}" if others else ""))
     nums = {"rule": rule, "chosen_t_w": chosen, "best_fixed_t_w": best, "diff": d.diffs, "ci": [lo, hi], "margin": m}
     if d.n == 0:
         return _claim(16, "not enough evidence", f"no seed has both the automatic-t_w eFCN and the eFCN at t_w = "
@@ -734,8 +735,8 @@ def claim_16(ev: Evidence, th: ClaimThresholds) -> Claim:
         return _claim(16, "not enough evidence", _few(th, d.n) + _left(auto, "automatic-t_w efcn")
                       + _unfinished(ev, "efcn"), stat, d.n, nums)
     if lo > -m:
-        return _claim(16, "supported", f"not worse than the best fixed t_w ({_t(best)}) by more than {_pp(m, False)} pp "
-                      f"({th.equivalence_level:.0%} CI)", stat, d.n, nums)
+        return _claim(16, "supported", f"not worse than the best fixed t_w ({_t(best)}) by more than "
+                      f"{_pp(m, False)} pp ({th.equivalence_level:.0%} CI)", stat, d.n, nums)
     if hi < -m:
         return _claim(16, "contradicted", f"worse than the best fixed t_w ({_t(best)}) by more than {_pp(m, False)} pp "
                       f"(the whole {th.equivalence_level:.0%} CI below −{_pp(m, False)} pp)", stat, d.n, nums)
