@@ -306,11 +306,13 @@ def sharpness(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.SharpnessResu
     else:
         sec.notes.append("no CNN sharpness points (no CNN snapshots analysed yet)")
     ends = [p for p in pts if p.where == "final"]
+    auto_ids = {r.id for r in exp.runs if r.auto}
     relaxed: dict[str, dict[float, list[R.SharpnessPoint]]] = defaultdict(lambda: defaultdict(list))
     refs: dict[str, list[R.SharpnessPoint]] = defaultdict(list)
     for p in ends:
         if p.kind in ("efcn", "elcn") and p.t_w is not None:
-            relaxed[p.kind][p.t_w].append(p)
+            if p.run not in auto_ids:  # a fixed t_w's runs: an automatic one is the final-accuracy section's star
+                relaxed[p.kind][p.t_w].append(p)
         elif p.kind in ("cnn", "fcn", "lcn"):
             refs[p.kind].append(p)
     if relaxed or refs:
@@ -539,7 +541,7 @@ def _lattice_points(exp: ExperimentView
     forms: dict[str, str | None] = {}
     for r in exp.runs:
         c = _corner(exp, r)
-        if c is None or r.t_w is None:
+        if c is None or r.t_w is None or r.auto:  # fixed times only: an auto run would count as one more seed
             continue
         key, label, form = c
         keyed[label], forms[label] = key, form
@@ -615,7 +617,7 @@ def soft_schedules(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     soft_runs = []
     for r in exp.runs:
         cfg = _config(r)
-        if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None:
+        if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None or r.auto:
             continue
         soft_runs.append(r)
         target = cfg.get("relax") or "?"
@@ -637,12 +639,12 @@ def soft_schedules(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         for r in exp.runs:
             cfg = _config(r)
             if (cfg.get("relax") == target and float(cfg.get("soft_lambda") or 0) == 0 and r.t_w2 is None
-                    and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
+                    and not r.auto and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
                 hard[r.t_w].append(v)
         refs[f"{target} hard (λ = 0)"] = hard
     cont: dict[float, list[float]] = defaultdict(list)
     for r in exp.done_runs("cont"):
-        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+        if r.t_w is not None and not r.auto and (v := r.final("test_acc")) is not None:
             cont[r.t_w].append(v)
     refs["CNN continued (λ → ∞)"] = cont
     names = sorted(groups)
@@ -684,7 +686,7 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         recorded |= has
         order[label] = key
         corners[label].append((x, d, aligned if has else None))
-        if r.status == "done" and r.t_w is not None:
+        if r.status == "done" and r.t_w is not None and not r.auto:
             finals[(label, r.t_w)].append((d[-1], aligned[-1] if has else None))
     if not corners:
         sec.notes.append("no relaxed lattice run has recorded δ yet")
@@ -733,7 +735,7 @@ def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
                                                 "attn_alpha_mean", "attn_alpha_min", "attn_alpha_max",
                                                 "attn_offset_mean", "attn_offset_max")}
             curves[target].append(F.Curve(kind=r.kind, seed=r.seed, t_w=r.t_w, epoch=x, values=vals))
-        if r.done and r.t_w is not None:
+        if r.done and r.t_w is not None and not r.auto:
             finals[(target, r.t_w)].append(r)
     labels = sorted({_config(r).get("relax") or "attn" for r in runs})
     if curves:
@@ -744,7 +746,7 @@ def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         sec.notes.append("no attention run has recorded its measures yet (attn_* in metrics.jsonl)")
     cont: dict[float, list[float]] = defaultdict(list)
     for r in exp.done_runs("cont"):
-        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+        if r.t_w is not None and not r.auto and (v := r.final("test_acc")) is not None:
             cont[r.t_w].append(v)
     rows = []
     for (target, t), done in sorted(finals.items()):
