@@ -4,14 +4,17 @@ Per seed: one CNN (saving snapshots at every switch time); from each snapshot a 
 wide, tiled, the CNN continued) and per soft (λ, schedule); hierarchical runs (CNN -> eLCN at t_w1 -> eFCN
 at t_w2) start from the eLCN's snapshot taken at its own epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's
 clock, see the trainer's ``global_epoch``), and so does every later step of a relaxation path from the
-previous step's run; baselines (``fcn``/``lcn``) train from scratch. Relaxed runs form a tree of switches
+previous step's run; baselines (``fcn``/``lcn``) train from scratch. An automatic switch time
+(``switch_times: [auto]``) adds one run per target and soft setting whose time a rule picks once the CNN is done
+(``Run.auto``; t_w and its snapshot are null here, recorded in switch.json later: docs/protocol.md); its CNN then
+saves a snapshot at every evaluation (``snapshot_every_eval``). Relaxed runs form a tree of switches
 rooted at the CNN: a run reached in several ways (a target, the grid, a path) is one run, which saves every
 snapshot its children need, so the grid written as paths is the same plan.
 
 Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration except its
 runtime fields (TrainConfig fields marked ``runtime``: progress, checkpointing, the memory guard's override),
 with ``init_from`` replaced by the *training identity* of the parent (its hashed config without the fields
-marked ``identity=False``: the snapshot list) and the snapshot epoch. So changing one option changes exactly
+marked ``identity=False``: the snapshot list) and the snapshot epoch (an auto run: the rule's name). So changing one option changes exactly
 the ids of the runs it affects; adding a switch time re-runs the CNN (it must save one more snapshot) but
 keeps the ids of the relaxed runs already done; a runtime option changes no id; settings added after ids
 existed (TrainConfig fields marked ``omit_default``: the soft release) enter the hash only when set.
