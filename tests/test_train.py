@@ -124,8 +124,8 @@ def test_evaluates_at_start_end_and_every_snapshot_without_changing_the_trajecto
 def test_snapshot_every_eval_saves_at_every_evaluation_row_even_the_stopping_one(tmp_path):
     # what a switch time chosen from the evaluations (switch_times: auto) starts from: every row has its file, also
     # the row an until-zero-loss stop records outside eval_times (loss_threshold 10: stops at the first epoch end)
-    for name, kw in (("fixed", dict(epochs=2, eval_times=[0.5])),
-                     ("stop", dict(epochs=None, until_zero_loss=True, max_epochs=3, loss_threshold=10.0, eval_times=[0]))):
+    stop = dict(epochs=None, until_zero_loss=True, max_epochs=3, loss_threshold=10.0, eval_times=[0])
+    for name, kw in (("fixed", dict(epochs=2, eval_times=[0.5])), ("stop", stop)):
         train(cfg(snapshot_every_eval=True, **kw), tmp_path / name)
         rows = read_metrics(tmp_path / name / "metrics.jsonl")
         snaps = sorted(float(p.stem[6:]) for p in (tmp_path / name / "snapshots").glob("epoch_*.pt"))
