@@ -47,6 +47,7 @@ class SynthRun:
     snapshot_epoch: float | None = None  # on the parent's own clock
     snapshots: tuple[float, ...] = ()
     status: str = "done"
+    auto: str | None = None  # the switch rule that chose t_w (an auto run)
 
     def times(self) -> np.ndarray:
         return self.start + np.arange(0, self.length + 1e-9, STEP)
@@ -98,6 +99,9 @@ class Synth:
     # set: the CNN's rows carry λ_max along training (TrainConfig.sharpness_products), this function of the epoch
     # plus 0.5·seed, converged with residual 1e-4
     lam_rows: Callable[[float], float] | None = None
+    # set: an automatic-t_w run per seed (claim 16), at the t_w of the largest lam_along (rule peak-sharpness),
+    # ending this far above the eFCN at the best fixed t_w; an eFCN, or an eLCN where kinds have no efcn
+    auto_above_best: float | None = None
     runs: dict[str, SynthRun] = field(default_factory=dict)
 
     # ---- the runs --------------------------------------------------------------------------------------------
@@ -127,6 +131,13 @@ class Synth:
                     self._add(SynthRun(f"elcn-tw{t:g}-s{s}", "elcn", s, t, self.relaxed_epochs, sw["train_loss"],
                                        0.001, sw["test_acc"], acc + self.elcn_minus_efcn + noise(s, t + 1) / 2,
                                        0.0, t_w=t, parent=cnn.id, snapshot_epoch=t, snapshots=(1.0,)))
+            if self.auto_above_best is not None:
+                t = max(self.lam_along, key=self.lam_along.get)
+                sw, kind = cnn.at(t), "efcn" if "efcn" in self.kinds else "elcn"
+                best = max(finals.values()) if kind == "efcn" else finals[t]
+                self._add(SynthRun(f"{kind}-twauto-s{s}", kind, s, t, self.relaxed_epochs, sw["train_loss"], 0.001,
+                                   sw["test_acc"], best + self.auto_above_best + noise(s, 7) / 2, 0.1, t_w=t,
+                                   parent=cnn.id, snapshot_epoch=t, auto="peak-sharpness"))
             if "fcn" in self.kinds:
                 self._add(SynthRun(f"fcn-s{s}", "fcn", s, 0.0, self.relaxed_epochs, 2.3, 0.001, 0.1,
                                    finals[self.tws[0]] - self.fcn_below_efcn0 + noise(s, 9), 0.5))
@@ -156,7 +167,8 @@ class Synth:
         exp.write_plan({r.id: Run(id=r.id, kind=r.kind, seed=r.seed, config={"seed": r.seed}, depends_on=r.parent,
                                   snapshot=None if r.parent is None else
                                   f"runs/{r.parent}/snapshots/epoch_{r.snapshot_epoch:g}.pt",
-                                  snapshot_epoch=r.snapshot_epoch, t_w=r.t_w, t_w2=r.t_w2, identity=r.id)
+                                  snapshot_epoch=r.snapshot_epoch, t_w=r.t_w, t_w2=r.t_w2, identity=r.id,
+                                  auto=r.auto)
                         for r in self.runs.values()})
         for r in self.runs.values():
             folder = exp.run(r.id)

@@ -92,6 +92,10 @@ CASES = [
     (15, "hold", _mutated(kinds=WITH_ATTN), "supported", "the attention beats its CNN at t_w = "),
     (15, "fail", _mutated(kinds=WITH_ATTN, attn_gain={0.0: -0.08, 1.0: -0.05, 2.0: -0.04, 4.0: -0.06}), "contradicted",
      "even the best t_w (2) loses"),
+    (16, "hold", _mutated(auto_above_best=0.0), "supported", "not worse than the best fixed t_w (2)"),
+    (16, "fail", _mutated(auto_above_best=-0.06), "contradicted", "worse than the best fixed t_w (2) by more than"),
+    (16, "lack", _mutated(auto_above_best=0.0, kinds=("elcn", "fcn", "lcn")), "not measured",
+     "automatic switch times have no eFCN runs"),
 ]
 
 
@@ -99,7 +103,7 @@ CASES = [
                          ids=[f"claim{n}-{c}" for n, c, *_ in CASES])
 def test_claim_verdict(tmp_path, number, case, make, verdict, words):
     root = make().write(tmp_path / "exp")
-    claim = evaluate_claims(root)[number - 1]
+    claim = next(c for c in evaluate_claims(root) if c.number == number)
     assert claim.number == number and claim.text == CLAIMS[number].text
     assert claim.verdict == verdict, (claim.verdict, claim.reason, claim.statistic)
     assert words in claim.reason, claim.reason
@@ -123,6 +127,17 @@ def test_attention_claims_are_asked_only_of_plans_with_attention_runs(tmp_path):
     found = evaluate_claims(Synth(kinds=WITH_ATTN).write(tmp_path / "attn"))
     assert [c.number for c in found] == list(range(1, 16))
     assert [c.verdict for c in found[:13]] == [c.verdict for c in without]  # the paper's claims ignore them
+
+
+def test_auto_claim_is_asked_only_of_plans_with_auto_runs_and_leaves_the_others_alone(tmp_path):
+    without = evaluate_claims(Synth().write(tmp_path / "plain"))
+    found = evaluate_claims(Synth(auto_above_best=0.0).write(tmp_path / "auto"))
+    assert [c.number for c in found] == list(range(1, 14)) + [16]
+    # claims 1-13 read the fixed switch times only: the auto runs (at t_w = 2 here) change none of their numbers
+    assert [(c.verdict, c.statistic) for c in found[:13]] == [(c.verdict, c.statistic) for c in without]
+    c16 = found[-1]
+    assert c16.numbers["chosen_t_w"] == {0: 2.0, 1: 2.0, 2: 2.0} and c16.numbers["best_fixed_t_w"] == 2.0
+    assert c16.n_seeds == 3 and "peak-sharpness" in c16.statistic
 
 
 def test_one_seed_is_too_few_for_the_statistical_claims(tmp_path):

@@ -154,7 +154,8 @@ def test_every_spec_key_of_a_setting_has_its_type_and_check():
 def test_runtime_and_identity_are_one_declaration():
     assert RUNTIME_FIELDS == ("progress", "tensorboard", "checkpoint_every_steps", "checkpoint_every_s", "force_memory",
                               "restart")
-    assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots", "sharpness_products", "sharpness_samples"}
+    assert set(NOT_IDENTITY) == set(RUNTIME_FIELDS) | {"snapshots", "snapshot_every_eval", "sharpness_products",
+                                                       "sharpness_samples"}
     # the trainer's resume check and the plan's ids use these: see the tests below and test_train.py
 
 

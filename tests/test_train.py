@@ -121,6 +121,20 @@ def test_evaluates_at_start_end_and_every_snapshot_without_changing_the_trajecto
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_snapshot_every_eval_saves_at_every_evaluation_row_even_the_stopping_one(tmp_path):
+    # what a switch time chosen from the evaluations (switch_times: auto) starts from: every row has its file, also
+    # the row an until-zero-loss stop records outside eval_times (loss_threshold 10: stops at the first epoch end)
+    stop = dict(epochs=None, until_zero_loss=True, max_epochs=3, loss_threshold=10.0, eval_times=[0])
+    for name, kw in (("fixed", dict(epochs=2, eval_times=[0.5])), ("stop", stop)):
+        train(cfg(snapshot_every_eval=True, **kw), tmp_path / name)
+        rows = read_metrics(tmp_path / name / "metrics.jsonl")
+        snaps = sorted(float(p.stem[6:]) for p in (tmp_path / name / "snapshots").glob("epoch_*.pt"))
+        assert snaps == [r["epoch"] for r in rows] == ([0, 0.5, 2] if name == "fixed" else [0, 1]), name
+    train(cfg(epochs=2, eval_times=[0.5]), tmp_path / "plain")  # the same trajectory, bit for bit
+    plain, fixed = (stable(read_metrics(tmp_path / n / "metrics.jsonl")) for n in ("plain", "fixed"))
+    assert plain == fixed
+
+
 @pytest.mark.parametrize("to", ["fc", "lc"])
 def test_relaxed_snapshot_starts_with_the_cnn_losses(tmp_path, to):
     cnn = train(cfg(epochs=1, snapshots=[1], eval_times=[0, 1]), tmp_path / "cnn")

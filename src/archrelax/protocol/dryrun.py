@@ -75,6 +75,8 @@ def _plan_table(exp: ExperimentFolder, plan: dict[str, Run]) -> str:
             if status == "running":  # its process may be gone (kill -9): as archrelax status shows it
                 status = folder.live_state()
         tw = "" if run.t_w is None else f"{run.t_w:g}" + ("" if run.t_w2 is None else f">{run.t_w2:g}")
+        if run.auto:  # chosen by its rule once the CNN is done
+            tw = f"auto={tw}" if tw else f"auto:{run.auto}"
         rows.append([run.id, run.kind, tw, str(run.seed), status])
     return render(["run", "kind", "t_w", "seed", "status"], rows)
 

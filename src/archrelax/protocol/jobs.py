@@ -19,6 +19,7 @@ from typing import Any, Callable
 
 from ..signals import STOP_SIGNALS, Interrupted, StopOnSignals, signal_name
 from ..store import ExperimentFolder, Run, RunBusyError, RunLock, failure_state
+from ..store.switch import SwitchError
 
 __all__ = ["run_one", "run_group", "RunJob", "GroupJob", "make_job"]
 
@@ -219,7 +220,14 @@ def _requeue(signum: int, experiment: str, run_ids: list[str]) -> None:
 
 def _config(exp: ExperimentFolder, run: Run) -> dict[str, Any] | None:
     """The run's config with its snapshot as ``init_from``; None after recording ``failed`` in its status when the
-    parent ended without writing that snapshot."""
+    parent ended without writing that snapshot, or (an auto run) when no switch time can be chosen from it. An auto
+    run not resolved yet (a job submitted ahead, a detached Slurm plan) gets its time here, as the scheduler does."""
+    if run.auto and run.snapshot_epoch is None:
+        try:
+            run = exp.resolve_auto(run)
+        except SwitchError as e:
+            exp.run(run.id).write_status("failed", error=str(e))
+            return None
     config = {**run.config, "init_from": _init_from(exp, run)}
     if exp.run(run.id).read_status().status == "damaged":  # its checkpoint is: resume from its latest intact snapshot
         config["restart"] = "intact"

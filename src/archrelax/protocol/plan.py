@@ -4,14 +4,17 @@ Per seed: one CNN (saving snapshots at every switch time); from each snapshot a 
 wide, tiled, the CNN continued) and per soft (λ, schedule); hierarchical runs (CNN -> eLCN at t_w1 -> eFCN
 at t_w2) start from the eLCN's snapshot taken at its own epoch t_w2 - t_w1 (= global epoch t_w2 on the CNN's
 clock, see the trainer's ``global_epoch``), and so does every later step of a relaxation path from the
-previous step's run; baselines (``fcn``/``lcn``) train from scratch. Relaxed runs form a tree of switches
+previous step's run; baselines (``fcn``/``lcn``) train from scratch. An automatic switch time
+(``switch_times: [auto]``) adds one run per target and soft setting whose time a rule picks once the CNN is done
+(``Run.auto``; t_w and its snapshot are null here, recorded in switch.json later: docs/protocol.md); its CNN then
+saves a snapshot at every evaluation (``snapshot_every_eval``). Relaxed runs form a tree of switches
 rooted at the CNN: a run reached in several ways (a target, the grid, a path) is one run, which saves every
 snapshot its children need, so the grid written as paths is the same plan.
 
 Run ids are ``<readable prefix>-<hash8>`` where the hash covers the run's whole configuration except its
 runtime fields (TrainConfig fields marked ``runtime``: progress, checkpointing, the memory guard's override),
 with ``init_from`` replaced by the *training identity* of the parent (its hashed config without the fields
-marked ``identity=False``: the snapshot list) and the snapshot epoch. So changing one option changes exactly
+marked ``identity=False``: the snapshot list) and the snapshot epoch (an auto run: the rule's name). So changing one option changes exactly
 the ids of the runs it affects; adding a switch time re-runs the CNN (it must save one more snapshot) but
 keeps the ids of the relaxed runs already done; a runtime option changes no id; settings added after ids
 existed (TrainConfig fields marked ``omit_default``: the soft release) enter the hash only when set.
@@ -22,6 +25,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +35,7 @@ from ..train.config import NOT_IDENTITY, OMIT_DEFAULT, RUNTIME_FIELDS, TrainConf
 from ..train.soft import SoftSchedule
 from .attention import attention_layers, attention_target, conv_costs, is_attention
 from .paths import parse_target_spec
+from ..store.switch import DEFAULT_RULE
 from .spec import ExperimentSpec
 
 __all__ = ["Run", "make_plan", "plan_to_json", "plan_from_json", "KINDS", "RELAXED_KINDS"]
@@ -41,21 +46,24 @@ def _digest(obj: Any) -> str:
 
 
 def _make(prefix: str, kind: str, seed: int, config: dict, parent: Run | None = None, snap_epoch: float | None = None,
-          t_w: float | None = None, t_w2: float | None = None) -> Run:
+          t_w: float | None = None, t_w2: float | None = None, auto: str | None = None) -> Run:
     # settings added after run ids existed enter the hash only when set, so older plans keep their ids
     keyed = {k: v for k, v in config.items() if k not in RUNTIME_FIELDS
              and not (k in OMIT_DEFAULT and v == OMIT_DEFAULT[k])}
     snapshot = None
-    if parent is not None:
+    if parent is not None and auto is not None:  # the time is chosen later: the rule is what the id can know
+        keyed["init_from"] = f"{parent.identity}@auto:{auto}"
+    elif parent is not None:
         keyed["init_from"] = f"{parent.identity}@{format_epoch(snap_epoch)}"
         snapshot = f"runs/{parent.id}/snapshots/epoch_{format_epoch(snap_epoch)}.pt"
     identity = _digest({k: v for k, v in keyed.items() if k not in NOT_IDENTITY})
     return Run(id=f"{prefix}-{_digest(keyed)[:8]}", kind=kind, seed=seed, config=config,
-               depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w, t_w2=t_w2, identity=identity)
+               depends_on=parent.id if parent else None, snapshot=snapshot, snapshot_epoch=snap_epoch, t_w=t_w,
+               t_w2=t_w2, identity=identity, auto=auto)
 
 
-def _tw(t: float) -> str:
-    return f"tw{format_epoch(t)}"
+def _tw(t: float, auto: str | None = None) -> str:
+    return f"tw{format_epoch(t)}" if auto is None else "twauto" if auto == DEFAULT_RULE else f"twauto-{auto}"
 
 
 def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
@@ -67,8 +75,8 @@ def _common(spec: ExperimentSpec, seed: int) -> dict[str, Any]:
         place = f.metadata["spec"]
         if place in ("train", "top"):
             base[f.name] = copy.deepcopy(getattr(spec.train if place == "train" else spec, f.name))
-    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [], "seed": seed,
-            **SOFT_OFF}
+    return {**base, "relax": None, "init_from": None, "optimizer_state": "reset", "snapshots": [],
+            "snapshot_every_eval": False, "seed": seed, **SOFT_OFF}
 
 
 SOFT_OFF = {"soft_lambda": 0.0, "soft_schedule": "const", "soft_toward": "cnn"}
@@ -100,7 +108,9 @@ def _tag(text: str) -> str:
 class _Node:
     """A relaxed run before it has an id: ``to`` (None: the CNN continued) on ``layers`` (None: the spec's
     relax_layers) at ``at`` (CNN's clock), from ``parent`` (None: the CNN); ``soft``: (λ, schedule, toward) of
-    a run of the spec's soft section; ``snaps``: the epochs of its own clock that its children start from."""
+    a run of the spec's soft section; ``snaps``: the epochs of its own clock that its children start from;
+    ``auto``: the switch rule of a run from the CNN whose time is chosen during the CNN's training (``at`` is then
+    inf, so it sorts after the fixed times)."""
 
     parent: "_Node | None"
     at: float
@@ -109,6 +119,7 @@ class _Node:
     soft: tuple[float, str, str] | None = None
     name: str | None = None  # the first path that made it (its id prefix), for kind "path"
     attn_default: bool = False  # an attention run on the convs the protocol picks for attention (its layers)
+    auto: str | None = None
     snaps: set[float] = field(default_factory=set)
     run: Run | None = None
 
@@ -118,7 +129,7 @@ class _Node:
 
     def kind_and_prefix(self) -> tuple[str, str]:
         chain = self.chain
-        times = "-".join(_tw(n.at) for n in chain)
+        times = "-".join(_tw(n.at, n.auto) for n in chain)
         whole = all(n.layers is None or n.attn_default for n in chain)
         if self.soft is not None:
             lam, sched, toward = self.soft
@@ -142,30 +153,32 @@ def _nodes(spec: ExperimentSpec, attn: _AttentionLayers) -> list[_Node]:
     attention run relaxes the convs ``attn`` picks (the spec's ``attention`` section), at its α."""
     table: dict[tuple, _Node] = {}
 
-    def node(parent: _Node | None, at: float, to: str | None, layers=None, soft=None, name=None) -> _Node:
+    def node(parent: _Node | None, at: float, to: str | None, layers=None, soft=None, name=None, auto=None) -> _Node:
         default = False
         if is_attention(to):  # the spec's spelling: attention.alpha where it names no α
             to = attention_target(to, spec.attention.alpha)
             default = layers is None
             layers = attn.layers(layers, name)
-        key = (None if parent is None else id(parent), at, to, layers, soft)
+        key = (None if parent is None else id(parent), at, to, layers, soft, auto)
         if key not in table:
-            table[key] = _Node(parent, at, to, layers, soft, name, default)
+            table[key] = _Node(parent, at, to, layers, soft, name, default, auto=auto)
         if parent is not None:
             parent.snaps.add(_snap_epoch(at - parent.at))
         return table[key]
 
-    switch = spec.switch_list()
+    # (at, rule): the fixed switch times, then one automatic time per rule (its epoch chosen once the CNN is done)
+    switch = [(t, None) for t in spec.switch_list()] + [(math.inf, r) for r in spec.auto_rules()]
     for target in spec.targets:
         if target == "lc>fc":
             continue
-        for t in switch:
-            node(None, t, None if target == "cnn" else target if is_attention(target) else parse_target_spec(target))
+        for t, auto in switch:
+            node(None, t, None if target == "cnn" else target if is_attention(target) else parse_target_spec(target),
+                 auto=auto)
     for a, b in spec.grid():
         node(node(None, a, "lc"), b, "fc")
     for lam, sched in spec.soft.grid():
-        for t in switch:
-            node(None, t, parse_target_spec(spec.soft.target), soft=(lam, sched, spec.soft.toward))
+        for t, auto in switch:
+            node(None, t, parse_target_spec(spec.soft.target), soft=(lam, sched, spec.soft.toward), auto=auto)
     for p, raw in zip(spec.path_list(), spec.paths):  # a valid spec: one parsed path per entry
         parent = None
         for st, given in zip(p.steps, raw["steps"]):
@@ -207,10 +220,12 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
         if spec.relaxed.eval_times is not None:  # relaxed runs are the expensive ones: may evaluate less often
             lr["eval_times"] = spec.relaxed.eval_times
         nodes = _nodes(spec, attn)
-        roots = {n.at for n in nodes if n.parent is None}
-        # the CNN saves a snapshot at every switch time (and, with a grid or paths, at 0)
+        roots = {n.at for n in nodes if n.parent is None and n.auto is None}
+        # the CNN saves a snapshot at every switch time (and, with a grid or paths, at 0); with automatic switch
+        # times at every evaluation too, so that whichever the rule picks has one
         cnn_snaps = sorted(set(spec.switch_list()) | roots | ({0.0} if spec.grid() or paths else set()))
-        cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps})
+        cnn = _make(f"cnn-s{seed}", "cnn", seed, {**base, **_stop(spec.cnn), "snapshots": cnn_snaps,
+                                                  "snapshot_every_eval": bool(spec.auto_rules())})
         plan[cnn.id] = cnn
         order = {k: i for i, k in enumerate(KINDS)}
         labelled = [(n, *n.kind_and_prefix()) for n in nodes]
@@ -226,6 +241,10 @@ def make_plan(spec: ExperimentSpec) -> dict[str, Run]:
             if n.soft is not None:
                 cfg.update(soft_lambda=n.soft[0], soft_schedule=n.soft[1], soft_toward=n.soft[2])
             parent = cnn if n.parent is None else n.parent.run
+            if n.auto is not None:  # t_w and the snapshot: chosen by the rule once the CNN is done (switch.json)
+                n.run = _make(f"{prefix}-s{seed}", kind, seed, cfg, parent, auto=n.auto)
+                plan[n.run.id] = n.run
+                continue
             snap = n.at if n.parent is None else _snap_epoch(n.at - n.parent.at)
             t_w2 = n.at if n.parent is not None else None
             n.run = _make(f"{prefix}-s{seed}", kind, seed, cfg, parent, snap, t_w=n.chain[0].at, t_w2=t_w2)

@@ -6,6 +6,10 @@ more than one worker. A run whose parent ended without writing its snapshot is f
 ``run_one``); a run held by another live process is waited for (its lock), never trained twice; a run whose
 parent was interrupted is left for the next ``archrelax run``. Failures never stop the other runs.
 
+An auto run (``Run.auto``: its switch time chosen by a rule from its CNN's whole training) waits for its CNN to
+end; it then gets its time from :meth:`ExperimentFolder.resolve_auto` (recorded in switch.json, so a rerun makes
+the same choice) before it is classified as ready; a CNN the rule cannot decide from fails the run, naming why.
+
 Lockstep (``lockstep=True``, the spec's ``lockstep: true``): ready runs of one kind whose configs agree apart from
 seed, start snapshot and snapshot list (``archrelax.train.config.lockstep_key``) are submitted together as one
 job, a :class:`~archrelax.protocol.jobs.GroupJob`. So that a group is whole, a ready run is held back while a
@@ -22,6 +26,7 @@ from typing import Any, Callable, Iterable
 
 from ..signals import Interrupted, StopOnSignals, signal_name
 from ..store import ENDED, FINISHED, ExperimentFolder, Run, Status
+from ..store.switch import SwitchError
 from .jobs import make_job
 
 __all__ = ["execute", "lockstep_groups"]
@@ -149,6 +154,8 @@ class _Schedule:
                 if wait:
                     waiting.append(rid)
                     continue  # parent still training (here or elsewhere): wait for the snapshot
+                if run.auto and run.snapshot_epoch is None and not self.resolve(run):
+                    continue
                 # parent ended without this snapshot: run_one records why
             holder = self.exp.run(rid).holder()
             if holder is not None:
@@ -164,6 +171,20 @@ class _Schedule:
             ready.append(rid)
         return ready, waiting
 
+    def resolve(self, run: Run) -> bool:
+        """Choose (or read back) an auto run's switch time, now that its CNN has ended: the plan here then holds
+        the resolved run. False after failing the run when no time can be chosen (the reason in its status)."""
+        try:
+            self.plan[run.id] = resolved = self.exp.resolve_auto(run)
+        except SwitchError as e:
+            self.exp.run(run.id).write_status("failed", error=str(e))
+            self.todo.remove(run.id)
+            self.result[run.id] = "failed"
+            self.log(f"  {run.id}: failed ({e})")
+            return False
+        self.log(f"  {run.id}: switch time by rule {run.auto!r}: t_w = {resolved.t_w:g}")
+        return True
+
     def parent_pending(self, run: Run, in_flight: set[str]) -> bool | None:
         """For a run whose snapshot is not there: True while its parent may still write it, False when the
         parent ended without it, None when the parent was interrupted (the run is then dropped from ``todo``:
@@ -176,7 +197,7 @@ class _Schedule:
             self.todo.remove(run.id)
             self.result[run.id] = self.exp.run(run.id).read_status().status
             self.log(f"  {run.id}: not started: its parent {run.depends_on} was interrupted before writing "
-                     f"{run.snapshot}; rerun to resume both")
+                     f"{run.snapshot or 'the whole training its switch rule reads'}; rerun to resume both")
             return None
         return parent_busy or (parent_status not in ENDED)
 

@@ -31,6 +31,7 @@ from .._parse import build, plain_copy, set_key
 from .._typed import NO as _NO
 from .._typed import conforms, yaml_load, yaml_problem
 from ..store import SPEC_RUNTIME_KEYS
+from ..store.switch import DEFAULT_RULE, canonical_rule, is_auto, rule_names
 from ..train.config import TrainConfig, soft_problem, soft_target_problem
 from .attention import is_attention
 from .paths import PathStep, RelaxPath, parse_paths, parse_target_spec
@@ -125,12 +126,23 @@ def _positive(v: Any) -> str | None:
 
 
 def _times_text(v: Any) -> str | None:
-    """Switch times: epoch lists or 'log:N' (N >= 1 integer)."""
-    if isinstance(v, list):
-        return None if all(t >= 0 for t in v) else "epochs >= 0"
-    if v.startswith("log:") and v[4:].isdigit() and int(v[4:]) >= 1:
-        return None
-    return "'log:N' with an integer N >= 1, or a list of epochs >= 0"
+    """Switch times: epoch lists (which may hold 'auto' / 'auto:RULE'), 'log:N' (N >= 1 integer) or a bare auto."""
+    from ..store.switch import SwitchError, canonical_rule, is_auto
+
+    allowed = ("'log:N' with an integer N >= 1, or a list of epochs >= 0 and automatic times 'auto' "
+               f"(rule {DEFAULT_RULE}) / " + ", ".join(f"'auto:{r}'" for r in rule_names()))
+    for t in (v if isinstance(v, list) else [v]):
+        if is_auto(t):
+            try:
+                canonical_rule(t)
+            except SwitchError:
+                return allowed
+        elif isinstance(t, str):
+            if not (isinstance(v, str) and t.startswith("log:") and t[4:].isdigit() and int(t[4:]) >= 1):
+                return allowed
+        elif t < 0:
+            return allowed
+    return None
 
 
 @dataclass
@@ -348,7 +360,10 @@ class ExperimentSpec:
     train: TrainOptions = field(default_factory=TrainOptions, metadata={"doc": "options shared by all runs"})
     cnn: StopRule = field(default_factory=StopRule, metadata={"doc": "how long the CNN trains"})
     relaxed: RelaxedOptions = field(default_factory=RelaxedOptions, metadata={"doc": "relaxed runs and baselines"})
-    switch_times: Union[str, list[float]] = _opt("log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs", _times_text)
+    switch_times: Union[str, list[Union[float, str]]] = _opt(
+        "log:6", "switch times t_w: 'log:N' (0 and N-1 log-spaced) or epochs; 'auto' / 'auto:RULE' in the list: the "
+        "time a rule picks from the CNN's training (auto = peak-sharpness, the largest converged λ_max; needs "
+        "cnn.sharpness_products > 0)", _times_text)
     switch_min: float = _opt(1.0, "smallest non-zero switch time of 'log:N'", _positive)
     targets: list[str] = _opt(["fc"], "relaxations from each switch time: fc, lc, lc>fc (the grid), cnn (the CNN "
                               "continued), wide:K, wide:full, tiled:T, attn (see 'attention')", _targets)
@@ -369,8 +384,19 @@ class ExperimentSpec:
     slurm: SlurmOptions = field(default_factory=SlurmOptions, metadata={"doc": "Slurm resources"})
 
     def switch_list(self) -> list[float]:
-        """The resolved switch times (epochs on the CNN's clock), ascending."""
-        return resolve_times(self.switch_times, self.cnn.length() or 0.0, self.switch_min)
+        """The fixed switch times (epochs on the CNN's clock), ascending; the automatic ones are :meth:`auto_rules`."""
+        times = self.switch_times
+        if isinstance(times, list):
+            times = [t for t in times if not is_auto(t)]
+        elif is_auto(times):
+            times = []
+        return resolve_times(times, self.cnn.length() or 0.0, self.switch_min)
+
+    def auto_rules(self) -> list[str]:
+        """The switch rules (:mod:`archrelax.store.switch`) of the automatic switch times, each once, in order: one
+        relaxed run per target (and soft setting) from a time each rule picks along the CNN's training."""
+        times = self.switch_times if isinstance(self.switch_times, list) else [self.switch_times]
+        return list(dict.fromkeys(canonical_rule(t) for t in times if is_auto(t)))
 
     def grid(self) -> list[tuple[float, float]]:
         """The hierarchical (t_w1, t_w2) pairs with t_w1 <= t_w2 (empty unless 'lc>fc' is a target)."""
@@ -446,8 +472,8 @@ def _show_mapping(d: dict[str, Any]) -> str:
 
 
 def _show(v: Any) -> str:
-    """Epoch lists as a user writes them: [0, 2.5, 5], not [0.0, 2.5, 5.0]."""
-    return "[" + ", ".join(f"{t:g}" for t in v) + "]" if isinstance(v, list) else repr(v)
+    """Epoch lists as a user writes them: [0, 2.5, auto], not [0.0, 2.5, 'auto']."""
+    return "[" + ", ".join(t if isinstance(t, str) else f"{t:g}" for t in v) + "]" if isinstance(v, list) else repr(v)
 
 
 def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
@@ -496,6 +522,7 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
             make_settings(dict(spec.analysis_settings), where="'analysis_settings'")
         except ValueError as e:
             problems.append(str(e))
+    _check_auto(spec, problems)
     end = spec.cnn.length()
     if end is None:
         return
@@ -531,6 +558,23 @@ def _validate(spec: ExperimentSpec, problems: list[str]) -> None:
         pairs = ", ".join(f"({a:g}, {b:g})" for a, b in too_far)
         problems.append(f"'hierarchical' pairs {pairs} need the eLCN to train t_w2 - t_w1 > {relaxed_end:g} epochs "
                         f"(the relaxed runs' length); allowed: t_w2 - t_w1 <= {relaxed_end:g}, or raise 'relaxed.max_epochs'")
+
+
+def _check_auto(spec: ExperimentSpec, problems: list[str]) -> None:
+    """Automatic switch times are chosen from λ_max along the CNN's training: the CNN must measure it. (Its snapshot
+    at every evaluation, so that any chosen time has one, the plan switches on itself: TrainConfig
+    ``snapshot_every_eval``.)"""
+    if not spec.auto_rules():  # an invalid value was not set: the default has none
+        return
+    products = spec.cnn.sharpness_products
+    what = f"'switch_times' = {_show(spec.switch_times)} asks for a time chosen from λ_max along the CNN's training"
+    if not products > 0:
+        problems.append(f"{what}, and 'cnn.sharpness_products' = {products} measures none; allowed: "
+                        "cnn.sharpness_products > 0 (e.g. 20: Hessian-vector products per λ_max estimate at every "
+                        "CNN evaluation), or fixed switch times")
+    if spec.targets == ["lc>fc"] and not spec.soft.grid():
+        problems.append(f"{what}, but only the 'lc>fc' grid is a target, which uses fixed times only; allowed: an "
+                        "automatic time with a target such as fc, lc, cnn, wide:K, or a soft section")
 
 
 def _check_soft_attention(spec: ExperimentSpec, problems: list[str]) -> None:

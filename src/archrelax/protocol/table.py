@@ -53,6 +53,13 @@ def _jobs(exp: ExperimentFolder, plan: dict) -> dict[str, str]:
     return {rid: states[r.job_id].describe() for rid, r in records.items()}
 
 
+def _tw(row: dict[str, str]) -> str:
+    """A summary row's switch time: "4", "1>2" (t_w1 > t_w2), "auto=4" where a rule chose it ("auto" until then)."""
+    if row.get("auto"):  # a summary.csv written before the column existed has none
+        return f"auto={row['t_w']}" if row["t_w"] else "auto"
+    return row["t_w"] + (f">{row['t_w2']}" if row["t_w2"] else "")
+
+
 def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, dict[str, int]]:
     """:func:`format_status`'s text, and the number of runs in each state shown. Runs with a Slurm job get
     a ``job`` column: the job's state beside the run's."""
@@ -67,7 +74,7 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
         if status not in ("corrupt", "damaged") and (lacks := exp.run(run.id).record_problems()):
             status, r["error"] = "incomplete", f"{status}, but {'; '.join(lacks)}"  # the message is the row's point
         counts[status] = counts.get(status, 0) + 1
-        tw = r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else "")
+        tw = _tw(r)
         err = r["error"].replace(f"{exp.root}/", "")  # paths inside the experiment, shown relative
         if status not in ("corrupt", "incomplete"):  # the message is the point of such a row: shown whole
             err = err if len(err) <= error_width else err[: error_width - 3] + "..."
@@ -84,7 +91,7 @@ def status_table(exp: ExperimentFolder, error_width: int = 100) -> tuple[str, di
 
 def format_summary(exp: ExperimentFolder) -> str:
     """The headline figures of summary.csv: final and best test accuracy per run."""
-    rows = [[r["id"], r["kind"], r["t_w"] + (f">{r['t_w2']}" if r["t_w2"] else ""), r["status"], r["epochs"],
+    rows = [[r["id"], r["kind"], _tw(r), r["status"], r["epochs"],
              _pct(r["final_train_acc"]), _pct(r["final_test_acc"]), _pct(r["best_test_acc"])]
             for r in exp.read_summary()]
     return render(["run", "kind", "t_w", "status", "epochs", "final train", "final test", "best test"], rows)

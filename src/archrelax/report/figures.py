@@ -165,8 +165,9 @@ def _mean_std(values: Sequence[float]) -> tuple[float, float]:
 
 def final_vs_tw(points: dict[float, list[float]], refs: dict[str, list[float]], path: Path, *,
                 title: str, ylabel: str = "final test accuracy (%)", label: str = "eFCN(t_w)",
-                scale: float = 100.0) -> Path:
-    """Mean ± std over seeds of a final value against t_w, with reference runs as horizontal bands."""
+                scale: float = 100.0, auto: dict[str, list[tuple[float, float]]] | None = None) -> Path:
+    """Mean ± std over seeds of a final value against t_w, with reference runs as horizontal bands; ``auto``: rule ->
+    [(chosen t_w, value)], one star per run whose switch time that rule chose."""
     fig, ax = _figure(1, size=(7.0, 4.4))
     a = ax[0, 0]
     tws = sorted(points)
@@ -184,6 +185,10 @@ def final_vs_tw(points: dict[float, list[float]], refs: dict[str, list[float]], 
         n = max(len(points[t]) for t in tws)
         a.errorbar(tws, [m for m, _ in ms], yerr=[s for _, s in ms], marker="o", color="tab:blue", capsize=4,
                    label=f"{label} ({_spread(n, up_to=True)})")
+    for i, (rule, pts) in enumerate((auto or {}).items()):
+        a.scatter([t for t, _ in pts], [scale * v for _, v in pts], marker="*", s=160, zorder=5,
+                  color=("tab:red", "tab:purple", "tab:brown")[i % 3], edgecolors="black", linewidths=0.5,
+                  label=f"{label.replace('(t_w)', '')} at t_w = auto ({rule}; one ★ per seed)")
     _time_axis(a, "switch time t_w (epochs; symlog: linear below 1)")
     a.set_ylabel(ylabel)
     a.set_title(title)

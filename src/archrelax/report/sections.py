@@ -46,11 +46,20 @@ class Ctx:
         sec.body.append(figure(f"fig/{path.name}", caption))
 
 
+def _tw_text(r: RunView) -> str | None:
+    """A run's switch time as the tables show it: "4", or "auto=4" where a rule chose it ("auto=?" until then)."""
+    if getattr(r, "auto", None):
+        return f"auto={r.t_w:g}" if r.t_w is not None else "auto=?"
+    return None if r.t_w is None else f"{r.t_w:g}"
+
+
 def _label(r: RunView | R.RunTag, seed: bool = True) -> str:
-    """"eFCN t_w=4 s0": a run of the plan or a per-run record of an analysis (both carry these attributes)."""
+    """"eFCN t_w=4 s0" ("t_w=auto=4" where a switch rule chose it): a run of the plan or a per-run record of an
+    analysis (both carry these attributes)."""
     text = NAME.get(r.kind, str(r.kind))
     if r.t_w is not None:
-        text += f" t_w={r.t_w:g}" + (f",{r.t_w2:g}" if r.t_w2 is not None else "")
+        tw = _tw_text(r) if isinstance(r, RunView) else f"{r.t_w:g}"
+        text += f" t_w={tw}" + (f",{r.t_w2:g}" if r.t_w2 is not None else "")
     return text + (f" s{r.seed}" if seed and r.seed is not None else "")
 
 
@@ -179,29 +188,38 @@ def final_vs_tw(exp: ExperimentView, ctx: Ctx, relaxed: str = "efcn") -> Section
     refs = ("cnn", "fcn") if relaxed == "efcn" else ("cnn", "lcn", "fcn")
     sec = Section(f"final-{relaxed}", f"Final test accuracy of {name}(t_w) against the switch time",
                   "Mean ± std over seeds of the final test accuracy; reference runs as horizontal lines "
-                  "with their ± std band. Finished runs only.")
+                  "with their ± std band; a switch time chosen by a rule during the CNN's training "
+                  "(switch_times: auto) as a star per seed at the time it chose. Finished runs only.")
     points: dict[float, list[float]] = defaultdict(list)
+    auto: dict[str, list[tuple[float, float]]] = defaultdict(list)  # rule -> [(chosen t_w, final test acc)]
     for r in exp.done_runs(relaxed):
         if r.t_w is not None and r.final("test_acc") is not None:
-            points[r.t_w].append(r.final("test_acc"))
+            if r.auto:
+                auto[r.auto].append((r.t_w, r.final("test_acc")))
+            else:
+                points[r.t_w].append(r.final("test_acc"))
     ref_vals = {k: [v for r in exp.done_runs(k) if (v := r.final("test_acc")) is not None]
                 for k in refs}
-    if points or any(ref_vals.values()):
-        ctx.figure(sec, f"final_{relaxed}", f"final test accuracy (%) against t_w (epochs) for {name}",
+    if points or auto or any(ref_vals.values()):
+        ctx.figure(sec, f"final_{relaxed}", f"final test accuracy (%) against t_w (epochs) for {name}"
+                   + ("; ★ = the switch time chosen by the rule" if auto else ""),
                    lambda p: F.final_vs_tw(points, ref_vals, p, title=f"final test accuracy: {name}(t_w)",
-                                           label=f"{name}(t_w)"))
+                                           label=f"{name}(t_w)", auto=auto))
         cnn = ref_vals.get("cnn") or []
         base = float(np.mean(cnn)) if cnn else None
+        gain = lambda v: f"{v.mean() - 100 * base:+.2f}" if base is not None else None  # noqa: E731
         rows = []
         for t in sorted(points):
             v = 100 * np.asarray(points[t])
-            rows.append([f"{t:g}", len(v), _mean_std(v),
-                         f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
+            rows.append([f"{t:g}", len(v), _mean_std(v), gain(v)])
+        for rule, pts in auto.items():
+            v = 100 * np.asarray([a for _, a in pts])
+            chosen = ", ".join(f"{t:g}" for t in sorted({t for t, _ in pts}))
+            rows.append([f"auto={chosen} ({rule})", len(v), _mean_std(v), gain(v)])
         for k, vals in ref_vals.items():
             if vals:
                 v = 100 * np.asarray(vals)
-                rows.append([NAME[k], len(v), _mean_std(v),
-                             f"{v.mean() - 100 * base:+.2f}" if base is not None else None])
+                rows.append([NAME[k], len(v), _mean_std(v), gain(v)])
         sec.body.append(table(["t_w (epochs) / run", "seeds", "final test accuracy (%): mean ± std over seeds",
                                "gain over CNN (% points)"], rows))
     sec.notes += _not_done(exp, relaxed, *refs)
@@ -334,11 +352,13 @@ def _sharpness_points(exp: ExperimentView, ctx: Ctx, sec: Section, data: R.Sharp
     else:
         sec.notes.append("no CNN sharpness points (no CNN snapshots analysed yet)")
     ends = [p for p in pts if p.where == "final"]
+    auto_ids = {r.id for r in exp.runs if r.auto}
     relaxed: dict[str, dict[float, list[R.SharpnessPoint]]] = defaultdict(lambda: defaultdict(list))
     refs: dict[str, list[R.SharpnessPoint]] = defaultdict(list)
     for p in ends:
         if p.kind in ("efcn", "elcn") and p.t_w is not None:
-            relaxed[p.kind][p.t_w].append(p)
+            if p.run not in auto_ids:  # a fixed t_w's runs: an automatic one is the final-accuracy section's star
+                relaxed[p.kind][p.t_w].append(p)
         elif p.kind in ("cnn", "fcn", "lcn"):
             refs[p.kind].append(p)
     if relaxed or refs:
@@ -496,7 +516,7 @@ def runs_table(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     for r in exp.runs:
         cls = escape(r.status)
         acc = r.final("test_acc")
-        rows.append([r.id, NAME.get(r.kind, r.kind), r.seed, r.t_w, r.t_w2,
+        rows.append([r.id, NAME.get(r.kind, r.kind), r.seed, _tw_text(r), r.t_w2,
                      f'<span class="status-{cls}">{cls}</span>', r.epoch, r.final("train_loss"),
                      None if acc is None else 100 * acc])
         if r.error:
@@ -567,7 +587,7 @@ def _lattice_points(exp: ExperimentView
     forms: dict[str, str | None] = {}
     for r in exp.runs:
         c = _corner(exp, r)
-        if c is None or r.t_w is None:
+        if c is None or r.t_w is None or r.auto:  # fixed times only: an auto run would count as one more seed
             continue
         key, label, form = c
         keyed[label], forms[label] = key, form
@@ -643,7 +663,7 @@ def soft_schedules(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
     soft_runs = []
     for r in exp.runs:
         cfg = _config(r)
-        if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None:
+        if float(cfg.get("soft_lambda") or 0) <= 0 or r.t_w is None or r.auto:
             continue
         soft_runs.append(r)
         target = cfg.get("relax") or "?"
@@ -665,12 +685,12 @@ def soft_schedules(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         for r in exp.runs:
             cfg = _config(r)
             if (cfg.get("relax") == target and float(cfg.get("soft_lambda") or 0) == 0 and r.t_w2 is None
-                    and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
+                    and not r.auto and r.kind in LATTICE_KINDS and r.status == "done" and (v := r.final("test_acc")) is not None):
                 hard[r.t_w].append(v)
         refs[f"{target} hard (λ = 0)"] = hard
     cont: dict[float, list[float]] = defaultdict(list)
     for r in exp.done_runs("cont"):
-        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+        if r.t_w is not None and not r.auto and (v := r.final("test_acc")) is not None:
             cont[r.t_w].append(v)
     refs["CNN continued (λ → ∞)"] = cont
     names = sorted(groups)
@@ -712,7 +732,7 @@ def lattice_distance(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         recorded |= has
         order[label] = key
         corners[label].append((x, d, aligned if has else None))
-        if r.status == "done" and r.t_w is not None:
+        if r.status == "done" and r.t_w is not None and not r.auto:
             finals[(label, r.t_w)].append((d[-1], aligned[-1] if has else None))
     if not corners:
         sec.notes.append("no relaxed lattice run has recorded δ yet")
@@ -761,7 +781,7 @@ def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
                                                 "attn_alpha_mean", "attn_alpha_min", "attn_alpha_max",
                                                 "attn_offset_mean", "attn_offset_max")}
             curves[target].append(F.Curve(kind=r.kind, seed=r.seed, t_w=r.t_w, epoch=x, values=vals))
-        if r.done and r.t_w is not None:
+        if r.done and r.t_w is not None and not r.auto:
             finals[(target, r.t_w)].append(r)
     labels = sorted({_config(r).get("relax") or "attn" for r in runs})
     if curves:
@@ -772,7 +792,7 @@ def attention(exp: ExperimentView, ctx: Ctx, sec: Section) -> None:
         sec.notes.append("no attention run has recorded its measures yet (attn_* in metrics.jsonl)")
     cont: dict[float, list[float]] = defaultdict(list)
     for r in exp.done_runs("cont"):
-        if r.t_w is not None and (v := r.final("test_acc")) is not None:
+        if r.t_w is not None and not r.auto and (v := r.final("test_acc")) is not None:
             cont[r.t_w].append(v)
     rows = []
     for (target, t), done in sorted(finals.items()):

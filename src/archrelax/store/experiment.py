@@ -4,6 +4,8 @@
 EXPERIMENT/
   spec.yaml            the resolved experiment spec
   plan.json            the run graph, id -> Run (archrelax.store.plan), in order
+  switch.json          the switch times chosen by rule for the plan's auto runs (archrelax.store.switch):
+                       CNN run id -> rule -> {t_w, rule, value}, written once per (CNN, rule)
   runs/<id>/           one run folder each (archrelax.store.run)
   summary.csv          one row per run (SUMMARY_COLUMNS), regenerated after every run
   .lock                the experiment's lock: held while a plan is compared and written (ExperimentFolder.begin),
@@ -40,13 +42,14 @@ from .job import JobRecord
 from .lock import RunLock, lock_holder
 from .plan import Run, plan_digest, plan_from_json, plan_to_json
 from .results import RESULT_TYPES, AnalysisResult, read_result, write_result
-from .run import RunFolder
+from .run import FINISHED, RunFolder, format_epoch
+from .switch import SwitchError, choose
 from .view import read_run
 
 __all__ = ["ExperimentFolder", "SUMMARY_COLUMNS", "SPEC_RUNTIME_KEYS", "spec_changes"]
 
 SUMMARY_COLUMNS = (
-    "id", "kind", "seed", "t_w", "t_w2", "status", "epochs",
+    "id", "kind", "seed", "t_w", "t_w2", "auto", "status", "epochs",
     "final_train_loss", "final_train_acc", "final_test_loss", "final_test_acc",
     "best_train_loss", "best_train_acc", "best_test_loss", "best_test_acc",
     "final_offlocal_ratio", "wall_time", "error",
@@ -73,6 +76,7 @@ class ExperimentFolder:
 
     spec_path = property(lambda self: self.root / "spec.yaml")
     plan_path = property(lambda self: self.root / "plan.json")
+    switch_path = property(lambda self: self.root / "switch.json")
     summary_path = property(lambda self: self.root / "summary.csv")
     runs_dir = property(lambda self: self.root / "runs")
     analysis_dir = property(lambda self: self.root / "analysis")
@@ -128,7 +132,7 @@ class ExperimentFolder:
         if not self.plan_path.is_file():
             return True
         try:
-            return plan_digest(self.read_plan()) != plan_digest(plan)
+            return plan_digest(self.read_plan(resolve=False)) != plan_digest(plan)
         except StoreError:
             return True
 
@@ -195,8 +199,10 @@ class ExperimentFolder:
                 raise SpecMismatchError(self.root, changes)
 
     # ---- plan ------------------------------------------------------------------------------------------------
-    def read_plan(self) -> dict[str, Run]:
-        """plan.json, in order. FileNotFoundError when absent; :class:`StoreError` naming it when unreadable."""
+    def read_plan(self, *, resolve: bool = True) -> dict[str, Run]:
+        """plan.json, in order, its auto runs with the switch times recorded in switch.json (``resolve``; those
+        not chosen yet as planned: t_w None). FileNotFoundError when absent; :class:`StoreError` naming it when
+        unreadable."""
         try:
             text = self.plan_path.read_text(encoding="utf-8")
         except FileNotFoundError:
@@ -209,9 +215,13 @@ class ExperimentFolder:
             what = "empty" if not text.strip() else f"not valid JSON (line {e.lineno}, column {e.colno}: {e.msg})"
             raise StoreError(self.plan_path, f"{str(self.plan_path)!r} is {what}; {fix}") from None
         try:
-            return plan_from_json(data, str(self.plan_path))
+            plan = plan_from_json(data, str(self.plan_path))
         except (ValueError, TypeError) as e:
             raise StoreError(self.plan_path, f"{e}; {fix}") from None
+        if resolve and any(r.auto for r in plan.values()):
+            chosen = self.read_switches()
+            plan = {rid: self._with_choice(r, chosen) for rid, r in plan.items()}
+        return plan
 
     def write_plan(self, plan: dict[str, Run]) -> None:
         # keys not sorted: the plan's order is the order of summary.csv, `archrelax status` and the report
@@ -230,6 +240,60 @@ class ExperimentFolder:
             seen.add(r.id)
             r = plan.get(r.depends_on) if r.depends_on else None
         return r if r is not None and r.kind == "cnn" else None
+
+    # ---- automatic switch times --------------------------------------------------------------------------------
+    def read_switches(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """switch.json: CNN run id -> rule -> ``{t_w, rule, value}`` ({} when no time was chosen yet)."""
+        try:
+            text = self.switch_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {}
+        try:
+            data = json.loads(text)
+            ok = isinstance(data, dict) and all(isinstance(v, dict) and all(
+                isinstance(c, dict) and isinstance(c.get("t_w"), (int, float)) for c in v.values())
+                for v in data.values())
+        except json.JSONDecodeError:
+            ok = False
+        if not ok:
+            raise StoreError(self.switch_path, f"{str(self.switch_path)!r} is not a record of chosen switch times "
+                             "(CNN run id -> rule -> {t_w, rule, value}); delete it and rerun `archrelax run` to "
+                             "choose again from the CNNs' metrics")
+        return data
+
+    def _with_choice(self, run: Run, chosen: dict[str, dict[str, dict[str, Any]]]) -> Run:
+        if not run.auto or run.depends_on is None:
+            return run
+        c = chosen.get(run.depends_on, {}).get(run.auto)
+        if c is None:
+            return run
+        t = float(c["t_w"])
+        return dataclasses.replace(run, t_w=t, snapshot_epoch=t,
+                                   snapshot=f"runs/{run.depends_on}/snapshots/epoch_{format_epoch(t)}.pt")
+
+    def resolve_auto(self, run: Run) -> Run:
+        """``run`` (an auto run) with its switch time: the one recorded in switch.json, else the rule's choice from
+        its CNN's metrics rows, recorded first (atomically, under a lock: every scheduler of this folder makes the
+        same choice, once). Needs the CNN finished; :class:`SwitchError` naming the run otherwise, or when the rule
+        cannot decide from the rows."""
+        if not run.auto or run.depends_on is None:
+            return run
+        fd = os.open(self.root / ".switch.lock", os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            chosen = self.read_switches()
+            if run.auto not in chosen.get(run.depends_on, {}):
+                cnn = self.run(run.depends_on)
+                st = cnn.read_status()
+                if st.status not in FINISHED:
+                    raise SwitchError(f"run {run.id}: its switch time (rule {run.auto!r}) is chosen from the whole "
+                                      f"training of {run.depends_on}, which is {st.status!r}")
+                choice = choose(run.auto, cnn.read_metrics(), where=f"run {run.depends_on}")
+                chosen.setdefault(run.depends_on, {})[run.auto] = choice.to_json()
+                atomic_write_text(self.switch_path, json.dumps(chosen, indent=2) + "\n")
+        finally:
+            os.close(fd)
+        return self._with_choice(run, chosen)
 
     # ---- snapshots -------------------------------------------------------------------------------------------
     def snapshot_for(self, run: Run) -> Path | None:
@@ -299,7 +363,7 @@ class ExperimentFolder:
         errors = dict.fromkeys([v.error or "", *v.problems])  # a corrupt status.json's message once
         return {
             "id": run.id, "kind": run.kind, "seed": str(run.seed), "t_w": _num(run.t_w), "t_w2": _num(run.t_w2),
-            "status": v.status, "epochs": _num(v.epoch),
+            "auto": run.auto or "", "status": v.status, "epochs": _num(v.epoch),
             **{f"final_{k}": _num(v.final(k)) for k in ("train_loss", "train_acc", "test_loss", "test_acc")},
             "best_train_loss": _num(v.best("train_loss", min)), "best_train_acc": _num(v.best("train_acc", max)),
             "best_test_loss": _num(v.best("test_loss", min)), "best_test_acc": _num(v.best("test_acc", max)),

@@ -1,8 +1,8 @@
 """One tidy table of an experiment's metrics: a row per evaluation of every run, for pandas, R or a spreadsheet.
 
 ``archrelax export EXP`` writes it (CSV, or Parquet where pyarrow is installed): the columns :data:`ID_COLUMNS`
-say which run and when (``global_epoch`` is on the CNN's clock, as the report draws it), then every metric any
-run recorded, in the order they first appear (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, δ,
+say which run and when (``t_w``: the switch time, also an automatic one's, whose rule ``auto`` names;
+``global_epoch`` is on the CNN's clock, as the report draws it), then every metric any run recorded, in the order they first appear (``train_loss``, ``train_acc``, ``test_loss``, ``test_acc``, δ,
 ``lr``, ...; docs/architecture.md, metrics.jsonl). A cell is empty where a run did not record that metric;
 non-finite values are ``nan`` / ``inf`` (pandas reads them as such). Read through the
 :class:`~archrelax.store.ExperimentView`, so a run's rows are the metrics policy's (a torn last line skipped),
@@ -28,7 +28,7 @@ from .view import ExperimentView, RunView
 __all__ = ["ID_COLUMNS", "metrics_table", "export_metrics", "FORMATS"]
 
 # which run, which evaluation; then the metrics
-ID_COLUMNS = ("run", "kind", "t_w", "t_w2", "seed", "status", "step", "epoch", "global_epoch")
+ID_COLUMNS = ("run", "kind", "t_w", "t_w2", "auto", "seed", "status", "step", "epoch", "global_epoch")
 FORMATS = ("csv", "parquet")
 
 
@@ -50,8 +50,8 @@ def metrics_table(view: ExperimentView) -> tuple[list[str], list[dict[str, Any]]
         if v.problem and not v.metrics:
             problems.append(f"{v.id}: {v.problem}")
         for m, ge in zip(v.metrics, _global_epochs(v)):
-            row = {"run": v.id, "kind": v.kind, "t_w": v.t_w, "t_w2": v.t_w2, "seed": v.seed, "status": v.status,
-                   "step": m.get("step"), "epoch": m.get("epoch"), "global_epoch": ge}
+            row = {"run": v.id, "kind": v.kind, "t_w": v.t_w, "t_w2": v.t_w2, "auto": v.auto, "seed": v.seed,
+                   "status": v.status, "step": m.get("step"), "epoch": m.get("epoch"), "global_epoch": ge}
             for k, x in m.items():
                 if k not in ("step", "epoch", "global_epoch"):
                     metrics.setdefault(k, None)

@@ -37,7 +37,10 @@ class Run:
     actually used is ``ExperimentFolder.snapshot_for(run)``. ``t_w``/``t_w2``: switch epochs on the CNN's clock
     (None where they do not apply): ``t_w`` the first switch (from the CNN), ``t_w2`` the run's own switch when
     it starts from another relaxed run (hier, path steps). ``identity``: hash of the training trajectory, for
-    children's ids.
+    children's ids. ``auto``: the switch rule (:mod:`archrelax.store.switch`) of a run whose ``t_w`` is chosen
+    once its CNN is done (None for the others, and left out of plan.json then); until then ``t_w``,
+    ``snapshot`` and ``snapshot_epoch`` are None, and :meth:`ExperimentFolder.read_plan` fills them from the
+    choice recorded in switch.json.
     """
 
     id: str
@@ -50,6 +53,7 @@ class Run:
     t_w: float | None = None
     t_w2: float | None = None
     identity: str = ""
+    auto: str | None = None
 
     @property
     def switch(self) -> float | None:
@@ -58,7 +62,9 @@ class Run:
 
 
 def plan_to_json(plan: dict[str, Run]) -> dict[str, Any]:
-    return {rid: {k: v for k, v in asdict(r).items() if k != "id"} for rid, r in plan.items()}
+    # `auto` only where set: the plans written before it existed keep their digest
+    return {rid: {k: v for k, v in asdict(r).items() if k != "id" and not (k == "auto" and v is None)}
+            for rid, r in plan.items()}
 
 
 _FIELDS = tuple(f.name for f in fields(Run) if f.name != "id")

@@ -68,6 +68,7 @@ class RunView:
     t_w = property(lambda self: self.run.t_w)
     t_w2 = property(lambda self: self.run.t_w2)
     switch = property(lambda self: self.run.switch)
+    auto = property(lambda self: self.run.auto)  # the switch rule that chose t_w (None: a fixed t_w)
 
     @property
     def problem(self) -> str | None:

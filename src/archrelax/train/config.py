@@ -13,14 +13,15 @@ Two kinds of fields are not part of what a run computes:
 - ``runtime=True`` (:data:`RUNTIME_FIELDS`): how a run is watched, how often it saves, whether the memory
   guard may be overridden; never its numbers. A run may be resumed with other values of these, and they
   are left out of a planned run's id and identity.
-- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots`` and the
-  sharpness along training (``sharpness_products``, ``sharpness_samples``: a measurement that leaves the
-  weights, the mode and the RNG as they were). Which epochs a run saves, or whether it measures λ_max, does not
-  change its training trajectory, so these are left out of the *training identity* that a child run hashes (an
-  eFCN started from the CNN's epoch-2 snapshot is the same run whatever else the CNN saves or measures). But
-  they are not runtime fields: they are part of the run's own id (a CNN asked for one more snapshot is a new
-  run, which must save it), and a run cannot be resumed with other values (snapshot epochs already passed would
-  silently be missing; rows already written would lack λ_max, or have it from another subset).
+- ``identity=False`` (:data:`NOT_IDENTITY`, which also holds every runtime field): ``snapshots``,
+  ``snapshot_every_eval`` and the sharpness along training (``sharpness_products``, ``sharpness_samples``: a
+  measurement that leaves the weights, the mode and the RNG as they were). Which epochs a run saves does not change
+  its training trajectory, so it is left out of the *training identity* that a child run hashes (an eFCN started
+  from the CNN's epoch-2 snapshot is the same run
+  whatever other snapshots the CNN keeps). But it is not a runtime field: it is part of the run's own id
+  (a CNN asked for one more snapshot is a new run, which must save it), and a run cannot be resumed with
+  other snapshot epochs (those already passed would silently be missing; rows already written would lack
+  λ_max, or have it from another subset).
 
 A third flag concerns settings added after run ids existed: ``omit_default=True`` (:data:`OMIT_DEFAULT`, the
 soft-release and sharpness fields) enters a planned run's id only when the value differs from the field's
@@ -210,6 +211,9 @@ class TrainConfig:
     snapshots: str | list[float] = setting([], "snapshot epochs: log:N or epochs like 0,0.5,2",
                                            check=lambda v: _times(v, every=False), group="length and records",
                                            identity=False)
+    snapshot_every_eval: bool = setting(False, "also a snapshot at every evaluation (what a switch time chosen from "
+                                        "the evaluations, switch_times: auto, starts from)",
+                                        group="length and records", identity=False, omit_default=True)
     seed: int = setting(0, "seed of initialisation and batch order", group="length and records")
     sharpness_products: int = setting(0, "λ_max of the training loss at every evaluation, from this many Hessian-vector "
                                       "products (Lanczos steps) warm-started from the previous evaluation's eigenvector "

@@ -136,6 +136,8 @@ class Recorder:
         # RNG and changes no weight, so the trajectory is the same
         self.eval_steps = set(time_steps(cfg.eval_times, self.spe, self.total, name="eval_times")) | \
             {0, self.total} | self.snap_steps
+        if cfg.snapshot_every_eval:  # whatever evaluation a switch rule picks has its snapshot
+            self.snap_steps |= self.eval_steps
 
     def attach(self, run: RunState, losses: Callable[[], Losses],
                weights: Callable[[bool], dict[str, Any]] | None = None, probe: torch.Tensor | None = None,
@@ -270,6 +272,8 @@ class Recorder:
             if m["train_acc"] == 1.0 or (cfg.loss_threshold is not None and m["train_loss"] < cfg.loss_threshold):
                 if metrics is None:
                     self._record(m)
+                if cfg.snapshot_every_eval:  # the row just recorded is an evaluation like the others
+                    self._save(self.folder.snapshot_path(self.step / self.spe))
                 return "zero_loss"
         if self.step in self.snap_steps:
             self._save(self.folder.snapshot_path(self.step / self.spe))

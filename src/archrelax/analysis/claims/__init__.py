@@ -34,11 +34,10 @@ __all__ = ["Claim", "ClaimInfo", "ClaimThresholds", "THRESHOLDS", "CLAIMS", "VER
 def evaluate_claims(experiment: str | Path | ExperimentFolder, thresholds: ClaimThresholds = THRESHOLDS
                     ) -> list[Claim]:
     """The verdict on every claim, in order 1..13, then those asked only of plans with their kinds of run (14, 15:
-    the attention runs). FileNotFoundError when ``experiment`` has no plan.json; anything missing or damaged inside
-    it becomes a verdict's reason, never an exception."""
+    the attention runs; 16: runs of an automatic switch time). FileNotFoundError when ``experiment`` has no
+    plan.json; anything missing or damaged inside it becomes a verdict's reason, never an exception."""
     ev = load_evidence(experiment)
-    return [RULES[n](ev, thresholds) for n in sorted(CLAIMS)
-            if not CLAIMS[n].only_with or ev.of_kind(*CLAIMS[n].only_with)]
+    return [RULES[n](ev, thresholds) for n in sorted(CLAIMS) if CLAIMS[n].asked(ev.plan)]
 
 
 def claims_json(experiment: str | Path | ExperimentFolder, claims: list[Claim],

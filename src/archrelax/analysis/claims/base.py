@@ -1,6 +1,7 @@
 """The vocabulary of the claims: verdicts, thresholds (in ONE place: docs/claims.md repeats them and a test
 checks that it does), the thirteen claims in words (and claims 1 and 4 for attention runs, asked only of plans
-that have them) and the typed :class:`Claim` each evaluation returns."""
+that have them; claim 16, the automatic switch time, only of plans with auto runs) and the typed :class:`Claim`
+each evaluation returns."""
 from __future__ import annotations
 
 import dataclasses
@@ -21,15 +22,16 @@ class ClaimThresholds:
 
     alpha: float = 0.05  # significance level of every one-sided test
     min_seeds: int = 3  # fewest seeds for a statistical verdict
-    multiplicity: str = "holm"  # correction when a claim tests several switch times (claims 3, 4, 5)
+    multiplicity: str = "holm"  # correction when a claim tests several switch times (claims 3, 4, 5, 15)
     jump_tol: float = 1e-4  # claim 1: largest relative train-loss jump at the switch (float32 sums reordered)
     jump_tol_bf16: float = 1e-2  # claim 1, runs evaluated under bf16 autocast (amp: bf16)
     loss_floor: float = 0.01  # claim 1: jumps are relative to max(loss at the switch, this) in nats
     chance_margin: float = 0.05  # claim 9: "at chance" = accuracy <= 1/classes + this (fraction)
     local_change_max: float = 0.10  # claim 10: "hardly change" = relative change of the local blocks <= this
     memory_ratio_min: float = 5.0  # claim 12: eFCN/eLCN parameter memory at least this ("about 10x")
-    equivalence_margin: float = 0.02  # claim 12: "similar gain" = CI of the difference within +- this
-    equivalence_level: float = 0.90  # claim 12: level of that confidence interval (TOST at alpha = 0.05)
+    equivalence_margin: float = 0.02  # claims 12, 16: "similar gain" = CI of the difference within +- this;
+    # "not worse" = its lower end above -this
+    equivalence_level: float = 0.90  # claims 12, 16: level of that confidence interval (TOST at alpha = 0.05)
 
     def __post_init__(self) -> None:
         if not 0 < self.alpha < 1 or self.min_seeds < 2 or self.multiplicity not in ("holm",):
@@ -48,7 +50,8 @@ class ClaimInfo:
     """A claim of the paper: its words, a short name, how it is tested ("seeds": a statistic over seeds;
     "runs": a check of every run; "both") and the report sections (anchors) its evidence is drawn in;
     ``only_with``: the kinds of run it is about when it is asked only of a plan that has them (the attention
-    runs' claims, which are not the paper's)."""
+    runs' claims, which are not the paper's); ``only_with_auto``: asked only of a plan with runs whose switch time
+    a rule chooses (``switch_times: [auto]``)."""
 
     number: int
     short: str
@@ -56,6 +59,14 @@ class ClaimInfo:
     test: Literal["seeds", "runs", "both"]
     anchors: tuple[str, ...]
     only_with: tuple[str, ...] = ()  # kinds of run: asked only of a plan that has runs of one of them
+    only_with_auto: bool = False
+
+    def asked(self, plan: Any) -> bool:
+        """Whether the claim is asked of an experiment whose plan (id -> Run) is ``plan``."""
+        runs = list(plan.values())
+        if self.only_with_auto and not any(r.auto for r in runs):
+            return False
+        return not self.only_with or any(r.kind in self.only_with and not r.auto for r in runs)
 
 
 CLAIMS: dict[int, ClaimInfo] = {c.number: c for c in (
@@ -101,6 +112,9 @@ CLAIMS: dict[int, ClaimInfo] = {c.number: c for c in (
     ClaimInfo(15, "late attention beats the CNN",
               "Claim 4 for the attention runs: released late enough, the attention beats the CNN (some t_w with a "
               "positive paired gain).", "seeds", ("attention", "lattice"), only_with=("attn",)),
+    ClaimInfo(16, "automatic t_w not worse than the best fixed",
+              "Released where the CNN is sharpest (t_w chosen during its training: switch_times auto), the eFCN is "
+              "not worse than at the best fixed t_w.", "seeds", ("final-efcn",), only_with_auto=True),
 )}
 
 

@@ -18,7 +18,20 @@ _CLASSES = {"mnist5k": 10, "cifar10": 10, "cifar100": 100}
 
 
 class Evidence(ExperimentView):
-    """The experiment view, plus the seeds of the plan and the number of classes."""
+    """The experiment view, plus the seeds of the plan and the number of classes. Its runs by kind are the runs of
+    *fixed* switch times (and the CNNs, baselines): those of claims 1-15, which are about the paper's protocol; the
+    runs whose switch time a rule chose (``Run.auto``) are claim 16's, through :meth:`auto_runs`."""
+
+    def of_kind(self, *kinds: str) -> list[RunView]:
+        return [v for v in super().of_kind(*kinds) if not v.auto]
+
+    def done_runs(self, *kinds: str) -> list[RunView]:
+        return [v for v in super().done_runs(*kinds) if not v.auto]
+
+    def auto_runs(self, *kinds: str) -> list[RunView]:
+        """The runs of these kinds (every kind when none is given) whose switch time a rule chooses, in plan order,
+        whatever their state."""
+        return [v for v in self.runs if v.auto and (not kinds or v.kind in kinds)]
 
     def seeds(self) -> list[int]:
         return sorted({r.seed for r in self.plan.values()})

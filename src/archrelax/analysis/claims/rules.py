@@ -1,4 +1,5 @@
-"""The thirteen claims, and claims 1 and 4 again for the attention runs (14, 15), each a function
+"""The thirteen claims, claims 1 and 4 again for the attention runs (14, 15), and the automatic switch time
+against the fixed ones (16), each a function
 ``(evidence, thresholds) -> Claim``. docs/claims.md states each rule in words; the order of the checks below is
 the order of the verdict rule there.
 
@@ -121,7 +122,15 @@ def _analysis(ev: Evidence, no: int, name: str) -> tuple[Any, Claim | None]:
     if res.error:
         return None, _claim(no, "not enough evidence", f"analysis {name} failed: {res.error.strip()[-300:]}",
                             measure=cmd)
+    auto = {v.id for v in ev.auto_runs()}
+    if auto:  # claims 1-15 are about the fixed switch times: the per-run records of auto runs are claim 16's
+        lists = {f.name: getattr(res, f.name) for f in dataclasses.fields(res) if f.name in _PER_RUN}
+        res = dataclasses.replace(res, **{k: [r for r in v if getattr(r, "run", None) not in auto]
+                                          for k, v in lists.items()})
     return res, None
+
+
+_PER_RUN = ("points", "runs", "curves", "gain")  # the fields of analysis results that hold one record per run
 
 
 def _efcn_analysis(ev: Evidence, no: int, name: str) -> tuple[Any, Claim | None]:
@@ -692,7 +701,50 @@ def claim_15(ev: Evidence, th: ClaimThresholds) -> Claim:
     return _late_beats_cnn(ev, th, 15, "attn", "attention")
 
 
+# ---- 16: the automatic switch time is not worse than the best fixed one (asked only of a plan with auto runs) ------
+def claim_16(ev: Evidence, th: ClaimThresholds) -> Claim:
+    auto = ev.auto_runs("efcn")
+    if not auto:
+        return _not_measured(16, "the plan's automatic switch times have no eFCN runs", _measure_efcn(ev))
+    fixed = _by_tw(ev.done_runs("efcn"))
+    if not ev.of_kind("efcn"):
+        return _not_measured(16, "the plan has no eFCN runs at fixed switch times to compare with",
+                             "list fixed switch times beside `auto` in `switch_times`")
+    rule = auto[0].auto  # the first rule in plan order; another rule's runs are left out (named in the statistic)
+    others = sorted({v.auto for v in auto} - {rule})
+    mine = _finals([v for v in auto if v.auto == rule and v.done])
+    chosen = {v.seed: v.t_w for v in auto if v.auto == rule and v.t_w is not None}
+    means = {t: float(np.mean(list(f.values()))) for t, runs in fixed.items() if (f := _finals(runs))}
+    if not mine or not means:
+        return _claim(16, "not enough evidence", "no automatic-t_w eFCN and fixed-t_w eFCN finished yet"
+                      + _left(auto, "automatic-t_w efcn") + _unfinished(ev, "efcn"))
+    best = max(means, key=means.get)  # chosen on these very runs: favours the fixed side, so a pass is conservative
+    d = paired(mine, _finals(fixed[best]))
+    lo, hi = t_interval(d, th.equivalence_level)
+    m = th.equivalence_margin
+    per_seed = ", ".join(f"s{s}: {_t(t)}" for s, t in sorted(chosen.items()))
+    stat = (f"eFCN at t_w = auto ({rule}; chosen per seed: {per_seed}) − eFCN at the best fixed t_w ({_t(best)}, by "
+            f"mean final test accuracy over seeds), final test accuracy per seed: {_msd(d)}, "
+            f"{th.equivalence_level:.0%} CI [{_pp(lo)}, {_pp(hi)}] pp (not worse: lower end above −{_pp(m, False)} pp)"
+            + (f"; rules left out: {', '.join(others)}" if others else ""))
+    nums = {"rule": rule, "chosen_t_w": chosen, "best_fixed_t_w": best, "diff": d.diffs, "ci": [lo, hi], "margin": m}
+    if d.n == 0:
+        return _claim(16, "not enough evidence", f"no seed has both the automatic-t_w eFCN and the eFCN at t_w = "
+                      f"{_t(best)} finished" + _left(auto, "automatic-t_w efcn"), stat, 0, nums)
+    if d.n < th.min_seeds:
+        return _claim(16, "not enough evidence", _few(th, d.n) + _left(auto, "automatic-t_w efcn")
+                      + _unfinished(ev, "efcn"), stat, d.n, nums)
+    if lo > -m:
+        return _claim(16, "supported", f"not worse than the best fixed t_w ({_t(best)}) by more than "
+                      f"{_pp(m, False)} pp ({th.equivalence_level:.0%} CI)", stat, d.n, nums)
+    if hi < -m:
+        return _claim(16, "contradicted", f"worse than the best fixed t_w ({_t(best)}) by more than {_pp(m, False)} pp "
+                      f"(the whole {th.equivalence_level:.0%} CI below −{_pp(m, False)} pp)", stat, d.n, nums)
+    return _claim(16, "not enough evidence", f"the {th.equivalence_level:.0%} CI of the difference reaches below "
+                  f"−{_pp(m, False)} pp", stat, d.n, nums)
+
+
 RULES: dict[int, Callable[[Evidence, ClaimThresholds], Claim]] = {
     1: claim_1, 2: claim_2, 3: claim_3, 4: claim_4, 5: claim_5, 6: claim_6, 7: claim_7, 8: claim_8, 9: claim_9,
-    10: claim_10, 11: claim_11, 12: claim_12, 13: claim_13, 14: claim_14, 15: claim_15,
+    10: claim_10, 11: claim_11, 12: claim_12, 13: claim_13, 14: claim_14, 15: claim_15, 16: claim_16,
 }
