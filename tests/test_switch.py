@@ -8,6 +8,9 @@ import shutil
 
 import pytest
 
+from archrelax.analysis.context import Context
+from archrelax.analysis.settings import AnalysisSettings
+
 from archrelax.protocol import SpecError, make_plan, run_experiment, spec_from_dict
 from archrelax.report import write_report
 from archrelax.store import ExperimentFolder, Run, StoreError
@@ -148,6 +151,9 @@ def test_tiny_experiment_chooses_records_and_resumes_with_the_same_time(tmp_path
     assert [t for t, _ in exp.run(cnn.id).snapshots()] == [r["epoch"] for r in rows]  # one per evaluation
     config = exp.run(auto.id).read_config()
     assert config["init_from"].endswith(f"{cnn.id}/snapshots/epoch_{want:g}.pt")
+    # the analyses read only the snapshots a planned run starts from, not one per evaluation
+    ctx = Context(exp, AnalysisSettings())
+    assert [t for t, _ in ctx.snapshots(cnn)] == sorted({0.0, want}) != [r["epoch"] for r in rows]
     assert exp.run(auto.id).read_status().status == "done"
     summary = {r["id"]: r for r in csv.DictReader(open(exp.summary_path))}
     assert (summary[auto.id]["t_w"], summary[auto.id]["auto"]) == (f"{want:g}", "peak-sharpness")

@@ -91,6 +91,21 @@ class Context:
         path = self.exp.snapshot_for(run)
         return path if path is not None and path.is_file() else None
 
+    def snapshots(self, run: Run) -> list[tuple[float, Path]]:
+        """The snapshots of ``run`` that the analyses read, as (epoch, path) by increasing epoch: all of them,
+        except for a run that snapshots at every evaluation (``snapshot_every_eval``, for an automatic switch
+        time), where only the ones a planned run starts from count (all of them if none does): the rest exist
+        so that any time a rule picks has a snapshot, and analysing each would cost a sharpness point per
+        evaluation (the λ_max along training is in the run's rows already)."""
+        snaps = self.folder(run).snapshots()
+        if not self.config(run).get("snapshot_every_eval"):
+            return snaps
+        children = [c for c in self.plan.values() if c.depends_on == run.id]
+        if not children:
+            return snaps
+        keep = {p for c in children if (p := self.switch_snapshot(c)) is not None}
+        return [(t, p) for t, p in snaps if p in keep]
+
     def rel(self, path: Path) -> str:
         """A path relative to the experiment folder when inside it."""
         path = Path(path)
@@ -184,11 +199,11 @@ def guard(missing: list[Missing], run: Run, what: str, fn: Callable[[], Any]) ->
 
 # ---- inputs (the files an analysis reads: part of its cache key) ---------------------------------------------
 def weight_files(ctx: Context) -> list[Path]:
-    """Every snapshot and final.pt of every run."""
+    """Every analysed snapshot (:meth:`Context.snapshots`) and final.pt of every run."""
     out = []
     for r in ctx.plan.values():
         f = ctx.folder(r)
-        out += [p for _, p in f.snapshots()] + ([f.final_path] if f.final_path.is_file() else [])
+        out += [p for _, p in ctx.snapshots(r)] + ([f.final_path] if f.final_path.is_file() else [])
     return out
 
 

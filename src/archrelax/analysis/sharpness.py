@@ -304,12 +304,12 @@ def _state_key(ctx: Context, run_id: str, rel: str) -> tuple[str, str] | None:
                                         "sharpness_max_iter", "sharpness_basis", "sharpness_blocks",
                                         "trace_probes"), inputs=weight_files)
 def run(ctx: Context) -> SharpnessResult:
-    """The CNN at every snapshot and at its end; every other finished run at its end. A checkpoint holding the
+    """The CNN at every analysed snapshot (:meth:`Context.snapshots`) and at its end; every other finished run at its end. A checkpoint holding the
     same weights as one already listed (a CNN's last snapshot and its final.pt) is computed once."""
     res = SharpnessResult()
     jobs: list[tuple[str, str, str]] = []  # (run id, where, checkpoint relative to the experiment)
     for r in ctx.of_kind("cnn"):
-        snaps = ctx.folder(r).snapshots()
+        snaps = ctx.snapshots(r)
         jobs += [(r.id, "snapshot", ctx.rel(p)) for _, p in snaps]
         if not snaps:
             res.missing.append(Missing(run=r.id, reason="no snapshots yet"))
