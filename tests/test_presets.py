@@ -37,7 +37,8 @@ def test_needle_presets_plan_the_papers_protocol(name, data):
     assert grid and all(b - a < spec.relaxed.max_epochs and b - a <= 7 for a, b in grid)
     for s in spec.seeds:
         assert kinds[("cnn", s)] == 1 and kinds[("fcn", s)] == 1 and kinds[("lcn", s)] == 1
-        assert kinds[("efcn", s)] == len(switch) and kinds[("elcn", s)] == len(switch)
+        relaxed = len(switch) + len(spec.auto_rules())  # the fixed switch times and the automatic one
+        assert kinds[("efcn", s)] == relaxed and kinds[("elcn", s)] == relaxed
         assert kinds[("hier", s)] == len(grid)
 
 
