@@ -11,7 +11,7 @@ from torch import nn
 from archrelax.embed.base import RelaxedConv
 from archrelax.embed.connectivity import ConvGeometry
 from archrelax.embed.dense import DenseConv
-from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnected2d, _LocallyConnectedFn,
+from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnected2d, LocallyConnectedFn,
                                                release_workspaces)
 from conv_configs import conv_configs
 
@@ -170,7 +170,7 @@ def test_lc_double_backward():
     w = lc.weight.detach().clone().requires_grad_()
 
     def f(x, w):
-        return _LocallyConnectedFn.apply(x, w, lc.gather_index, lc.geometry)
+        return LocallyConnectedFn.apply(x, w, lc.gather_index, lc.geometry)
 
     assert torch.autograd.gradcheck(f, (x, w))
     assert torch.autograd.gradgradcheck(f, (x, w))
