@@ -488,13 +488,9 @@ class LocallyConnectedNd(RelaxedConv):
         return out if self.bias is None else out + self.bias.to(out.dtype)  # autocast: the output's dtype, like a conv
 
 
-class LocallyConnected1d(LocallyConnectedNd):
+class LocallyConnected1d(LocallyConnectedNd, dim=1):
     """Locally-connected layer on ``(B, C, L)`` inputs (see module docstring)."""
 
-    _dim = 1
 
-
-class LocallyConnected2d(LocallyConnectedNd):
+class LocallyConnected2d(LocallyConnectedNd, dim=2):
     """Locally-connected layer on ``(B, C, H, W)`` inputs (see module docstring)."""
-
-    _dim = 2

@@ -238,13 +238,9 @@ class TiledConvNd(RelaxedConv):
         return f"{super().extra_repr()}, tile={_fmt(self.tile)}"
 
 
-class TiledConv1d(TiledConvNd):
+class TiledConv1d(TiledConvNd, dim=1):
     """Tiled conv on ``(B, C, L)`` inputs (see module docstring)."""
 
-    _dim = 1
 
-
-class TiledConv2d(TiledConvNd):
+class TiledConv2d(TiledConvNd, dim=2):
     """Tiled conv on ``(B, C, H, W)`` inputs (see module docstring)."""
-
-    _dim = 2
