@@ -22,9 +22,9 @@ queries x (keys + 1)) the chunking avoids.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
-import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +36,7 @@ from archrelax.embed.attention import AttentionConv2d
 from archrelax.embed.attention_chunks import chunk_plan, workspace_bytes
 from archrelax.embed.connectivity import ConvGeometry
 from archrelax.embed.locally_connected import LocallyConnected2d, release_workspaces
-from bench_lc_layer import conv_layers, status_bytes, step
+from bench_lc_layer import conv_layers, interleaved_medians, status_bytes, step
 
 KINDS = ("attn", "attn:dk=0", "lc", "conv")
 # the layers timed by default: VanillaCNN's three and AlexNet's second (its first is VanillaCNN's first)
@@ -81,15 +81,7 @@ def time_layer(geom: ConvGeometry, batch: int, rounds: int, clock) -> dict[str, 
     """Median seconds per fwd+bwd step of each kind, rounds interleaved."""
     x = torch.randn(batch, geom.in_channels, *geom.in_spatial, requires_grad=True)
     layers = {k: make(k, geom) for k in KINDS}
-    times: dict[str, list[float]] = {k: [] for k in KINDS}
-    for layer in layers.values():
-        step(layer, x)  # warm-up
-    for _ in range(rounds):
-        for k, layer in layers.items():
-            t = clock()
-            step(layer, x)
-            times[k].append(clock() - t)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return interleaved_medians({k: functools.partial(step, layer, x) for k, layer in layers.items()}, rounds, clock)
 
 
 def main() -> None:

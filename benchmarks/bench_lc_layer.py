@@ -41,6 +41,7 @@ import statistics
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import torch
 from torch import nn
@@ -142,6 +143,12 @@ def time_layer(geom: ConvGeometry, batch: int, rounds: int, det: bool, clock=tim
             with index_add_backward():
                 step(lc, x)
         fns["lc_index_add"] = lc_index_add
+    return interleaved_medians(fns, rounds, clock)
+
+
+def interleaved_medians(fns: dict[str, Callable[[], object]], rounds: int, clock=time.perf_counter) -> dict[str, float]:
+    """Median seconds of each call in ``fns``: one warm-up call each, then ``rounds`` rounds that call each in turn
+    (interleaved, so that a change of the machine's load falls on all of them alike)."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for fn in fns.values():
         fn()  # warm-up

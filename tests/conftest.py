@@ -1,8 +1,20 @@
 """Fixtures shared by several test files."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
+
+
+@contextlib.contextmanager
+def _single_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 @pytest.fixture
@@ -13,7 +25,19 @@ def one_thread():
     against each other cost far more than they give, and one thread keeps the numerics of a test the same
     as those of the single-threaded subprocesses some tests start.
     """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+    with _single_thread():
+        yield
+
+
+@pytest.fixture(scope="session")
+def train_one_thread():
+    """``train(config, out)`` on one intra-op thread (see ``one_thread``), for the module-scoped fixtures that
+    train the runs their tests share (a function-scoped fixture cannot serve them). Returns ``out``."""
+    from archrelax.train import train
+
+    def run(config, out):
+        with _single_thread():
+            train(config, out)
+        return out
+
+    return run

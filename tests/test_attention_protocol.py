@@ -45,14 +45,11 @@ def problems(data: dict) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def cnns(tmp_path_factory):
+def cnns(tmp_path_factory, train_one_thread):
     """Two seeds of a width-4 VanillaCNN on 28x28 digits-like data, snapshots at epochs 0, 1, 2."""
     root = tmp_path_factory.mktemp("cnns")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
     for seed in (0, 1):
-        train(cfg(snapshots=[0, 1, 2], seed=seed), root / f"cnn{seed}")
-    torch.set_num_threads(n)
+        train_one_thread(cfg(snapshots=[0, 1, 2], seed=seed), root / f"cnn{seed}")
     return root
 
 

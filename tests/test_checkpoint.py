@@ -13,14 +13,10 @@ DATA = "synthetic:1x28x28:10:100:50"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run")
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny model on shared CI cores: one thread is fastest
-    train(TrainConfig(model="vanilla_cnn", model_kwargs={"width": 4}, data=DATA, batch_size=50, epochs=1,
-                      eval_times=[1], snapshots=[0], device="cpu", progress=False), out)
-    torch.set_num_threads(n)
-    return out
+def run(tmp_path_factory, train_one_thread):
+    return train_one_thread(TrainConfig(model="vanilla_cnn", model_kwargs={"width": 4}, data=DATA, batch_size=50,
+                                        epochs=1, eval_times=[1], snapshots=[0], device="cpu", progress=False),
+                            tmp_path_factory.mktemp("run"))
 
 
 def test_checkpoint_layout_and_model_rebuild(run):

@@ -14,7 +14,7 @@ import torch
 
 from archrelax.integrity import DIGEST_KEY, content_digest, load_verified, seal
 from archrelax.store import DamagedCheckpointError, DamagedFileError, RunFolder
-from archrelax.train import TrainConfig, load_checkpoint, train
+from archrelax.train import TrainConfig, load_checkpoint
 from archrelax.train.checkpoint import resume_point
 from archrelax.utils import atomic_torch_save
 
@@ -33,13 +33,8 @@ def config(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(config(), out)
-    torch.set_num_threads(n)
-    return out
+def run(tmp_path_factory, train_one_thread):
+    return train_one_thread(config(), tmp_path_factory.mktemp("run") / "run")
 
 
 def files_of(run) -> list:

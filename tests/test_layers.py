@@ -11,7 +11,7 @@ from torch import nn
 from archrelax.embed.base import RelaxedConv
 from archrelax.embed.connectivity import ConvGeometry
 from archrelax.embed.dense import DenseConv
-from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnected2d, _LocallyConnectedFn,
+from archrelax.embed.locally_connected import (LocallyConnected1d, LocallyConnected2d, LocallyConnectedFn,
                                                release_workspaces)
 from conv_configs import conv_configs
 
@@ -170,7 +170,7 @@ def test_lc_double_backward():
     w = lc.weight.detach().clone().requires_grad_()
 
     def f(x, w):
-        return _LocallyConnectedFn.apply(x, w, lc.gather_index, lc.geometry)
+        return LocallyConnectedFn.apply(x, w, lc.gather_index, lc.geometry)
 
     assert torch.autograd.gradcheck(f, (x, w))
     assert torch.autograd.gradgradcheck(f, (x, w))
@@ -211,3 +211,18 @@ def test_unsupported_configurations_raise_clear_errors():
     lc = LocallyConnected2d.from_conv(nn.Conv2d(2, 2, 3), (5, 5))
     with pytest.raises(ValueError, match=r"built for inputs \(B, 2, 5, 5\), got \(1, 2, 6, 6\)"):
         lc(torch.zeros(1, 2, 6, 6))
+
+
+@pytest.mark.parametrize("name, kw", [("LocallyConnected", {}), ("TiledConv", {"tile": 2}),
+                                      ("WideConv", {"kernel_size": "full"}), ("AttentionConv", {})])
+def test_each_layer_of_one_dimension_refuses_the_other_and_names_its_class(name, kw):
+    import archrelax.embed as embed
+
+    geom = {1: ConvGeometry.from_conv(nn.Conv1d(2, 3, 3), 8), 2: ConvGeometry.from_conv(nn.Conv2d(2, 3, 3), (6, 6))}
+    for dim, other in ((1, 2), (2, 1)):
+        cls = getattr(embed, f"{name}{dim}d")
+        assert cls._dim == dim and getattr(embed, f"{name}Nd", cls.__base__)._dim is None
+        refusal = f"{name}{dim}d needs a {dim}d geometry, got dim={other}; use {name}{other}d"
+        with pytest.raises(ValueError, match=refusal):
+            cls(geom[other], **kw)
+        assert cls(geom[dim], **kw).geometry is geom[dim]

@@ -399,9 +399,9 @@ def test_dry_run_of_a_fresh_folder_prints_plan_footprint_and_guard_and_creates_n
 
     need = sum(memory_need(create_model("vanilla_cnn", width=2, num_classes=2, in_channels=1, input_size=28),
                            "fc").values())
-    from archrelax.embed.footprint import _human_bytes
+    from archrelax.embed.footprint import human_bytes
 
-    assert f"needs {_human_bytes(need)} on cpu" in guard
+    assert f"needs {human_bytes(need)} on cpu" in guard
     assert cli_main(["run", "--preset", "demo", "--set", "targets=[lc]", "--out", str(out), "--dry-run"]) == 0
     assert "  lc (elcn: 5 runs)" in capsys.readouterr().out and not out.parent.exists()
 

@@ -10,7 +10,6 @@ import math
 import shutil
 
 import pytest
-import torch
 
 from archrelax.store import RunFolder
 from archrelax.train import TrainConfig, load_checkpoint, read_metrics, train
@@ -29,13 +28,8 @@ def config(**kw) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run") / "run"
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    train(config(), out)
-    torch.set_num_threads(n)
-    return out
+def run(tmp_path_factory, train_one_thread):
+    return train_one_thread(config(), tmp_path_factory.mktemp("run") / "run")
 
 
 def stopped_copy(run, tmp_path, name: str = "copy"):

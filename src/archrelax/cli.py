@@ -21,6 +21,12 @@ _COMMAND_MODULES = (
 )
 
 
+def add_experiment_argument(parser: argparse.ArgumentParser,
+                            help: str = "experiment folder (with plan.json and runs/)") -> None:
+    """The positional EXPERIMENT argument of the subcommands that read an experiment folder."""
+    parser.add_argument("experiment", metavar="EXPERIMENT", help=help)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="archrelax",

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from archrelax.cli import add_experiment_argument
 from .registry import analysis_names  # light: `archrelax --help` imports no torch
 from .settings import AnalysisSettings
 
@@ -47,7 +48,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "analyse", aliases=["analyze"], help="compute the analyses of an experiment folder (cached in EXPERIMENT/analysis/)",
         description="Run the analyses (" + ", ".join(names) + ") over an experiment folder and write "
                     "EXPERIMENT/analysis/<name>.json; unchanged inputs reuse the cached result.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (with plan.json and runs/)")
+    add_experiment_argument(p)
     p.add_argument("--only", nargs="+", choices=names, metavar="NAME", help=f"only these analyses: {', '.join(names)}")
     p.add_argument("--force", action="store_true", help="recompute even when the cache is up to date")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
@@ -67,7 +68,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "of seeds and a verdict (supported, contradicted, not enough evidence, not measured), read "
                     "from the runs' metrics and the cached analyses (run `archrelax analyse` first for the "
                     "claims that need them). Rules and thresholds: docs/claims.md.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (with plan.json and runs/)")
+    add_experiment_argument(p)
     p.add_argument("--json", action="store_true", help="print the claims as JSON (with the thresholds)")
     p.set_defaults(func=_claims)
 

@@ -370,13 +370,9 @@ class AttentionConvNd(RelaxedConv):
         return f"{super().extra_repr()}, heads={self.geometry.T}, key_dim={self.key_dim}, alpha={self.alpha0:g}"
 
 
-class AttentionConv1d(AttentionConvNd):
+class AttentionConv1d(AttentionConvNd, dim=1):
     """Positional self-attention on ``(B, C, L)`` inputs (see the module docstring)."""
 
-    _dim = 1
 
-
-class AttentionConv2d(AttentionConvNd):
+class AttentionConv2d(AttentionConvNd, dim=2):
     """Positional self-attention on ``(B, C, H, W)`` inputs (see the module docstring)."""
-
-    _dim = 2

@@ -83,7 +83,9 @@ class RelaxedConv(nn.Module):
     weight: nn.Parameter
     bias: nn.Parameter | None
 
-    _dim: int | None = None  # 1 or 2 in the Conv1d/Conv2d-like classes; None: any
+    # 1 or 2 in the Conv1d/Conv2d-like classes, set by ``class TiledConv2d(TiledConvNd, dim=2)`` (see
+    # __init_subclass__); None: any
+    _dim: int | None = None
 
     def __init__(self, geometry: ConvGeometry, *, device: Any = None, dtype: torch.dtype | None = None,
                  _init: bool = True) -> None:
@@ -266,8 +268,14 @@ class RelaxedConv(nn.Module):
             total = sq_norm(self.weight) + (0.0 if self.bias is None else sq_norm(self.bias))
         return SubspaceSqNorms(total, offlocal, offsharing, offlocal + offsharing)
 
-    def __init_subclass__(cls, **kwargs: Any) -> None:
+    def __init_subclass__(cls, dim: int | None = None, **kwargs: Any) -> None:
+        """``dim``: the class is of that dimension, its geometry checked to be of it (a subclass without ``dim``
+        keeps its base's). Refuses a class whose subspace norms would disagree with its parts."""
         super().__init_subclass__(**kwargs)
+        if dim is not None:
+            if dim not in (1, 2):
+                raise ValueError(f"{cls.__name__}: dim={dim!r} must be 1 or 2")
+            cls._dim = dim
         parts = [n for n in ("offlocal_sq", "offsharing_sq") if getattr(cls, n) is not getattr(RelaxedConv, n)]
         if parts and cls.subspace_sq_norms is RelaxedConv.subspace_sq_norms:
             raise TypeError(f"{cls.__name__} overrides {', '.join(parts)}: override subspace_sq_norms too, from the "

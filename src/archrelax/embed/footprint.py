@@ -21,7 +21,8 @@ from torch import nn
 from .connectivity import ConvGeometry
 
 __all__ = ["Footprint", "LayerFootprint", "footprint", "param_count", "workspace_bound", "capture_input_spatial",
-           "probe", "Probe", "probe_inputs", "eval_forward", "example_tensor", "example_inputs", "ExampleInput"]
+           "probe", "Probe", "probe_inputs", "eval_forward", "example_tensor", "example_inputs", "ExampleInput",
+           "human_bytes"]
 
 TARGETS = ("cnn", "lc", "fc")  # plus the lattice's string forms "wide:K", "wide:full", "tiled:T", "attn" (targets.py)
 # optimiser state in multiples of the parameter bytes: SGD momentum keeps one buffer, Adam two
@@ -368,7 +369,8 @@ def _human(n: float, units: tuple[str, ...]) -> str:
     return f"{n:.0f}{units[i]}" if i == 0 or abs(n) >= 1000 else f"{n:.3g}{units[i]}"
 
 
-def _human_bytes(n: float) -> str:
+def human_bytes(n: float) -> str:
+    """``n`` bytes in decimal units, three significant digits: '512 B', '1.5 kB', '2.07 GB'."""
     return _human(n, (" B", " kB", " MB", " GB", " TB"))
 
 
@@ -463,18 +465,18 @@ class Footprint:
         head = ["layer", "in -> out"] + [f"{_LABELS.get(t, t)} {col}" for t in self.targets for col in cols(t)]
         rows = [[ly.name, f"{shape(ly.geometry.in_channels, ly.geometry.in_spatial)} -> "
                  f"{shape(ly.geometry.out_channels, ly.geometry.out_spatial)}"]
-                + [v for t in self.targets for v in (_human_count(ly.params[t]), _human_bytes(ly.bytes(t)))
-                   + ((_human_bytes(ly.workspace.get(t, 0)),) if t in work else ())]
+                + [v for t in self.targets for v in (_human_count(ly.params[t]), human_bytes(ly.bytes(t)))
+                   + ((human_bytes(ly.workspace.get(t, 0)),) if t in work else ())]
                 for ly in self.layers]
         rows.append(["(other layers)", ""] + [v for t in self.targets
                                               for v in blank(t, _human_count(self.other_params),
-                                                             _human_bytes(self.other_bytes))])
+                                                             human_bytes(self.other_bytes))])
         rows.append(["total", ""] + [v for t in self.targets
-                                     for v in (_human_count(self.total_params(t)), _human_bytes(self.total_bytes(t)))
-                                     + ((_human_bytes(self.workspace_bytes(t)),) if t in work else ())])
+                                     for v in (_human_count(self.total_params(t)), human_bytes(self.total_bytes(t)))
+                                     + ((human_bytes(self.workspace_bytes(t)),) if t in work else ())])
         for opt, label in (("sgd", "+ SGD momentum state"), ("adam", "+ Adam state")):
             rows.append([label, ""] + [v for t in self.targets
-                                       for v in blank(t, "", _human_bytes(self.optimizer_bytes(t, opt)))])
+                                       for v in blank(t, "", human_bytes(self.optimizer_bytes(t, opt)))])
         widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
 
         def fmt(r: list[str]) -> str:

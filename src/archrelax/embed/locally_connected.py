@@ -58,7 +58,7 @@ from .base import RelaxedConv, SubspaceSqNorms, sq_norm
 from .connectivity import ConvGeometry, index_map
 
 __all__ = ["LocallyConnected1d", "LocallyConnected2d", "LocallyConnectedNd", "release_workspaces", "LCPlan",
-           "BatchIndex", "plan_for", "kernel_index"]
+           "BatchIndex", "plan_for", "kernel_index", "LocallyConnectedFn"]
 
 
 class LCPlan(NamedTuple):
@@ -322,8 +322,8 @@ def _compact_weight(weight: Tensor, plan: LCPlan, dtype: torch.dtype | None, cig
     return (wc if dtype is None else wc.to(dtype)).view(-1)
 
 
-class _LocallyConnectedFn:
-    """The eLCN kernel: ``_LocallyConnectedFn.apply(x, weight, gather_index, geom)`` -> (B, C_out, *out_spatial),
+class LocallyConnectedFn:
+    """The eLCN kernel: ``LocallyConnectedFn.apply(x, weight, gather_index, geom)`` -> (B, C_out, *out_spatial),
     differentiable (twice). ``weight`` in the eLCN layout ``(groups, P, C_out/g, T, C_in/g)`` (other layers call
     it with filters gathered to that layout); ``gather_index`` is the layer's ``(P·T,)`` gather index (Q for
     dead taps), kept for them: the index tensors themselves come from ``geom``'s cached plan."""
@@ -484,17 +484,13 @@ class LocallyConnectedNd(RelaxedConv):
 
     def forward(self, x: Tensor) -> Tensor:  # (B, C_in, *in_spatial) -> (B, C_out, *out_spatial)
         self._check_input(x)
-        out = _LocallyConnectedFn.apply(x, self.weight, self.gather_index, self.geometry)
+        out = LocallyConnectedFn.apply(x, self.weight, self.gather_index, self.geometry)
         return out if self.bias is None else out + self.bias.to(out.dtype)  # autocast: the output's dtype, like a conv
 
 
-class LocallyConnected1d(LocallyConnectedNd):
+class LocallyConnected1d(LocallyConnectedNd, dim=1):
     """Locally-connected layer on ``(B, C, L)`` inputs (see module docstring)."""
 
-    _dim = 1
 
-
-class LocallyConnected2d(LocallyConnectedNd):
+class LocallyConnected2d(LocallyConnectedNd, dim=2):
     """Locally-connected layer on ``(B, C, H, W)`` inputs (see module docstring)."""
-
-    _dim = 2

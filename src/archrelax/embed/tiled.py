@@ -38,7 +38,7 @@ from torch.nn import functional as F
 
 from .base import RelaxedConv
 from .connectivity import ConvGeometry
-from .locally_connected import LocallyConnected1d, LocallyConnected2d, _LocallyConnectedFn
+from .locally_connected import LocallyConnected1d, LocallyConnected2d, LocallyConnectedFn
 from .targets import RelaxTarget, Size, _fmt, per_dim
 
 __all__ = ["TiledConv1d", "TiledConv2d", "TiledConvNd", "tile_layout"]
@@ -176,7 +176,7 @@ class TiledConvNd(RelaxedConv):
         G, cog, cig = g.groups, g.out_channels // g.groups, g.in_channels // g.groups
         w = self.weight.index_select(0, self.tile_of)  # (P, C_out, C_in/g, *kernel)
         w = w.view(g.P, G, cog, cig, g.T).permute(1, 0, 2, 4, 3).contiguous()  # eLCN layout (g, P, C_out/g, T, C_in/g)
-        out = _LocallyConnectedFn.apply(x, w, self.gather_index, g)
+        out = LocallyConnectedFn.apply(x, w, self.gather_index, g)
         if self.bias is None:
             return out
         return out + self.bias.index_select(0, self.tile_of).T.reshape(g.out_channels, *g.out_spatial)
@@ -238,13 +238,9 @@ class TiledConvNd(RelaxedConv):
         return f"{super().extra_repr()}, tile={_fmt(self.tile)}"
 
 
-class TiledConv1d(TiledConvNd):
+class TiledConv1d(TiledConvNd, dim=1):
     """Tiled conv on ``(B, C, L)`` inputs (see module docstring)."""
 
-    _dim = 1
 
-
-class TiledConv2d(TiledConvNd):
+class TiledConv2d(TiledConvNd, dim=2):
     """Tiled conv on ``(B, C, H, W)`` inputs (see module docstring)."""
-
-    _dim = 2

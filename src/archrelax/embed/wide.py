@@ -203,14 +203,10 @@ class WideConvNd(RelaxedConv):
         return f"{super().extra_repr()}, wide_kernel={self.wide_geometry.kernel_size} ({_fmt(self.kernel_size_spec)})"
 
 
-class WideConv1d(WideConvNd):
+class WideConv1d(WideConvNd, dim=1):
     """Wide conv on ``(B, C, L)`` inputs (see module docstring)."""
 
-    _dim = 1
 
-
-class WideConv2d(WideConvNd):
+class WideConv2d(WideConvNd, dim=2):
     """Wide conv on ``(B, C, H, W)`` inputs (see module docstring)."""
-
-    _dim = 2
 

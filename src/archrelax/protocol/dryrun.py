@@ -109,7 +109,7 @@ def _guard(model, plan: dict[str, Run], targets: list[tuple[str, Run]], executor
     they fit in the device's available memory."""
     import torch
 
-    from archrelax.embed.footprint import _human_bytes
+    from archrelax.embed.footprint import human_bytes
     from archrelax.embed.relax import available_memory, memory_need
     from archrelax.utils import resolve_device
 
@@ -142,25 +142,25 @@ def _guard(model, plan: dict[str, Run], targets: list[tuple[str, Run]], executor
             lines.append(f"{what}: cannot be made: {e}")
             continue
         if forced:
-            lines.append(f"{what}: needs {_human_bytes(need)}; guard off (train.force_memory: true)")
+            lines.append(f"{what}: needs {human_bytes(need)}; guard off (train.force_memory: true)")
             continue
         if executor == "slurm":
-            lines.append(f"{what}: needs {_human_bytes(need)} on {device} of the Slurm nodes (not checked here)")
+            lines.append(f"{what}: needs {human_bytes(need)} on {device} of the Slurm nodes (not checked here)")
             continue
         if device.startswith("!"):
             fits = False
-            lines.append(f"{what}: needs {_human_bytes(need)}; device {device[1:]}")
+            lines.append(f"{what}: needs {human_bytes(need)}; device {device[1:]}")
             continue
         dev = torch.device(device)
         free = available_memory(dev)
         if free is None:
-            lines.append(f"{what}: needs {_human_bytes(need)} on {dev}, whose free memory is unknown (not checked)")
+            lines.append(f"{what}: needs {human_bytes(need)} on {dev}, whose free memory is unknown (not checked)")
         elif need > free:
             fits = False
-            lines.append(f"{what}: needs {_human_bytes(need)} on {dev}: does not fit ({_human_bytes(free)} available; "
+            lines.append(f"{what}: needs {human_bytes(need)} on {dev}: does not fit ({human_bytes(free)} available; "
                          "relax() would refuse it: train.force_memory=true skips the guard)")
         else:
-            lines.append(f"{what}: needs {_human_bytes(need)} on {dev}: fits ({_human_bytes(free)} available)")
+            lines.append(f"{what}: needs {human_bytes(need)} on {dev}: fits ({human_bytes(free)} available)")
     if not lines:
         lines.append("  no run relaxes a model")
     return lines, fits

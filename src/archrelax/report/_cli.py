@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import argparse
 
+from archrelax.cli import add_experiment_argument
+
 
 def _report(args: argparse.Namespace) -> int:
     from . import write_report  # lazy: keeps `archrelax --help` fast
@@ -23,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Write EXPERIMENT/report/index.html (figures in report/fig/): a "
                               "self-contained page that opens from disk. Works on a partial experiment and "
                               "says what is missing.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (spec.yaml, plan.json, runs/)")
+    add_experiment_argument(p, help="experiment folder (spec.yaml, plan.json, runs/)")
     p.add_argument("--no-analyse", action="store_true",
                    help="do not bring the spec's analyses (its `analyses` list) up to date first; use "
                         "analysis/*.json as they are")

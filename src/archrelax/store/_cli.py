@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from archrelax.cli import add_experiment_argument
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the ``archrelax`` parser."""
@@ -13,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "epoch, global_epoch on the CNN's clock, then every metric recorded: train_loss, train_acc, "
                     "test_loss, test_acc, offlocal_ratio, lr, ...). Read it with pandas.read_csv; docs/export_example.py "
                     "draws a figure from it.")
-    p.add_argument("experiment", metavar="EXPERIMENT", help="experiment folder (with plan.json and runs/)")
+    add_experiment_argument(p)
     p.add_argument("--out", metavar="FILE", help="file to write (default: EXPERIMENT/metrics.csv, or "
                    "EXPERIMENT/metrics.parquet with --format parquet)")
     p.add_argument("--format", choices=("csv", "parquet"), default=None,

@@ -194,6 +194,9 @@ class GainRecord(RunTag):
 
 @dataclass(kw_only=True)
 class DistanceResult(AnalysisResult):
+    """δ(t) and the CNN distance over training of every run that records them; the final gain beside the final
+    distances of every finished relaxed run."""
+
     NAME: ClassVar[str] = "distance"
     curves: list[DistanceRecord] = field(default_factory=list)
     gain: list[GainRecord] = field(default_factory=list)
@@ -266,6 +269,8 @@ class InterpolationRecord(RunTag):
 
 @dataclass(kw_only=True)
 class InterpolationResult(AnalysisResult):
+    """Weight-space (linear, curvilinear) and output-space curves between two endpoints, at the same ``alphas``."""
+
     NAME: ClassVar[str] = "interpolation"
     alphas: list[float] = field(default_factory=list)  # ≥ 11 in [0, 1], 0 and 1 included
     curves: list[InterpolationRecord] = field(default_factory=list)

@@ -94,24 +94,26 @@ def _times(v: Any, every: bool) -> str | None:
     return "'log:N' with an integer N >= 2, " + ("'every', " if every else "") + "or a list of epochs >= 0"
 
 
+def _parses(parse: Callable[[Any], Any], v: Any, allowed: str) -> str | None:
+    """None when ``parse`` accepts ``v``, else ``allowed``: the check of a setting whose owner parses it (each
+    check below imports its parser when called, from the module that owns the spelling)."""
+    try:
+        parse(v)
+    except ValueError:
+        return allowed
+    return None
+
+
 def _augment(v: str | list[str]) -> str | None:
     from archrelax.data.feed import parse_augment  # the data feed owns the names
 
-    try:
-        parse_augment(v)
-    except ValueError:
-        return "'flip', 'crop', 'crop:PAD', 'crop:PAD:reflect'"
-    return None
+    return _parses(parse_augment, v, "'flip', 'crop', 'crop:PAD', 'crop:PAD:reflect'")
 
 
 def _input_shape(v: str) -> str | None:
     from archrelax.models import parse_input_shape  # the registry owns the spelling
 
-    try:
-        parse_input_shape(v)
-    except ValueError:
-        return "CxHxW with positive integers, e.g. 3x32x32"
-    return None
+    return _parses(parse_input_shape, v, "CxHxW with positive integers, e.g. 3x32x32")
 
 
 def _target(v: str) -> str | None:
@@ -123,11 +125,7 @@ def _target(v: str) -> str | None:
 def _soft_schedule(v: str) -> str | None:
     from .soft import FORMS, SoftSchedule
 
-    try:
-        SoftSchedule.parse(v)
-    except ValueError:
-        return FORMS
-    return None
+    return _parses(SoftSchedule.parse, v, FORMS)
 
 
 @dataclass

@@ -45,7 +45,7 @@ from torch import Tensor, nn
 
 from archrelax.embed.base import RelaxedConv
 from archrelax.embed.dense import DenseConv
-from archrelax.embed.locally_connected import LocallyConnectedNd, _LocallyConnectedFn
+from archrelax.embed.locally_connected import LocallyConnectedNd, LocallyConnectedFn
 
 from .checkpoint import rng_state, set_rng_state
 
@@ -178,13 +178,13 @@ class StackedLocallyConnected(_Stacked):
         return g
 
     def _member(self, x: Tensor, w: Tensor, b: Tensor | None) -> Tensor:  # as LocallyConnectedNd.forward
-        out = _LocallyConnectedFn.apply(x, w, self.gather_index, self.geometry)
+        out = LocallyConnectedFn.apply(x, w, self.gather_index, self.geometry)
         return out if b is None else out + b.to(out.dtype)
 
     def _batched(self, x: Tensor, R: int, B: int) -> Tensor:
         g = self._geometry(R)
         w = self.weight.reshape(-1, *self.weight.shape[2:])  # (R·G, P, C_out/g, T, C_in/g)
-        out = _LocallyConnectedFn.apply(_side_by_side(x, R), w, self.gather_index, g)  # (B, R·C_out, *out_sp)
+        out = LocallyConnectedFn.apply(_side_by_side(x, R), w, self.gather_index, g)  # (B, R·C_out, *out_sp)
         if self.bias is not None:
             out = out + self.bias.reshape(-1, *self.bias.shape[2:]).to(out.dtype)
         return _member_major(out, R)
