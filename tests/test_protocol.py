@@ -67,6 +67,11 @@ def test_preset_plan_graph_and_ids(preset):
         if run.depends_on is not None:
             assert run.depends_on in seen, f"{run.id} comes before its parent {run.depends_on}"
             parent = plan[run.depends_on]
+            if run.auto is not None:  # its switch time (and so its snapshot) is chosen once the CNN is done
+                assert (run.snapshot, run.snapshot_epoch, run.t_w) == (None, None, None)
+                assert parent.config["snapshot_every_eval"] is True
+                seen.add(run.id)
+                continue
             assert run.snapshot == f"runs/{parent.id}/snapshots/epoch_{run.snapshot_epoch:g}.pt"
             assert run.snapshot_epoch in parent.config["snapshots"]
         seen.add(run.id)
@@ -76,9 +81,9 @@ def test_preset_plan_graph_and_ids(preset):
     assert 0.0 in switch and max(switch) <= spec.cnn.length()
     for seed in spec.seeds:  # every seed relaxes at every switch time (presets may have several seeds)
         if "fc" in spec.targets:
-            assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed) == switch
+            assert sorted(r.t_w for r in plan.values() if r.kind == "efcn" and r.seed == seed and r.auto is None) == switch
         if "lc" in spec.targets:
-            assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed) == switch
+            assert sorted(r.t_w for r in plan.values() if r.kind == "elcn" and r.seed == seed and r.auto is None) == switch
     for b, seed in ((b, s) for b in spec.baselines for s in spec.seeds):  # one baseline of each kind per seed
         (base,) = [r for r in plan.values() if r.kind == b and r.seed == seed]
         assert base.depends_on is None and base.config["model"] == b
