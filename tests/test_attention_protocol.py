@@ -321,3 +321,34 @@ def test_a_tiny_attention_experiment_runs_stops_resumes_reports_and_is_claimed(t
     assert found[15].verdict in ("not enough evidence", "supported", "contradicted") and found[15].n_seeds == 2
     assert set(found[15].numbers["gain"]) == {0.0, 1.0, 2.0}
     assert found[1].verdict == "not measured"  # no paper kinds: the attention runs are not claim 1's
+
+
+def test_a_stopped_annealed_attention_run_resumes_to_exactly_the_uninterrupted_run(cnns, tmp_path, monkeypatch):
+    """The sharpness's anneal is a function of the step: a run stopped mid-anneal (step 5 of 8) and resumed writes
+    the same rows and weights, bit for bit; its rows follow the schedule (α·s from 24 down towards 3)."""
+    from archrelax.signals import Interrupted, request_stop
+    from archrelax.train.recorder import Recorder
+
+    config = cfg(relax="attn:alpha=24,anneal_to=3,anneal_steps=8", relax_layers=ATTN["relax_layers"],
+                 init_from=snap(cnns, 1, 2), epochs=3, checkpoint_every_steps=1)
+    ref = train(config, tmp_path / "ref")
+    orig = Recorder.after_update
+
+    def stop_at_5(self, *a, **kw):
+        out = orig(self, *a, **kw)
+        if self.step == 5:
+            request_stop(15)
+        return out
+
+    monkeypatch.setattr(Recorder, "after_update", stop_at_5)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "run")
+    monkeypatch.setattr(Recorder, "after_update", orig)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+    assert train(config, tmp_path / "run")["status"] == ref["status"] == "done"
+    rows = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    assert stable(read_metrics(tmp_path / "run" / "metrics.jsonl")) == stable(rows)
+    a, b = (load_checkpoint(tmp_path / n / "final.pt")["model"] for n in ("run", "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and float(a["features.3.alpha_scale"]) == 3 / 24
+    assert rows[0]["attn_alpha_mean"] == 24 and rows[0]["attn_offtarget"] < 1e-4
+    assert rows[-1]["attn_alpha_max"] < 4 and rows[-1]["attn_offset_max"] > 1e-3  # annealed, and the offsets moved
