@@ -41,14 +41,14 @@ def grads_at_switch(snapshot: Path, cnn_cfg: dict) -> None:
     cfg = TrainConfig.from_dict(cnn_cfg)
     feed, _ = make_feeds(cfg, load_run_data(cfg), torch.device("cpu"))
     x, y = next(iter(feed.epoch(0)))  # the relaxed run's first batch
-    for name, wk, scale in [("alpha=32", 1, 1.0), ("alpha=32, log-alpha", 1, 1.0), ("alpha=32, W_k x10", 10, 1.0),
-                            ("sharpness 16", 1, 0.5), ("sharpness 8", 1, 0.25), ("sharpness 4", 1, 0.125)]:
+    for name, wk, shift in [("alpha=32", 1, 0.0), ("alpha=32, log-alpha", 1, 0.0), ("alpha=32, W_k x10", 10, 0.0),
+                            ("sharpness 16", 1, -16.0), ("sharpness 8", 1, -24.0), ("sharpness 4", 1, -28.0)]:
         model = relax(model_from_checkpoint(snapshot), "attn:alpha=32,anneal_to=4,anneal_steps=1", layers=LAYERS, example_input=x[:1])
         att = [m for m in model.modules() if isinstance(m, AttentionConvNd)]
         with torch.no_grad():
             for m in att:
                 m.key_weight.mul_(wk)
-                m.alpha_scale.fill_(scale)
+                m.alpha_shift.fill_(shift)
         F.cross_entropy(model(x), y).backward()
         g_alpha = max(float((m.alpha.grad * (m.alpha.detach() if "log" in name else 1)).abs().max()) for m in att)
         g_off = max(float(m.offset.grad.abs().max()) for m in att)

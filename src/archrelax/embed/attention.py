@@ -37,12 +37,14 @@ distance 1), and only the value maps (the conv weights) and the bias learn at fi
 exactness for live gradients: the leak off the conv's tap, and these gradients, are about e^(−A/2).
 
 Annealing the sharpness after the switch (``"attn:alpha=32,anneal_to=4,anneal_steps=20"``) has both: the logits
-use α_h·s(t), s(t) = 1 + (anneal_to/α₀ − 1)·min(1, t/anneal_steps) at the run's step t (0 = the switch), so the
-layer is exact at the switch (s(0) = 1 exactly: the same bits as without the option) and its softmax unsaturates
-over anneal_steps steps, the function drifting continuously from the conv's, while α (now α·s), the offsets and
-the content maps get gradients of the value maps' order. s is the persistent buffer ``alpha_scale`` (present only
-with the option, so that a checkpoint or final.pt holds the function it was trained as); the trainer sets it
-from the step before each update and evaluation (:func:`anneal_attention_`), so a resumed run needs no state.
+use α_h + s(t), s(t) = (anneal_to − α₀)·min(1, t/anneal_steps) at the run's step t (0 = the switch), so the layer
+is exact at the switch (s(0) = 0: the same bits as without the option) and its softmax unsaturates over
+anneal_steps steps, the function drifting continuously from the conv's, while α, the offsets and the content maps
+get gradients within a few orders of the value maps'. The shift is added, not multiplied: α's gradient is then
+the effective sharpness's own, where a factor s would shrink α's steps by s² (measured: α moved 1e-4 in 2 epochs
+under a factor, benchmarks/README.md). s is the persistent buffer ``alpha_shift`` (present only with the option, so
+that a checkpoint or final.pt holds the function it was trained as); the trainer sets it from the step before
+each update and evaluation (:func:`anneal_attention_`), so a resumed run needs no state.
 
 Computation. The key map is folded into the query, q̃ = W_kᵀ W_q x[κ_p] / √d_k (a ``(B, P, T, C_in)`` tensor),
 so the content logits of a chunk are one batched matmul of q̃ against the keys' values x (the same tensor the
@@ -169,7 +171,7 @@ class AttentionConvNd(RelaxedConv):
             flat = flat * n + near[:, d]
         self.register_buffer("query_index", flat.to(device), persistent=False)  # (P,) κ_p
         if self.anneal is not None:  # s(t), persistent: the checkpoint holds the function it was trained as
-            self.register_buffer("alpha_scale", torch.ones((), device=device, dtype=fdtype))
+            self.register_buffer("alpha_shift", torch.zeros((), device=device, dtype=fdtype))
         gen = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._embed_attention_(gen)
         if _init:
@@ -205,13 +207,13 @@ class AttentionConvNd(RelaxedConv):
             self.query_weight = self.key_weight = None
 
     def _embed_attention_(self, gen: torch.Generator | bool | None = None) -> None:
-        """α = α₀, offsets 0, W_q = 0 (the conv's attention), the anneal at its start (s = 1); W_k drawn anew when
+        """α = α₀, offsets 0, W_q = 0 (the conv's attention), the anneal at its start (s = 0); W_k drawn anew when
         ``gen`` is given (uniform ±1/√C_in, from ``gen``, or the global RNG for ``gen=True``)."""
         with torch.no_grad():
             self.alpha.fill_(self.alpha0)
             self.offset.zero_()
             if self.anneal is not None:
-                self.alpha_scale.fill_(1.0)
+                self.alpha_shift.zero_()
             if self.key_dim:
                 self.query_weight.zero_()
                 if gen is not None:
@@ -265,18 +267,18 @@ class AttentionConvNd(RelaxedConv):
         return (self.geometry.out_channels,)
 
     # ---- the sharpness's anneal ----------------------------------------------------------------------------
-    def anneal_scale(self, step: int) -> float:
-        """s(step) = 1 + (anneal_to/α₀ − 1)·min(1, step/anneal_steps): the factor on α at the run's ``step`` (0 =
-        the switch, where it is exactly 1); 1.0 without an anneal."""
+    def anneal_shift(self, step: int) -> float:
+        """s(step) = (anneal_to − α₀)·min(1, step/anneal_steps): what is added to α at the run's ``step`` (0 = the
+        switch, where it is exactly 0); 0.0 without an anneal."""
         if self.anneal is None:
-            return 1.0
+            return 0.0
         to, steps = self.anneal
-        return 1.0 + (to / self.alpha0 - 1.0) * min(1.0, step / steps)
+        return (to - self.alpha0) * min(1.0, step / steps)
 
     def effective_alpha(self) -> Tensor:
-        """``(T,)``: the sharpness the logits use, α·s (α itself without an anneal: the same tensor, so the same
-        bits and graph as a layer without the option)."""
-        return self.alpha if self.anneal is None else self.alpha * self.alpha_scale
+        """``(T,)``: the sharpness the logits use, α + s (α itself without an anneal: the same tensor, so the same
+        bits and graph as a layer without the option; α + 0 is α's bits too)."""
+        return self.alpha if self.anneal is None else self.alpha + self.alpha_shift
 
     # ---- the attention -------------------------------------------------------------------------------------
     def positional_logits(self, p0: int = 0, p1: int | None = None, alpha: Tensor | None = None,
@@ -414,12 +416,12 @@ class AttentionConvNd(RelaxedConv):
 
 def anneal_attention_(model: nn.Module, step: int) -> None:
     """Set every annealed attention layer of ``model`` to its sharpness at the run's ``step`` (0 = the switch):
-    ``alpha_scale`` = :meth:`AttentionConvNd.anneal_scale` (``step``). The trainer calls it whenever its step
+    ``alpha_shift`` = :meth:`AttentionConvNd.anneal_shift` (``step``). The trainer calls it whenever its step
     changes, so the schedule is a pure function of the step, as the learning rate and λ(t) are."""
     with torch.no_grad():
         for m in model.modules():
             if isinstance(m, AttentionConvNd) and m.anneal is not None:
-                m.alpha_scale.fill_(m.anneal_scale(step))
+                m.alpha_shift.fill_(m.anneal_shift(step))
 
 
 class AttentionConv1d(AttentionConvNd):

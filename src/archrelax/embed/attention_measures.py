@@ -15,7 +15,7 @@ W_q = 0):
   right after the embedding, 1 where no head looks where its tap did;
 - ``output_distance``: ‖y − y_conv‖ / ‖y_conv‖ on the probe batch, y_conv the conv with the layer's own value maps
   and bias (what ``to_cnn`` returns); NaN without a probe batch;
-- α (mean, min, max over heads: the sharpness the logits use, α·s under an anneal) and the offsets' lengths
+- α (mean, min, max over heads: the sharpness the logits use, α + s under an anneal) and the offsets' lengths
   ‖offset_h‖ (mean, max; input pixels).
 
 :func:`attention_measures` gives the model's figures as one flat dict of floats (what a trainer records beside
