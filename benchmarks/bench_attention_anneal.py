@@ -43,7 +43,9 @@ def grads_at_switch(snapshot: Path, cnn_cfg: dict) -> None:
     x, y = next(iter(feed.epoch(0)))  # the relaxed run's first batch
     for name, wk, shift in [("alpha=32", 1, 0.0), ("alpha=32, log-alpha", 1, 0.0), ("alpha=32, W_k x10", 10, 0.0),
                             ("sharpness 16", 1, -16.0), ("sharpness 8", 1, -24.0), ("sharpness 4", 1, -28.0)]:
-        model = relax(model_from_checkpoint(snapshot), "attn:alpha=32,anneal_to=4,anneal_steps=1", layers=LAYERS, example_input=x[:1])
+        # the anneal's buffer, set by hand below: the sharpness the candidate stands for
+        model = relax(model_from_checkpoint(snapshot), "attn:alpha=32,anneal_to=4,anneal_steps=1", layers=LAYERS,
+                      example_input=x[:1])
         att = [m for m in model.modules() if isinstance(m, AttentionConvNd)]
         with torch.no_grad():
             for m in att:

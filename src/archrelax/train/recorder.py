@@ -3,7 +3,8 @@
 A :class:`Recorder` owns everything a run writes and every decision that is a function of its step: the
 status (``running`` at the start and at every checkpoint, then ``interrupted``, ``done``, ``diverged`` or
 ``failed``), the evaluation and snapshot steps, the metrics rows, the checkpoints, the learning rate and λ(t)
-of the next update, an annealed attention's sharpness at the step (the one thing it sets on the model), the running epoch statistics, divergence and until-zero-loss stopping, the stop on a
+of the next update, an annealed attention's sharpness at the step (the one thing it sets on the model), the
+running epoch statistics, divergence and until-zero-loss stopping, the stop on a
 signal, the tensorboard log and the progress bar. It never touches the arithmetic: the loop gives it each
 update's loss and correct count (:meth:`Recorder.after_update`), and it reads the model side through two
 callables given at :meth:`Recorder.attach`, ``losses()`` (the evaluation) and ``weights(with_optimizer)``
