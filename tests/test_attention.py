@@ -438,3 +438,73 @@ def test_memory_guard_counts_the_workspace(monkeypatch):
         relax(model, "attn", (1, 1, 16, 16))
     monkeypatch.setattr(relax_mod, "available_memory", lambda device: params + CHUNK_BYTES)
     relax(model, "attn", (1, 1, 16, 16))
+
+
+# ---- the sharpness annealed after the switch ("attn:...,anneal_to=A,anneal_steps=N") -------------------------------
+
+
+def _tiny_attention(target: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    torch.manual_seed(0)
+    cnn = nn.Sequential(nn.Conv2d(2, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 3, 3, padding=1), nn.Flatten())
+    x, y = torch.randn(8, 2, 6, 6), torch.randint(0, 3 * 36, (8,))
+    return relax(cnn, target, example_input=x), x, y
+
+
+def _train_tiny(target: str, steps: int = 30) -> tuple[nn.Module, list[AttentionConv2d], dict[str, float]]:
+    """``steps`` SGD steps of cross-entropy on one fixed batch, the sharpness set per step as the trainer does;
+    returns the model, its attention layers and the largest |gradient| of α, the offsets and W_q at the last step."""
+    from archrelax.embed.attention import anneal_attention_
+
+    model, x, y = _tiny_attention(target)
+    layers = [m for m in model.modules() if isinstance(m, AttentionConv2d)]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in range(steps):
+        anneal_attention_(model, step)
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        grads = {n: max(float(getattr(m, n).grad.abs().max()) for m in layers)
+                 for n in ("alpha", "offset", "query_weight")}
+        opt.step()
+    anneal_attention_(model, steps)
+    return model, layers, grads
+
+
+def test_annealed_attention_is_the_plain_one_at_the_switch_bit_for_bit():
+    plain, x, _ = _tiny_attention("attn:alpha=32")
+    annealed, _, _ = _tiny_attention("attn:alpha=32,anneal_to=4,anneal_steps=10")
+    assert torch.equal(annealed(x), plain(x))
+    layer = annealed[0]
+    assert layer.target.spec == "attn:alpha=32,anneal_to=4,anneal_steps=10"
+    assert [layer.anneal_shift(t) for t in (0, 5, 10, 20)] == [0.0, -14.0, -28.0, -28.0]
+    assert "0.alpha_shift" in annealed.state_dict() and "0.alpha_shift" not in plain.state_dict()
+
+
+def test_annealed_sharpness_gives_alpha_offsets_and_content_gradients_and_they_move():
+    """At α = 32 the softmax is one-hot to e^-16: α, the offsets and W_q get ~1e-7 of the value maps' gradient and
+    stay where the embedding put them; annealed to 4 over 10 steps they get O(1e-2) and move."""
+    _, plain, g_plain = _train_tiny("attn:alpha=32")
+    _, annealed, g_annealed = _train_tiny("attn:alpha=32,anneal_to=4,anneal_steps=10")
+    for name in ("alpha", "offset", "query_weight"):
+        assert g_plain[name] < 1e-5 < 1e-3 < g_annealed[name], (name, g_plain[name], g_annealed[name])
+
+    def moved(layers):
+        return (max(float((m.alpha.detach() - 32).abs().max()) for m in layers),
+                max(float(m.offset.detach().abs().max()) for m in layers),
+                max(float(m.query_weight.detach().abs().max()) for m in layers))
+
+    assert max(moved(plain)) < 1e-5
+    assert min(moved(annealed)) > 1e-3, moved(annealed)
+    # the sharpness the logits use: α + s, s = 4 − 32 once the anneal is over
+    assert all(torch.equal(m.effective_alpha(), m.alpha - 28) for m in annealed)
+
+
+def test_anneal_options_in_the_target_string():
+    t = parse_target("attn:anneal_steps=20, anneal_to=4.0,alpha=32")
+    assert (t.spec, t.anneal_to, t.anneal_steps) == ("attn:alpha=32,anneal_to=4,anneal_steps=20", 4.0, 20)
+    for bad, why in [("attn:anneal_to=4", "go together"), ("attn:anneal_steps=3", "go together"),
+                     ("attn:anneal_to=0,anneal_steps=3", "positive finite"),
+                     ("attn:anneal_to=4,anneal_steps=0", "int >= 1"), ("attn:anneal_to=4,anneal_steps=x", "int >= 1")]:
+        with pytest.raises(ValueError, match=why):
+            parse_target(bad)
+    with pytest.raises(ValueError, match="give both"):
+        AttentionConv2d(ConvGeometry.from_conv(nn.Conv2d(1, 1, 3), (5, 5)), anneal_to=4.0)

@@ -318,3 +318,87 @@ def test_a_tiny_attention_experiment_runs_stops_resumes_reports_and_is_claimed(t
     assert found[15].verdict in ("not enough evidence", "supported", "contradicted") and found[15].n_seeds == 2
     assert set(found[15].numbers["gain"]) == {0.0, 1.0, 2.0}
     assert found[1].verdict == "not measured"  # no paper kinds: the attention runs are not claim 1's
+
+
+def test_a_stopped_annealed_attention_run_resumes_to_exactly_the_uninterrupted_run(cnns, tmp_path, monkeypatch):
+    """The sharpness's anneal is a function of the step: a run stopped mid-anneal (step 5 of 8) and resumed writes
+    the same rows and weights, bit for bit; its rows follow the schedule (α + s from 24 down to about 3)."""
+    from archrelax.signals import Interrupted, request_stop
+    from archrelax.train.recorder import Recorder
+
+    config = cfg(relax="attn:alpha=24,anneal_to=3,anneal_steps=8", relax_layers=ATTN["relax_layers"],
+                 init_from=snap(cnns, 1, 2), epochs=3, checkpoint_every_steps=1)
+    ref = train(config, tmp_path / "ref")
+    orig = Recorder.after_update
+
+    def stop_at_5(self, *a, **kw):
+        out = orig(self, *a, **kw)
+        if self.step == 5:
+            request_stop(15)
+        return out
+
+    monkeypatch.setattr(Recorder, "after_update", stop_at_5)
+    with pytest.raises(Interrupted):
+        train(config, tmp_path / "run")
+    monkeypatch.setattr(Recorder, "after_update", orig)
+    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+    assert train(config, tmp_path / "run")["status"] == ref["status"] == "done"
+    rows = read_metrics(tmp_path / "ref" / "metrics.jsonl")
+    assert stable(read_metrics(tmp_path / "run" / "metrics.jsonl")) == stable(rows)
+    a, b = (load_checkpoint(tmp_path / n / "final.pt")["model"] for n in ("run", "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a) and float(a["features.3.alpha_shift"]) == 3 - 24
+    assert rows[0]["attn_alpha_mean"] == 24 and rows[0]["attn_offtarget"] < 1e-4
+    assert rows[-1]["attn_alpha_max"] < 4 and rows[-1]["attn_offset_max"] > 1e-3  # annealed, and the offsets moved
+
+
+def test_an_annealed_attention_run_killed_with_sigkill_mid_anneal_resumes_exactly(cnns, tmp_path):
+    """kill -9 of the trainer's process once a checkpoint inside the anneal exists (step >= 3 of 8): the rerun
+    resumes from it, the sharpness set from the step, and ends with the uninterrupted run's rows and weights."""
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = cfg(relax="attn:alpha=24,anneal_to=3,anneal_steps=8", relax_layers=ATTN["relax_layers"],
+                 init_from=snap(cnns, 0, 2), epochs=4)
+    train(config, tmp_path / "ref")
+    victim = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every_steps": 1})  # a runtime field
+    runner = ("import json, sys, torch; from archrelax.train import TrainConfig, train; torch.set_num_threads(1); "
+              "train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", runner, json.dumps(victim.to_dict()), str(run)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline, killed_at = time.time() + 120, None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
+        except (FileNotFoundError, ValueError):
+            step = -1
+        if step >= 3:
+            proc.send_signal(signal.SIGKILL)
+            killed_at = step
+            break
+        time.sleep(0.005)
+    proc.wait()
+    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    assert killed_at < 16 and not (run / "final.pt").exists()
+    assert train(config, run)["status"] == "done"
+    assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(tmp_path / "ref" / "metrics.jsonl"))
+    a, b = (load_checkpoint(tmp_path / n / "final.pt")["model"] for n in ("killed", "ref"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_an_annealed_attention_layer_is_not_stacked_for_lockstep():
+    """Its sharpness is set per step on the run's own model, which a stack's copy would not follow: the stack
+    refuses it by name and lockstep trains it as a run of its own."""
+    import copy
+
+    from archrelax.embed.relax import relax
+    from archrelax.models import create_model
+    from archrelax.train.stacked import NotStackable
+
+    cnn = create_model("vanilla_cnn", width=4, in_channels=1, input_size=28)
+    model = relax(cnn, "attn:alpha=24,anneal_to=3,anneal_steps=8", layers=["features.3"])
+    with pytest.raises(NotStackable, match="features.3.*alpha_shift"):
+        stack_models([model, copy.deepcopy(model)])

@@ -36,6 +36,16 @@ non-zero and finite but about 1e-18 (α: through the null) to 1e-35 (offsets, W_
 distance 1), and only the value maps (the conv weights) and the bias learn at first. ``"attn:alpha=A"`` trades
 exactness for live gradients: the leak off the conv's tap, and these gradients, are about e^(−A/2).
 
+Annealing the sharpness after the switch (``"attn:alpha=32,anneal_to=4,anneal_steps=20"``) has both: the logits
+use α_h + s(t), s(t) = (anneal_to − α₀)·min(1, t/anneal_steps) at the run's step t (0 = the switch), so the layer
+is exact at the switch (s(0) = 0: the same bits as without the option) and its softmax unsaturates over
+anneal_steps steps, the function drifting continuously from the conv's, while α, the offsets and the content maps
+get gradients within a few orders of the value maps'. The shift is added, not multiplied: α's gradient is then
+the effective sharpness's own, where a factor s would shrink α's steps by s² (measured: α moved 1e-4 in 2 epochs
+under a factor, benchmarks/README.md). s is the persistent buffer ``alpha_shift`` (present only with the option, so
+that a checkpoint or final.pt holds the function it was trained as); the trainer sets it from the step before
+each update and evaluation (:func:`anneal_attention_`), so a resumed run needs no state.
+
 Computation. The key map is folded into the query, q̃ = W_kᵀ W_q x[κ_p] / √d_k (a ``(B, P, T, C_in)`` tensor),
 so the content logits of a chunk are one batched matmul of q̃ against the keys' values x (the same tensor the
 attention then averages); the attention is laid out (batch, queries, heads, keys), so that its average of the
@@ -68,7 +78,7 @@ from .connectivity import ConvGeometry, index_map
 from .targets import DEFAULT_ALPHA, RelaxTarget
 
 __all__ = ["AttentionConvNd", "AttentionConv1d", "AttentionConv2d", "target_coords", "key_dim_for",
-           "attention_param_count", "attention_cost", "DEFAULT_KEY_DIM"]
+           "attention_param_count", "attention_cost", "anneal_attention_", "DEFAULT_KEY_DIM"]
 
 DEFAULT_KEY_DIM = 8  # content width cap: d_k = min(C_in, 8) unless "attn:dk=K" says otherwise
 
@@ -123,18 +133,29 @@ class AttentionConvNd(RelaxedConv):
     """Positional self-attention for ``geometry.dim`` spatial dims; use AttentionConv1d / AttentionConv2d (see the
     module docstring). ``alpha``: α at the embedding (default 80); ``key_dim``: d_k (default min(C_in, 8), 0 for
     positional attention only); ``chunk_bytes``: the memory budget of one attention chunk; ``seed``: the seed of
-    W_k's initial draw in ``from_conv`` (default ``torch.initial_seed()``; the global RNG is not advanced)."""
+    W_k's initial draw in ``from_conv`` (default ``torch.initial_seed()``; the global RNG is not advanced);
+    ``anneal_to``, ``anneal_steps``: the sharpness after the switch (see the module docstring; both or neither)."""
 
     def __init__(self, geometry: ConvGeometry, *, alpha: float | None = None, key_dim: int | None = None,
-                 chunk_bytes: int | None = None, seed: int | None = None, device: Any = None,
-                 dtype: torch.dtype | None = None, _init: bool = True) -> None:
+                 chunk_bytes: int | None = None, seed: int | None = None, anneal_to: float | None = None,
+                 anneal_steps: int | None = None, device: Any = None, dtype: torch.dtype | None = None,
+                 _init: bool = True) -> None:
         self._check_geometry(geometry)  # before anything below reads it
         if key_dim is not None and (isinstance(key_dim, bool) or int(key_dim) != key_dim or key_dim < 0):
             raise ValueError(f"{type(self).__name__}: key_dim={key_dim!r} must be an int >= 0 (0: positional only)")
         if alpha is not None and not 0 < float(alpha) < math.inf:
             raise ValueError(f"{type(self).__name__}: alpha={alpha!r} must be a positive finite number")
+        if (anneal_to is None) != (anneal_steps is None):
+            raise ValueError(f"{type(self).__name__}: anneal_to={anneal_to!r} and anneal_steps={anneal_steps!r}: give "
+                             "both (an anneal of α after the switch) or neither")
+        if anneal_to is not None and not 0 < float(anneal_to) < math.inf:
+            raise ValueError(f"{type(self).__name__}: anneal_to={anneal_to!r} must be a positive finite number")
+        if anneal_steps is not None and (isinstance(anneal_steps, bool) or int(anneal_steps) != anneal_steps
+                                         or anneal_steps < 1):
+            raise ValueError(f"{type(self).__name__}: anneal_steps={anneal_steps!r} must be an int >= 1")
         self._spec = (None if alpha is None or float(alpha) == DEFAULT_ALPHA else float(alpha),
                       None if key_dim is None else int(key_dim))
+        self.anneal = None if anneal_to is None else (float(anneal_to), int(anneal_steps))
         self.alpha0 = DEFAULT_ALPHA if alpha is None else float(alpha)
         self.key_dim = key_dim_for(geometry, key_dim)
         self.chunk_bytes = CHUNK_BYTES if chunk_bytes is None else int(chunk_bytes)
@@ -149,6 +170,8 @@ class AttentionConvNd(RelaxedConv):
         for d, n in enumerate(g.in_spatial):
             flat = flat * n + near[:, d]
         self.register_buffer("query_index", flat.to(device), persistent=False)  # (P,) κ_p
+        if self.anneal is not None:  # s(t), persistent: the checkpoint holds the function it was trained as
+            self.register_buffer("alpha_shift", torch.zeros((), device=device, dtype=fdtype))
         gen = torch.Generator().manual_seed(torch.initial_seed() if seed is None else int(seed))
         self._embed_attention_(gen)
         if _init:
@@ -157,15 +180,17 @@ class AttentionConvNd(RelaxedConv):
     @property
     def target(self) -> RelaxTarget:
         """The lattice point this layer is (``"attn"``, ``"attn:alpha=40,dk=4"``)."""
-        return RelaxTarget("attn", alpha=self._spec[0], key_dim=self._spec[1])
+        to, steps = self.anneal or (None, None)
+        return RelaxTarget("attn", alpha=self._spec[0], key_dim=self._spec[1], anneal_to=to, anneal_steps=steps)
 
     @classmethod
     def from_conv(cls, conv: nn.Module, in_spatial: int | tuple[int, ...], *, alpha: float | None = None,
-                  key_dim: int | None = None, seed: int | None = None) -> "AttentionConvNd":
+                  key_dim: int | None = None, seed: int | None = None, anneal_to: float | None = None,
+                  anneal_steps: int | None = None) -> "AttentionConvNd":
         """The exact attention form of ``conv`` on inputs of spatial shape ``in_spatial``."""
         geom = ConvGeometry.from_conv(conv, in_spatial)
-        layer = cls(geom, alpha=alpha, key_dim=key_dim, seed=seed, device=conv.weight.device,
-                    dtype=conv.weight.dtype, _init=False)
+        layer = cls(geom, alpha=alpha, key_dim=key_dim, seed=seed, anneal_to=anneal_to, anneal_steps=anneal_steps,
+                    device=conv.weight.device, dtype=conv.weight.dtype, _init=False)
         return layer.load_conv_(conv.weight.detach(), None if conv.bias is None else conv.bias.detach())
 
     # ---- parameters -----------------------------------------------------------------------------------------
@@ -182,11 +207,13 @@ class AttentionConvNd(RelaxedConv):
             self.query_weight = self.key_weight = None
 
     def _embed_attention_(self, gen: torch.Generator | bool | None = None) -> None:
-        """α = α₀, offsets 0, W_q = 0 (the conv's attention); W_k drawn anew when ``gen`` is given (uniform
-        ±1/√C_in, from ``gen``, or the global RNG for ``gen=True``)."""
+        """α = α₀, offsets 0, W_q = 0 (the conv's attention), the anneal at its start (s = 0); W_k drawn anew when
+        ``gen`` is given (uniform ±1/√C_in, from ``gen``, or the global RNG for ``gen=True``)."""
         with torch.no_grad():
             self.alpha.fill_(self.alpha0)
             self.offset.zero_()
+            if self.anneal is not None:
+                self.alpha_shift.zero_()
             if self.key_dim:
                 self.query_weight.zero_()
                 if gen is not None:
@@ -239,6 +266,20 @@ class AttentionConvNd(RelaxedConv):
     def _bias_shape(self) -> tuple[int, ...]:
         return (self.geometry.out_channels,)
 
+    # ---- the sharpness's anneal ----------------------------------------------------------------------------
+    def anneal_shift(self, step: int) -> float:
+        """s(step) = (anneal_to − α₀)·min(1, step/anneal_steps): what is added to α at the run's ``step`` (0 = the
+        switch, where it is exactly 0); 0.0 without an anneal."""
+        if self.anneal is None:
+            return 0.0
+        to, steps = self.anneal
+        return (to - self.alpha0) * min(1.0, step / steps)
+
+    def effective_alpha(self) -> Tensor:
+        """``(T,)``: the sharpness the logits use, α + s (α itself without an anneal: the same tensor, so the same
+        bits and graph as a layer without the option; α + 0 is α's bits too)."""
+        return self.alpha if self.anneal is None else self.alpha + self.alpha_shift
+
     # ---- the attention -------------------------------------------------------------------------------------
     def positional_logits(self, p0: int = 0, p1: int | None = None, alpha: Tensor | None = None,
                           offset: Tensor | None = None, out: Tensor | None = None) -> Tensor:
@@ -246,7 +287,7 @@ class AttentionConvNd(RelaxedConv):
         (``alpha``, ``offset``: in place of the layer's own; ``out``: a buffer to write into, without a graph).
         Per-dim squared differences summed by broadcasting, so integer positions give exact logits."""
         g = self.geometry
-        alpha = self.alpha if alpha is None else alpha
+        alpha = self.effective_alpha() if alpha is None else alpha
         t = self.tap_coords[p0:p1] + (self.offset if offset is None else offset)  # (Pc, T, dim)
         neg_alpha = -alpha.view(1, -1, 1)
         terms = [(torch.arange(n, device=t.device, dtype=t.dtype) - t[..., d : d + 1]).square() * neg_alpha
@@ -270,7 +311,7 @@ class AttentionConvNd(RelaxedConv):
         ``alpha``, ``offset``: the values the forward used (default: the layer's own; a backward passes the ones
         it saved, so that a layer whose parameters were swapped since, as lockstep's members share one, is right)."""
         g = self.geometry
-        alpha = (self.alpha if alpha is None else alpha).detach()
+        alpha = (self.effective_alpha() if alpha is None else alpha).detach()
         t = self.tap_coords[p0:p1] + (self.offset if offset is None else offset).detach()  # (Pc, T, dim)
         grid = g_pos[..., : g.Q].unflatten(-1, g.in_spatial)  # (Pc, T, *in_spatial)
         g_alpha = -0.5 * g_pos[..., g.Q].sum(0)  # the null key's −α/2
@@ -312,19 +353,20 @@ class AttentionConvNd(RelaxedConv):
         xf = x.flatten(2)  # (B, C_in, Q)
         vals = torch.nn.functional.pad(xf, (0, 1)).transpose(1, 2)  # (B, Q + 1, C_in): keys and values; the null's 0
         row_chunks, query_chunks = self._chunks(B, x.element_size())
+        alpha = self.effective_alpha()  # the chunks' input: α's gradient goes through s by autograd
 
         def cat(parts: list[Tensor], dim: int) -> Tensor:
             return parts[0] if len(parts) == 1 else torch.cat(parts, dim)
 
         if self.key_dim == 0:  # one attention for the whole batch: values as one (K, B·C_in) matrix
             v = vals.transpose(0, 1).reshape(g.Q + 1, B * C)
-            u = cat([_ChunkAttention.apply(self, p0, p1, None, v, self.alpha, self.offset) for p0, p1 in query_chunks], 0)
+            u = cat([_ChunkAttention.apply(self, p0, p1, None, v, alpha, self.offset) for p0, p1 in query_chunks], 0)
             u = u.view(P, T, B, C).transpose(0, 2).transpose(1, 2)  # (B, P, T, C_in), a view
         else:
             qt = self._queries(xf)  # (B, P, T, C_in)
             rows = []
             for qt_b, vals_b in zip(self._split(qt, row_chunks, 0), self._split(vals, row_chunks, 0)):
-                rows.append(cat([_ChunkAttention.apply(self, p0, p1, qt_bp.flatten(1, 2), vals_b, self.alpha, self.offset)
+                rows.append(cat([_ChunkAttention.apply(self, p0, p1, qt_bp.flatten(1, 2), vals_b, alpha, self.offset)
                                  for (p0, p1), qt_bp in zip(query_chunks, self._split(qt_b, query_chunks, 1))], 1))
             u = cat(rows, 0)
         # u: Σ_q A x[q] per (sample, query, head). Value maps, y[b, o, p] = Σ_(h, c) weight[o, c, h] u[b, p, h, c]:
@@ -354,7 +396,8 @@ class AttentionConvNd(RelaxedConv):
             for p0, p1 in query_chunks:
                 a_pos = _softmax_(self.positional_logits(p0, p1))
                 a = a_pos[None] if qt is None else _softmax_(
-                    _logits(self, p0, p1, qt[b0:b1, p0:p1].flatten(1, 2), vals[b0:b1], self.alpha, self.offset))
+                    _logits(self, p0, p1, qt[b0:b1, p0:p1].flatten(1, 2), vals[b0:b1], self.effective_alpha(),
+                            self.offset))
                 yield slice(b0, b1), slice(p0, p1), a, a_pos
 
     def attention_map(self, x: Tensor) -> Tensor:
@@ -367,7 +410,18 @@ class AttentionConvNd(RelaxedConv):
         return out.transpose(1, 2)
 
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, heads={self.geometry.T}, key_dim={self.key_dim}, alpha={self.alpha0:g}"
+        anneal = "" if self.anneal is None else f", anneal_to={self.anneal[0]:g}, anneal_steps={self.anneal[1]}"
+        return f"{super().extra_repr()}, heads={self.geometry.T}, key_dim={self.key_dim}, alpha={self.alpha0:g}{anneal}"
+
+
+def anneal_attention_(model: nn.Module, step: int) -> None:
+    """Set every annealed attention layer of ``model`` to its sharpness at the run's ``step`` (0 = the switch):
+    ``alpha_shift`` = :meth:`AttentionConvNd.anneal_shift` (``step``). The trainer calls it whenever its step
+    changes, so the schedule is a pure function of the step, as the learning rate and λ(t) are."""
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, AttentionConvNd) and m.anneal is not None:
+                m.alpha_shift.fill_(m.anneal_shift(step))
 
 
 class AttentionConv1d(AttentionConvNd, dim=1):

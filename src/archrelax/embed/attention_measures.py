@@ -15,7 +15,8 @@ W_q = 0):
   right after the embedding, 1 where no head looks where its tap did;
 - ``output_distance``: ‖y − y_conv‖ / ‖y_conv‖ on the probe batch, y_conv the conv with the layer's own value maps
   and bias (what ``to_cnn`` returns); NaN without a probe batch;
-- α (mean, min, max over heads) and the offsets' lengths ‖offset_h‖ (mean, max; input pixels).
+- α (mean, min, max over heads: the sharpness the logits use, α + s under an anneal) and the offsets' lengths
+  ‖offset_h‖ (mean, max; input pixels).
 
 :func:`attention_measures` gives the model's figures as one flat dict of floats (what a trainer records beside
 δ): every layer counts once in the means, the α and offset statistics run over all heads. Pure: the model is
@@ -90,7 +91,7 @@ def layer_attention_measures(layer: AttentionConvNd, x: Tensor | None = None) ->
     """The measures of one attention layer on its input batch ``x`` ``(B, C_in, *in_spatial)`` (None: the positional
     attention alone; content share and output distance are then NaN)."""
     g = layer.geometry
-    alpha = layer.alpha.detach().double()
+    alpha = layer.effective_alpha().detach().double()
     shift = layer.offset.detach().double().norm(dim=-1)
     target = torch.where(layer.index >= 0, layer.index, g.Q)  # (P, T): the conv's key (the null for padding)
     mass = dist = content = off = 0.0
@@ -154,7 +155,7 @@ def attention_measures(model: nn.Module, inputs: ExampleInput = None) -> dict[st
     if not per:
         return {}
     layers = [m for m in model.modules() if isinstance(m, AttentionConvNd)]
-    alpha = torch.cat([m.alpha.detach().double().reshape(-1) for m in layers])
+    alpha = torch.cat([m.effective_alpha().detach().double().reshape(-1) for m in layers])
     shift = torch.cat([m.offset.detach().double().norm(dim=-1) for m in layers])
 
     def mean(key: str) -> float:

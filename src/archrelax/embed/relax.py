@@ -181,7 +181,8 @@ def _relaxed_layer(m: nn.Module, geom: ConvGeometry, target: RelaxTarget, name: 
     elif kind == "attn":  # W_k's draw: seeded by the global seed and the layer's path, without advancing the RNG
         seed = (torch.initial_seed() + zlib.crc32(name.encode())) % (1 << 63)
         new = (AttentionConv1d if geom.dim == 1 else AttentionConv2d).from_conv(
-            m, geom.in_spatial, alpha=target.alpha, key_dim=target.key_dim, seed=seed)
+            m, geom.in_spatial, alpha=target.alpha, key_dim=target.key_dim, seed=seed, anneal_to=target.anneal_to,
+            anneal_steps=target.anneal_steps)
     elif kind == "wide":
         new = (WideConv1d if geom.dim == 1 else WideConv2d).from_conv(m, geom.in_spatial, kernel_size=target.kernel_size)
     else:
@@ -217,8 +218,8 @@ def relax(
       a conv with a K-tap kernel, zero outside the original taps (locality released, sharing kept);
     - ``"tiled"`` with ``tile=T`` (int or per-dim tuple), or ``"tiled:T"``/``"tiled:TxT"``: a tiled conv,
       positions equal modulo T share a filter (sharing released partially; T is clamped to each layer's output);
-    - ``"attn"`` (options ``"attn:alpha=A,dk=K"``): positional self-attention, one head per tap, the conv's
-      function at the embedding (:mod:`.attention`); every padding mode.
+    - ``"attn"`` (options ``"attn:alpha=A,dk=K,anneal_to=A2,anneal_steps=N"``): positional self-attention, one
+      head per tap, the conv's function at the embedding (:mod:`.attention`); every padding mode.
 
     Already relaxed layers below the target on the lattice move up exactly (tiled -> lc / fc, eLCN -> fc,
     wide -> fc; hierarchical relaxation); the other moves are refused, naming the valid next targets.

@@ -16,7 +16,8 @@ target         layer               released
 String forms: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"`` (per spatial dim), ``"wide:full"``,
 ``"tiled:2"``, ``"tiled:2x3"``, ``"attn"``, ``"attn:alpha=40,dk=4"`` (options, any order, comma-separated:
 ``alpha`` the positional sharpness at the embedding, ``dk`` the content key width, 0 for positional attention
-only; see :mod:`.attention`). ``relax(model, to="wide", kernel_size=5)`` and ``relax(model, to="wide:5")``
+only, ``anneal_to`` and ``anneal_steps``, given together, the sharpness annealed after the switch; see
+:mod:`.attention`). ``relax(model, to="wide", kernel_size=5)`` and ``relax(model, to="wide:5")``
 are the same target; :attr:`RelaxTarget.spec` gives the canonical string (what ``arch["relax_chain"]`` holds).
 An int applies to every spatial dim; a tuple gives one value per dim (so it must match the conv's dim).
 
@@ -41,7 +42,11 @@ TARGET_FORMS = ("'lc', 'fc', 'wide:K' (e.g. 'wide:5', 'wide:5x3'), 'wide:full', 
 # is <= -α, so the softmax leaks e^(-α/2) = 4e-18 (below float64's half-ulp of 1) off the conv's tap
 DEFAULT_ALPHA = 80.0
 ATTN_OPTIONS = {"alpha": "the positional sharpness α > 0 at the embedding (default 80)",
-                "dk": "the content query/key width, an int >= 0; 0: positional attention only (default min(C_in, 8))"}
+                "dk": "the content query/key width, an int >= 0; 0: positional attention only (default min(C_in, 8))",
+                "anneal_to": "the sharpness α > 0 is annealed to after the switch, linearly over anneal_steps steps, "
+                             "so that its softmax unsaturates and α, the offsets and the content maps learn "
+                             "(default: none, α stays at its embedding value)",
+                "anneal_steps": "the steps of that anneal, an int >= 1 (given with anneal_to)"}
 
 Size = int | tuple[int, ...]
 
@@ -50,25 +55,31 @@ Size = int | tuple[int, ...]
 class RelaxTarget:
     """One point of the lattice: ``kind`` in :data:`KINDS`; ``kernel_size`` (wide: int, per-dim tuple or
     ``"full"``) and ``tile`` (tiled: int or per-dim tuple) are None for the other kinds; ``alpha`` and
-    ``key_dim`` (attn) are None for their defaults (:data:`DEFAULT_ALPHA`, min(C_in, 8) per layer)."""
+    ``key_dim`` (attn) are None for their defaults (:data:`DEFAULT_ALPHA`, min(C_in, 8) per layer);
+    ``anneal_to`` and ``anneal_steps`` (attn) both None (no anneal) or both set."""
 
     kind: str
     kernel_size: Size | str | None = None
     tile: Size | None = None
     alpha: float | None = None
     key_dim: int | None = None
+    anneal_to: float | None = None
+    anneal_steps: int | None = None
 
     @property
     def spec(self) -> str:
         """Canonical string form: ``"lc"``, ``"fc"``, ``"wide:5"``, ``"wide:5x3"``, ``"wide:full"``, ``"tiled:2x3"``,
-        ``"attn"``, ``"attn:alpha=40,dk=4"`` (options in this order, defaults left out)."""
+        ``"attn"``, ``"attn:alpha=40,dk=4"``, ``"attn:alpha=32,anneal_to=4,anneal_steps=20"`` (options in this
+        order, defaults left out)."""
         if self.kind == "wide":
             return f"wide:{_fmt(self.kernel_size)}"
         if self.kind == "tiled":
             return f"tiled:{_fmt(self.tile)}"
         if self.kind == "attn":
             opts = ([f"alpha={self.alpha:g}"] if self.alpha is not None else []) + (
-                [f"dk={self.key_dim}"] if self.key_dim is not None else [])
+                [f"dk={self.key_dim}"] if self.key_dim is not None else []) + (
+                [f"anneal_to={self.anneal_to:g}", f"anneal_steps={self.anneal_steps}"] if self.anneal_to is not None
+                else [])
             return "attn" + (":" + ",".join(opts) if opts else "")
         return self.kind
 
@@ -140,7 +151,8 @@ def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any 
 
 def _parse_attn(arg: str, context: str) -> RelaxTarget:
     """``"alpha=40,dk=4"`` (any order, each at most once) -> RelaxTarget("attn", alpha=40.0, key_dim=4); a value
-    equal to the default is left out, so every spelling of one layer has one canonical spec."""
+    equal to the default is left out, so every spelling of one layer has one canonical spec. ``anneal_to`` and
+    ``anneal_steps`` come together or not at all."""
     valid = "; ".join(f"{k}: {v}" for k, v in ATTN_OPTIONS.items())
     given: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in arg.split(","))):
@@ -167,7 +179,26 @@ def _parse_attn(arg: str, context: str) -> RelaxTarget:
             key_dim = -1
         if key_dim < 0:
             raise ValueError(f"{context}: dk={given['dk']!r} must be an int >= 0 ({ATTN_OPTIONS['dk']})")
-    return RelaxTarget("attn", alpha=alpha, key_dim=key_dim)
+    anneal_to = anneal_steps = None
+    if ("anneal_to" in given) != ("anneal_steps" in given):
+        raise ValueError(f"{context}: anneal_to and anneal_steps go together (e.g. 'attn:alpha=32,anneal_to=4,"
+                         f"anneal_steps=20'); got only {'anneal_to' if 'anneal_to' in given else 'anneal_steps'}")
+    if "anneal_to" in given:
+        try:
+            anneal_to = float(given["anneal_to"])
+        except ValueError:
+            anneal_to = float("nan")
+        if not 0 < anneal_to < float("inf"):
+            raise ValueError(f"{context}: anneal_to={given['anneal_to']!r} must be a positive finite number "
+                             f"({ATTN_OPTIONS['anneal_to']})")
+        try:
+            anneal_steps = int(given["anneal_steps"])
+        except ValueError:
+            anneal_steps = 0
+        if anneal_steps < 1:
+            raise ValueError(f"{context}: anneal_steps={given['anneal_steps']!r} must be an int >= 1 "
+                             f"({ATTN_OPTIONS['anneal_steps']})")
+    return RelaxTarget("attn", alpha=alpha, key_dim=key_dim, anneal_to=anneal_to, anneal_steps=anneal_steps)
 
 
 def target_problem(to: str) -> str | None:

@@ -32,17 +32,22 @@ def is_attention(target: str | None) -> bool:
     return isinstance(target, str) and target.split(":")[0] == "attn"
 
 
-def attention_target(target: str, alpha: float) -> str:
+def attention_target(target: str, alpha: float, anneal_to: float | None = None, anneal_steps: int = 20) -> str:
     """The canonical target of an attention run: ``target`` as the spec writes it, with ``alpha`` (the spec's
     ``attention.alpha``) where it names no α (``"attn"``, ``"attn:dk=0"``; ``"attn:alpha=80"`` keeps its 80, whose
-    canonical form is ``"attn"``); other targets unchanged (canonical)."""
+    canonical form is ``"attn"``), and ``anneal_to`` over ``anneal_steps`` (``attention.anneal_to``,
+    ``attention.anneal_steps``; None: no anneal) where it names no anneal; other targets unchanged (canonical)."""
     from archrelax.embed.targets import DEFAULT_ALPHA, parse_target
 
     t = parse_target(target)
-    options = target.partition(":")[2].split(",")
-    if t.kind != "attn" or any(o.partition("=")[0].strip().lower() == "alpha" for o in options):
+    if t.kind != "attn":
         return t.spec
-    return dataclasses.replace(t, alpha=None if float(alpha) == DEFAULT_ALPHA else float(alpha)).spec
+    named = {o.partition("=")[0].strip().lower() for o in target.partition(":")[2].split(",")}
+    if "alpha" not in named:
+        t = dataclasses.replace(t, alpha=None if float(alpha) == DEFAULT_ALPHA else float(alpha))
+    if anneal_to is not None and t.anneal_to is None:
+        t = dataclasses.replace(t, anneal_to=float(anneal_to), anneal_steps=int(anneal_steps))
+    return t.spec
 
 
 @dataclass(frozen=True)

@@ -155,8 +155,8 @@ def _nodes(spec: ExperimentSpec, attn: _AttentionLayers) -> list[_Node]:
 
     def node(parent: _Node | None, at: float, to: str | None, layers=None, soft=None, name=None, auto=None) -> _Node:
         default = False
-        if is_attention(to):  # the spec's spelling: attention.alpha where it names no α
-            to = attention_target(to, spec.attention.alpha)
+        if is_attention(to):  # the spec's spelling: attention.alpha (and anneal) where it names none
+            to = attention_target(to, spec.attention.alpha, spec.attention.anneal_to, spec.attention.anneal_steps)
             default = layers is None
             layers = attn.layers(layers, name)
         key = (None if parent is None else id(parent), at, to, layers, soft, auto)

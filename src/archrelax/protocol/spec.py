@@ -316,6 +316,14 @@ class AttentionOptions:
     alpha: float = _opt(PROTOCOL_ALPHA, "α at the embedding of an 'attn' target that names none ('attn:alpha=A' "
                         "overrides it); relax()'s own default is 80 (exact to the bit, but the attention's gradients "
                         "are then 1e-17)", _positive)
+    anneal_to: float | None = _opt(None, "the sharpness an 'attn' target that names no anneal is annealed to after the "
+                                   "switch, linearly over anneal_steps ('attn:...,anneal_to=A,anneal_steps=N'); "
+                                   "null: none, α stays at its embedding value, where the softmax is saturated and "
+                                   "α, the offsets and the content maps barely move; on the lattice preset 8 "
+                                   "moved them at the CNN's accuracy, 4 further at 0.6-0.8 points less "
+                                   "(benchmarks/README.md)", _positive)
+    anneal_steps: int = _opt(20, "the steps of that anneal (with anneal_to)",
+                             lambda v: None if v >= 1 else "an integer >= 1")
 
 
 @dataclass

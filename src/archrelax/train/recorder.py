@@ -3,7 +3,8 @@
 A :class:`Recorder` owns everything a run writes and every decision that is a function of its step: the
 status (``running`` at the start and at every checkpoint, then ``interrupted``, ``done``, ``diverged`` or
 ``failed``), the evaluation and snapshot steps, the metrics rows, the checkpoints, the learning rate and λ(t)
-of the next update, the running epoch statistics, divergence and until-zero-loss stopping, the stop on a
+of the next update, an annealed attention's sharpness at the step (the one thing it sets on the model), the
+running epoch statistics, divergence and until-zero-loss stopping, the stop on a
 signal, the tensorboard log and the progress bar. It never touches the arithmetic: the loop gives it each
 update's loss and correct count (:meth:`Recorder.after_update`), and it reads the model side through two
 callables given at :meth:`Recorder.attach`, ``losses()`` (the evaluation) and ``weights(with_optimizer)``
@@ -164,7 +165,16 @@ class Recorder:
             self.folder.truncate_metrics(0)
         else:
             self._resume(run.checkpoint)
+        self._anneal()
         self.t0 = time.perf_counter()
+
+    def _anneal(self) -> None:
+        """The annealed attention layers' sharpness at this step (``anneal_attention_``): a pure function of the
+        step, set whenever it changes, so the update and the evaluation at a step see the same function."""
+        if self.attention:
+            from archrelax.embed.attention import anneal_attention_
+
+            anneal_attention_(self.run.model, self.step)
 
     def _resume(self, ck: dict[str, Any]) -> None:
         """Where a resumed checkpoint meets its folder (which agrees with it: ``checkpoint.check_record``): the run
@@ -231,6 +241,7 @@ class Recorder:
         s["correct"] += correct
         s["n"] += n
         self.step += 1
+        self._anneal()
         self._tick(lr)
         now = time.perf_counter()
         due = self.checkpoint_due(now)

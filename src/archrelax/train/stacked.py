@@ -266,6 +266,11 @@ def _leaf_kind(path: str, m: nn.Module) -> str:
     if isinstance(m, LocallyConnectedNd):
         return "lc"
     if isinstance(m, RelaxedConv):
+        if any(n not in m._non_persistent_buffers_set for n, b in m._buffers.items() if b is not None):
+            # a schedule's state (an annealed attention layer's alpha_shift), which the stack's copy would not follow
+            raise NotStackable(f"module {path!r} ({type(m).__name__}) holds persistent buffers "
+                               f"({', '.join(n for n in m._buffers if n not in m._non_persistent_buffers_set)}), "
+                               "set by the trainer per step: it trains as a run of its own")
         return "relaxed"
     if type(m) in (nn.Conv1d, nn.Conv2d):
         return "conv"
