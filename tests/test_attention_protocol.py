@@ -16,6 +16,7 @@ from archrelax.protocol.spec import SpecError
 from archrelax.train import TrainConfig, load_checkpoint, read_metrics, train
 from archrelax.train.lockstep import train_lockstep
 from archrelax.train.stacked import stack_models
+from conftest import sigkill_at_step
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see conftest.py
 
@@ -184,25 +185,31 @@ def test_attention_measures_on_the_probe_batch_match_a_direct_call(cnns, tmp_pat
     assert {k: got[k] for k in MEASURE_KEYS} == pytest.approx(want, rel=1e-6, abs=1e-12)
 
 
-def test_a_stopped_attention_run_resumes_to_exactly_the_uninterrupted_run(cnns, tmp_path, monkeypatch):
+def _stop_at_step(monkeypatch, config: TrainConfig, out, step: int) -> None:
+    """Train ``config`` into ``out`` and stop it as a signal would, right after update ``step``: it checkpoints
+    there and raises Interrupted."""
     from archrelax.signals import Interrupted, request_stop
     from archrelax.train.recorder import Recorder
 
-    config = cfg(**ATTN, init_from=snap(cnns, 1, 2), epochs=3, checkpoint_every_steps=1)
-    ref = train(config, tmp_path / "ref")
     orig = Recorder.after_update
 
-    def stop_at_5(self, *a, **kw):
-        out = orig(self, *a, **kw)
-        if self.step == 5:  # mid-epoch (4 steps per epoch)
+    def stop_there(self, *a, **kw):
+        got = orig(self, *a, **kw)
+        if self.step == step:
             request_stop(15)
-        return out
+        return got
 
-    monkeypatch.setattr(Recorder, "after_update", stop_at_5)
+    monkeypatch.setattr(Recorder, "after_update", stop_there)
     with pytest.raises(Interrupted):
-        train(config, tmp_path / "run")
+        train(config, out)
     monkeypatch.setattr(Recorder, "after_update", orig)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+    assert load_checkpoint(out / "checkpoints" / "last.pt")["step"] == step
+
+
+def test_a_stopped_attention_run_resumes_to_exactly_the_uninterrupted_run(cnns, tmp_path, monkeypatch):
+    config = cfg(**ATTN, init_from=snap(cnns, 1, 2), epochs=3, checkpoint_every_steps=1)
+    ref = train(config, tmp_path / "ref")
+    _stop_at_step(monkeypatch, config, tmp_path / "run", 5)  # mid-epoch (4 steps per epoch)
     done = train(config, tmp_path / "run")
     assert done["status"] == ref["status"] == "done"
     assert stable(read_metrics(tmp_path / "run" / "metrics.jsonl")) == stable(read_metrics(tmp_path / "ref" / "metrics.jsonl"))
@@ -323,25 +330,10 @@ def test_a_tiny_attention_experiment_runs_stops_resumes_reports_and_is_claimed(t
 def test_a_stopped_annealed_attention_run_resumes_to_exactly_the_uninterrupted_run(cnns, tmp_path, monkeypatch):
     """The sharpness's anneal is a function of the step: a run stopped mid-anneal (step 5 of 8) and resumed writes
     the same rows and weights, bit for bit; its rows follow the schedule (α + s from 24 down to about 3)."""
-    from archrelax.signals import Interrupted, request_stop
-    from archrelax.train.recorder import Recorder
-
     config = cfg(relax="attn:alpha=24,anneal_to=3,anneal_steps=8", relax_layers=ATTN["relax_layers"],
                  init_from=snap(cnns, 1, 2), epochs=3, checkpoint_every_steps=1)
     ref = train(config, tmp_path / "ref")
-    orig = Recorder.after_update
-
-    def stop_at_5(self, *a, **kw):
-        out = orig(self, *a, **kw)
-        if self.step == 5:
-            request_stop(15)
-        return out
-
-    monkeypatch.setattr(Recorder, "after_update", stop_at_5)
-    with pytest.raises(Interrupted):
-        train(config, tmp_path / "run")
-    monkeypatch.setattr(Recorder, "after_update", orig)
-    assert load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["step"] == 5
+    _stop_at_step(monkeypatch, config, tmp_path / "run", 5)
     assert train(config, tmp_path / "run")["status"] == ref["status"] == "done"
     rows = read_metrics(tmp_path / "ref" / "metrics.jsonl")
     assert stable(read_metrics(tmp_path / "run" / "metrics.jsonl")) == stable(rows)
@@ -354,34 +346,12 @@ def test_a_stopped_annealed_attention_run_resumes_to_exactly_the_uninterrupted_r
 def test_an_annealed_attention_run_killed_with_sigkill_mid_anneal_resumes_exactly(cnns, tmp_path):
     """kill -9 of the trainer's process once a checkpoint inside the anneal exists (step >= 3 of 8): the rerun
     resumes from it, the sharpness set from the step, and ends with the uninterrupted run's rows and weights."""
-    import json
-    import signal
-    import subprocess
-    import sys
-    import time
-
     config = cfg(relax="attn:alpha=24,anneal_to=3,anneal_steps=8", relax_layers=ATTN["relax_layers"],
                  init_from=snap(cnns, 0, 2), epochs=4)
     train(config, tmp_path / "ref")
     victim = TrainConfig.from_dict({**config.to_dict(), "checkpoint_every_steps": 1})  # a runtime field
-    runner = ("import json, sys, torch; from archrelax.train import TrainConfig, train; torch.set_num_threads(1); "
-              "train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", runner, json.dumps(victim.to_dict()), str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline, killed_at = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
-        except (FileNotFoundError, ValueError):
-            step = -1
-        if step >= 3:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = step
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = sigkill_at_step(victim.to_dict(), run, 3)
     assert killed_at < 16 and not (run / "final.pt").exists()
     assert train(config, run)["status"] == "done"
     assert stable(read_metrics(run / "metrics.jsonl")) == stable(read_metrics(tmp_path / "ref" / "metrics.jsonl"))

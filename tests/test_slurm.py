@@ -27,11 +27,11 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 from archrelax.cli import main as cli_main
 from archrelax.protocol import run_experiment, spec_from_dict
+from conftest import single_thread
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -82,19 +82,9 @@ def summary(exp: Path) -> list[dict]:
         return [{k: v for k, v in r.items() if k != "wall_time"} for r in csv.DictReader(f)]
 
 
-@contextlib.contextmanager
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def _local(spec: dict, out: Path) -> Path:
     """The same spec on the in-process executor, one thread like the jobs."""
-    with _one_thread():
+    with single_thread():
         run_experiment(spec_from_dict({**spec, "executor": "local"}), out, log=lambda s: None)
     return out
 
@@ -118,7 +108,7 @@ def write_spec(spec: dict, where: Path) -> Path:
 def _cli(*args: str) -> tuple[int, str]:
     """``archrelax ARGS`` in this process: exit status and stdout."""
     out = io.StringIO()
-    with contextlib.redirect_stdout(out), _one_thread():
+    with contextlib.redirect_stdout(out), single_thread():
         rc = cli_main(list(args))
     return rc, out.getvalue()
 
@@ -215,7 +205,7 @@ def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, l
     stopped = st["step"]
 
     # resumed here (resuming on Slurm is the requeue tests'): at the step where the job stopped
-    with _one_thread():
+    with single_thread():
         assert cli_main(["run", str(exp), "--executor", "local"]) == 0
     assert f"resuming {cnn} at step {stopped} " in capfd.readouterr().err
     assert summary(exp) == summary(long_reference)

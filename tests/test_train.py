@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +11,7 @@ import torch
 
 from archrelax.train import TrainConfig, load_checkpoint, read_metrics, train
 from archrelax.train.schedule import lr_at, time_steps
+from conftest import sigkill_at_step
 
 # 1x28x28 inputs keep the eFCN of a width-8 VanillaCNN small (784 -> 1800 dense first layer)
 DATA = "synthetic:1x28x28:10:200:100"
@@ -62,8 +59,6 @@ def test_finished_run_is_not_redone_and_other_config_is_refused(tmp_path):
 
 
 KILL_CFG = dict(epochs=6, batch_size=20, eval_times="every", snapshots=[0, 0.5, 3])
-RUNNER = ("import json, sys, torch; from archrelax.train import TrainConfig, train; torch.set_num_threads(1); "
-          "train(TrainConfig.from_dict(json.loads(sys.argv[1])), sys.argv[2])")
 
 
 def test_kill_minus_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
@@ -72,22 +67,8 @@ def test_kill_minus_9_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
     # the victim checkpoints every 2 steps (checkpoint frequency is a runtime field: same numbers)
     victim = cfg(**KILL_CFG, checkpoint_every_steps=2)
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(victim.to_dict()), str(run)],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     # kill it once a mid-epoch checkpoint of the 3rd epoch exists (10 steps per epoch)
-    deadline, killed_at = time.time() + 120, None
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            step = load_checkpoint(run / "checkpoints" / "last.pt")["step"]
-        except (FileNotFoundError, ValueError):
-            step = -1
-        if step >= 22:
-            proc.send_signal(signal.SIGKILL)
-            killed_at = step
-            break
-        time.sleep(0.005)
-    proc.wait()
-    assert killed_at is not None and proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()[-2000:]
+    killed_at = sigkill_at_step(victim.to_dict(), run, 22)
     assert json.loads((run / "status.json").read_text())["status"] == "running"  # died without a word
     assert not (run / "final.pt").exists()
     with open(run / "metrics.jsonl", "a") as f:  # and as if it died half-way through a metrics line
