@@ -166,6 +166,11 @@ def _resume_lines(exp: Path, run_dir: Path) -> list[str]:
             if line.startswith(f"resuming {run_dir} at step ")]
 
 
+# the same experiment relaxing the CNN into positional self-attention (width 8: the attention layers' default
+# cost rule picks features.3 and features.6 there) at t_w = 0 and 1
+ATTN = {**SPEC, "name": "slurm-attn", "model_kwargs": {"width": 8}, "targets": ["attn"], "baselines": []}
+
+
 # ---- through the scheduler process -------------------------------------------------------------------------
 
 
@@ -188,6 +193,23 @@ def test_run_on_slurm_equals_local_run_and_says_little(tmp_path, tiny_reference)
     out = r.stdout + r.stderr
     assert "Bypassing" not in out
     assert sum("sacct" in line for line in out.splitlines()) <= 1, out
+
+
+def test_attention_runs_on_slurm_equal_the_local_run(tmp_path):
+    """Attention runs are ordinary run folders to the executors: through Slurm jobs they compute what the local
+    executor computes, figure for figure, their attention measures included."""
+    exp = tmp_path / "slurm"
+    r = subprocess.run([*CLI, "run", str(write_spec(ATTN, tmp_path)), "--executor", "slurm", "--out", str(exp),
+                        "--poll", "0.2"], env=ENV, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    local = _local(ATTN, tmp_path / "local")
+    got = summary(exp)
+    assert [row["kind"] for row in got] == ["cnn", "attn", "attn"] and got == summary(local)
+    for run in (p.name for p in (exp / "runs").glob("attn-*")):
+        rows = [json.loads(x) for x in (exp / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        want = [json.loads(x) for x in (local / "runs" / run / "metrics.jsonl").read_text().splitlines()]
+        keys = [k for k in rows[-1] if k.startswith("attn_")]
+        assert keys and [[row[k] for k in keys] for row in rows] == [[row[k] for k in keys] for row in want]
 
 
 def test_scancel_signal_mid_run_interrupts_and_rerun_resumes_exactly(tmp_path, long_reference, capfd):
