@@ -1086,9 +1086,11 @@ def _running(exp: Path, pattern: str, step: int = 2) -> dict:
 
 
 def test_kill_9_of_one_worker_fails_its_run_only(tmp_path):
-    # the CNN (120 steps) and the FCN baseline (40 steps) train side by side; the CNN's worker is killed
+    # the CNN (1,200 steps: long enough that it is still training when its worker is killed, however fast the
+    # machine) and the FCN baseline (40 steps) train side by side; the CNN's worker is killed
     spec = tmp_path / "spec.yaml"
-    spec.write_text(yaml.safe_dump({**SPEC, "relaxed": {"epochs": 20, "until_zero_loss": False}}))
+    spec.write_text(yaml.safe_dump({**SPEC, "cnn": {"epochs": 600, "until_zero_loss": False},
+                                    "relaxed": {"epochs": 20, "until_zero_loss": False}}))
     exp = tmp_path / "exp"
     proc = _start_run(spec, exp, "--workers", "2")
     try:
