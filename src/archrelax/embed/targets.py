@@ -149,6 +149,17 @@ def parse_target(to: "str | RelaxTarget", *, kernel_size: Any = None, tile: Any 
     return RelaxTarget(kind, kernel_size=value) if kind == "wide" else RelaxTarget(kind, tile=value)
 
 
+def _positive(given: dict[str, str], key: str, context: str) -> float:
+    """The option ``key`` of an 'attn' target as a positive finite float, or a ValueError naming it."""
+    try:
+        value = float(given[key])
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise ValueError(f"{context}: {key}={given[key]!r} must be a positive finite number ({ATTN_OPTIONS[key]})")
+    return value
+
+
 def _parse_attn(arg: str, context: str) -> RelaxTarget:
     """``"alpha=40,dk=4"`` (any order, each at most once) -> RelaxTarget("attn", alpha=40.0, key_dim=4); a value
     equal to the default is left out, so every spelling of one layer has one canonical spec. ``anneal_to`` and
@@ -165,12 +176,7 @@ def _parse_attn(arg: str, context: str) -> RelaxTarget:
         given[key] = value.strip()
     alpha = key_dim = None
     if "alpha" in given:
-        try:
-            alpha = float(given["alpha"])
-        except ValueError:
-            alpha = float("nan")
-        if not 0 < alpha < float("inf"):
-            raise ValueError(f"{context}: alpha={given['alpha']!r} must be a positive finite number ({ATTN_OPTIONS['alpha']})")
+        alpha = _positive(given, "alpha", context)
         alpha = None if alpha == DEFAULT_ALPHA else alpha
     if "dk" in given:
         try:
@@ -184,13 +190,7 @@ def _parse_attn(arg: str, context: str) -> RelaxTarget:
         raise ValueError(f"{context}: anneal_to and anneal_steps go together (e.g. 'attn:alpha=32,anneal_to=4,"
                          f"anneal_steps=20'); got only {'anneal_to' if 'anneal_to' in given else 'anneal_steps'}")
     if "anneal_to" in given:
-        try:
-            anneal_to = float(given["anneal_to"])
-        except ValueError:
-            anneal_to = float("nan")
-        if not 0 < anneal_to < float("inf"):
-            raise ValueError(f"{context}: anneal_to={given['anneal_to']!r} must be a positive finite number "
-                             f"({ATTN_OPTIONS['anneal_to']})")
+        anneal_to = _positive(given, "anneal_to", context)
         try:
             anneal_steps = int(given["anneal_steps"])
         except ValueError:
