@@ -10,7 +10,13 @@ same models.
    kept graph; four products batched through ``is_grads_batched`` (time per vector): each over the gradient.
 3. ``interpolation``: per eFCN (the first two), the previous loop (every α of every method evaluated in full,
    its ends included) against ``interpolate``; the ratio and the largest difference of their numbers.
-4. ``end to end``: every analysis recomputed (force) at the experiment's settings with ``--workers`` processes,
+4. ``floor``: the arithmetic of the analyses against that of the training, and the least time the analyses could take:
+   matmul and convolution FLOPs (``torch.utils.flop_counter``; elementwise work left out, so a lower bound) of
+   every analysis recomputed in this process, and of every run trained again from its config into a temporary
+   folder (same steps, evaluations and snapshots; relaxed runs start from the experiment's own snapshots); the
+   FLOP rate of a 2048² fp32 matmul on this process's threads; then the least analysis time at that rate against
+   a quarter of the runs' training span, and the rate the analyses would need to take that quarter.
+5. ``end to end``: every analysis recomputed (force) at the experiment's settings with ``--workers`` processes,
    the analyses one after another (the previous code) and side by side (today's: their jobs share the pool's
    queue); with ``--single``, in this process (workers=1) first; then the runs' training time (first start to
    last end, and summed over runs) and the ratio analyses / training of both.
@@ -228,6 +234,61 @@ class _OneAfterAnother:
         return [fn(item) for item in items]
 
 
+def _gemm_rate(reps: int = 5) -> float:
+    """FLOP/s of a 2048² fp32 matmul on this process's threads (median of ``reps``)."""
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    a @ b
+    return 2 * 2048 ** 3 / statistics.median(_time(lambda: a @ b) for _ in range(reps))
+
+
+def _retrain_flops(ctx: Context) -> dict[str, float]:
+    """Matmul/conv FLOPs of training every finished run again, from its own config, into a temporary folder."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from archrelax.train import TrainConfig, train
+
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for run in ctx.plan.values():
+            if not ctx.done(run):
+                continue
+            folder = ctx.folder(run)
+            cfg = json.loads(folder.config_path.read_text())
+            if cfg.get("init_from"):  # relative to the run folder: point at the experiment's own snapshot
+                cfg["init_from"] = str((folder.path / cfg["init_from"]).resolve())
+            cfg["progress"] = False
+            with FlopCounterMode(display=False) as fc:
+                train(TrainConfig.from_dict(cfg), Path(tmp) / run.id)
+            out[run.id] = fc.get_total_flops()
+    return out
+
+
+def floor(exp: str) -> None:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    settings = dataclasses.replace(settings_from_spec(exp), workers=1)
+    rate = _gemm_rate()
+    flops = {}
+    for name in ANALYSES:
+        with FlopCounterMode(display=False) as fc:
+            analyse_experiment(exp, only=[name], progress=False, force=True, settings=settings)
+        flops[name] = fc.get_total_flops()
+    train_flops = _retrain_flops(Context(ExperimentFolder(exp), settings, progress=False))
+    span, total = training_time(Context(ExperimentFolder(exp), settings, progress=False))
+    a, t = sum(flops.values()), sum(train_flops.values())
+    print("floor: analyses " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in flops.items()) + f" GFLOP; total {a / 1e9:.0f} "
+          f"GFLOP against {t / 1e9:.0f} GFLOP to train the {len(train_flops)} runs: arithmetic ratio {a / t:.3f}")
+    print(f"floor: a 2048² fp32 matmul runs at {rate / 1e9:.0f} GFLOP/s on {torch.get_num_threads()} threads; the "
+          f"training ran at {t / span / 1e9:.0f} GFLOP/s over its span of {span:.1f} s ({t / total / 1e9:.0f} per run-second)")
+    print(f"floor: at the matmul's rate the analyses take at least {a / rate:.1f} s = {a / rate / span:.3f} of the "
+          f"training span; to take 0.25 of it ({0.25 * span:.1f} s) they would have to run at "
+          f"{a / (0.25 * span) / 1e9:.0f} GFLOP/s = {a / (0.25 * span) / rate:.2f}x that matmul")
+
+
 def end_to_end(exp: str, workers: int, single: bool) -> None:
     import concurrent.futures as cf
     import os
@@ -268,7 +329,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--single", action="store_true", help="end to end with 1 worker as well")
     ap.add_argument("--clock", choices=("wall", "cpu"), default="wall")
-    ap.add_argument("--sections", default="sharpness,products,interpolation,end-to-end")
+    ap.add_argument("--sections", default="sharpness,products,interpolation,floor,end-to-end")
     args = ap.parse_args()
     sections = args.sections.split(",")
     threads = torch.get_num_threads()
@@ -278,6 +339,9 @@ def main() -> None:
     for name, fn in (("sharpness", sharpness), ("products", products), ("interpolation", interpolation)):
         if name in sections:
             fn(ctx, args.reps)
+    if "floor" in sections:
+        torch.set_num_threads(threads)
+        floor(args.experiment)
     if "end-to-end" in sections:
         torch.set_num_threads(threads)
         end_to_end(args.experiment, args.workers, args.single)
