@@ -116,6 +116,18 @@ def test_snapshot_every_eval_saves_at_every_evaluation_row_even_the_stopping_one
     assert plain == fixed
 
 
+def test_a_planned_snapshot_on_the_step_of_a_zero_loss_stop_is_written(tmp_path):
+    # loss_threshold 10 stops at the first epoch end, the step of the planned snapshot at epoch 1: a relaxed run
+    # switching at t_w = 1 starts from that file, which holds the final weights
+    stop = dict(epochs=None, until_zero_loss=True, max_epochs=3, loss_threshold=10.0, eval_times=[0])
+    result = train(cfg(snapshots=[0.5, 1], **stop), tmp_path)
+    assert result["stop_reason"] == "zero_loss" and result["metrics"]["epoch"] == 1
+    snaps = sorted(float(p.stem[6:]) for p in (tmp_path / "snapshots").glob("epoch_*.pt"))
+    assert snaps == [0.5, 1]
+    a, b = (load_checkpoint(tmp_path / n)["model"] for n in ("snapshots/epoch_1.pt", "final.pt"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 @pytest.mark.parametrize("to", ["fc", "lc"])
 def test_relaxed_snapshot_starts_with_the_cnn_losses(tmp_path, to):
     cnn = train(cfg(epochs=1, snapshots=[1], eval_times=[0, 1]), tmp_path / "cnn")

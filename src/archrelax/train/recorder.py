@@ -283,7 +283,9 @@ class Recorder:
             if m["train_acc"] == 1.0 or (cfg.loss_threshold is not None and m["train_loss"] < cfg.loss_threshold):
                 if metrics is None:
                     self._record(m)
-                if cfg.snapshot_every_eval:  # the row just recorded is an evaluation like the others
+                # the row just recorded is an evaluation like the others (snapshot_every_eval), and a planned
+                # snapshot at this very step is still written: a relaxed run switches from it
+                if cfg.snapshot_every_eval or self.step in self.snap_steps:
                     self._save(self.folder.snapshot_path(self.step / self.spe))
                 return "zero_loss"
         if self.step in self.snap_steps:
