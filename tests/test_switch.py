@@ -12,6 +12,7 @@ from archrelax.analysis.context import Context
 from archrelax.analysis.settings import AnalysisSettings
 
 from archrelax.protocol import SpecError, make_plan, run_experiment, spec_from_dict
+from archrelax.protocol.dryrun import dry_run
 from archrelax.report import write_report
 from archrelax.store import ExperimentFolder, Run, StoreError
 from archrelax.store.switch import DEFAULT_RULE, SwitchError, canonical_rule, choose, peak_sharpness
@@ -160,6 +161,9 @@ def test_tiny_experiment_chooses_records_and_resumes_with_the_same_time(tmp_path
     html = write_report(out, analyse=False).read_text()
     assert f"<td>auto={want:g}</td>" in html  # the runs table
     assert f"auto={want:g} (peak-sharpness)" in html and "★ = the switch time chosen by the rule" in html
+    text, _ = dry_run(spec_from_dict(AUTO), out)  # the plan table shows the recorded time, not the rule
+    row = next(line for line in text.splitlines() if auto.id in line)
+    assert f"auto={want:g}" in row and "auto:peak-sharpness" not in row
 
     # resumed: nothing to do, the same choice
     record = exp.switch_path.read_text()

@@ -49,7 +49,7 @@ def dry_run(spec: ExperimentSpec, out_dir: str | Path, *, executor: str | None =
     n = workers if workers is not None else spec.workers
     lines.append(f"\nplan: {len(plan)} runs, {len(plan) - len(todo)} finished, {len(todo)} to run "
                  f"(executor {kind}" + (f", {n} worker{'s' if n != 1 else ''})" if kind == "local" else ")"))
-    lines.append(_plan_table(exp, plan))
+    lines.append(_plan_table(exp, exp.with_switches(plan)))  # an auto run shows the time already chosen
     model, where = _model(plan)
     targets = _targets(plan)
     lines.append(f"\nfootprint of {where} (the CNN and each target it is relaxed to; archrelax footprint):")

@@ -218,10 +218,14 @@ class ExperimentFolder:
             plan = plan_from_json(data, str(self.plan_path))
         except (ValueError, TypeError) as e:
             raise StoreError(self.plan_path, f"{e}; {fix}") from None
-        if resolve and any(r.auto for r in plan.values()):
-            chosen = self.read_switches()
-            plan = {rid: self._with_choice(r, chosen) for rid, r in plan.items()}
-        return plan
+        return self.with_switches(plan) if resolve else plan
+
+    def with_switches(self, plan: dict[str, Run]) -> dict[str, Run]:
+        """``plan`` with its auto runs' switch times as recorded in switch.json (those not chosen yet unchanged)."""
+        if not any(r.auto for r in plan.values()):
+            return plan
+        chosen = self.read_switches()
+        return {rid: self._with_choice(r, chosen) for rid, r in plan.items()}
 
     def write_plan(self, plan: dict[str, Run]) -> None:
         # keys not sorted: the plan's order is the order of summary.csv, `archrelax status` and the report
